@@ -1,0 +1,391 @@
+//! Least-squares projection of brain maps onto an atlas, as nilearn's `NiftiMapsMasker`:
+//! β = (XᵀX)⁻¹ Xᵀy over the atlas support (voxels where any map ≠ 0). The atlas is kept as
+//! sparse rows (voxel → its non-zero maps), XᵀX is built once in f64 and inverted through its
+//! Cholesky factor, so a map costs a sparse Xᵀy and one k×k product (a GEMM for many maps).
+
+use super::resample::{resample, Interp};
+use super::{Grid, Image};
+use crate::error::{Error, Result};
+use rayon::prelude::*;
+use std::path::Path;
+
+#[derive(Clone, Debug)]
+pub struct Atlas {
+    pub grid: Grid,
+    /// Number of maps (components or labels).
+    pub k: usize,
+    /// Label values, for a label atlas (one indicator map per label, ascending).
+    pub labels: Option<Vec<i64>>,
+    /// Flat grid index → row of the support, or −1 off the support.
+    pub row_of: Vec<i32>,
+    /// Flat grid indices of the support, ascending.
+    pub support: Vec<u32>,
+    /// CSR rows over the support: maps `cols[row_ptr[r]..row_ptr[r+1]]` with weights `vals[..]`.
+    pub row_ptr: Vec<u32>,
+    pub cols: Vec<u32>,
+    pub vals: Vec<f32>,
+    /// (XᵀX)⁻¹, k×k row-major, f64.
+    pub gram_inv: Vec<f64>,
+}
+
+impl Atlas {
+    /// Reads an atlas: a 4D image of continuous maps, or with `labels` a 3D label image.
+    pub fn read(path: &Path, labels: bool) -> Result<Atlas> {
+        let img = Image::read(path)?;
+        if labels {
+            Atlas::from_labels(&img, path)
+        } else {
+            Atlas::from_maps(&img, path)
+        }
+    }
+
+    /// The same atlas read onto another grid (continuous maps trilinear, labels nearest), as
+    /// nilearn resamples the maps to the data: MA maps stay binary and sparse.
+    pub fn read_on_grid(path: &Path, labels: bool, grid: &Grid) -> Result<Atlas> {
+        let img = Image::read(path)?;
+        let img = if img.grid.same_as(grid) {
+            img
+        } else {
+            resample(
+                &img,
+                grid,
+                if labels {
+                    Interp::Nearest
+                } else {
+                    Interp::Linear
+                },
+            )
+        };
+        if labels {
+            Atlas::from_labels(&img, path)
+        } else {
+            Atlas::from_maps(&img, path)
+        }
+    }
+
+    /// Continuous maps: each volume of `img` is one map.
+    pub fn from_maps(img: &Image, path: &Path) -> Result<Atlas> {
+        let n = img.grid.n_voxels();
+        let k = img.n_vols;
+        // Count non-zeros per voxel, then fill CSR rows map by map (cols come out ascending).
+        let mut count = vec![0u32; n];
+        for vol in img.volumes() {
+            for (c, &x) in count.iter_mut().zip(vol) {
+                *c += (x != 0.0) as u32;
+            }
+        }
+        let mut atlas = Atlas::with_support(img.grid.clone(), k, None, &count);
+        let mut fill = atlas.row_ptr.clone();
+        for (m, vol) in img.volumes().enumerate() {
+            for (v, &x) in vol.iter().enumerate() {
+                if x != 0.0 {
+                    let r = atlas.row_of[v] as usize;
+                    let at = fill[r] as usize;
+                    atlas.cols[at] = m as u32;
+                    atlas.vals[at] = x;
+                    fill[r] += 1;
+                }
+            }
+        }
+        atlas.factor(path)?;
+        Ok(atlas)
+    }
+
+    /// A label image: one indicator map per non-zero label value, in ascending label order.
+    pub fn from_labels(img: &Image, path: &Path) -> Result<Atlas> {
+        if img.n_vols != 1 {
+            return Err(Error::input(path, format!("a label atlas is one 3D volume, this image has {} volumes; drop --labels for a 4D maps atlas", img.n_vols)));
+        }
+        let vol = img.volume(0);
+        if let Some(x) = vol.iter().find(|x| x.fract() != 0.0) {
+            return Err(Error::input(path, format!("label atlas holds a non-integer value {x}; is it a probability map? drop --labels")));
+        }
+        let mut labels: Vec<i64> = vol
+            .iter()
+            .filter(|&&x| x != 0.0)
+            .map(|&x| x as i64)
+            .collect();
+        labels.sort_unstable();
+        labels.dedup();
+        let count: Vec<u32> = vol.iter().map(|&x| (x != 0.0) as u32).collect();
+        let mut atlas = Atlas::with_support(img.grid.clone(), labels.len(), Some(labels), &count);
+        let labels = atlas.labels.as_ref().unwrap();
+        for (r, &v) in atlas.support.iter().enumerate() {
+            atlas.cols[r] = labels.binary_search(&(vol[v as usize] as i64)).unwrap() as u32;
+            atlas.vals[r] = 1.0;
+        }
+        atlas.factor(path)?;
+        Ok(atlas)
+    }
+
+    fn with_support(grid: Grid, k: usize, labels: Option<Vec<i64>>, count: &[u32]) -> Atlas {
+        let mut row_of = vec![-1i32; count.len()];
+        let mut support = Vec::new();
+        let mut row_ptr = vec![0u32];
+        for (v, &c) in count.iter().enumerate() {
+            if c > 0 {
+                row_of[v] = support.len() as i32;
+                support.push(v as u32);
+                row_ptr.push(row_ptr.last().unwrap() + c);
+            }
+        }
+        let nnz = *row_ptr.last().unwrap() as usize;
+        Atlas {
+            grid,
+            k,
+            labels,
+            row_of,
+            support,
+            row_ptr,
+            cols: vec![0; nnz],
+            vals: vec![0.0; nnz],
+            gram_inv: Vec::new(),
+        }
+    }
+
+    /// Builds XᵀX in f64 from the sparse rows and stores its inverse.
+    fn factor(&mut self, path: &Path) -> Result<()> {
+        let k = self.k;
+        if k == 0 || self.support.is_empty() {
+            return Err(Error::input(
+                path,
+                "every atlas map is all zeros; give an atlas with non-empty maps",
+            ));
+        }
+        let rows = self.support.len();
+        let chunk = rows.div_ceil(rayon::current_num_threads() * 4).max(1024);
+        let gram = (0..rows.div_ceil(chunk))
+            .into_par_iter()
+            .map(|c| {
+                let mut g = vec![0.0f64; k * k];
+                for r in c * chunk..((c + 1) * chunk).min(rows) {
+                    let (a, b) = (self.row_ptr[r] as usize, self.row_ptr[r + 1] as usize);
+                    for p in a..b {
+                        let (ci, vi) = (self.cols[p] as usize, self.vals[p] as f64);
+                        let row = &mut g[ci * k..ci * k + k];
+                        for q in p..b {
+                            row[self.cols[q] as usize] += vi * self.vals[q] as f64;
+                        }
+                    }
+                }
+                g
+            })
+            .reduce(
+                || vec![0.0; k * k],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                    a
+                },
+            );
+        // Upper triangle was filled (cols ascending within a row); mirror it.
+        let mut gram = gram;
+        for i in 0..k {
+            for j in 0..i {
+                gram[i * k + j] = gram[j * k + i];
+            }
+        }
+        if let Some(m) = (0..k).find(|&m| gram[m * k + m] == 0.0) {
+            return Err(Error::input(
+                path,
+                format!("atlas map {m} (0-based) is all zeros; remove it from the atlas"),
+            ));
+        }
+        self.gram_inv = cholesky_inverse(&gram, k).map_err(|m| {
+            Error::input(path, format!("atlas maps are linearly dependent (map {m} is a combination of earlier ones); least squares is undefined — remove duplicate maps"))
+        })?;
+        Ok(())
+    }
+
+    /// Xᵀy for a binary map given as flat grid indices; voxels off the support add nothing.
+    pub fn xty_binary(&self, voxels: impl IntoIterator<Item = usize>, out: &mut [f64]) {
+        out.fill(0.0);
+        for v in voxels {
+            let r = self.row_of[v];
+            if r >= 0 {
+                self.add_row(r as usize, 1.0, out);
+            }
+        }
+    }
+
+    /// Xᵀy for a dense map on the atlas grid.
+    pub fn xty_dense(&self, values: &[f32], out: &mut [f64]) {
+        out.fill(0.0);
+        for (r, &v) in self.support.iter().enumerate() {
+            let y = values[v as usize];
+            if y != 0.0 {
+                self.add_row(r, y as f64, out);
+            }
+        }
+    }
+
+    #[inline]
+    pub fn add_row(&self, r: usize, y: f64, out: &mut [f64]) {
+        let (a, b) = (self.row_ptr[r] as usize, self.row_ptr[r + 1] as usize);
+        for p in a..b {
+            out[self.cols[p] as usize] += y * self.vals[p] as f64;
+        }
+    }
+
+    /// β = Xᵀy · (XᵀX)⁻¹ for n maps at once: `xty` is n×k, the result n×k float32.
+    pub fn solve(&self, xty: &[f64], n: usize) -> Vec<f32> {
+        let k = self.k;
+        let mut beta = vec![0.0f64; n * k];
+        if n > 0 {
+            // SAFETY: all three are dense row-major buffers of the stated shapes.
+            unsafe {
+                gemm::gemm(
+                    n,
+                    k,
+                    k,
+                    beta.as_mut_ptr(),
+                    1,
+                    k as isize,
+                    false,
+                    xty.as_ptr(),
+                    1,
+                    k as isize,
+                    self.gram_inv.as_ptr(),
+                    1,
+                    k as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::Rayon(0),
+                );
+            }
+        }
+        beta.into_iter().map(|b| b as f32).collect()
+    }
+
+    /// Coefficients of every volume of `img` (resampled onto the atlas grid when off it): n_vols×k.
+    pub fn project_image(&self, img: &Image) -> Vec<f32> {
+        let img = if img.grid.same_as(&self.grid) {
+            std::borrow::Cow::Borrowed(img)
+        } else {
+            std::borrow::Cow::Owned(resample(img, &self.grid, Interp::Linear))
+        };
+        let k = self.k;
+        let mut xty = vec![0.0f64; img.n_vols * k];
+        xty.par_chunks_mut(k)
+            .zip(img.volumes().collect::<Vec<_>>())
+            .for_each(|(out, vol)| self.xty_dense(vol, out));
+        self.solve(&xty, img.n_vols)
+    }
+}
+
+/// Inverse of a symmetric positive-definite matrix through its Cholesky factor, in f64.
+/// Err(m) names the first pivot that is not positive (a dependent map).
+pub fn cholesky_inverse(a: &[f64], k: usize) -> std::result::Result<Vec<f64>, usize> {
+    let mut l = vec![0.0f64; k * k];
+    let scale = (0..k).map(|i| a[i * k + i]).fold(0.0f64, f64::max);
+    for j in 0..k {
+        let mut d = a[j * k + j];
+        for p in 0..j {
+            d -= l[j * k + p] * l[j * k + p];
+        }
+        if d <= scale * 1e-13 {
+            return Err(j);
+        }
+        let d = d.sqrt();
+        l[j * k + j] = d;
+        for i in j + 1..k {
+            let mut s = a[i * k + j];
+            for p in 0..j {
+                s -= l[i * k + p] * l[j * k + p];
+            }
+            l[i * k + j] = s / d;
+        }
+    }
+    // W = L⁻¹ (lower), then A⁻¹ = Wᵀ W.
+    let mut w = vec![0.0f64; k * k];
+    for j in 0..k {
+        w[j * k + j] = 1.0 / l[j * k + j];
+        for i in j + 1..k {
+            let mut s = 0.0;
+            for p in j..i {
+                s -= l[i * k + p] * w[p * k + j];
+            }
+            w[i * k + j] = s / l[i * k + i];
+        }
+    }
+    let mut inv = vec![0.0f64; k * k];
+    inv.par_chunks_mut(k).enumerate().for_each(|(i, row)| {
+        for (j, x) in row.iter_mut().enumerate() {
+            let mut s = 0.0;
+            for p in i.max(j)..k {
+                s += w[p * k + i] * w[p * k + j];
+            }
+            *x = s;
+        }
+    });
+    Ok(inv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cholesky_inverse_inverts() {
+        let a = [4.0, 2.0, 0.6, 2.0, 5.0, 1.0, 0.6, 1.0, 3.0];
+        let inv = cholesky_inverse(&a, 3).unwrap();
+        for i in 0..3 {
+            for j in 0..3 {
+                let s: f64 = (0..3).map(|p| a[i * 3 + p] * inv[p * 3 + j]).sum();
+                assert!((s - if i == j { 1.0 } else { 0.0 }).abs() < 1e-12);
+            }
+        }
+        assert_eq!(cholesky_inverse(&[1.0, 1.0, 1.0, 1.0], 2), Err(1));
+    }
+
+    #[test]
+    fn label_projection_is_the_mean_over_each_label() {
+        let grid = Grid::new(
+            [4, 1, 1],
+            [
+                [1.0, 0.0, 0.0, 0.0],
+                [0.0, 1.0, 0.0, 0.0],
+                [0.0, 0.0, 1.0, 0.0],
+                [0.0, 0.0, 0.0, 1.0],
+            ],
+        );
+        let atlas = Atlas::from_labels(
+            &Image::new(grid.clone(), 1, vec![3.0, 3.0, 0.0, 7.0]),
+            Path::new("a"),
+        )
+        .unwrap();
+        assert_eq!(atlas.labels, Some(vec![3, 7]));
+        let beta = atlas.project_image(&Image::new(grid, 1, vec![1.0, 2.0, 9.0, 5.0]));
+        assert_eq!(beta, vec![1.5, 5.0]);
+    }
+
+    #[test]
+    fn empty_or_dependent_maps_are_errors() {
+        let grid = Grid::new(
+            [3, 1, 1],
+            [
+                [1.0, 0.0, 0.0, 0.0],
+                [0.0, 1.0, 0.0, 0.0],
+                [0.0, 0.0, 1.0, 0.0],
+                [0.0, 0.0, 0.0, 1.0],
+            ],
+        );
+        let zero = Atlas::from_maps(
+            &Image::new(grid.clone(), 2, vec![1.0, 1.0, 0.0, 0.0, 0.0, 0.0]),
+            Path::new("z.nii"),
+        );
+        assert!(zero.unwrap_err().to_string().contains("map 1"));
+        let none = Atlas::from_maps(
+            &Image::new(grid.clone(), 1, vec![0.0; 3]),
+            Path::new("n.nii"),
+        );
+        assert!(none.unwrap_err().to_string().contains("all zeros"));
+        let dup = Atlas::from_maps(
+            &Image::new(grid, 2, vec![1.0, 2.0, 0.0, 2.0, 4.0, 0.0]),
+            Path::new("d.nii"),
+        );
+        assert!(dup.unwrap_err().to_string().contains("linearly dependent"));
+    }
+}

@@ -1,0 +1,274 @@
+//! MKDA modeled activation maps, as NiMARE 0.22.1's `MKDAKernel`: each peak snaps to a voxel,
+//! a binary sphere of radius r mm is drawn around it, and a study's map is the union of its
+//! spheres inside the mask. Maps stay sparse: sorted lists of mask positions.
+
+use super::{Grid, Mask};
+use crate::error::{Error, Result};
+
+/// How a peak in mm snaps to a voxel index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Rounding {
+    /// Nearest voxel, halves to even (numpy's `np.round`, NiMARE 0.22.1).
+    #[default]
+    Round,
+    /// Toward zero (NiMARE ≤ 0.5's `astype(int)`).
+    Trunc,
+}
+
+/// The sphere of voxel offsets and the rounding rule: everything needed to draw MA maps on a grid.
+#[derive(Clone, Debug)]
+pub struct MkdaKernel {
+    /// Integer offsets (di, dj, dk) within `radius` mm.
+    pub offsets: Vec<[i32; 3]>,
+    /// Largest |offset| per axis: peaks at least this far from every edge need no bounds checks.
+    pub reach: [i32; 3],
+    pub rounding: Rounding,
+}
+
+impl MkdaKernel {
+    /// NiMARE's `sphere_kernel_offsets`: a cube from ⌊−r/v⌋ to ⌊r/v⌋ voxels per axis (asymmetric
+    /// when r/v is not whole, as theirs), kept where ‖v·d‖ ≤ r. 515 offsets at r = 10, v = 2.
+    pub fn new(radius_mm: f64, voxel_size: [f64; 3], rounding: Rounding) -> Self {
+        let lo: [i32; 3] = std::array::from_fn(|a| (-radius_mm / voxel_size[a]).floor() as i32);
+        let hi: [i32; 3] = std::array::from_fn(|a| (radius_mm / voxel_size[a]).floor() as i32);
+        let mut offsets = Vec::new();
+        // NiMARE's mgrid order: first axis slowest.
+        for di in lo[0]..=hi[0] {
+            for dj in lo[1]..=hi[1] {
+                for dk in lo[2]..=hi[2] {
+                    let d = [di, dj, dk];
+                    let r2: f64 = (0..3).map(|a| (voxel_size[a] * d[a] as f64).powi(2)).sum();
+                    if r2.sqrt() <= radius_mm {
+                        offsets.push(d);
+                    }
+                }
+            }
+        }
+        let reach = std::array::from_fn(|a| lo[a].abs().max(hi[a].abs()));
+        MkdaKernel {
+            offsets,
+            reach,
+            rounding,
+        }
+    }
+
+    /// The kernel for a grid's voxel size.
+    pub fn for_grid(grid: &Grid, radius_mm: f64, rounding: Rounding) -> Self {
+        MkdaKernel::new(radius_mm, grid.voxel_size(), rounding)
+    }
+
+    /// Voxel index of a peak in mm (may lie outside the volume).
+    pub fn peak_voxel(&self, inverse_affine: &super::grid::Affine, xyz: [f64; 3]) -> [i64; 3] {
+        let c = super::grid::apply(inverse_affine, xyz);
+        c.map(|x| match self.rounding {
+            Rounding::Round => x.round_ties_even() as i64,
+            Rounding::Trunc => x.trunc() as i64,
+        })
+    }
+
+    /// Calls `visit(flat grid index)` once for every in-volume voxel of the union of spheres.
+    /// `seen` is scratch of `grid.n_voxels()` stamps; `stamp` must differ from every earlier call's.
+    pub fn for_each_voxel(
+        &self,
+        grid: &Grid,
+        peaks: &[[i64; 3]],
+        seen: &mut [u32],
+        stamp: u32,
+        mut visit: impl FnMut(usize),
+    ) {
+        let [nx, ny, nz] = grid.shape.map(|n| n as i64);
+        let flat_offsets = || {
+            self.offsets
+                .iter()
+                .map(|d| d[0] as i64 + nx * (d[1] as i64 + ny * d[2] as i64))
+        };
+        for p in peaks {
+            let inside = (0..3).all(|a| {
+                p[a] - self.reach[a] as i64 >= 0
+                    && p[a] + (self.reach[a] as i64) < grid.shape[a] as i64
+            });
+            if inside {
+                let centre = p[0] + nx * (p[1] + ny * p[2]);
+                for off in flat_offsets() {
+                    let v = (centre + off) as usize;
+                    if seen[v] != stamp {
+                        seen[v] = stamp;
+                        visit(v);
+                    }
+                }
+            } else {
+                for d in &self.offsets {
+                    let (i, j, k) = (p[0] + d[0] as i64, p[1] + d[1] as i64, p[2] + d[2] as i64);
+                    if i < 0 || j < 0 || k < 0 || i >= nx || j >= ny || k >= nz {
+                        continue;
+                    }
+                    let v = (i + nx * (j + ny * k)) as usize;
+                    if seen[v] != stamp {
+                        seen[v] = stamp;
+                        visit(v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Peaks in mm → voxel indices on `grid`; a NaN or infinite coordinate is an error naming the peak.
+pub fn peak_voxels(
+    kernel: &MkdaKernel,
+    grid: &Grid,
+    peaks_mm: &[[f64; 3]],
+    study: &str,
+) -> Result<Vec<[i64; 3]>> {
+    let inv = super::grid::invert(&grid.affine);
+    peaks_mm
+        .iter()
+        .enumerate()
+        .map(|(n, p)| {
+            if p.iter().all(|x| x.is_finite()) {
+                Ok(kernel.peak_voxel(&inv, *p))
+            } else {
+                Err(Error::Usage(format!("study {study}: peak {} has a non-finite coordinate {p:?}; fix or drop it in the corpus", n + 1)))
+            }
+        })
+        .collect()
+}
+
+/// Scratch for drawing many maps on one thread.
+pub struct Scratch {
+    seen: Vec<u32>,
+    stamp: u32,
+}
+
+impl Scratch {
+    pub fn new(grid: &Grid) -> Self {
+        Scratch {
+            seen: vec![0; grid.n_voxels()],
+            stamp: 0,
+        }
+    }
+
+    fn next(&mut self) -> u32 {
+        self.stamp = self.stamp.wrapping_add(1);
+        if self.stamp == 0 {
+            self.seen.fill(0);
+            self.stamp = 1;
+        }
+        self.stamp
+    }
+}
+
+/// A study's MA map: sorted positions in `mask.voxels` of the active voxels.
+pub fn ma_map(
+    kernel: &MkdaKernel,
+    mask: &Mask,
+    peaks_mm: &[[f64; 3]],
+    study: &str,
+    scratch: &mut Scratch,
+) -> Result<Vec<u32>> {
+    let peaks = peak_voxels(kernel, &mask.grid, peaks_mm, study)?;
+    let stamp = scratch.next();
+    let mut active = Vec::with_capacity(peaks.len() * kernel.offsets.len());
+    kernel.for_each_voxel(&mask.grid, &peaks, &mut scratch.seen, stamp, |v| {
+        let m = mask.index[v];
+        if m >= 0 {
+            active.push(m as u32);
+        }
+    });
+    active.sort_unstable();
+    Ok(active)
+}
+
+/// Flat grid indices of an MA map (for projection onto an atlas on the mask's grid).
+pub fn ma_map_voxels(
+    kernel: &MkdaKernel,
+    mask: &Mask,
+    peaks_mm: &[[f64; 3]],
+    study: &str,
+    scratch: &mut Scratch,
+) -> Result<Vec<u32>> {
+    let mut active = ma_map(kernel, mask, peaks_mm, study, scratch)?;
+    active
+        .iter_mut()
+        .for_each(|m| *m = mask.voxels[*m as usize]);
+    Ok(active)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sphere_of_10mm_on_2mm_voxels_has_515_offsets() {
+        assert_eq!(
+            MkdaKernel::new(10.0, [2.0; 3], Rounding::Round)
+                .offsets
+                .len(),
+            515
+        );
+    }
+
+    #[test]
+    fn sphere_on_3mm_voxels_is_asymmetric_as_nimare() {
+        // ⌊−10/3⌋ = −4, ⌊10/3⌋ = 3: NiMARE's slices(-r // v, r // v + 0.01).
+        let k = MkdaKernel::new(10.0, [3.0; 3], Rounding::Round);
+        assert_eq!(k.offsets.iter().map(|d| d[0]).min(), Some(-3)); // −4·3 = 12 mm > 10 mm: cut by the radius
+        assert!(k
+            .offsets
+            .iter()
+            .all(|d| d.iter().all(|&x| (-4..=3).contains(&x))));
+    }
+
+    #[test]
+    fn halves_round_to_even_and_trunc_goes_toward_zero() {
+        let id = [
+            [1.0, 0.0, 0.0, 0.0],
+            [0.0, 1.0, 0.0, 0.0],
+            [0.0, 0.0, 1.0, 0.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
+        let round = MkdaKernel::new(1.0, [1.0; 3], Rounding::Round);
+        let trunc = MkdaKernel::new(1.0, [1.0; 3], Rounding::Trunc);
+        assert_eq!(round.peak_voxel(&id, [2.5, 3.5, -0.5]), [2, 4, 0]);
+        assert_eq!(trunc.peak_voxel(&id, [2.7, 3.5, -0.7]), [2, 3, 0]);
+    }
+
+    #[test]
+    fn peak_outside_the_volume_keeps_its_in_volume_voxels() {
+        let grid = Grid::new(
+            [10, 10, 10],
+            [
+                [1.0, 0.0, 0.0, 0.0],
+                [0.0, 1.0, 0.0, 0.0],
+                [0.0, 0.0, 1.0, 0.0],
+                [0.0, 0.0, 0.0, 1.0],
+            ],
+        );
+        let mask = Mask::from_values(grid.clone(), &vec![1.0; 1000]);
+        let k = MkdaKernel::new(2.0, [1.0; 3], Rounding::Round);
+        let mut s = Scratch::new(&grid);
+        // Centre at x = −1: only offsets with dx ≥ 1 land inside (dx=1: 9 voxels with dy²+dz² ≤ 3; dx=2: 1).
+        let m = ma_map(&k, &mask, &[[-1.0, 5.0, 5.0]], "s", &mut s).unwrap();
+        assert_eq!(m.len(), 10);
+        // Two identical peaks: the union counts each voxel once.
+        let one = ma_map(&k, &mask, &[[5.0, 5.0, 5.0]], "s", &mut s).unwrap();
+        let two = ma_map(&k, &mask, &[[5.0, 5.0, 5.0], [5.0, 5.0, 5.0]], "s", &mut s).unwrap();
+        assert_eq!(one, two);
+        assert_eq!(one.len(), k.offsets.len());
+    }
+
+    #[test]
+    fn nan_peak_is_an_error_naming_the_study() {
+        let mask = Mask::mni152_2mm();
+        let k = MkdaKernel::for_grid(&mask.grid, 10.0, Rounding::Round);
+        let err = ma_map(
+            &k,
+            &mask,
+            &[[f64::NAN, 0.0, 0.0]],
+            "12345",
+            &mut Scratch::new(&mask.grid),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("12345"), "{err}");
+    }
+}

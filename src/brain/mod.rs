@@ -1,0 +1,14 @@
+//! Brain space: NIfTI images, grids and affines, resampling, MKDA modeled activation maps and
+//! least-squares projection onto an atlas.
+
+pub mod atlas;
+pub mod grid;
+pub mod mask;
+pub mod mkda;
+pub mod nifti;
+pub mod resample;
+
+pub use atlas::Atlas;
+pub use grid::Grid;
+pub use mask::Mask;
+pub use nifti::Image;

@@ -1,0 +1,1 @@
+//! Articles with text and activation peaks.

@@ -1,0 +1,1 @@
+//! Where ops run: the CPU, or a CUDA device through cudarc.

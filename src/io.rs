@@ -1,0 +1,166 @@
+//! Output files that are never left half-written, and `.npy` arrays exchanged with Python.
+
+use crate::error::{Error, IoContext, Result};
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// Writes `path` through a temporary sibling renamed into place only when `fill` succeeds,
+/// so an interrupted job leaves either the old file or the new one, never a torn one.
+pub fn write_atomic(
+    path: &Path,
+    fill: impl FnOnce(&mut BufWriter<File>) -> Result<()>,
+) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).at(dir)?;
+    }
+    let tmp = temp_sibling(path);
+    let result = (|| {
+        let file = File::create(&tmp).at(&tmp)?;
+        let mut w = BufWriter::with_capacity(1 << 20, file);
+        fill(&mut w)?;
+        let file = w
+            .into_inner()
+            .map_err(|e| Error::io(&tmp, e.into_error()))?;
+        file.sync_all().at(&tmp)?;
+        std::fs::rename(&tmp, path).at(path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn temp_sibling(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp-{}", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// Writes a row-major float32 array `[rows, cols]` as `.npy` (version 1.0, little-endian).
+pub fn write_npy_f32(path: &Path, data: &[f32], rows: usize, cols: usize) -> Result<()> {
+    assert_eq!(data.len(), rows * cols, "npy shape does not match data");
+    write_atomic(path, |w| {
+        write_npy_header(w, "<f4", &[rows, cols]).at(path)?;
+        w.write_all(bytemuck::cast_slice(data)).at(path)
+    })
+}
+
+fn write_npy_header(w: &mut impl Write, descr: &str, shape: &[usize]) -> std::io::Result<()> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    // magic(6) + version(2) + len(2) + header + '\n' must be a multiple of 64.
+    let pad = (64 - (10 + header.len() + 1) % 64) % 64;
+    header.push_str(&" ".repeat(pad));
+    header.push('\n');
+    w.write_all(b"\x93NUMPY\x01\x00")?;
+    w.write_all(&(header.len() as u16).to_le_bytes())?;
+    w.write_all(header.as_bytes())
+}
+
+/// A float32 matrix read from `.npy` (f4 or f8, C order, 1D or 2D; 1D reads as one column).
+pub struct NpyMatrix {
+    pub data: Vec<f32>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+pub fn read_npy_f32(path: &Path) -> Result<NpyMatrix> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .at(path)?
+        .read_to_end(&mut bytes)
+        .at(path)?;
+    let bad = |msg: &str| {
+        Error::input(
+            path,
+            format!("{msg}; write it with numpy.save(path, array.astype('float32'))"),
+        )
+    };
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(bad("not a .npy file"));
+    }
+    let (hlen, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
+            12,
+        ),
+        _ => return Err(bad("unsupported .npy version")),
+    };
+    let header = std::str::from_utf8(
+        bytes
+            .get(start..start + hlen)
+            .ok_or_else(|| bad("truncated header"))?,
+    )
+    .map_err(|_| bad("header is not text"))?;
+    let field = |key: &str| -> Option<&str> {
+        let at = header.find(&format!("'{key}'"))? + key.len() + 2;
+        Some(header[at..].trim_start_matches([':', ' ']))
+    };
+    let descr = field("descr")
+        .and_then(|s| s.strip_prefix('\''))
+        .and_then(|s| s.split('\'').next())
+        .ok_or_else(|| bad("no dtype"))?;
+    if field("fortran_order").is_some_and(|s| s.starts_with("True")) {
+        return Err(bad("Fortran-ordered array"));
+    }
+    let shape_txt = field("shape")
+        .and_then(|s| s.strip_prefix('('))
+        .and_then(|s| s.split(')').next())
+        .ok_or_else(|| bad("no shape"))?;
+    let shape: Vec<usize> = shape_txt
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|_| bad("bad shape")))
+        .collect::<Result<_>>()?;
+    let (rows, cols) = match shape.as_slice() {
+        [n] => (*n, 1),
+        [r, c] => (*r, *c),
+        _ => {
+            return Err(bad(&format!(
+                "expected a 1D or 2D array, found shape {shape:?}"
+            )))
+        }
+    };
+    let body = &bytes[start + hlen..];
+    let n = rows * cols;
+    let data: Vec<f32> = match descr {
+        "<f4" | "|f4" if body.len() >= 4 * n => body[..4 * n]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        "<f8" if body.len() >= 8 * n => body[..8 * n]
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
+            .collect(),
+        "<f4" | "|f4" | "<f8" => {
+            return Err(bad("file is shorter than its shape says (truncated?)"))
+        }
+        other => return Err(bad(&format!("dtype {other} is not float32/float64"))),
+    };
+    Ok(NpyMatrix { data, rows, cols })
+}
+
+/// Writes one id per line: the `.ids.txt` sidecar of a row-ordered array of studies.
+pub fn write_ids(path: &Path, ids: &[String]) -> Result<()> {
+    write_atomic(path, |w| {
+        for id in ids {
+            writeln!(w, "{id}").at(path)?;
+        }
+        Ok(())
+    })
+}
+
+/// `<path>.ids.txt`
+pub fn ids_sidecar(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(".ids.txt");
+    PathBuf::from(s)
+}

@@ -1,0 +1,11 @@
+//! niclip: NiCLIP (Peraza et al. 2025) in Rust — brain maps decoded into the cognitive tasks,
+//! concepts and domains they reflect. Every numerical op has a CPU path (always built and tested)
+//! and a CUDA kernel in `kernels/` behind the same interface (`device`).
+
+pub mod brain;
+pub mod corpus;
+pub mod device;
+pub mod error;
+pub mod io;
+
+pub use error::{Error, Result};
