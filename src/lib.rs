@@ -3,6 +3,7 @@
 //! and a CUDA kernel in `kernels/` behind the same interface (`device`).
 
 pub mod brain;
+pub mod cli;
 pub mod corpus;
 pub mod device;
 pub mod error;

@@ -136,7 +136,7 @@ pub fn peak_voxels(
 
 /// Scratch for drawing many maps on one thread.
 pub struct Scratch {
-    seen: Vec<u32>,
+    pub seen: Vec<u32>,
     stamp: u32,
 }
 
@@ -148,7 +148,8 @@ impl Scratch {
         }
     }
 
-    fn next(&mut self) -> u32 {
+    /// A fresh stamp for the next map.
+    pub fn next(&mut self) -> u32 {
         self.stamp = self.stamp.wrapping_add(1);
         if self.stamp == 0 {
             self.seen.fill(0);

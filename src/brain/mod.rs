@@ -2,6 +2,7 @@
 //! least-squares projection onto an atlas.
 
 pub mod atlas;
+pub mod features;
 pub mod grid;
 pub mod mask;
 pub mod mkda;
@@ -9,6 +10,7 @@ pub mod nifti;
 pub mod resample;
 
 pub use atlas::Atlas;
+pub use features::Peaks;
 pub use grid::Grid;
 pub use mask::Mask;
 pub use nifti::Image;

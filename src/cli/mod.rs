@@ -1,0 +1,64 @@
+//! The command line (the contract in CLI.md): one file per subcommand, each a clap `Args` and a
+//! `run` that calls the library.
+
+pub mod brain;
+pub mod corpus;
+
+use crate::device::DeviceArg;
+use crate::error::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "niclip",
+    version,
+    about = "NiCLIP: decode brain maps into cognitive tasks, concepts and domains"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// MKDA modeled activation maps of studies, as a 4D NIfTI.
+    MaMap(brain::MaMapArgs),
+    /// Least-squares coefficients of brain maps on an atlas's maps.
+    Project(brain::ProjectArgs),
+    /// Image features (MKDA + projection) of every study with peaks in a corpus.
+    Images(brain::ImagesArgs),
+    /// Import, inspect and export article collections.
+    #[command(subcommand)]
+    Corpus(corpus::CorpusCommand),
+}
+
+/// Options shared by every command that computes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Compute {
+    /// auto | cpu | cuda | cuda:N. auto uses CUDA only when a driver and a device are present.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceArg,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl Compute {
+    pub fn init_threads(&self) {
+        if let Some(n) = self.threads {
+            // Only fails when a pool exists already, in which case that one is used.
+            let _ = rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build_global();
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::MaMap(a) => brain::ma_map(a),
+        Command::Project(a) => brain::project(a),
+        Command::Images(a) => brain::images(a),
+        Command::Corpus(c) => corpus::run(c),
+    }
+}
