@@ -70,12 +70,26 @@ pub struct NpyMatrix {
     pub cols: usize,
 }
 
-pub fn read_npy_f32(path: &Path) -> Result<NpyMatrix> {
+/// An `.npy` array as raw little-endian bytes with its dtype and shape; `.npy.gz` is unzipped.
+pub struct NpyRaw {
+    pub descr: String,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+pub fn read_npy_raw(path: &Path) -> Result<NpyRaw> {
     let mut bytes = Vec::new();
     File::open(path)
         .at(path)?
         .read_to_end(&mut bytes)
         .at(path)?;
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(&bytes[..])
+            .read_to_end(&mut out)
+            .map_err(|e| Error::input(path, format!("corrupt gzip: {e}")))?;
+        bytes = out;
+    }
     let bad = |msg: &str| {
         Error::input(
             path,
@@ -106,7 +120,8 @@ pub fn read_npy_f32(path: &Path) -> Result<NpyMatrix> {
     let descr = field("descr")
         .and_then(|s| s.strip_prefix('\''))
         .and_then(|s| s.split('\'').next())
-        .ok_or_else(|| bad("no dtype"))?;
+        .ok_or_else(|| bad("no dtype"))?
+        .to_string();
     if field("fortran_order").is_some_and(|s| s.starts_with("True")) {
         return Err(bad("Fortran-ordered array"));
     }
@@ -120,31 +135,55 @@ pub fn read_npy_f32(path: &Path) -> Result<NpyMatrix> {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse().map_err(|_| bad("bad shape")))
         .collect::<Result<_>>()?;
-    let (rows, cols) = match shape.as_slice() {
+    let item = match descr.as_str() {
+        "|u1" | "|i1" | "|b1" => 1,
+        "<f4" | "<i4" | "<u4" => 4,
+        "<f8" | "<i8" | "<u8" => 8,
+        other => return Err(bad(&format!("dtype {other} is not supported"))),
+    };
+    let n: usize = shape.iter().product::<usize>() * item;
+    let body = bytes
+        .get(start + hlen..start + hlen + n)
+        .ok_or_else(|| bad("file is shorter than its shape says (truncated?)"))?
+        .to_vec();
+    Ok(NpyRaw {
+        descr,
+        shape,
+        bytes: body,
+    })
+}
+
+pub fn read_npy_f32(path: &Path) -> Result<NpyMatrix> {
+    let raw = read_npy_raw(path)?;
+    let (rows, cols) = match raw.shape.as_slice() {
         [n] => (*n, 1),
         [r, c] => (*r, *c),
-        _ => {
-            return Err(bad(&format!(
-                "expected a 1D or 2D array, found shape {shape:?}"
-            )))
+        s => {
+            return Err(Error::input(
+                path,
+                format!("expected a 1D or 2D array, found shape {s:?}"),
+            ))
         }
     };
-    let body = &bytes[start + hlen..];
-    let n = rows * cols;
-    let data: Vec<f32> = match descr {
-        "<f4" | "|f4" if body.len() >= 4 * n => body[..4 * n]
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect(),
-        "<f8" if body.len() >= 8 * n => body[..8 * n]
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
-            .collect(),
-        "<f4" | "|f4" | "<f8" => {
-            return Err(bad("file is shorter than its shape says (truncated?)"))
-        }
-        other => return Err(bad(&format!("dtype {other} is not float32/float64"))),
-    };
+    let data =
+        match raw.descr.as_str() {
+            "<f4" => raw
+                .bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            "<f8" => raw
+                .bytes
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
+                .collect(),
+            other => return Err(Error::input(
+                path,
+                format!(
+                    "dtype {other} is not float32/float64; save it with array.astype('float32')"
+                ),
+            )),
+        };
     Ok(NpyMatrix { data, rows, cols })
 }
 

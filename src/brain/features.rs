@@ -39,6 +39,19 @@ impl Peaks {
         self.ids.is_empty()
     }
 
+    /// Studies `range` as a table of their own.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Peaks {
+        let (a, b) = (self.start[range.start], self.start[range.end]);
+        Peaks {
+            ids: self.ids[range.clone()].to_vec(),
+            start: self.start[range.start..=range.end]
+                .iter()
+                .map(|s| s - a)
+                .collect(),
+            xyz: self.xyz[a..b].to_vec(),
+        }
+    }
+
     pub fn study(&self, s: usize) -> &[[f64; 3]] {
         &self.xyz[self.start[s]..self.start[s + 1]]
     }

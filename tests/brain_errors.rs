@@ -1,0 +1,153 @@
+//! Bad brain-space input gets a one-line error naming the file and the fix, never a panic.
+
+mod common;
+
+use common::*;
+use niclip::brain::{Grid, Image};
+
+fn grid(shape: [usize; 3]) -> Grid {
+    Grid::new(
+        shape,
+        [
+            [2.0, 0.0, 0.0, -10.0],
+            [0.0, 2.0, 0.0, -10.0],
+            [0.0, 0.0, 2.0, -10.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ],
+    )
+}
+
+/// A small valid 2-map atlas and a map on its grid.
+fn atlas_and_map(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let g = grid([6, 6, 6]);
+    let n = g.n_voxels();
+    let atlas: Vec<f32> = (0..2 * n)
+        .map(|i| {
+            if (i % n) % 2 == i / n {
+                1.0 + (i % 7) as f32
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let map: Vec<f32> = (0..n).map(|i| (i % 5) as f32 - 2.0).collect();
+    let (a, m) = (dir.join("atlas.nii.gz"), dir.join("map.nii"));
+    Image::new(g.clone(), 2, atlas).write(&a).unwrap();
+    Image::new(g, 1, map).write(&m).unwrap();
+    (a, m)
+}
+
+fn project(atlas: &std::path::Path, map: &std::path::Path, out: &std::path::Path) -> Vec<String> {
+    vec![
+        "project".into(),
+        "--atlas".into(),
+        atlas.display().to_string(),
+        map.display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+    ]
+}
+
+fn fails(args: Vec<String>) -> String {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = niclip_fails(&a);
+    assert!(err.starts_with("error: "), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    err
+}
+
+#[test]
+fn truncated_and_non_nifti_files_are_named() {
+    let dir = tmpdir("err-nifti");
+    let (atlas, map) = atlas_and_map(&dir);
+    let out = dir.join("f.npy");
+    let bytes = std::fs::read(&map).unwrap();
+    let cut = dir.join("cut.nii");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let err = fails(project(&atlas, &cut, &out));
+    assert!(
+        err.contains("cut.nii") && err.contains("truncated"),
+        "{err}"
+    );
+
+    let text = dir.join("notes.nii");
+    std::fs::write(
+        &text,
+        "these are not voxels, just a text file long enough to hold a header".repeat(10),
+    )
+    .unwrap();
+    let err = fails(project(&atlas, &text, &out));
+    assert!(
+        err.contains("notes.nii") && err.contains("not a NIfTI"),
+        "{err}"
+    );
+
+    let gz = dir.join("broken.nii.gz");
+    std::fs::write(&gz, [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3]).unwrap();
+    let err = fails(project(&atlas, &gz, &out));
+    assert!(
+        err.contains("broken.nii.gz") && err.contains("gzip"),
+        "{err}"
+    );
+    assert!(!out.exists(), "no output is written on error");
+}
+
+#[test]
+fn a_2d_image_is_refused() {
+    let dir = tmpdir("err-2d");
+    let (atlas, _) = atlas_and_map(&dir);
+    let flat = dir.join("slice.nii");
+    Image::new(grid([6, 6, 1]), 1, vec![1.0; 36])
+        .write(&flat)
+        .unwrap();
+    let err = fails(project(&atlas, &flat, &dir.join("f.npy")));
+    assert!(err.contains("slice.nii") && err.contains("3D"), "{err}");
+}
+
+#[test]
+fn nan_and_inf_count_as_zero_with_a_warning() {
+    let dir = tmpdir("err-nan");
+    let (atlas, map) = atlas_and_map(&dir);
+    let mut img = Image::read(&map).unwrap();
+    let mut zeroed = img.clone();
+    for v in [3usize, 50, 100] {
+        img.data[v] = if v == 50 { f32::INFINITY } else { f32::NAN };
+        zeroed.data[v] = 0.0;
+    }
+    let (with_nan, with_zero) = (dir.join("nan.nii"), dir.join("zero.nii"));
+    img.write(&with_nan).unwrap();
+    zeroed.write(&with_zero).unwrap();
+    let (o1, o2) = (dir.join("a.npy"), dir.join("b.npy"));
+    let a1: Vec<String> = project(&atlas, &with_nan, &o1);
+    let stderr = niclip(&a1.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        stderr.contains("warning") && stderr.contains("3 NaN/Inf"),
+        "{stderr}"
+    );
+    let a2: Vec<String> = project(&atlas, &with_zero, &o2);
+    niclip(&a2.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(std::fs::read(o1).unwrap(), std::fs::read(o2).unwrap());
+}
+
+#[test]
+fn an_all_zero_atlas_is_refused() {
+    let dir = tmpdir("err-atlas");
+    let (_, map) = atlas_and_map(&dir);
+    let empty = dir.join("empty_atlas.nii.gz");
+    Image::new(grid([6, 6, 6]), 3, vec![0.0; 3 * 216])
+        .write(&empty)
+        .unwrap();
+    let err = fails(project(&empty, &map, &dir.join("f.npy")));
+    assert!(
+        err.contains("empty_atlas.nii.gz") && err.contains("all zeros"),
+        "{err}"
+    );
+}
+
+#[test]
+fn output_must_be_npy() {
+    let dir = tmpdir("err-out");
+    let (atlas, map) = atlas_and_map(&dir);
+    let err = fails(project(&atlas, &map, &dir.join("feats.csv")));
+    assert!(err.contains("feats.csv") && err.contains(".npy"), "{err}");
+}
