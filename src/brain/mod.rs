@@ -3,6 +3,7 @@
 
 pub mod atlas;
 pub mod features;
+pub mod features_cuda;
 pub mod grid;
 pub mod mask;
 pub mod mkda;

@@ -1,0 +1,573 @@
+//! Image features of studies on a CUDA device, the same contract as `features::ma_xty_cpu` and
+//! `features::image_features_cpu`: peaks → sphere voxels (union, in the mask, on the atlas
+//! support) → Xᵀy rows (f64) → β = Xᵀy · (XᵀX)⁻¹ (cuBLAS DGEMM, f32 out). No MA map is ever written.
+//!
+//! The host snaps peaks to voxels with the CPU's own `peak_voxels` (bit-identical rounding) and
+//! uploads them with the study offsets; `kernels/mkda.cu` draws all studies in one launch, one
+//! block per study, each voxel counted once by the first peak whose sphere holds it. Xᵀy sums are
+//! f64 on both sides and differ only in summation order (relative ~1e-15); features are f32.
+
+use super::features::{check_grids, Peaks};
+use super::mkda::{peak_voxels, MkdaKernel};
+use super::{Atlas, Grid, Mask};
+use crate::device::cuda::Gpu;
+use crate::error::{Error, Result};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use rayon::prelude::*;
+
+const MODULE: &str = "mkda";
+/// Threads per block of the per-study kernels: `NICLIP_BLOCK` in kernels/common.cuh.
+const BLOCK: u32 = 256;
+/// Tile edge of `solve_rows_f64`: `SOLVE_TILE` in kernels/mkda.cu.
+const SOLVE_TILE: usize = 16;
+/// Largest count the kernels index with 32-bit ints, with headroom for `i += blockDim.x` past the end.
+const INDEX_LIMIT: usize = i32::MAX as usize - 65536;
+
+/// Where the per-study Xᵀy sums are accumulated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Accumulate {
+    /// Shared memory when k float64 fit in a block's shared memory, else global.
+    #[default]
+    Auto,
+    /// k float64 accumulators per block in shared memory (`mkda_xty_smem`).
+    Shared,
+    /// f64 atomics straight into the study's row of the output (`mkda_xty_global`).
+    Global,
+}
+
+/// How β = Xᵀy · (XᵀX)⁻¹ is computed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Solver {
+    /// cuBLAS when libcublas loads, else the kernel.
+    #[default]
+    Auto,
+    /// cuBLAS DGEMM, then a float64 → float32 kernel.
+    Cublas,
+    /// `solve_rows_f64` in kernels/mkda.cu (tiled, f64 sums).
+    Kernel,
+}
+
+/// The atlas, mask and sphere on a device, ready for many batches of studies.
+pub struct CudaMkda<'g> {
+    gpu: &'g Gpu,
+    kernel: MkdaKernel,
+    grid: Grid,
+    k: usize,
+    shape: [i32; 3],
+    reach: [i32; 3],
+    n_off: usize,
+    offsets: CudaSlice<i32>,
+    in_sphere: CudaSlice<u8>,
+    row: CudaSlice<i32>,
+    row_ptr: CudaSlice<u32>,
+    cols: CudaSlice<u32>,
+    vals: CudaSlice<f32>,
+    gram_inv: CudaSlice<f64>,
+}
+
+/// Peaks of a batch of studies as the kernel reads them.
+struct PeakTable {
+    /// 3 per peak: voxel indices, clamped to [-(2R+2), n-1+2R+2] per axis.
+    ijk: Vec<i32>,
+    /// n + 1 study offsets into the peaks.
+    start: Vec<i32>,
+}
+
+fn too_big(what: &str) -> Error {
+    Error::Usage(format!(
+        "{what} is too large for the CUDA kernel (32-bit indices); split the corpus into batches or use --device cpu"
+    ))
+}
+
+fn launch_err(name: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
+    move |e| Error::Cuda(format!("launch of {name} failed: {e:?}"))
+}
+
+/// What the kernel reads besides the peaks, prepared on the host (shared by the GPU path and
+/// its CPU emulation).
+struct HostTables {
+    shape: [i32; 3],
+    reach: [i32; 3],
+    /// 3 per sphere offset.
+    offsets: Vec<i32>,
+    /// (2rx+1)(2ry+1)(2rz+1) bytes, x fastest: 1 where the offset is in the sphere.
+    in_sphere: Vec<u8>,
+    /// Per grid voxel: atlas support row when in the mask and on the support, else −1.
+    row: Vec<i32>,
+}
+
+impl HostTables {
+    fn new(kernel: &MkdaKernel, mask: &Mask, atlas: &Atlas) -> Result<Self> {
+        check_grids(mask, atlas)?;
+        let n_vox = mask.grid.n_voxels();
+        if n_vox >= INDEX_LIMIT {
+            return Err(too_big("the grid"));
+        }
+        let k = atlas.k;
+        if k == 0 || k >= INDEX_LIMIT {
+            return Err(Error::Usage(format!(
+                "the atlas has {k} maps; the CUDA kernel takes 1 to about 2^31"
+            )));
+        }
+        check_atlas(atlas, n_vox)?;
+        if mask.index.len() != n_vox {
+            return Err(Error::Usage(format!(
+                "the mask holds {} voxel entries for a grid of {n_vox}",
+                mask.index.len()
+            )));
+        }
+        let shape = mask.grid.shape.map(|n| n as i32);
+        let reach = kernel.reach;
+        if reach.iter().any(|&r| !(0..=1024).contains(&r)) {
+            return Err(Error::Usage(format!(
+                "MKDA sphere reach {reach:?} voxels is out of range; use a radius of at most 1024 voxels"
+            )));
+        }
+        // The membership cube, built from the offsets list itself: the exact same sphere.
+        let w = reach.map(|r| (2 * r + 1) as usize);
+        let mut in_sphere = vec![0u8; w[0] * w[1] * w[2]];
+        let mut offsets = Vec::with_capacity(3 * kernel.offsets.len());
+        for d in &kernel.offsets {
+            if (0..3).any(|a| d[a].abs() > reach[a]) {
+                return Err(Error::Usage(format!(
+                    "MKDA offset {d:?} lies beyond the kernel's reach {reach:?}"
+                )));
+            }
+            let c = |a: usize| (d[a] + reach[a]) as usize;
+            in_sphere[c(0) + w[0] * (c(1) + w[1] * c(2))] = 1;
+            offsets.extend_from_slice(d);
+        }
+        // A voxel counts when it is in the mask and on the atlas support, as on the CPU.
+        let row: Vec<i32> = mask
+            .index
+            .iter()
+            .zip(&atlas.row_of)
+            .map(|(&m, &r)| if m >= 0 { r } else { -1 })
+            .collect();
+        Ok(HostTables {
+            shape,
+            reach,
+            offsets,
+            in_sphere,
+            row,
+        })
+    }
+
+    fn n_off(&self) -> usize {
+        self.offsets.len() / 3
+    }
+}
+
+/// Peaks → voxel indices clamped near the volume, and study offsets; a non-finite peak is an
+/// error naming its study. Checks the sizes the kernel's 32-bit indexing relies on.
+fn peak_table(kernel: &MkdaKernel, grid: &Grid, n_off: usize, peaks: &Peaks) -> Result<PeakTable> {
+    let shape = grid.shape.map(|n| n as i64);
+    let reach = kernel.reach.map(|r| r as i64);
+    let n = peaks.len();
+    if n == 0 {
+        return Ok(PeakTable {
+            ijk: Vec::new(),
+            start: vec![0],
+        });
+    }
+    if peaks.start.len() != n + 1
+        || peaks.ids.len() != n
+        || peaks.start[0] != 0
+        || peaks.start[n] != peaks.xyz.len()
+        || peaks.start.windows(2).any(|w| w[0] > w[1])
+    {
+        return Err(Error::Usage(format!(
+            "peak table is inconsistent: {n} studies, {} offsets, {} peaks; build it with Peaks::push",
+            peaks.start.len(),
+            peaks.xyz.len()
+        )));
+    }
+    if n >= INDEX_LIMIT || peaks.xyz.len() >= INDEX_LIMIT {
+        return Err(too_big("the number of studies or peaks"));
+    }
+    let max_np = peaks
+        .start
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or(0);
+    if max_np.saturating_mul(n_off) >= INDEX_LIMIT {
+        return Err(too_big(&format!("a study with {max_np} peaks")));
+    }
+    // Clamping moves a peak only when its sphere misses the volume before and after: a
+    // coordinate below −(2R+2) reaches at most −R−2 < 0, above n−1+2R+2 at least n+R+1 > n−1.
+    let lo = reach.map(|r| -(2 * r + 2));
+    let hi: [i64; 3] = std::array::from_fn(|a| shape[a] - 1 + 2 * reach[a] + 2);
+    let per_study: Vec<Vec<i32>> = (0..n)
+        .into_par_iter()
+        .map(|s| -> Result<Vec<i32>> {
+            let vox = peak_voxels(kernel, grid, peaks.study(s), &peaks.ids[s])?;
+            Ok(vox
+                .iter()
+                .flat_map(|p| (0..3).map(move |a| p[a].clamp(lo[a], hi[a]) as i32))
+                .collect())
+        })
+        .collect::<Result<_>>()?;
+    Ok(PeakTable {
+        ijk: per_study.concat(),
+        start: peaks.start.iter().map(|&s| s as i32).collect(),
+    })
+}
+
+impl<'g> CudaMkda<'g> {
+    /// Uploads the sphere, the in-mask support rows and the atlas (CSR and (XᵀX)⁻¹).
+    pub fn new(gpu: &'g Gpu, kernel: &MkdaKernel, mask: &Mask, atlas: &Atlas) -> Result<Self> {
+        let t = HostTables::new(kernel, mask, atlas)?;
+        Ok(CudaMkda {
+            gpu,
+            kernel: kernel.clone(),
+            grid: mask.grid.clone(),
+            k: atlas.k,
+            shape: t.shape,
+            reach: t.reach,
+            n_off: t.n_off(),
+            offsets: gpu.htod(&t.offsets)?,
+            in_sphere: gpu.htod(&t.in_sphere)?,
+            row: gpu.htod(&t.row)?,
+            row_ptr: gpu.htod(&atlas.row_ptr)?,
+            cols: gpu.htod(&atlas.cols)?,
+            vals: gpu.htod(&atlas.vals)?,
+            gram_inv: gpu.htod(&atlas.gram_inv)?,
+        })
+    }
+
+    /// Number of atlas maps (columns of Xᵀy and of the features).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Xᵀy of every study's MA map into `out` (n×k f64, row-major; every element is written).
+    /// Returns the accumulation actually used.
+    pub fn xty_into(
+        &self,
+        peaks: &Peaks,
+        accumulate: Accumulate,
+        out: &mut CudaSlice<f64>,
+    ) -> Result<Accumulate> {
+        let n = peaks.len();
+        let table = peak_table(&self.kernel, &self.grid, self.n_off, peaks)?;
+        if out.len() < n * self.k {
+            return Err(Error::Cuda(format!(
+                "Xᵀy buffer holds {} values, {n}×{} needed",
+                out.len(),
+                self.k
+            )));
+        }
+        let smem_bytes = self.k * std::mem::size_of::<f64>();
+        let func_smem = self.gpu.function(MODULE, "mkda_xty_smem")?;
+        let static_smem = func_smem
+            .shared_size_bytes()
+            .map_err(|e| Error::Cuda(format!("cannot query mkda_xty_smem: {e:?}")))?
+            .max(0) as usize;
+        let fits = smem_bytes + static_smem <= self.gpu.max_shared_optin()?;
+        let chosen = match accumulate {
+            Accumulate::Auto if fits => Accumulate::Shared,
+            Accumulate::Auto => Accumulate::Global,
+            Accumulate::Shared if !fits => {
+                return Err(Error::Cuda(format!(
+                    "{} maps need {smem_bytes} bytes of shared memory per block, more than this device allows; use Accumulate::Global",
+                    self.k
+                )))
+            }
+            other => other,
+        };
+        if n == 0 {
+            return Ok(chosen);
+        }
+        let d_peaks = self.gpu.htod(&table.ijk)?;
+        let d_start = self.gpu.htod(&table.start)?;
+        let (func, name, shared) = if chosen == Accumulate::Shared {
+            use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAX_DYN;
+            self.gpu
+                .ctx
+                .bind_to_thread()
+                .map_err(|e| Error::Cuda(format!("cannot bind the CUDA context: {e:?}")))?;
+            func_smem
+                .set_attribute(MAX_DYN, smem_bytes as i32)
+                .map_err(|e| {
+                    Error::Cuda(format!(
+                        "cannot give mkda_xty_smem {smem_bytes} bytes of shared memory: {e:?}"
+                    ))
+                })?;
+            (func_smem, "mkda_xty_smem", smem_bytes as u32)
+        } else {
+            (
+                self.gpu.function(MODULE, "mkda_xty_global")?,
+                "mkda_xty_global",
+                0,
+            )
+        };
+        let n_studies = n as i32;
+        let n_off = self.n_off as i32;
+        let [rx, ry, rz] = self.reach;
+        let [nx, ny, nz] = self.shape;
+        let k = self.k as i32;
+        let cfg = LaunchConfig {
+            grid_dim: (n as u32, 1, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: shared,
+        };
+        let mut b = self.gpu.stream.launch_builder(&func);
+        b.arg(&d_peaks)
+            .arg(&d_start)
+            .arg(&n_studies)
+            .arg(&self.offsets)
+            .arg(&n_off)
+            .arg(&self.in_sphere)
+            .arg(&rx)
+            .arg(&ry)
+            .arg(&rz)
+            .arg(&nx)
+            .arg(&ny)
+            .arg(&nz)
+            .arg(&self.row)
+            .arg(&self.row_ptr)
+            .arg(&self.cols)
+            .arg(&self.vals)
+            .arg(&k)
+            .arg(out);
+        // SAFETY: the arguments match mkda_xty_{smem,global}'s signature in kernels/mkda.cu in
+        // order and type; every index the kernel forms was bounds-checked above (grid < 2^31,
+        // peaks clamped, study size × offsets < 2^31, CSR cols < k, out ≥ n×k).
+        unsafe { b.launch(cfg) }.map_err(launch_err(name))?;
+        Ok(chosen)
+    }
+
+    /// β = Xᵀy · (XᵀX)⁻¹ for the first n rows of `xty` into `out` (n×k f32; every element is
+    /// written). Returns the solver actually used.
+    pub fn solve_into(
+        &self,
+        xty: &CudaSlice<f64>,
+        n: usize,
+        solver: Solver,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<Solver> {
+        let k = self.k;
+        let nk = n * k;
+        if xty.len() < nk || out.len() < nk {
+            return Err(Error::Cuda(format!(
+                "solve buffers hold {} and {} values, {n}×{k} needed",
+                xty.len(),
+                out.len()
+            )));
+        }
+        if n >= INDEX_LIMIT || nk >= i64::MAX as usize {
+            return Err(too_big("the number of studies"));
+        }
+        let blas = match solver {
+            Solver::Kernel => None,
+            Solver::Auto => self.gpu.blas()?,
+            Solver::Cublas => Some(self.gpu.blas()?.ok_or_else(|| {
+                Error::Cuda("cuBLAS (libcublas.so) cannot be loaded: add the CUDA toolkit's lib directory to LD_LIBRARY_PATH, or use Solver::Kernel".into())
+            })?),
+        };
+        let chosen = if blas.is_some() {
+            Solver::Cublas
+        } else {
+            Solver::Kernel
+        };
+        if n == 0 {
+            return Ok(chosen);
+        }
+        let (n_i, k_i) = (n as i32, k as i32);
+        match blas {
+            Some(blas) => {
+                use cudarc::cublas::{sys::cublasOperation_t::CUBLAS_OP_N, Gemm, GemmConfig};
+                // Row-major β(n×k) = X(n×k)·G(k×k) is column-major βᵀ(k×n) = Gᵀ(k×k)·Xᵀ(k×n):
+                // the row-major buffers read column-major are exactly Gᵀ and Xᵀ.
+                let mut beta64 = self.gpu.zeros::<f64>(nk)?;
+                let cfg = GemmConfig {
+                    transa: CUBLAS_OP_N,
+                    transb: CUBLAS_OP_N,
+                    m: k_i,
+                    n: n_i,
+                    k: k_i,
+                    alpha: 1.0f64,
+                    lda: k_i,
+                    ldb: k_i,
+                    beta: 0.0f64,
+                    ldc: k_i,
+                };
+                // SAFETY: G is k×k (ld k), X holds ≥ n×k (ld k), β64 holds n×k (ld k).
+                unsafe { blas.gemm(cfg, &self.gram_inv, xty, &mut beta64) }
+                    .map_err(|e| Error::Cuda(format!("cuBLAS DGEMM failed: {e:?}")))?;
+                let func = self.gpu.function(MODULE, "f64_to_f32")?;
+                let len = nk as i64;
+                let blocks = nk.div_ceil(BLOCK as usize).clamp(1, 1 << 16) as u32;
+                let cfg = LaunchConfig {
+                    grid_dim: (blocks, 1, 1),
+                    block_dim: (BLOCK, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                let mut b = self.gpu.stream.launch_builder(&func);
+                b.arg(&beta64).arg(&mut *out).arg(&len);
+                // SAFETY: f64_to_f32(const double*, float*, long long); both hold ≥ nk elements.
+                unsafe { b.launch(cfg) }.map_err(launch_err("f64_to_f32"))?;
+                // beta64 is freed when dropped; cudarc orders the free after the kernel on the stream.
+            }
+            None => {
+                let func = self.gpu.function(MODULE, "solve_rows_f64")?;
+                let cfg = LaunchConfig {
+                    grid_dim: (
+                        k.div_ceil(SOLVE_TILE) as u32,
+                        n.div_ceil(SOLVE_TILE).min(65535) as u32,
+                        1,
+                    ),
+                    block_dim: (SOLVE_TILE as u32, SOLVE_TILE as u32, 1),
+                    shared_mem_bytes: 0,
+                };
+                let mut b = self.gpu.stream.launch_builder(&func);
+                b.arg(xty)
+                    .arg(&self.gram_inv)
+                    .arg(&mut *out)
+                    .arg(&n_i)
+                    .arg(&k_i);
+                // SAFETY: solve_rows_f64(const double* xty, const double* gram_inv, float* beta,
+                // int n, int k) with buffers of ≥ n×k, k×k and n×k elements.
+                unsafe { b.launch(cfg) }.map_err(launch_err("solve_rows_f64"))?;
+            }
+        }
+        Ok(chosen)
+    }
+
+    /// Xᵀy of every study, n×k f64 on the host.
+    pub fn xty(&self, peaks: &Peaks, accumulate: Accumulate) -> Result<Vec<f64>> {
+        let nk = peaks.len() * self.k;
+        let mut out = self.gpu.zeros::<f64>(nk)?;
+        self.xty_into(peaks, accumulate, &mut out)?;
+        self.gpu.dtoh(&out, nk)
+    }
+
+    /// Atlas coefficients of every study's MA map, n×k f32 on the host.
+    pub fn features(
+        &self,
+        peaks: &Peaks,
+        accumulate: Accumulate,
+        solver: Solver,
+    ) -> Result<Vec<f32>> {
+        let n = peaks.len();
+        let nk = n * self.k;
+        let mut xty = self.gpu.zeros::<f64>(nk)?;
+        self.xty_into(peaks, accumulate, &mut xty)?;
+        let mut beta = self.gpu.zeros::<f32>(nk)?;
+        self.solve_into(&xty, n, solver, &mut beta)?;
+        self.gpu.dtoh(&beta, nk)
+    }
+}
+
+/// The CSR must index inside itself and inside k, or the kernel would read out of bounds.
+fn check_atlas(atlas: &Atlas, n_vox: usize) -> Result<()> {
+    let rows = atlas.support.len();
+    let nnz = atlas.cols.len();
+    let bad = |what: &str| {
+        Err(Error::Usage(format!(
+            "the atlas is inconsistent ({what}); rebuild it with Atlas::read or Atlas::from_maps"
+        )))
+    };
+    if atlas.row_of.len() != n_vox {
+        return bad("row_of does not cover the grid");
+    }
+    if atlas.row_ptr.len() != rows + 1
+        || atlas.row_ptr[0] != 0
+        || atlas.row_ptr[rows] as usize != nnz
+        || atlas.vals.len() != nnz
+    {
+        return bad("row_ptr does not match cols/vals");
+    }
+    if atlas.row_ptr.windows(2).any(|w| w[0] > w[1]) {
+        return bad("row_ptr decreases");
+    }
+    if atlas.cols.par_iter().any(|&c| c as usize >= atlas.k) {
+        return bad("a map index ≥ k");
+    }
+    if atlas.row_of.par_iter().any(|&r| r >= rows as i32) {
+        return bad("a support row out of range");
+    }
+    if atlas.gram_inv.len() != atlas.k * atlas.k {
+        return bad("(XᵀX)⁻¹ is not k×k");
+    }
+    Ok(())
+}
+
+/// `mkda_xty_*`'s algorithm run on the CPU over the very tables the GPU gets (clamped peaks,
+/// offsets, membership cube, combined rows), each study's candidates in one valid serial order
+/// of the block's threads. It checks the first-owner union and the host preparation on
+/// machines without a GPU; not a fast path.
+#[doc(hidden)]
+pub fn ma_xty_emulated(
+    kernel: &MkdaKernel,
+    mask: &Mask,
+    atlas: &Atlas,
+    peaks: &Peaks,
+) -> Result<Vec<f64>> {
+    let t = HostTables::new(kernel, mask, atlas)?;
+    let n_off = t.n_off();
+    let table = peak_table(kernel, &mask.grid, n_off, peaks)?;
+    let k = atlas.k;
+    let [rx, ry, rz] = t.reach;
+    let [nx, ny, nz] = t.shape;
+    let (wx, wy) = (2 * rx + 1, 2 * ry + 1);
+    let in_range = |x: i32, n: i32| (x as u32) < (n as u32);
+    let mut xty = vec![f64::NAN; peaks.len() * k];
+    xty.par_chunks_mut(k.max(1))
+        .enumerate()
+        .for_each(|(s, acc)| {
+            acc.fill(0.0);
+            let a = table.start[s] as usize;
+            let np = (table.start[s + 1] - table.start[s]) as usize;
+            let p_ = &table.ijk[3 * a..3 * (a + np)];
+            for c in 0..np * n_off {
+                let (p, o) = (c / n_off, c % n_off);
+                let vi = p_[3 * p] + t.offsets[3 * o];
+                let vj = p_[3 * p + 1] + t.offsets[3 * o + 1];
+                let vk = p_[3 * p + 2] + t.offsets[3 * o + 2];
+                if !in_range(vi, nx) || !in_range(vj, ny) || !in_range(vk, nz) {
+                    continue;
+                }
+                let r = t.row[(vi + nx * (vj + ny * vk)) as usize];
+                if r < 0 {
+                    continue;
+                }
+                let owned_earlier = (0..p).any(|q| {
+                    let (di, dj, dk) = (vi - p_[3 * q], vj - p_[3 * q + 1], vk - p_[3 * q + 2]);
+                    di.abs() <= rx
+                        && dj.abs() <= ry
+                        && dk.abs() <= rz
+                        && t.in_sphere[((di + rx) + wx * ((dj + ry) + wy * (dk + rz))) as usize]
+                            != 0
+                });
+                if !owned_earlier {
+                    atlas.add_row(r as usize, 1.0, acc);
+                }
+            }
+        });
+    Ok(xty)
+}
+
+/// Xᵀy of every study's MA map on a CUDA device, n×k f64 (`features::ma_xty_cpu` on the GPU).
+pub fn ma_xty_cuda(
+    gpu: &Gpu,
+    kernel: &MkdaKernel,
+    mask: &Mask,
+    atlas: &Atlas,
+    peaks: &Peaks,
+) -> Result<Vec<f64>> {
+    CudaMkda::new(gpu, kernel, mask, atlas)?.xty(peaks, Accumulate::Auto)
+}
+
+/// Atlas coefficients of every study's MA map on a CUDA device, n×k float32
+/// (`features::image_features_cpu` on the GPU).
+pub fn image_features_cuda(
+    gpu: &Gpu,
+    kernel: &MkdaKernel,
+    mask: &Mask,
+    atlas: &Atlas,
+    peaks: &Peaks,
+) -> Result<Vec<f32>> {
+    CudaMkda::new(gpu, kernel, mask, atlas)?.features(peaks, Accumulate::Auto, Solver::Auto)
+}
