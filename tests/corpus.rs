@@ -1,0 +1,730 @@
+//! Corpus layer: readers, the corpus file, tal2mni, NiMARE export, malformed inputs.
+//! Fixtures: tests/fixtures/corpus (made and checked against NiMARE 0.22.1 by
+//! make_corpus_fixtures.py). Tests that need ../shared/data skip when it is absent.
+
+mod common;
+
+use common::{fixtures, need_shared, niclip, niclip_fails, tmpdir};
+use niclip::corpus::{self, Corpus, Format, ImportOptions, Section, Space};
+use niclip::Error;
+use std::path::{Path, PathBuf};
+
+fn pubget_dir() -> PathBuf {
+    fixtures().join("corpus/pubget")
+}
+
+fn import(format: Format, inputs: &[PathBuf], out: &Path) -> niclip::Result<corpus::ImportReport> {
+    corpus::import(format, inputs, out, &ImportOptions::default())
+}
+
+/// id, x, y, z rows of expected_pubget_peaks.csv (NiMARE's tal2mni for TAL studies).
+fn expected_pubget_peaks() -> Vec<(String, [f64; 3])> {
+    let text =
+        std::fs::read_to_string(fixtures().join("corpus/expected_pubget_peaks.csv")).unwrap();
+    text.lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            let v = |k: usize| f[k].parse::<f64>().unwrap();
+            (f[0].to_string(), [v(2), v(3), v(4)])
+        })
+        .collect()
+}
+
+fn err_text(e: Error) -> String {
+    e.to_string()
+}
+
+#[test]
+fn pubget_fixture_counts_and_converted_peaks() {
+    let out = tmpdir("pubget").join("p.corpus");
+    let r = import(Format::Pubget, &[pubget_dir()], &out).unwrap();
+    assert_eq!((r.studies, r.peaks), (6, 20));
+    assert_eq!((r.tal.studies, r.tal.peaks), (2, 10));
+    assert_eq!((r.mni.studies, r.mni.peaks), (2, 5));
+    assert_eq!((r.unknown.studies, r.unknown.peaks), (2, 5));
+    assert_eq!(r.studies_without_peaks, 1);
+    assert_eq!(r.sections.abstract_, 6);
+    assert_eq!(r.sections.body, 6);
+
+    let c = Corpus::open(&out).unwrap();
+    assert_eq!(c.len(), 6);
+    assert_eq!(c.n_peaks(), 20);
+    // Corpus order: ids sorted as strings.
+    let mut sorted = c.ids().to_vec();
+    sorted.sort();
+    assert_eq!(c.ids(), &sorted[..]);
+    assert!(c.ids().iter().all(|id| id.ends_with("-1")));
+
+    let (peaks, skipped) = c.peaks_all().unwrap();
+    assert_eq!((peaks.len(), skipped), (5, 1));
+    assert!(!peaks.ids.contains(&"3221044-1".to_string()));
+
+    // Converted coordinates against NiMARE's tal2mni, peak by peak in file order.
+    let want = expected_pubget_peaks();
+    assert_eq!(want.len(), 20);
+    let mut ids: Vec<String> = want.iter().map(|w| w.0.clone()).collect();
+    ids.dedup();
+    let got = c.peaks_for(&ids).unwrap();
+    let flat: Vec<[f64; 3]> = (0..got.len()).flat_map(|s| got.study(s).to_vec()).collect();
+    assert_eq!(flat.len(), want.len());
+    for ((id, w), g) in want.iter().zip(&flat) {
+        for k in 0..3 {
+            assert!((w[k] - g[k]).abs() < 1e-9, "{id}: {w:?} vs {g:?}");
+        }
+    }
+
+    // Bare study id, metadata, texts.
+    let tal = c.peaks_for(&["3026801".to_string()]).unwrap();
+    assert_eq!(tal.ids, vec!["3026801-1".to_string()]);
+    assert_eq!(tal.study(0).len(), 6);
+    let i = c.find("3026801").unwrap();
+    assert_eq!(c.space(i), Space::Tal);
+    let m = c.meta(i).unwrap();
+    assert_eq!(m.pmid.as_deref(), Some("21283580"));
+    assert_eq!(m.pmcid.as_deref(), Some("3026801"));
+    assert_eq!(m.doi.as_deref(), Some("10.1371/journal.pone.0015712"));
+    assert_eq!(m.year, Some(2011));
+    assert_eq!(m.journal.as_deref(), Some("PloS one"));
+    assert_eq!(m.space, Space::Tal);
+    let t = c.text(i).unwrap();
+    assert!(t.title.starts_with("Individualized and clinically derived"));
+    assert!(t.abstract_.starts_with("Objectives"));
+    assert!(!t.body.is_empty());
+    assert_eq!(m.title.as_deref(), Some(t.title.as_str()));
+    assert_eq!(c.space(c.find("2743811").unwrap()), Space::Unknown);
+    assert_eq!(c.peak_count(c.find("3221044-1").unwrap()), 0);
+
+    // Streaming texts: one row per study, aligned with ids.
+    let abs: Vec<(String, String)> = c
+        .section_texts(Section::Abstract)
+        .map(|r| r.map(|(id, t)| (id.to_string(), t)))
+        .collect::<niclip::Result<_>>()
+        .unwrap();
+    assert_eq!(abs.len(), 6);
+    assert!(abs
+        .iter()
+        .zip(c.ids())
+        .all(|(a, id)| &a.0 == id && !a.1.is_empty()));
+    assert_eq!(c.texts().count(), 6);
+}
+
+#[test]
+fn unknown_study_id_is_a_usage_error() {
+    let out = tmpdir("pubget-unknown").join("p.corpus");
+    import(Format::Pubget, &[pubget_dir()], &out).unwrap();
+    let c = Corpus::open(&out).unwrap();
+    match c.peaks_for(&["3026801-1".into(), "12345".into()]) {
+        Err(Error::Usage(m)) => assert!(m.contains("\"12345\""), "{m}"),
+        other => panic!("expected a usage error, got {other:?}"),
+    }
+}
+
+fn same_corpus(a: &Corpus, b: &Corpus) {
+    assert_eq!(a.ids(), b.ids());
+    assert_eq!(a.n_peaks(), b.n_peaks());
+    for i in 0..a.len() {
+        let (pa, pb) = (a.peaks_of(i).unwrap(), b.peaks_of(i).unwrap());
+        assert_eq!(pa.len(), pb.len(), "{}", a.ids()[i]);
+        for (p, q) in pa.iter().zip(&pb) {
+            for k in 0..3 {
+                assert!((p[k] - q[k]).abs() < 1e-6, "{}: {p:?} vs {q:?}", a.ids()[i]);
+            }
+        }
+        assert_eq!(a.text(i).unwrap(), b.text(i).unwrap(), "{}", a.ids()[i]);
+        let (ma, mb) = (a.meta(i).unwrap(), b.meta(i).unwrap());
+        assert_eq!(
+            (
+                &ma.pmid,
+                &ma.pmcid,
+                &ma.doi,
+                ma.year,
+                &ma.journal,
+                &ma.authors,
+                ma.space
+            ),
+            (
+                &mb.pmid,
+                &mb.pmcid,
+                &mb.doi,
+                mb.year,
+                &mb.journal,
+                &mb.authors,
+                mb.space
+            ),
+            "{}",
+            a.ids()[i]
+        );
+    }
+}
+
+#[test]
+fn nimare_export_round_trips() {
+    let dir = tmpdir("roundtrip");
+    let a = dir.join("a.corpus");
+    import(Format::Pubget, &[pubget_dir()], &a).unwrap();
+    let json = dir.join("a.json");
+    niclip(&[
+        "corpus",
+        "export",
+        "--format",
+        "nimare",
+        a.to_str().unwrap(),
+        "--out",
+        json.to_str().unwrap(),
+    ]);
+    let b = dir.join("b.corpus");
+    let r = import(Format::Nimare, std::slice::from_ref(&json), &b).unwrap();
+    // Re-read coordinates are MNI already: nothing converted twice.
+    assert_eq!(r.tal.studies, 0);
+    let (ca, cb) = (Corpus::open(&a).unwrap(), Corpus::open(&b).unwrap());
+    same_corpus(&ca, &cb);
+    // The study without peaks has no coords (NiMARE 0.22.1 fails on empty lists).
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(v["3221044"]["contrasts"]["1"].get("coords").is_none());
+    assert_eq!(
+        v["3026801"]["contrasts"]["1"]["metadata"]["space_original"],
+        "TAL"
+    );
+    assert_eq!(v["3026801"]["contrasts"]["1"]["coords"]["space"], "MNI");
+}
+
+#[test]
+fn uncompressed_texts_read_the_same() {
+    let dir = tmpdir("codec");
+    let (a, b) = (dir.join("a.corpus"), dir.join("b.corpus"));
+    import(Format::Pubget, &[pubget_dir()], &a).unwrap();
+    corpus::import(
+        Format::Pubget,
+        &[pubget_dir()],
+        &b,
+        &ImportOptions {
+            compress_text: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    same_corpus(&Corpus::open(&a).unwrap(), &Corpus::open(&b).unwrap());
+    assert!(std::fs::metadata(&a).unwrap().len() < std::fs::metadata(&b).unwrap().len());
+}
+
+#[test]
+fn cli_import_info_export() {
+    let dir = tmpdir("cli");
+    let out = dir.join("p.corpus");
+    let report = niclip(&[
+        "corpus",
+        "import",
+        "--format",
+        "pubget",
+        pubget_dir().to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        report.contains("imported 6 studies with 20 peaks"),
+        "{report}"
+    );
+    assert!(report.contains("converted to MNI"), "{report}");
+    assert!(report.contains("studies without peaks: 1"), "{report}");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_niclip"))
+        .args(["corpus", "info", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&o.stdout);
+    assert!(info.contains("studies    6"), "{info}");
+    assert!(info.contains("TAL      2 studies, 10 peaks"), "{info}");
+    assert!(info.contains("abstract 6"), "{info}");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_niclip"))
+        .args(["corpus", "info", "--json", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["stats"]["peaks"], 20);
+    assert_eq!(v["import"]["tal"]["peaks"], 10);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Malformed inputs
+
+/// A copy of the pubget fixture with one file replaced.
+fn pubget_with(name: &str, file: &str, content: &str) -> PathBuf {
+    let dir = tmpdir(name).join("pubget");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in [
+        "metadata.csv",
+        "coordinates.csv",
+        "coordinate_space.csv",
+        "text.csv",
+    ] {
+        std::fs::copy(pubget_dir().join(f), dir.join(f)).unwrap();
+    }
+    std::fs::write(dir.join(file), content).unwrap();
+    dir
+}
+
+fn import_err(format: Format, input: &Path) -> String {
+    let out = input.parent().unwrap().join("x.corpus");
+    let e = err_text(import(format, &[input.to_path_buf()], &out).unwrap_err());
+    assert!(
+        !out.exists(),
+        "a failed import must not leave a corpus file"
+    );
+    e
+}
+
+#[test]
+fn missing_column_names_file_and_columns() {
+    let dir = pubget_with(
+        "missing-col",
+        "coordinates.csv",
+        "pmcid,table_id,x,y\n3026801,T1,1,2\n",
+    );
+    let e = import_err(Format::Pubget, &dir);
+    assert!(e.contains("coordinates.csv"), "{e}");
+    assert!(e.contains("missing column z"), "{e}");
+    assert!(e.contains("pmcid, x, y, z"), "{e}");
+}
+
+#[test]
+fn non_numeric_coordinate_names_line() {
+    let dir = pubget_with(
+        "nan-coord",
+        "coordinates.csv",
+        "pmcid,table_id,table_label,x,y,z\n3026801,T1,Table 1,1,2,3\n3026801,T1,Table 1,abc,2,3\n",
+    );
+    let e = import_err(Format::Pubget, &dir);
+    assert!(
+        e.contains("coordinates.csv: line 3: x is \"abc\", not a number"),
+        "{e}"
+    );
+    let dir = pubget_with(
+        "empty-coord",
+        "coordinates.csv",
+        "pmcid,table_id,table_label,x,y,z\n3026801,T1,Table 1,1,,3\n",
+    );
+    let e = import_err(Format::Pubget, &dir);
+    assert!(e.contains("line 2: y is empty"), "{e}");
+}
+
+#[test]
+fn duplicate_ids_are_errors() {
+    let meta = std::fs::read_to_string(pubget_dir().join("metadata.csv")).unwrap();
+    let second = meta.lines().nth(1).unwrap();
+    let dir = pubget_with("dup-meta", "metadata.csv", &format!("{meta}{second}\n"));
+    let e = import_err(Format::Pubget, &dir);
+    assert!(
+        e.contains("metadata.csv: line 8: pmcid 3026801 already appears on line 2"),
+        "{e}"
+    );
+
+    let dir = tmpdir("dup-ns");
+    std::fs::write(
+        dir.join("x_metadata.tsv"),
+        "id\tspace\ttitle\n1\tMNI\ta\n2\tTAL\tb\n1\tMNI\tc\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("x_coordinates.tsv"), "id\tx\ty\tz\n1\t1\t2\t3\n").unwrap();
+    let e = import_err(Format::Neurosynth, &dir.join("."));
+    assert!(
+        e.contains("x_metadata.tsv: line 4: id 1 already appears on line 2"),
+        "{e}"
+    );
+
+    let dir = tmpdir("dup-json");
+    let f = dir.join("d.json");
+    std::fs::write(
+        &f,
+        r#"{"a": {"contrasts": {"1": {"coords": {"space": "MNI", "x": [1], "y": [2], "z": [3]}}}},
+            "a": {"contrasts": {}}}"#,
+    )
+    .unwrap();
+    let e = import_err(Format::Nimare, &f);
+    assert!(
+        e.contains("d.json") && e.contains("duplicate id \"a\"") && e.contains("line 2"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_space_names_line() {
+    let dir = pubget_with(
+        "bad-space",
+        "coordinate_space.csv",
+        "pmcid,coordinate_space\n3026801,TAL\n2607027,banana\n",
+    );
+    let e = import_err(Format::Pubget, &dir);
+    assert!(
+        e.contains("coordinate_space.csv: line 3: unknown space \"banana\""),
+        "{e}"
+    );
+    assert!(e.contains("use MNI, TAL or UNKNOWN"), "{e}");
+
+    let dir = tmpdir("bad-space-json");
+    let f = dir.join("s.json");
+    std::fs::write(&f, r#"{"a": {"contrasts": {"1": {"coords": {"space": "XYZ", "x": [1], "y": [2], "z": [3]}}}}}"#).unwrap();
+    let e = import_err(Format::Nimare, &f);
+    assert!(
+        e.contains("s.json") && e.contains("unknown coords.space \"XYZ\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_json_coordinates_name_the_study() {
+    let dir = tmpdir("json-coord");
+    let f = dir.join("c.json");
+    std::fs::write(&f, r#"{"a": {"contrasts": {"1": {"coords": {"space": "MNI", "x": [1, "q"], "y": [2, 2], "z": [3, 3]}}}}}"#).unwrap();
+    let e = import_err(Format::Nimare, &f);
+    assert!(
+        e.contains("c.json: study \"a\" contrast \"1\": coords.x[1] is \"q\""),
+        "{e}"
+    );
+    std::fs::write(
+        &f,
+        r#"{"a": {"contrasts": {"1": {"coords": {"space": "MNI", "x": [1], "y": [], "z": [3]}}}}}"#,
+    )
+    .unwrap();
+    let e = import_err(Format::Nimare, &f);
+    assert!(e.contains("1, 0, 1 values"), "{e}");
+    std::fs::write(&f, "{\"a\": {\"contrasts\": \n [1]}}").unwrap();
+    let e = import_err(Format::Nimare, &f);
+    assert!(e.contains("c.json") && e.contains("line 2"), "{e}");
+}
+
+#[test]
+fn unreadable_gzip_is_reported() {
+    let dir = tmpdir("gzip");
+    std::fs::write(dir.join("x_metadata.tsv"), "id\tspace\n1\tMNI\n").unwrap();
+    // Not gzip at all.
+    std::fs::write(
+        dir.join("x_coordinates.tsv.gz"),
+        "id\tx\ty\tz\n1\t1\t2\t3\n",
+    )
+    .unwrap();
+    let e = import_err(Format::Neurosynth, &dir.join("."));
+    assert!(
+        e.contains("x_coordinates.tsv.gz: named .gz but not gzip data"),
+        "{e}"
+    );
+    // Gzip, truncated.
+    let mut gz = Vec::new();
+    {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(&mut gz, flate2::Compression::default());
+        writeln!(enc, "id\tx\ty\tz").unwrap();
+        for i in 0..2000 {
+            writeln!(enc, "1\t{i}\t2\t3").unwrap();
+        }
+        enc.finish().unwrap();
+    }
+    let mut body = b"".to_vec();
+    body.extend_from_slice(&gz[..gz.len() / 2]);
+    std::fs::write(dir.join("x_coordinates.tsv.gz"), &body).unwrap();
+    let e = import_err(Format::Neurosynth, &dir.join("."));
+    assert!(
+        e.contains("x_coordinates.tsv.gz") && e.contains("gzip -t"),
+        "{e}"
+    );
+}
+
+#[test]
+fn coordinates_of_unknown_ids_are_counted_not_dropped() {
+    let dir = tmpdir("orphans");
+    std::fs::write(
+        dir.join("x_metadata.tsv"),
+        "id\tspace\ttitle\n1\tTAL\tone\n2\tMNI\ttwo\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("x_coordinates.tsv"),
+        "id\tx\ty\tz\n1\t-38\t34\t20\n9\t1\t1\t1\n9\t2\t2\t2\n",
+    )
+    .unwrap();
+    let out = dir.join("o.corpus");
+    let r = import(Format::Neurosynth, std::slice::from_ref(&dir), &out).unwrap();
+    assert_eq!((r.studies, r.peaks, r.studies_without_peaks), (2, 1, 1));
+    assert_eq!(r.notice_count("not in the metadata"), 2);
+    assert!(r.to_string().contains("x_coordinates.tsv:3: id 9"), "{r}");
+    let c = Corpus::open(&out).unwrap();
+    let p = c.peaks_of(c.find("1").unwrap()).unwrap();
+    let want = corpus::tal2mni([-38.0, 34.0, 20.0]);
+    assert_eq!(p, vec![want]);
+    // NiMARE: tal2mni([[-38, 34, 20]]) = [-39.49807018, 38.59004181, 15.45372921]
+    assert!((want[0] + 39.49807018).abs() < 1e-8 && (want[2] - 15.45372921).abs() < 1e-8);
+}
+
+#[test]
+fn not_a_corpus_and_truncated_corpus() {
+    let dir = tmpdir("notcorpus");
+    let f = dir.join("x.corpus");
+    std::fs::write(&f, "hello, this is not a corpus at all, just some text").unwrap();
+    let e = err_text(Corpus::open(&f).err().unwrap());
+    assert!(
+        e.contains("x.corpus: not a niclip corpus") && e.contains("niclip corpus import"),
+        "{e}"
+    );
+    let stderr = niclip_fails(&["corpus", "info", f.to_str().unwrap()]);
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("x.corpus"),
+        "{stderr}"
+    );
+
+    let good = dir.join("good.corpus");
+    import(Format::Pubget, &[pubget_dir()], &good).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    let cut = dir.join("cut.corpus");
+    std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
+    let e = err_text(Corpus::open(&cut).err().unwrap());
+    assert!(e.contains("cut.corpus: corrupt niclip corpus"), "{e}");
+}
+
+#[test]
+fn jsonl_join_fills_missing_sections() {
+    let dir = tmpdir("jsonl");
+    std::fs::write(
+        dir.join("x_metadata.tsv"),
+        "id\tspace\ttitle\n11\tMNI\tOne\n22\tMNI\t\n33\tMNI\tThree\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("x_coordinates.tsv"),
+        "id\tx\ty\tz\n11\t1\t2\t3\n22\t1\t2\t3\n",
+    )
+    .unwrap();
+    let jsonl = dir.join("t.jsonl");
+    std::fs::write(
+        &jsonl,
+        concat!(
+            r#"{"pmid": 11.0, "pmcid": null, "title": "Other", "abstract": "A11"}"#, "\n",
+            r#"{"pmid": "11", "pmcid": "PMC5", "text": "x\n\n# Title\n\nT\n\n# Keywords\n\nk\n\n# Abstract\nA\n\n# Body\nB11\n"}"#, "\n",
+            "\n",
+            r#"{"pmid": 22, "title": "Two", "abstract": "", "body": "B22"}"#, "\n",
+            r#"{"pmid": null, "abstract": "orphan"}"#, "\n",
+            r#"{"pmid": 99, "abstract": "not in corpus"}"#, "\n",
+        ),
+    )
+    .unwrap();
+    let out = dir.join("j.corpus");
+    let r = corpus::import(
+        Format::Neurosynth,
+        &[dir.join("x_metadata.tsv"), dir.join("x_coordinates.tsv")],
+        &out,
+        &ImportOptions {
+            text_jsonl: Some(jsonl.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let j = r.join.clone().unwrap();
+    assert_eq!(
+        (j.records, j.records_without_id, j.records_matched),
+        (5, 1, 3)
+    );
+    assert_eq!((j.studies_matched, j.studies_multiple_records), (2, 1));
+    assert_eq!(
+        (
+            j.gained.title,
+            j.gained.keywords,
+            j.gained.abstract_,
+            j.gained.body
+        ),
+        (1, 1, 1, 2)
+    );
+    assert_eq!(r.studies_without_peaks, 1);
+    let c = Corpus::open(&out).unwrap();
+    let t = c.text(c.find("11").unwrap()).unwrap();
+    // The existing title is kept; the full-text record comes first.
+    assert_eq!(
+        (
+            t.title.as_str(),
+            t.keywords.as_str(),
+            t.abstract_.as_str(),
+            t.body.as_str()
+        ),
+        ("One", "k", "A", "B11")
+    );
+    let t = c.text(c.find("22").unwrap()).unwrap();
+    assert_eq!((t.title.as_str(), t.body.as_str()), ("Two", "B22"));
+
+    std::fs::write(&jsonl, "{\"pmid\": 1}\nnot json\n").unwrap();
+    let e = err_text(
+        corpus::import(
+            Format::Neurosynth,
+            &[dir.join("x_metadata.tsv"), dir.join("x_coordinates.tsv")],
+            &dir.join("k.corpus"),
+            &ImportOptions {
+                text_jsonl: Some(jsonl),
+                ..Default::default()
+            },
+        )
+        .unwrap_err(),
+    );
+    assert!(e.contains("t.jsonl: line 2: not a JSON object"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Acceptance on ../shared/data
+
+#[test]
+fn neurosynth_acceptance() {
+    let Some(data) = need_shared("neurosynth_acceptance") else {
+        return;
+    };
+    let dir = tmpdir("ns");
+    let out = dir.join("ns.corpus");
+    let t0 = std::time::Instant::now();
+    let r = import(Format::Neurosynth, &[data.join("corpus/neurosynth")], &out).unwrap();
+    let dt = t0.elapsed().as_secs_f64();
+    eprintln!("neurosynth import: {dt:.2} s\n{r}");
+    assert!(dt < 5.0, "import took {dt} s");
+    assert_eq!((r.studies, r.peaks), (14_371, 507_891));
+    assert_eq!((r.tal.studies, r.tal.peaks), (2_335, 81_498));
+    assert_eq!((r.unknown.studies, r.unknown.peaks), (1_832, 53_878));
+    assert_eq!((r.mni.studies, r.mni.peaks), (10_204, 372_515));
+
+    let t0 = std::time::Instant::now();
+    let c = Corpus::open(&out).unwrap();
+    let s = c.stats();
+    assert!(t0.elapsed().as_secs_f64() < 0.5);
+    assert_eq!(
+        (s.studies, s.peaks, s.studies_with_peaks, s.sections.title),
+        (14_371, 507_891, 14_371, 14_371)
+    );
+    let (peaks, skipped) = c.peaks_all().unwrap();
+    assert_eq!(
+        (peaks.len(), peaks.xyz.len(), skipped),
+        (14_371, 507_891, 0)
+    );
+    let p = c.peaks_for(&["9065511".to_string()]).unwrap();
+    assert_eq!(p.ids, vec!["9065511-1".to_string()]);
+    assert_eq!(p.study(0)[0], [38.0, -48.0, 49.0]);
+    let m = c.meta(c.find("9065511").unwrap()).unwrap();
+    assert_eq!(
+        (m.pmid.as_deref(), m.year, m.space),
+        (Some("9065511"), Some(1997), Space::Mni)
+    );
+
+    // Export and re-read: ids, peaks (1e-6 mm), texts, metadata.
+    let json = dir.join("ns.json");
+    niclip(&[
+        "corpus",
+        "export",
+        "--format",
+        "nimare",
+        out.to_str().unwrap(),
+        "--out",
+        json.to_str().unwrap(),
+    ]);
+    let back = dir.join("back.corpus");
+    import(Format::Nimare, &[json], &back).unwrap();
+    same_corpus(&c, &Corpus::open(&back).unwrap());
+}
+
+#[test]
+fn neuroquery_acceptance() {
+    let Some(data) = need_shared("neuroquery_acceptance") else {
+        return;
+    };
+    let out = tmpdir("nq").join("nq.corpus");
+    let r = import(Format::Neuroquery, &[data.join("corpus/neuroquery")], &out).unwrap();
+    assert_eq!((r.studies, r.peaks), (13_459, 469_260));
+    // No space column: UNKNOWN, kept as MNI (as NiMARE does).
+    assert_eq!((r.unknown.studies, r.unknown.peaks), (13_459, 469_260));
+    assert_eq!(Corpus::open(&out).unwrap().len(), 13_459);
+}
+
+#[test]
+fn labelbuddy_join_acceptance() {
+    let Some(data) = need_shared("labelbuddy_join_acceptance") else {
+        return;
+    };
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("corpus/expected_join.json")).unwrap(),
+    )
+    .unwrap();
+    let jsonl = data.join("corpus/labelbuddy/labelbuddy_documents_fulltext.jsonl.gz");
+    for (name, format) in [
+        ("neurosynth", Format::Neurosynth),
+        ("neuroquery", Format::Neuroquery),
+    ] {
+        let out = tmpdir(&format!("join-{name}")).join("j.corpus");
+        let r = corpus::import(
+            format,
+            &[data.join("corpus").join(name)],
+            &out,
+            &ImportOptions {
+                text_jsonl: Some(jsonl.clone()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        eprintln!("{r}");
+        let j = r.join.unwrap();
+        let e = &expected["labelbuddy"][name];
+        assert_eq!(
+            j.studies_matched as u64,
+            e["studies_matched"].as_u64().unwrap(),
+            "{name}"
+        );
+        assert_eq!(
+            j.studies_multiple_records as u64,
+            e["studies_multiple_records"].as_u64().unwrap(),
+            "{name}"
+        );
+        for (sec, got) in [
+            ("title", j.gained.title),
+            ("keywords", j.gained.keywords),
+            ("abstract", j.gained.abstract_),
+            ("body", j.gained.body),
+        ] {
+            assert_eq!(
+                got as u64,
+                e["gained"][sec].as_u64().unwrap(),
+                "{name} {sec}"
+            );
+        }
+        let c = Corpus::open(&out).unwrap();
+        assert_eq!(c.stats().sections.abstract_, j.gained.abstract_);
+        assert_eq!(c.stats().sections.body, j.gained.body);
+    }
+}
+
+#[test]
+fn nimare_json_acceptance() {
+    let Some(data) = need_shared("nimare_json_acceptance") else {
+        return;
+    };
+    let dir = tmpdir("laird");
+    let out = dir.join("l.corpus");
+    let r = import(
+        Format::Nimare,
+        &[data.join("corpus/nimare/neurosynth_laird_studies.json")],
+        &out,
+    )
+    .unwrap();
+    assert_eq!((r.studies, r.peaks, r.sections.abstract_), (17, 1_117, 17));
+    assert_eq!(
+        (r.mni.studies, r.tal.studies, r.unknown.studies),
+        (12, 2, 3)
+    );
+    let c = Corpus::open(&out).unwrap();
+    // A TAL study, converted as NiMARE's Dataset does (values from NiMARE 0.22.1).
+    let p = c.peaks_of(c.find("17029760-1").unwrap()).unwrap();
+    let want = [-39.49807018, 38.59004181, 15.45372921];
+    for k in 0..3 {
+        assert!((p[0][k] - want[k]).abs() < 1e-6, "{:?}", p[0]);
+    }
+    let json = dir.join("l.json");
+    nimare_export(&c, &json);
+    let back = dir.join("back.corpus");
+    import(Format::Nimare, &[json], &back).unwrap();
+    same_corpus(&c, &Corpus::open(&back).unwrap());
+}
+
+fn nimare_export(c: &Corpus, out: &Path) {
+    let st = corpus::nimare::export(c, out).unwrap();
+    assert_eq!(st.contrasts, c.len());
+    assert_eq!(st.peaks, c.n_peaks());
+}
