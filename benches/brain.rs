@@ -1,1 +1,94 @@
-fn main() {}
+//! Brain-space benches, CPU and CUDA side by side: MKDA maps, atlas set-up, fused image
+//! features of all Neurosynth v7 studies on a 512-map atlas, and dense projection.
+//! Needs ../shared/data and tests/fixtures/brain; prints why and measures nothing without them.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use niclip::brain::features::{image_features_cpu, Peaks};
+use niclip::brain::mkda::{ma_map, MkdaKernel, Rounding, Scratch};
+use niclip::brain::{Atlas, Image, Mask};
+use niclip::corpus::{import, Corpus, Format, ImportOptions};
+use rayon::prelude::*;
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn inputs() -> Option<(Peaks, PathBuf, PathBuf)> {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let data = repo.join("../shared/data/corpus/neurosynth");
+    let atlas = repo.join("tests/fixtures/brain/atlas_gauss512_2mm.nii.gz");
+    let maps = repo.join("tests/fixtures/brain/proj_maps_2mm.nii.gz");
+    if !data.is_dir() || !atlas.is_file() {
+        eprintln!("skipped brain benches: ../shared/data or tests/fixtures/brain is missing");
+        return None;
+    }
+    let corpus = std::env::temp_dir().join(format!("niclip-bench-{}.corpus", std::process::id()));
+    import(
+        Format::Neurosynth,
+        &[data],
+        &corpus,
+        &ImportOptions::default(),
+    )
+    .unwrap();
+    let (peaks, _) = Corpus::open(&corpus).unwrap().peaks_all().unwrap();
+    std::fs::remove_file(&corpus).ok();
+    Some((peaks, atlas, maps))
+}
+
+fn brain(c: &mut Criterion) {
+    let Some((peaks, atlas_path, maps_path)) = inputs() else {
+        return;
+    };
+    let mask = Mask::mni152_2mm();
+    let kernel = MkdaKernel::for_grid(&mask.grid, 10.0, Rounding::Round);
+    let n = peaks.len();
+
+    let mut g = c.benchmark_group("brain");
+    g.sample_size(10).measurement_time(Duration::from_secs(20));
+    g.bench_function(format!("ma_maps/neurosynth_{n}/cpu"), |b| {
+        b.iter(|| {
+            (0..n)
+                .into_par_iter()
+                .map_init(
+                    || Scratch::new(&mask.grid),
+                    |s, i| {
+                        ma_map(&kernel, &mask, peaks.study(i), &peaks.ids[i], s)
+                            .unwrap()
+                            .len()
+                    },
+                )
+                .sum::<usize>()
+        })
+    });
+    g.bench_function("atlas_setup/gauss512/cpu", |b| {
+        b.iter(|| Atlas::read(&atlas_path, false).unwrap())
+    });
+    let atlas = Atlas::read(&atlas_path, false).unwrap();
+    g.bench_function(format!("image_features/neurosynth_{n}_gauss512/cpu"), |b| {
+        b.iter(|| image_features_cpu(&kernel, &mask, &atlas, &peaks).unwrap())
+    });
+    let maps = Image::read(&maps_path).unwrap();
+    g.bench_function(
+        format!("project_dense/{}maps_gauss512/cpu", maps.n_vols),
+        |b| b.iter(|| atlas.project_image(&maps)),
+    );
+
+    if niclip::device::cuda::device_count() == 0 {
+        eprintln!("skipped CUDA benches: no CUDA device");
+    } else {
+        let gpu = niclip::device::cuda::Gpu::new(0).unwrap();
+        g.bench_function(
+            format!("image_features/neurosynth_{n}_gauss512/cuda"),
+            |b| {
+                b.iter(|| {
+                    niclip::brain::features_cuda::image_features_cuda(
+                        &gpu, &kernel, &mask, &atlas, &peaks,
+                    )
+                    .unwrap()
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(benches, brain);
+criterion_main!(benches);

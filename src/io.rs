@@ -165,25 +165,26 @@ pub fn read_npy_f32(path: &Path) -> Result<NpyMatrix> {
             ))
         }
     };
-    let data =
-        match raw.descr.as_str() {
-            "<f4" => raw
-                .bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
-            "<f8" => raw
-                .bytes
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
-                .collect(),
-            other => return Err(Error::input(
+    let data = match raw.descr.as_str() {
+        "<f4" => raw
+            .bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        "<f8" => raw
+            .bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
+            .collect(),
+        other => {
+            return Err(Error::input(
                 path,
                 format!(
                     "dtype {other} is not float32/float64; save it with array.astype('float32')"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     Ok(NpyMatrix { data, rows, cols })
 }
 

@@ -66,6 +66,43 @@ pub fn check_grids(mask: &Mask, atlas: &Atlas) -> Result<()> {
     }
 }
 
+/// The atlas rows of the mask's voxels indexed by grid voxel: voxel v holds the entries
+/// `start[v]..start[v + 1]` (none off the mask or the support). One lookup per voxel, and a
+/// sphere's runs of x-neighbours read neighbouring entries.
+struct VoxelRows {
+    start: Vec<u32>,
+    cols: Vec<u32>,
+    vals: Vec<f32>,
+}
+
+impl VoxelRows {
+    fn new(mask: &Mask, atlas: &Atlas) -> VoxelRows {
+        let n = mask.grid.n_voxels();
+        let mut start = Vec::with_capacity(n + 1);
+        let (mut cols, mut vals) = (
+            Vec::with_capacity(atlas.cols.len()),
+            Vec::with_capacity(atlas.vals.len()),
+        );
+        start.push(0);
+        for v in 0..n {
+            let r = atlas.row_of[v];
+            if mask.index[v] >= 0 && r >= 0 {
+                let (a, b) = (
+                    atlas.row_ptr[r as usize] as usize,
+                    atlas.row_ptr[r as usize + 1] as usize,
+                );
+                cols.extend_from_slice(&atlas.cols[a..b]);
+                vals.extend_from_slice(&atlas.vals[a..b]);
+            }
+            start.push(cols.len() as u32);
+        }
+        VoxelRows { start, cols, vals }
+    }
+}
+
+/// Independent accumulators in the Xᵀy sum.
+const LANES: usize = 4;
+
 /// Xᵀy of every study's MA map, n×k f64 (the CPU reference of the CUDA kernel).
 pub fn ma_xty_cpu(
     kernel: &MkdaKernel,
@@ -75,27 +112,30 @@ pub fn ma_xty_cpu(
 ) -> Result<Vec<f64>> {
     check_grids(mask, atlas)?;
     let k = atlas.k;
-    // A voxel counts when it is in the mask and on the atlas support.
-    let row: Vec<i32> = mask
-        .index
-        .iter()
-        .zip(&atlas.row_of)
-        .map(|(&m, &r)| if m >= 0 { r } else { -1 })
-        .collect();
+    let rows = VoxelRows::new(mask, atlas);
     let mut xty = vec![0.0f64; peaks.len() * k];
     xty.par_chunks_mut(k)
         .enumerate()
         .map_init(
-            || Scratch::new(&mask.grid),
-            |scratch, (s, out)| -> Result<()> {
+            || (Scratch::new(&mask.grid), vec![0.0f64; LANES * k]),
+            |(scratch, acc), (s, out)| -> Result<()> {
                 let vox = peak_voxels(kernel, &mask.grid, peaks.study(s), &peaks.ids[s])?;
-                let stamp = scratch.next();
-                kernel.for_each_voxel(&mask.grid, &vox, &mut scratch.seen, stamp, |v| {
-                    let r = row[v];
-                    if r >= 0 {
-                        atlas.add_row(r as usize, 1.0, out);
+                // Neighbouring voxels mostly share their maps: summing them into one array would
+                // chain every add on the previous store. LANES arrays, one per voxel in turn,
+                // keep that many chains independent.
+                acc.fill(0.0);
+                let mut lane = 0;
+                kernel.for_each_voxel(&mask.grid, &vox, scratch, |v| {
+                    let (a, b) = (rows.start[v] as usize, rows.start[v + 1] as usize);
+                    let acc = &mut acc[lane * k..(lane + 1) * k];
+                    for (&c, &w) in rows.cols[a..b].iter().zip(&rows.vals[a..b]) {
+                        acc[c as usize] += w as f64;
                     }
+                    lane = (lane + 1) % LANES;
                 });
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = (0..LANES).map(|l| acc[l * k + j]).sum();
+                }
                 Ok(())
             },
         )

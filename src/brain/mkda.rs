@@ -66,21 +66,24 @@ impl MkdaKernel {
         })
     }
 
-    /// Calls `visit(flat grid index)` once for every in-volume voxel of the union of spheres.
-    /// `seen` is scratch of `grid.n_voxels()` stamps; `stamp` must differ from every earlier call's.
+    /// Calls `visit(flat grid index)` once for every in-volume voxel of the union of spheres, in
+    /// ascending order: the union is marked in the scratch bitmap first, then its set bits are
+    /// walked, so whatever `visit` reads per voxel is read front to back (cache-friendly).
     pub fn for_each_voxel(
         &self,
         grid: &Grid,
         peaks: &[[i64; 3]],
-        seen: &mut [u32],
-        stamp: u32,
+        scratch: &mut Scratch,
         mut visit: impl FnMut(usize),
     ) {
+        let seen = &mut scratch.seen;
+        seen.fill(0);
         let [nx, ny, nz] = grid.shape.map(|n| n as i64);
-        let flat_offsets = || {
-            self.offsets
-                .iter()
-                .map(|d| d[0] as i64 + nx * (d[1] as i64 + ny * d[2] as i64))
+        let (mut lo, mut hi) = (usize::MAX, 0usize);
+        let mut mark = |v: usize| {
+            seen[v >> 6] |= 1u64 << (v & 63);
+            lo = lo.min(v);
+            hi = hi.max(v);
         };
         for p in peaks {
             let inside = (0..3).all(|a| {
@@ -89,25 +92,26 @@ impl MkdaKernel {
             });
             if inside {
                 let centre = p[0] + nx * (p[1] + ny * p[2]);
-                for off in flat_offsets() {
-                    let v = (centre + off) as usize;
-                    if seen[v] != stamp {
-                        seen[v] = stamp;
-                        visit(v);
-                    }
+                for d in &self.offsets {
+                    mark((centre + d[0] as i64 + nx * (d[1] as i64 + ny * d[2] as i64)) as usize);
                 }
             } else {
                 for d in &self.offsets {
                     let (i, j, k) = (p[0] + d[0] as i64, p[1] + d[1] as i64, p[2] + d[2] as i64);
-                    if i < 0 || j < 0 || k < 0 || i >= nx || j >= ny || k >= nz {
-                        continue;
-                    }
-                    let v = (i + nx * (j + ny * k)) as usize;
-                    if seen[v] != stamp {
-                        seen[v] = stamp;
-                        visit(v);
+                    if i >= 0 && j >= 0 && k >= 0 && i < nx && j < ny && k < nz {
+                        mark((i + nx * (j + ny * k)) as usize);
                     }
                 }
+            }
+        }
+        if lo > hi {
+            return;
+        }
+        for w in lo >> 6..=hi >> 6 {
+            let mut bits = seen[w];
+            while bits != 0 {
+                visit((w << 6) + bits.trailing_zeros() as usize);
+                bits &= bits - 1;
             }
         }
     }
@@ -134,32 +138,21 @@ pub fn peak_voxels(
         .collect()
 }
 
-/// Scratch for drawing many maps on one thread.
+/// Scratch for drawing many maps on one thread: a bitmap of visited voxels (113 KB on the
+/// 2 mm grid, so it stays in cache where a per-voxel stamp array would not).
 pub struct Scratch {
-    pub seen: Vec<u32>,
-    stamp: u32,
+    seen: Vec<u64>,
 }
 
 impl Scratch {
     pub fn new(grid: &Grid) -> Self {
         Scratch {
-            seen: vec![0; grid.n_voxels()],
-            stamp: 0,
+            seen: vec![0; grid.n_voxels().div_ceil(64)],
         }
-    }
-
-    /// A fresh stamp for the next map.
-    pub fn next(&mut self) -> u32 {
-        self.stamp = self.stamp.wrapping_add(1);
-        if self.stamp == 0 {
-            self.seen.fill(0);
-            self.stamp = 1;
-        }
-        self.stamp
     }
 }
 
-/// A study's MA map: sorted positions in `mask.voxels` of the active voxels.
+/// A study's MA map: positions in `mask.voxels` of the active voxels, ascending.
 pub fn ma_map(
     kernel: &MkdaKernel,
     mask: &Mask,
@@ -168,15 +161,13 @@ pub fn ma_map(
     scratch: &mut Scratch,
 ) -> Result<Vec<u32>> {
     let peaks = peak_voxels(kernel, &mask.grid, peaks_mm, study)?;
-    let stamp = scratch.next();
     let mut active = Vec::with_capacity(peaks.len() * kernel.offsets.len());
-    kernel.for_each_voxel(&mask.grid, &peaks, &mut scratch.seen, stamp, |v| {
+    kernel.for_each_voxel(&mask.grid, &peaks, scratch, |v| {
         let m = mask.index[v];
         if m >= 0 {
             active.push(m as u32);
         }
     });
-    active.sort_unstable();
     Ok(active)
 }
 

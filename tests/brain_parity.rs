@@ -1,0 +1,384 @@
+//! Parity of the brain-space pipeline with the real references (NiMARE 0.22.1, nilearn 0.13),
+//! whose outputs tests/fixtures/make_brain_fixtures.py committed under tests/fixtures/brain.
+
+mod common;
+
+use common::*;
+use niclip::brain::resample::{resample, Interp};
+use niclip::brain::{Atlas, Image, Mask};
+use niclip::io::{read_npy_f32, read_npy_raw};
+use std::path::Path;
+
+fn brain_fixtures() -> std::path::PathBuf {
+    fixtures().join("brain")
+}
+
+fn read_f64(path: &Path) -> (Vec<f64>, usize, usize) {
+    let raw = read_npy_raw(path).unwrap();
+    assert_eq!(raw.descr, "<f8", "{}", path.display());
+    let data: Vec<f64> = raw
+        .bytes
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    (data, raw.shape[0], raw.shape[1])
+}
+
+/// Active flags per study over the mask's voxels (Fortran order), from NiMARE's packed bits.
+fn reference_bits(path: &Path, n_mask: usize) -> Vec<Vec<bool>> {
+    let raw = read_npy_raw(path).unwrap();
+    let (rows, cols) = (raw.shape[0], raw.shape[1]);
+    assert_eq!(cols, n_mask.div_ceil(8));
+    (0..rows)
+        .map(|r| {
+            (0..n_mask)
+                .map(|m| raw.bytes[r * cols + m / 8] >> (7 - m % 8) & 1 == 1)
+                .collect()
+        })
+        .collect()
+}
+
+/// Runs `niclip ma-map` on `ids` (in batches) and compares each volume with NiMARE voxel for voxel.
+fn check_ma_maps(ids: &[String], mask_path: Option<&Path>, reference: &[Vec<bool>]) -> usize {
+    let data = shared_data().unwrap();
+    let corpus = neurosynth_corpus(&data);
+    let mask = match mask_path {
+        Some(p) => Mask::read(p).unwrap(),
+        None => Mask::mni152_2mm(),
+    };
+    let dir = tmpdir("ma-map");
+    let mut differing = 0;
+    for (b, batch) in ids.chunks(100).enumerate() {
+        let out = dir.join(format!("ma-{b}.nii"));
+        let mut args = vec![
+            "ma-map",
+            "--corpus",
+            corpus.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        if let Some(p) = mask_path {
+            args.extend(["--mask", p.to_str().unwrap()]);
+        }
+        for id in batch {
+            args.extend(["--study", id.as_str()]);
+        }
+        niclip(&args);
+        let img = Image::read(&out).unwrap();
+        assert_eq!(img.n_vols, batch.len());
+        assert!(img.grid.same_as(&mask.grid));
+        for (s, vol) in img.volumes().enumerate() {
+            let want = &reference[b * 100 + s];
+            let got: Vec<bool> = mask
+                .voxels
+                .iter()
+                .map(|&v| vol[v as usize] == 1.0)
+                .collect();
+            let outside = (0..vol.len())
+                .filter(|&v| mask.index[v] < 0 && vol[v] != 0.0)
+                .count();
+            let d = got.iter().zip(want).filter(|(a, b)| a != b).count() + outside;
+            if d > 0 {
+                eprintln!("study {}: {d} voxels differ", batch[s]);
+            }
+            differing += d;
+        }
+        std::fs::remove_file(&out).ok();
+    }
+    differing
+}
+
+#[test]
+fn ma_maps_equal_nimare_on_300_neurosynth_studies() {
+    if need_shared("ma_maps_equal_nimare_on_300_neurosynth_studies").is_none() {
+        return;
+    }
+    let ids: Vec<String> = std::fs::read_to_string(brain_fixtures().join("mkda_ids.txt"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(ids.len(), 300);
+    let mask = Mask::mni152_2mm();
+    assert_eq!(mask.len(), 228_483);
+    let reference = reference_bits(&brain_fixtures().join("mkda_ref_bits.npy.gz"), mask.len());
+    let active: usize = reference
+        .iter()
+        .map(|r| r.iter().filter(|&&x| x).count())
+        .sum();
+    assert!(active > 300 * 1000, "reference maps look empty");
+    let differing = check_ma_maps(&ids, None, &reference);
+    eprintln!(
+        "MKDA parity: 300 studies, {active} active voxels in NiMARE's maps, {differing} differing"
+    );
+    assert_eq!(differing, 0);
+}
+
+#[test]
+fn ma_maps_equal_nimare_on_the_x_flipped_fsl_mask() {
+    let Some(data) = need_shared("ma_maps_equal_nimare_on_the_x_flipped_fsl_mask") else {
+        return;
+    };
+    let bits = brain_fixtures().join("mkda_fsl_ref_bits.npy.gz");
+    if !bits.exists() {
+        eprintln!("skipped: {} not generated", bits.display());
+        return;
+    }
+    let mask_path = data.join("mni/MNI152_2x2x2_brainmask.nii.gz");
+    let mask = Mask::read(&mask_path).unwrap();
+    assert!(
+        mask.grid.affine[0][0] < 0.0,
+        "the FSL mask has an x step of −2"
+    );
+    let ids: Vec<String> = std::fs::read_to_string(brain_fixtures().join("mkda_ids.txt"))
+        .unwrap()
+        .lines()
+        .take(20)
+        .map(String::from)
+        .collect();
+    let reference = reference_bits(&bits, mask.len());
+    assert_eq!(check_ma_maps(&ids, Some(&mask_path), &reference), 0);
+}
+
+/// `niclip project` of the 20 fixture maps against nilearn's NiftiMapsMasker.
+fn check_projection(atlas_file: &str, labels: bool, reference: &str) -> f64 {
+    let fx = brain_fixtures();
+    let out = tmpdir("project").join(format!("{reference}.npy"));
+    let atlas = fx.join(atlas_file);
+    let maps = fx.join("proj_maps_2mm.nii.gz");
+    let mut args = vec![
+        "project",
+        "--atlas",
+        atlas.to_str().unwrap(),
+        maps.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    if labels {
+        args.push("--labels");
+    }
+    niclip(&args);
+    let got = read_npy_f32(&out).unwrap();
+    let (want, rows, cols) = read_f64(&fx.join(reference));
+    assert_eq!((got.rows, got.cols), (rows, cols), "{reference}");
+    let err = max_row_relative_error(&got.data, &want, cols);
+    eprintln!("projection parity {atlas_file}: {rows} maps × {cols}, max relative error {err:.2e}");
+    err
+}
+
+#[test]
+fn projection_equals_nilearn_on_continuous_atlases() {
+    for (atlas, reference) in [
+        ("atlas_thalamus_2mm.nii.gz", "proj_ref_thalamus.npy"),
+        ("atlas_suit_2mm.nii.gz", "proj_ref_suit.npy"),
+        ("atlas_gauss512_2mm.nii.gz", "proj_ref_gauss512.npy"),
+    ] {
+        assert!(check_projection(atlas, false, reference) < 1e-5, "{atlas}");
+    }
+}
+
+#[test]
+fn projection_equals_nilearn_on_the_aal3_label_atlas() {
+    assert!(check_projection("atlas_aal3_2mm.nii.gz", true, "proj_ref_aal3.npy") < 1e-5);
+    let atlas = Atlas::read(&brain_fixtures().join("atlas_aal3_2mm.nii.gz"), true).unwrap();
+    let want: Vec<i64> = std::fs::read_to_string(brain_fixtures().join("proj_aal3_labels.txt"))
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse::<f64>().unwrap() as i64)
+        .collect();
+    assert_eq!(atlas.labels.unwrap(), want);
+}
+
+#[test]
+fn resampling_equals_nilearn_in_both_orientations() {
+    let Some(data) = need_shared("resampling_equals_nilearn_in_both_orientations") else {
+        return;
+    };
+    let motor =
+        Image::read(&data.join("maps/neurovault_10426_motor_left-vs-right_zmap.nii.gz")).unwrap();
+    for (mask_path, reference) in [
+        (
+            data.join("mni/tpl-MNI152NLin6Asym_res-02_desc-brain_mask.nii.gz"),
+            "resample_motor_2mm.nii.gz",
+        ),
+        (
+            data.join("mni/MNI152_2x2x2_brainmask.nii.gz"),
+            "resample_motor_2mm_fsl.nii.gz",
+        ),
+    ] {
+        let mask = Mask::read(&mask_path).unwrap();
+        let want = Image::read(&brain_fixtures().join(reference)).unwrap();
+        assert!(want.grid.same_as(&mask.grid));
+        let got = resample(&motor, &mask.grid, Interp::Linear);
+        let scale = mask
+            .voxels
+            .iter()
+            .map(|&v| want.data[v as usize].abs())
+            .fold(0.0f32, f32::max) as f64;
+        let err = mask
+            .voxels
+            .iter()
+            .map(|&v| (got.data[v as usize] as f64 - want.data[v as usize] as f64).abs())
+            .fold(0.0, f64::max)
+            / scale;
+        eprintln!("resampling parity {reference}: max relative error inside the mask {err:.2e}");
+        assert!(err < 1e-5, "{reference}: {err}");
+    }
+}
+
+/// `niclip images` on all of Neurosynth with the 512-map atlas equals, row by row, the projection
+/// of each study's MA map: every row through the library, and 40 through `ma-map` + `project`.
+#[test]
+fn images_equal_projection_of_ma_maps_on_all_neurosynth() {
+    use niclip::brain::mkda::{ma_map, MkdaKernel, Rounding, Scratch};
+    let Some(data) = need_shared("images_equal_projection_of_ma_maps_on_all_neurosynth") else {
+        return;
+    };
+    let corpus = neurosynth_corpus(&data);
+    let atlas_path = brain_fixtures().join("atlas_gauss512_2mm.nii.gz");
+    let dir = tmpdir("images");
+    let out = dir.join("img.npy");
+    niclip(&[
+        "images",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--atlas",
+        atlas_path.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    let feats = read_npy_f32(&out).unwrap();
+    let ids: Vec<String> = std::fs::read_to_string(dir.join("img.npy.ids.txt"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!((feats.rows, feats.cols, ids.len()), (14_371, 512, 14_371));
+
+    let mask = Mask::mni152_2mm();
+    let kernel = MkdaKernel::for_grid(&mask.grid, 10.0, Rounding::Round);
+    let atlas = Atlas::read(&atlas_path, false).unwrap();
+    let peaks = niclip::corpus::Corpus::open(&corpus)
+        .unwrap()
+        .peaks_for(&ids)
+        .unwrap();
+    let mut scratch = Scratch::new(&mask.grid);
+    let mut worst = 0.0f64;
+    for s in 0..ids.len() {
+        let mut vol = vec![0.0f32; mask.grid.n_voxels()];
+        for m in ma_map(&kernel, &mask, peaks.study(s), &ids[s], &mut scratch).unwrap() {
+            vol[mask.voxels[m as usize] as usize] = 1.0;
+        }
+        let want: Vec<f64> = atlas
+            .project_image(&Image::new(mask.grid.clone(), 1, vol))
+            .iter()
+            .map(|&x| x as f64)
+            .collect();
+        worst = worst.max(max_row_relative_error(
+            &feats.data[s * 512..(s + 1) * 512],
+            &want,
+            512,
+        ));
+    }
+    eprintln!("images vs project(ma-map), 14,371 studies: max relative error {worst:.2e}");
+    assert!(worst < 1e-6);
+
+    let sample: Vec<&String> = ids.iter().step_by(ids.len() / 40).take(40).collect();
+    let maps = dir.join("sample.nii");
+    let mut args = vec![
+        "ma-map",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--out",
+        maps.to_str().unwrap(),
+    ];
+    sample
+        .iter()
+        .for_each(|id| args.extend(["--study", id.as_str()]));
+    niclip(&args);
+    let proj = dir.join("sample.npy");
+    niclip(&[
+        "project",
+        "--atlas",
+        atlas_path.to_str().unwrap(),
+        maps.to_str().unwrap(),
+        "--out",
+        proj.to_str().unwrap(),
+    ]);
+    let proj = read_npy_f32(&proj).unwrap();
+    for (r, id) in sample.iter().enumerate() {
+        let s = ids.iter().position(|x| x == *id).unwrap();
+        let want: Vec<f64> = proj.data[r * 512..(r + 1) * 512]
+            .iter()
+            .map(|&x| x as f64)
+            .collect();
+        assert!(
+            max_row_relative_error(&feats.data[s * 512..(s + 1) * 512], &want, 512) < 1e-6,
+            "{id}"
+        );
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// An `images` run that dies before its final write resumes from its checkpoints and ends
+/// with the same rows as an uninterrupted run.
+#[test]
+fn images_resume_after_an_interrupted_run() {
+    let Some(data) = need_shared("images_resume_after_an_interrupted_run") else {
+        return;
+    };
+    let corpus = neurosynth_corpus(&data);
+    let atlas = brain_fixtures().join("atlas_thalamus_2mm.nii.gz");
+    let dir = tmpdir("resume");
+    let (clean, out) = (dir.join("clean.npy"), dir.join("resumed.npy"));
+    let run = |o: &Path| {
+        vec![
+            "images".to_string(),
+            "--corpus".into(),
+            corpus.display().to_string(),
+            "--atlas".into(),
+            atlas.display().to_string(),
+            "--out".into(),
+            o.display().to_string(),
+            "--chunk".into(),
+            "3000".into(),
+            "--device".into(),
+            "cpu".into(),
+        ]
+    };
+    let as_str = |v: &Vec<String>| v.iter().map(String::clone).collect::<Vec<_>>();
+    niclip(
+        &as_str(&run(&clean))
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    // A directory where the output goes makes the final rename fail after every chunk is done.
+    std::fs::create_dir_all(&out).unwrap();
+    niclip_fails(
+        &as_str(&run(&out))
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(
+        dir.join("resumed.npy.partial/chunk-000004.npy").exists(),
+        "checkpoints are kept"
+    );
+    std::fs::remove_dir(&out).unwrap();
+    let stderr = niclip(
+        &as_str(&run(&out))
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(stderr.contains("resuming"), "{stderr}");
+    assert_eq!(std::fs::read(&clean).unwrap(), std::fs::read(&out).unwrap());
+    assert!(
+        !dir.join("resumed.npy.partial").exists(),
+        "checkpoints are removed at the end"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
