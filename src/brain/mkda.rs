@@ -76,30 +76,29 @@ impl MkdaKernel {
         scratch: &mut Scratch,
         mut visit: impl FnMut(usize),
     ) {
+        // The bitmap is all zeros between calls: the scan below clears what it reads.
         let seen = &mut scratch.seen;
-        seen.fill(0);
         let [nx, ny, nz] = grid.shape.map(|n| n as i64);
         let (mut lo, mut hi) = (usize::MAX, 0usize);
-        let mut mark = |v: usize| {
-            seen[v >> 6] |= 1u64 << (v & 63);
-            lo = lo.min(v);
-            hi = hi.max(v);
-        };
         for p in peaks {
-            let inside = (0..3).all(|a| {
-                p[a] - self.reach[a] as i64 >= 0
-                    && p[a] + (self.reach[a] as i64) < grid.shape[a] as i64
-            });
+            let inside = (0..3).all(|a| p[a] - self.reach[a] as i64 >= 0 && p[a] + (self.reach[a] as i64) < grid.shape[a] as i64);
             if inside {
                 let centre = p[0] + nx * (p[1] + ny * p[2]);
+                let span = self.reach[0] as i64 + nx * (self.reach[1] as i64 + ny * self.reach[2] as i64);
+                lo = lo.min((centre - span) as usize);
+                hi = hi.max((centre + span) as usize);
                 for d in &self.offsets {
-                    mark((centre + d[0] as i64 + nx * (d[1] as i64 + ny * d[2] as i64)) as usize);
+                    let v = (centre + d[0] as i64 + nx * (d[1] as i64 + ny * d[2] as i64)) as usize;
+                    seen[v >> 6] |= 1u64 << (v & 63);
                 }
             } else {
                 for d in &self.offsets {
                     let (i, j, k) = (p[0] + d[0] as i64, p[1] + d[1] as i64, p[2] + d[2] as i64);
                     if i >= 0 && j >= 0 && k >= 0 && i < nx && j < ny && k < nz {
-                        mark((i + nx * (j + ny * k)) as usize);
+                        let v = (i + nx * (j + ny * k)) as usize;
+                        seen[v >> 6] |= 1u64 << (v & 63);
+                        lo = lo.min(v);
+                        hi = hi.max(v);
                     }
                 }
             }
@@ -108,7 +107,7 @@ impl MkdaKernel {
             return;
         }
         for w in lo >> 6..=hi >> 6 {
-            let mut bits = seen[w];
+            let mut bits = std::mem::take(&mut seen[w]);
             while bits != 0 {
                 visit((w << 6) + bits.trailing_zeros() as usize);
                 bits &= bits - 1;
