@@ -77,18 +77,30 @@ impl MkdaKernel {
         mut visit: impl FnMut(usize),
     ) {
         // The bitmap is all zeros between calls: the scan below clears what it reads.
-        let seen = &mut scratch.seen;
         let [nx, ny, nz] = grid.shape.map(|n| n as i64);
+        if scratch.flat_for != (nx, ny, self.offsets.len()) {
+            scratch.flat = self
+                .offsets
+                .iter()
+                .map(|d| d[0] as i64 + nx * (d[1] as i64 + ny * d[2] as i64))
+                .collect();
+            scratch.flat_for = (nx, ny, self.offsets.len());
+        }
+        let (seen, flat) = (&mut scratch.seen, &scratch.flat);
         let (mut lo, mut hi) = (usize::MAX, 0usize);
         for p in peaks {
-            let inside = (0..3).all(|a| p[a] - self.reach[a] as i64 >= 0 && p[a] + (self.reach[a] as i64) < grid.shape[a] as i64);
+            let inside = (0..3).all(|a| {
+                p[a] - self.reach[a] as i64 >= 0
+                    && p[a] + (self.reach[a] as i64) < grid.shape[a] as i64
+            });
             if inside {
                 let centre = p[0] + nx * (p[1] + ny * p[2]);
-                let span = self.reach[0] as i64 + nx * (self.reach[1] as i64 + ny * self.reach[2] as i64);
+                let span =
+                    self.reach[0] as i64 + nx * (self.reach[1] as i64 + ny * self.reach[2] as i64);
                 lo = lo.min((centre - span) as usize);
                 hi = hi.max((centre + span) as usize);
-                for d in &self.offsets {
-                    let v = (centre + d[0] as i64 + nx * (d[1] as i64 + ny * d[2] as i64)) as usize;
+                for &off in flat.iter() {
+                    let v = (centre + off) as usize;
                     seen[v >> 6] |= 1u64 << (v & 63);
                 }
             } else {
@@ -141,12 +153,17 @@ pub fn peak_voxels(
 /// 2 mm grid, so it stays in cache where a per-voxel stamp array would not).
 pub struct Scratch {
     seen: Vec<u64>,
+    /// The sphere's offsets as flat grid steps, and the (nx, ny, count) they were made for.
+    flat: Vec<i64>,
+    flat_for: (i64, i64, usize),
 }
 
 impl Scratch {
     pub fn new(grid: &Grid) -> Self {
         Scratch {
             seen: vec![0; grid.n_voxels().div_ceil(64)],
+            flat: Vec::new(),
+            flat_for: (0, 0, 0),
         }
     }
 }
