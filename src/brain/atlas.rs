@@ -30,36 +30,50 @@ pub struct Atlas {
 
 impl Atlas {
     /// Reads an atlas: a 4D image of continuous maps, or with `labels` a 3D label image.
+    /// Prepared atlases are cached (see `atlas_cache`).
     pub fn read(path: &Path, labels: bool) -> Result<Atlas> {
-        let img = Image::read(path)?;
-        if labels {
-            Atlas::from_labels(&img, path)
-        } else {
-            Atlas::from_maps(&img, path)
-        }
+        super::atlas_cache::load_or_build(
+            super::atlas_cache::cache_dir().as_deref(),
+            path,
+            labels,
+            None,
+            || Atlas::from_image(&Image::read(path)?, labels, path),
+        )
     }
 
     /// The same atlas read onto another grid (continuous maps trilinear, labels nearest), as
     /// nilearn resamples the maps to the data: MA maps stay binary and sparse.
     pub fn read_on_grid(path: &Path, labels: bool, grid: &Grid) -> Result<Atlas> {
-        let img = Image::read(path)?;
-        let img = if img.grid.same_as(grid) {
-            img
-        } else {
-            resample(
-                &img,
-                grid,
-                if labels {
-                    Interp::Nearest
+        super::atlas_cache::load_or_build(
+            super::atlas_cache::cache_dir().as_deref(),
+            path,
+            labels,
+            Some(grid),
+            || {
+                let img = Image::read(path)?;
+                let img = if img.grid.same_as(grid) {
+                    img
                 } else {
-                    Interp::Linear
-                },
-            )
-        };
+                    resample(
+                        &img,
+                        grid,
+                        if labels {
+                            Interp::Nearest
+                        } else {
+                            Interp::Linear
+                        },
+                    )
+                };
+                Atlas::from_image(&img, labels, path)
+            },
+        )
+    }
+
+    pub fn from_image(img: &Image, labels: bool, path: &Path) -> Result<Atlas> {
         if labels {
-            Atlas::from_labels(&img, path)
+            Atlas::from_labels(img, path)
         } else {
-            Atlas::from_maps(&img, path)
+            Atlas::from_maps(img, path)
         }
     }
 

@@ -2,6 +2,7 @@
 //! least-squares projection onto an atlas.
 
 pub mod atlas;
+pub mod atlas_cache;
 pub mod features;
 pub mod features_cuda;
 pub mod grid;
