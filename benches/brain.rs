@@ -3,6 +3,7 @@
 //! Needs ../shared/data and tests/fixtures/brain; prints why and measures nothing without them.
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use niclip::brain::atlas_cache::load_or_build;
 use niclip::brain::features::{image_features_cpu, Peaks};
 use niclip::brain::mkda::{ma_map, MkdaKernel, Rounding, Scratch};
 use niclip::brain::{Atlas, Image, Mask};
@@ -58,9 +59,21 @@ fn brain(c: &mut Criterion) {
                 .sum::<usize>()
         })
     });
-    g.bench_function("atlas_setup/gauss512/cpu", |b| {
-        b.iter(|| Atlas::read(&atlas_path, false).unwrap())
+    g.bench_function("atlas_setup/gauss512/cold", |b| {
+        b.iter(|| {
+            Atlas::from_image(&Image::read(&atlas_path).unwrap(), false, &atlas_path).unwrap()
+        })
     });
+    let cache = std::env::temp_dir().join(format!("niclip-bench-cache-{}", std::process::id()));
+    let cached = || {
+        load_or_build(Some(&cache), &atlas_path, false, None, || {
+            Atlas::from_image(&Image::read(&atlas_path)?, false, &atlas_path)
+        })
+        .unwrap()
+    };
+    cached();
+    g.bench_function("atlas_setup/gauss512/cached", |b| b.iter(cached));
+    std::fs::remove_dir_all(&cache).ok();
     let atlas = Atlas::read(&atlas_path, false).unwrap();
     g.bench_function(format!("image_features/neurosynth_{n}_gauss512/cpu"), |b| {
         b.iter(|| image_features_cpu(&kernel, &mask, &atlas, &peaks).unwrap())

@@ -121,20 +121,19 @@ pub fn ma_xty_cpu(
             |(scratch, acc), (s, out)| -> Result<()> {
                 let vox = peak_voxels(kernel, &mask.grid, peaks.study(s), &peaks.ids[s])?;
                 // Neighbouring voxels mostly share their maps: summing them into one array would
-                // chain every add on the previous store. LANES arrays, one per voxel in turn,
-                // keep that many chains independent.
+                // chain every add on the previous store. LANES slots per map, one per voxel in
+                // turn, keep that many chains independent.
                 acc.fill(0.0);
                 let mut lane = 0;
                 kernel.for_each_voxel(&mask.grid, &vox, scratch, |v| {
                     let (a, b) = (rows.start[v] as usize, rows.start[v + 1] as usize);
-                    let acc = &mut acc[lane * k..(lane + 1) * k];
                     for (&c, &w) in rows.cols[a..b].iter().zip(&rows.vals[a..b]) {
-                        acc[c as usize] += w as f64;
+                        acc[c as usize * LANES + lane] += w as f64;
                     }
                     lane = (lane + 1) % LANES;
                 });
-                for (j, o) in out.iter_mut().enumerate() {
-                    *o = (0..LANES).map(|l| acc[l * k + j]).sum();
+                for (o, lanes) in out.iter_mut().zip(acc.chunks_exact(LANES)) {
+                    *o = lanes.iter().sum();
                 }
                 Ok(())
             },
