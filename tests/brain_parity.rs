@@ -382,3 +382,24 @@ fn images_resume_after_an_interrupted_run() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn nearest_resampling_of_labels_equals_nilearn() {
+    let Some(data) = need_shared("nearest_resampling_of_labels_equals_nilearn") else {
+        return;
+    };
+    let aal = Image::read(&data.join("atlases/aal3/AAL3.nii.gz")).unwrap();
+    let want = Image::read(&brain_fixtures().join("atlas_aal3_2mm.nii.gz")).unwrap();
+    let got = resample(&aal, &want.grid, Interp::Nearest);
+    let differing = got
+        .data
+        .iter()
+        .zip(&want.data)
+        .filter(|(a, b)| a != b)
+        .count();
+    eprintln!(
+        "AAL3 1 mm -> 2 mm nearest: {differing} of {} voxels differ from nilearn",
+        want.data.len()
+    );
+    assert_eq!(differing, 0);
+}
