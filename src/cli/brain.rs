@@ -60,6 +60,7 @@ impl MkdaArgs {
 
 pub fn ma_map(a: MaMapArgs) -> Result<()> {
     a.compute.init_threads();
+    a.compute.cpu_only("ma-map");
     let (mask, kernel) = a.mkda.mask_and_kernel()?;
     let peaks = Corpus::open(&a.corpus)?.peaks_for(&a.studies)?;
     let n = mask.grid.n_voxels();
@@ -99,6 +100,7 @@ pub struct ProjectArgs {
 
 pub fn project(a: ProjectArgs) -> Result<()> {
     a.compute.init_threads();
+    a.compute.cpu_only("project");
     check_npy_out(&a.out)?;
     let atlas = Atlas::read(&a.atlas, a.labels)?;
     let mut rows = Vec::new();

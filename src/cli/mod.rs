@@ -44,6 +44,13 @@ pub struct Compute {
 }
 
 impl Compute {
+    /// Says so when CUDA was asked for by a command that has only a CPU path so far.
+    pub fn cpu_only(&self, command: &str) {
+        if matches!(self.device, DeviceArg::Cuda(_)) {
+            eprintln!("note: {command} runs on the CPU (its CUDA path is not written yet); `images` uses CUDA");
+        }
+    }
+
     pub fn init_threads(&self) {
         if let Some(n) = self.threads {
             // Only fails when a pool exists already, in which case that one is used.
