@@ -333,47 +333,28 @@ fn images_resume_after_an_interrupted_run() {
     let atlas = brain_fixtures().join("atlas_thalamus_2mm.nii.gz");
     let dir = tmpdir("resume");
     let (clean, out) = (dir.join("clean.npy"), dir.join("resumed.npy"));
+    let (corpus, atlas) = (corpus.to_str().unwrap(), atlas.to_str().unwrap());
     let run = |o: &Path| {
-        vec![
-            "images".to_string(),
-            "--corpus".into(),
-            corpus.display().to_string(),
-            "--atlas".into(),
-            atlas.display().to_string(),
-            "--out".into(),
-            o.display().to_string(),
-            "--chunk".into(),
-            "3000".into(),
-            "--device".into(),
-            "cpu".into(),
+        let o = o.to_str().unwrap().to_string();
+        [
+            "images", "--corpus", corpus, "--atlas", atlas, "--out", &o, "--chunk", "3000",
+            "--device", "cpu",
         ]
+        .map(String::from)
     };
-    let as_str = |v: &Vec<String>| v.iter().map(String::clone).collect::<Vec<_>>();
-    niclip(
-        &as_str(&run(&clean))
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    fn args(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    niclip(&args(&run(&clean)));
     // A directory where the output goes makes the final rename fail after every chunk is done.
     std::fs::create_dir_all(&out).unwrap();
-    niclip_fails(
-        &as_str(&run(&out))
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    niclip_fails(&args(&run(&out)));
     assert!(
         dir.join("resumed.npy.partial/chunk-000004.npy").exists(),
         "checkpoints are kept"
     );
     std::fs::remove_dir(&out).unwrap();
-    let stderr = niclip(
-        &as_str(&run(&out))
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    let stderr = niclip(&args(&run(&out)));
     assert!(stderr.contains("resuming"), "{stderr}");
     assert_eq!(std::fs::read(&clean).unwrap(), std::fs::read(&out).unwrap());
     assert!(

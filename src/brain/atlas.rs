@@ -210,17 +210,6 @@ impl Atlas {
         Ok(())
     }
 
-    /// Xᵀy for a binary map given as flat grid indices; voxels off the support add nothing.
-    pub fn xty_binary(&self, voxels: impl IntoIterator<Item = usize>, out: &mut [f64]) {
-        out.fill(0.0);
-        for v in voxels {
-            let r = self.row_of[v];
-            if r >= 0 {
-                self.add_row(r as usize, 1.0, out);
-            }
-        }
-    }
-
     /// Xᵀy for a dense map on the atlas grid.
     pub fn xty_dense(&self, values: &[f32], out: &mut [f64]) {
         out.fill(0.0);

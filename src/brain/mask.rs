@@ -71,13 +71,4 @@ impl Mask {
     pub fn is_empty(&self) -> bool {
         self.voxels.is_empty()
     }
-
-    /// A dense volume on the grid from values over the mask's voxels.
-    pub fn unmask(&self, values: &[f32]) -> Vec<f32> {
-        let mut out = vec![0.0; self.grid.n_voxels()];
-        for (&v, &x) in self.voxels.iter().zip(values) {
-            out[v as usize] = x;
-        }
-        out
-    }
 }

@@ -187,21 +187,6 @@ pub fn ma_map(
     Ok(active)
 }
 
-/// Flat grid indices of an MA map (for projection onto an atlas on the mask's grid).
-pub fn ma_map_voxels(
-    kernel: &MkdaKernel,
-    mask: &Mask,
-    peaks_mm: &[[f64; 3]],
-    study: &str,
-    scratch: &mut Scratch,
-) -> Result<Vec<u32>> {
-    let mut active = ma_map(kernel, mask, peaks_mm, study, scratch)?;
-    active
-        .iter_mut()
-        .for_each(|m| *m = mask.voxels[*m as usize]);
-    Ok(active)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
