@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# Compiles every kernels/*.cu to PTX for sm_90 with CUDA 13.0's nvcc (from PyPI, through
-# ../shared/tools/install-nvcc.sh beside the checkout) and assembles it with ptxas, one line per
+# Compiles every kernels/*.cu to PTX for sm_90 with CUDA 13.0's nvcc (from PyPI, installed into
+# a venv cached under ~/.cache; NICLIP_NVCC_READY=1 uses the nvcc on PATH) and assembles it with ptxas, one line per
 # kernel with its registers, spills and shared memory; fails on any error. No GPU needed.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
-installer="$here/../../shared/tools/install-nvcc.sh"
-if [ ! -f "$installer" ]; then
-  echo "ptx-check: $installer not found: it lives in shared/tools/ beside the checkout;" \
-       "or put CUDA 13.0's nvcc and ptxas on PATH and set NICLIP_NVCC_READY=1" >&2
-  [ "${NICLIP_NVCC_READY:-0}" = 1 ] || exit 1
-else
-  eval "$(bash "$installer")"
+# CUDA 13.0 emits PTX ISA 9.0, which driver 580 accepts; newer wheels emit PTX it rejects.
+# The same pins as shared/tools/install-nvcc.sh; nvidia-cuda-cccl provides <nv/target>.
+venv="${NICLIP_NVCC_VENV:-$HOME/.cache/niclip-nvcc}"
+if [ "${NICLIP_NVCC_READY:-0}" != 1 ]; then
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv" >&2
+  site="$("$venv/bin/python" -c 'import site; print(site.getsitepackages()[0])')"
+  if [ ! -x "$site/nvidia/cu13/bin/nvcc" ]; then
+    "$venv/bin/pip" install -q --disable-pip-version-check \
+      nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88 \
+      nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 nvidia-cuda-nvrtc==13.0.88 >&2
+  fi
+  export CUDA_HOME="$site/nvidia/cu13" PATH="$site/nvidia/cu13/bin:$PATH"
 fi
 arch="${NICLIP_CUDA_ARCH:-sm_90}"
 tmp="$(mktemp -d)"
