@@ -194,7 +194,7 @@ fn check_npy_out(out: &Path) -> Result<()> {
     }
 }
 
-pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len);
     bar.set_style(
         indicatif::ProgressStyle::with_template(&format!(
