@@ -25,6 +25,8 @@ pub enum Command {
     MaMap(brain::MaMapArgs),
     /// Least-squares coefficients of brain maps on an atlas's maps.
     Project(brain::ProjectArgs),
+    /// Resample an image onto another image's grid (world space, as nilearn).
+    Resample(brain::ResampleArgs),
     /// Image features (MKDA + projection) of every study with peaks in a corpus.
     Images(brain::ImagesArgs),
     /// Import, inspect and export article collections.
@@ -65,6 +67,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::MaMap(a) => brain::ma_map(a),
         Command::Project(a) => brain::project(a),
+        Command::Resample(a) => brain::resample(a),
         Command::Images(a) => brain::images(a),
         Command::Corpus(c) => corpus::run(c),
     }
