@@ -7,6 +7,7 @@ pub mod cli;
 pub mod corpus;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod io;
 
 pub use error::{Error, Result};
