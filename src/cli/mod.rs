@@ -3,6 +3,8 @@
 
 pub mod brain;
 pub mod corpus;
+pub mod eval;
+pub mod train;
 
 use crate::device::DeviceArg;
 use crate::error::Result;
@@ -30,6 +32,11 @@ pub enum Command {
     /// Import, inspect and export article collections.
     #[command(subcommand)]
     Corpus(corpus::CorpusCommand),
+    /// Train the CLIP model (text tower + image tower, symmetric InfoNCE), or cross-validate it.
+    Train(train::TrainArgs),
+    /// Evaluate models: retrieval (Recall@k, Mix&Match).
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
 }
 
 /// Options shared by every command that computes.
@@ -67,5 +74,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Project(a) => brain::project(a),
         Command::Images(a) => brain::images(a),
         Command::Corpus(c) => corpus::run(c),
+        Command::Train(a) => train::run(a),
+        Command::Eval(c) => eval::run(c),
     }
 }
