@@ -345,7 +345,9 @@ impl Job {
     pub fn start(&self, pairs: &Pairs, cfg: &TrainConfig, resume: bool) -> Result<ModelState> {
         if let (true, Some(p)) = (resume, &self.checkpoint) {
             if p.is_file() {
-                return ModelState::load(p, &self.init.layout, &self.key(pairs, cfg));
+                let st = ModelState::load(p, &self.init.layout, &self.key(pairs, cfg))?;
+                eprintln!("resuming {} after epoch {}{}", p.display(), st.epoch, if st.done { " (finished)" } else { "" });
+                return Ok(st);
             }
         }
         Ok(ModelState::new(&self.init))
