@@ -3,6 +3,8 @@
 
 pub mod brain;
 pub mod corpus;
+pub mod eval;
+pub mod train;
 
 use crate::device::DeviceArg;
 use crate::error::Result;
@@ -32,6 +34,11 @@ pub enum Command {
     /// Import, inspect and export article collections.
     #[command(subcommand)]
     Corpus(corpus::CorpusCommand),
+    /// Train the CLIP model (text tower + image tower, symmetric InfoNCE), or cross-validate it.
+    Train(train::TrainArgs),
+    /// Evaluate models: retrieval (Recall@k, Mix&Match).
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
 }
 
 /// Options shared by every command that computes.
@@ -70,5 +77,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Resample(a) => brain::resample(a),
         Command::Images(a) => brain::images(a),
         Command::Corpus(c) => corpus::run(c),
+        Command::Train(a) => train::run(a),
+        Command::Eval(c) => eval::run(c),
     }
 }
