@@ -8,5 +8,6 @@ pub mod corpus;
 pub mod device;
 pub mod error;
 pub mod io;
+pub mod text;
 
 pub use error::{Error, Result};
