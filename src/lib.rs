@@ -10,5 +10,6 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod io;
+pub mod text;
 
 pub use error::{Error, Result};
