@@ -5,6 +5,7 @@
 pub mod brain;
 pub mod cli;
 pub mod corpus;
+pub mod decode;
 pub mod device;
 pub mod error;
 pub mod io;
