@@ -4,6 +4,7 @@
 
 pub mod brain;
 pub mod cli;
+pub mod clip;
 pub mod corpus;
 pub mod decode;
 pub mod device;
