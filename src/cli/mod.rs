@@ -3,6 +3,7 @@
 
 pub mod brain;
 pub mod corpus;
+pub mod decode;
 
 use crate::device::DeviceArg;
 use crate::error::Result;
@@ -30,6 +31,8 @@ pub enum Command {
     /// Import, inspect and export article collections.
     #[command(subcommand)]
     Corpus(corpus::CorpusCommand),
+    /// Decode brain maps into Cognitive Atlas tasks, concepts and domains.
+    Decode(decode::DecodeArgs),
 }
 
 /// Options shared by every command that computes.
@@ -67,5 +70,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Project(a) => brain::project(a),
         Command::Images(a) => brain::images(a),
         Command::Corpus(c) => corpus::run(c),
+        Command::Decode(a) => decode::run(a),
     }
 }

@@ -5,7 +5,7 @@ use super::maps::{image_features, Variant};
 use super::ontology::{Ontology, DOMAINS};
 use super::posterior::{noisy_or, task_posteriors, TaskPosterior};
 use super::vocabulary::Vocabulary;
-use crate::brain::{Atlas, Image};
+use crate::brain::{Atlas, Image, Mask};
 use crate::error::{Error, IoContext, Result};
 use std::path::{Path, PathBuf};
 
@@ -125,7 +125,8 @@ impl Decoder {
             ));
         }
         let atlas_path = assets.atlas.path()?;
-        let atlas = Atlas::read(&atlas_path, assets.labels)?;
+        // On the MNI152 2 mm grid, as `niclip images` made the training features.
+        let atlas = Atlas::read_on_grid(&atlas_path, assets.labels, &Mask::mni152_2mm().grid)?;
         if atlas.k != towers.image_dim() {
             return Err(Error::input(
                 &atlas_path,
@@ -299,5 +300,23 @@ pub fn map_names(path: &Path, n_vols: usize) -> Vec<String> {
         (0..n_vols)
             .map(|v| format!("{}[{v}]", path.display()))
             .collect()
+    }
+}
+
+impl Towers for crate::clip::model::Clip {
+    fn text_dim(&self) -> usize {
+        crate::clip::model::Clip::text_dim(self)
+    }
+    fn image_dim(&self) -> usize {
+        crate::clip::model::Clip::image_dim(self)
+    }
+    fn logit_scale(&self) -> f32 {
+        crate::clip::model::Clip::logit_scale(self)
+    }
+    fn encode_images(&self, x: &[f32], n: usize) -> Vec<f32> {
+        crate::clip::model::Clip::encode_images(self, x, n)
+    }
+    fn encode_texts(&self, x: &[f32], n: usize) -> Vec<f32> {
+        crate::clip::model::Clip::encode_texts(self, x, n)
     }
 }

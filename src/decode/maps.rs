@@ -19,7 +19,8 @@ pub enum Tail {
     Both,
 }
 
-/// How a map is changed before it is projected. Applied in this order: flip, tail, percentile.
+/// How a map is changed before it is projected: flip, then tail (on the map's grid), then the
+/// percentile ROI (on the atlas grid).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Variant {
     pub tail: Tail,
@@ -39,13 +40,9 @@ impl Variant {
         }
     }
 
-    pub fn is_identity(&self) -> bool {
-        *self == Variant::default()
-    }
-
-    /// Applies the variant to a volume on the atlas grid; `support` are the atlas's voxels
-    /// (the "in-mask" voxels for the percentile).
-    pub fn apply(&self, vol: &mut [f32], support: &[u32]) {
+    /// Flip and tail, on the map's own grid (before resampling, as one would threshold a map
+    /// by hand before decoding it).
+    pub fn apply_signs(&self, vol: &mut [f32]) {
         if self.flip {
             vol.iter_mut().for_each(|x| *x = -*x);
         }
@@ -54,32 +51,34 @@ impl Variant {
             Tail::Positive => vol.iter_mut().for_each(|x| *x = x.max(0.0)),
             Tail::Negative => vol.iter_mut().for_each(|x| *x = (-*x).max(0.0)),
         }
-        if let Some(p) = self.percentile {
-            let mut inside: Vec<f32> = support.iter().map(|&v| vol[v as usize]).collect();
-            let keep = ((p / 100.0) * inside.len() as f64).ceil().max(1.0) as usize;
-            let keep = keep.min(inside.len());
-            let threshold = if keep == 0 {
-                f32::INFINITY
-            } else {
-                *inside
-                    .select_nth_unstable_by(keep - 1, |a, b| b.total_cmp(a))
-                    .1
-            };
-            let mut roi = vec![0.0f32; vol.len()];
-            for &v in support {
-                let x = vol[v as usize];
-                if x > 0.0 && x >= threshold {
-                    roi[v as usize] = 1.0;
-                }
-            }
-            vol.copy_from_slice(&roi);
+    }
+
+    /// The percentile ROI, on the atlas grid: `support` are the atlas's voxels ("in-mask").
+    pub fn apply_percentile(&self, vol: &mut [f32], support: &[u32]) {
+        let Some(p) = self.percentile else { return };
+        let mut inside: Vec<f32> = support.iter().map(|&v| vol[v as usize]).collect();
+        if inside.is_empty() {
+            return;
         }
+        let keep = (((p / 100.0) * inside.len() as f64).ceil() as usize).clamp(1, inside.len());
+        let threshold = *inside
+            .select_nth_unstable_by(keep - 1, |a, b| b.total_cmp(a))
+            .1;
+        let mut roi = vec![0.0f32; vol.len()];
+        for &v in support {
+            let x = vol[v as usize];
+            if x > 0.0 && x >= threshold {
+                roi[v as usize] = 1.0;
+            }
+        }
+        vol.copy_from_slice(&roi);
     }
 }
 
 /// Volume `v` of `img` as the decoder sees it: NaN/Inf set to 0 (as braindec's sanitiser),
-/// resampled onto the atlas grid (trilinear) when off it, the variant applied. Errors name the
-/// map when there is nothing to decode (all zeros, all NaN, nothing inside the atlas).
+/// flipped and tailed, resampled onto the atlas grid (trilinear) when off it, the percentile ROI
+/// taken. Errors name the map when there is nothing to decode (all zeros, all NaN, nothing
+/// inside the atlas, nothing left after the variant).
 pub fn prepare_volume(
     atlas: &Atlas,
     img: &Image,
@@ -102,10 +101,14 @@ pub fn prepare_volume(
             format!("{which}is all zeros: there is nothing to decode"),
         ));
     }
-    let clean: Vec<f32> = vol
+    let mut clean: Vec<f32> = vol
         .iter()
         .map(|&x| if x.is_finite() { x } else { 0.0 })
         .collect();
+    variant.apply_signs(&mut clean);
+    if clean.iter().all(|&x| x == 0.0) {
+        return Err(Error::input(path, format!("{which}has no voxel left after --tail/--flip (the map has no values of that sign); choose another --tail")));
+    }
     let mut grid_vol = if img.grid.same_as(&atlas.grid) {
         clean
     } else {
@@ -117,9 +120,9 @@ pub fn prepare_volume(
     if !overlaps(&grid_vol) {
         return Err(Error::input(path, format!("{which}has no non-zero voxel inside the atlas: is it in MNI space? (its voxels all lie outside the atlas's brain)")));
     }
-    variant.apply(&mut grid_vol, &atlas.support);
+    variant.apply_percentile(&mut grid_vol, &atlas.support);
     if !overlaps(&grid_vol) {
-        return Err(Error::input(path, format!("{which}keeps no voxel inside the atlas after --tail/--flip/--percentile; choose another --tail")));
+        return Err(Error::input(path, format!("{which}keeps no voxel inside the atlas with --percentile (no positive value among its top voxels); try --flip or --tail negative")));
     }
     Ok(grid_vol)
 }
@@ -157,7 +160,8 @@ mod tests {
         let base = [3.0, -2.0, 1.0, 0.0, -5.0, 9.0];
         let run = |v: Variant| {
             let mut x = base.to_vec();
-            v.apply(&mut x, &support);
+            v.apply_signs(&mut x);
+            v.apply_percentile(&mut x, &support);
             x
         };
         assert_eq!(run(Variant::default()), base.to_vec());
