@@ -275,11 +275,14 @@ fn slice_png(
             let at = 4 * (row * w_px + col);
             let rgba = if let Some(rgb) = overlay.colour(m) {
                 [rgb[0], rgb[1], rgb[2], 255]
-            } else if a > t1_max * 0.04 {
-                let g = ((a / t1_max).clamp(0.0, 1.0) * 235.0 + 10.0) as u8;
-                [g, g, g, 255]
             } else {
-                [0, 0, 0, 0]
+                // Grey anatomy fading into the white page below ~10 % of the 99th percentile
+                // (the template's background noise).
+                let u = (a / t1_max).clamp(0.0, 1.0);
+                let alpha = ((u - 0.075) / 0.025).clamp(0.0, 1.0);
+                let g = (u * 235.0 + 10.0) * alpha + 255.0 * (1.0 - alpha);
+                let g = g.round() as u8;
+                [g, g, g, 255]
             };
             data[at..at + 4].copy_from_slice(&rgba);
         }
@@ -310,7 +313,25 @@ pub fn slices_svg(vol: &[f32], grid: &Grid, title: &str, subtitle: &str) -> Resu
                 (bi, bv)
             }
         });
-    let ijk = g.unflat(peak.0);
+    // A ROI is cut through the in-ROI voxel nearest its centre, a statistical map at its peak.
+    let ijk = if overlay.binary {
+        let inside: Vec<[usize; 3]> = map
+            .iter()
+            .enumerate()
+            .filter(|(_, &x)| x.abs() >= overlay.threshold)
+            .map(|(i, _)| g.unflat(i))
+            .collect();
+        let c: [f64; 3] = std::array::from_fn(|a| {
+            inside.iter().map(|v| v[a] as f64).sum::<f64>() / inside.len() as f64
+        });
+        let d = |v: &[usize; 3]| (0..3).map(|a| (v[a] as f64 - c[a]).powi(2)).sum::<f64>();
+        *inside
+            .iter()
+            .min_by(|p, q| d(p).total_cmp(&d(q)))
+            .expect("a binary map with voxels")
+    } else {
+        g.unflat(peak.0)
+    };
     let mm = g.voxel_to_mm([ijk[0] as f64, ijk[1] as f64, ijk[2] as f64]);
     let t1_max = {
         let mut v: Vec<f32> = t1.data.iter().copied().filter(|&x| x > 0.0).collect();
@@ -351,10 +372,17 @@ pub fn slices_svg(vol: &[f32], grid: &Grid, title: &str, subtitle: &str) -> Resu
 <text x="{left}" y="55" font-size="13" fill="#555555">{}</text>
 "##,
         esc(&shorten(title, 120)),
-        esc(&format!(
-            "{subtitle}peak {:.3} at MNI ({:.0}, {:.0}, {:.0}) mm",
-            peak.1, mm[0], mm[1], mm[2]
-        ))
+        esc(&if overlay.binary {
+            format!(
+                "{subtitle}ROI centre at MNI ({:.0}, {:.0}, {:.0}) mm",
+                mm[0], mm[1], mm[2]
+            )
+        } else {
+            format!(
+                "{subtitle}peak {:.3} at MNI ({:.0}, {:.0}, {:.0}) mm",
+                peak.1, mm[0], mm[1], mm[2]
+            )
+        })
     );
     let mut x = left;
     for (name, (h, v, _), png, w, hpx, c_mm) in &rendered {
@@ -394,7 +422,9 @@ pub fn slices_svg(vol: &[f32], grid: &Grid, title: &str, subtitle: &str) -> Resu
         }
         x += *w as f64 + gap;
     }
-    colour_bar(&mut s, &overlay, x + 12.0, top + 10.0, panel_h - 20.0);
+    if !overlay.binary {
+        colour_bar(&mut s, &overlay, x + 12.0, top + 10.0, panel_h - 20.0);
+    }
     s.push_str("</svg>\n");
     Ok(s)
 }
@@ -425,9 +455,6 @@ fn colour_bar(s: &mut String, o: &Overlay, x: f64, y: f64, h: f64) {
         ticks.extend([-o.threshold, -o.vmax]);
     } else {
         ticks.push(0.0);
-    }
-    if o.binary {
-        ticks = vec![o.vmax, 0.0];
     }
     for v in ticks {
         let ty = y + h * ((o.vmax - v) / (o.vmax - lo)) as f64;
