@@ -6,6 +6,7 @@ pub mod brain;
 pub mod cli;
 pub mod clip;
 pub mod corpus;
+pub mod decode;
 pub mod device;
 pub mod error;
 pub mod eval;

@@ -5,6 +5,7 @@ pub mod brain;
 pub mod corpus;
 pub mod eval;
 pub mod train;
+pub mod decode;
 
 use crate::device::DeviceArg;
 use crate::error::Result;
@@ -39,6 +40,8 @@ pub enum Command {
     /// Evaluate models: retrieval (Recall@k, Mix&Match).
     #[command(subcommand)]
     Eval(eval::EvalCommand),
+    /// Decode brain maps into Cognitive Atlas tasks, concepts and domains.
+    Decode(decode::DecodeArgs),
 }
 
 /// Options shared by every command that computes.
@@ -79,5 +82,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Corpus(c) => corpus::run(c),
         Command::Train(a) => train::run(a),
         Command::Eval(c) => eval::run(c),
+        Command::Decode(a) => decode::run(a),
     }
 }
