@@ -1,6 +1,7 @@
 //! The command line (the contract in CLI.md): one file per subcommand, each a clap `Args` and a
 //! `run` that calls the library.
 
+pub mod baseline;
 pub mod brain;
 pub mod corpus;
 
@@ -30,6 +31,9 @@ pub enum Command {
     /// Import, inspect and export article collections.
     #[command(subcommand)]
     Corpus(corpus::CorpusCommand),
+    /// The paper's baselines: the Neurosynth correlation decoder and GC-LDA.
+    #[command(subcommand)]
+    Baseline(baseline::BaselineCommand),
 }
 
 /// Options shared by every command that computes.
@@ -67,5 +71,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Project(a) => brain::project(a),
         Command::Images(a) => brain::images(a),
         Command::Corpus(c) => corpus::run(c),
+        Command::Baseline(c) => baseline::run(c),
     }
 }
