@@ -13,6 +13,7 @@
 //!
 //! [`Decoder::load`] + [`Decoder::decode`] is what evaluation calls.
 
+pub mod cuda;
 pub mod gclda;
 pub mod neurosynth;
 pub mod terms;

@@ -7,6 +7,7 @@ use super::{Kind, ModelFile};
 use crate::brain::mkda::{ma_map, MkdaKernel, Rounding, Scratch};
 use crate::brain::Mask;
 use crate::corpus::{Corpus, Section};
+use crate::device::{Device, DeviceArg};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -22,6 +23,8 @@ pub struct TrainOptions {
     pub radius: f64,
     pub rounding: Rounding,
     pub gclda: Params,
+    /// Where the correlation decoder's counting and z-maps run.
+    pub device: DeviceArg,
 }
 
 impl Default for TrainOptions {
@@ -32,6 +35,7 @@ impl Default for TrainOptions {
             radius: 10.0,
             rounding: Rounding::Round,
             gclda: Params::default(),
+            device: DeviceArg::Cpu,
         }
     }
 }
@@ -189,7 +193,10 @@ pub fn train_neurosynth(
     }
     report.terms_kept = kept.len();
     let total = neurosynth::active_totals(&ma, mask.len());
-    let z = neurosynth::z_maps(&ma, &total, &selected, mask.len());
+    let z = match Device::select(&opts.device)? {
+        Device::Cpu => neurosynth::z_maps(&ma, &total, &selected, mask.len()),
+        Device::Cuda(gpu) => super::cuda::z_maps_cuda(&gpu, &ma, &total, &selected, mask.len())?,
+    };
     let params = serde_json::json!({
         "frequency_threshold": FREQUENCY_THRESHOLD,
         "match": opts.matching.name(),

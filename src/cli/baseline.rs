@@ -111,7 +111,9 @@ pub fn run(c: BaselineCommand) -> Result<()> {
 
 fn train_cmd(a: TrainArgs) -> Result<()> {
     a.compute.init_threads();
-    a.compute.cpu_only("baseline train");
+    if a.kind == Kind::Gclda {
+        a.compute.cpu_only("baseline train gclda");
+    }
     let t0 = std::time::Instant::now();
     let opts = TrainOptions {
         sections: if a.sections.is_empty() {
@@ -135,6 +137,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
             n_iters: a.iterations,
             seed: a.seed,
         },
+        device: a.compute.device.clone(),
     };
     let bar = (a.kind == Kind::Gclda).then(|| {
         let b = indicatif::ProgressBar::new(a.iterations as u64);
