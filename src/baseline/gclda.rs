@@ -103,6 +103,110 @@ fn sample(weights: &[f64], rng: &mut Rng) -> usize {
     weights.len() - 1
 }
 
+/// e^x to within 2 ulp, written so the compiler vectorises a loop of it (libm's exp is a call
+/// per element; the densities of every peak under every sub-region are most of an iteration).
+/// Cody–Waite reduction x = n·ln 2 + r, |r| ≤ ln2/2, a degree-13 Taylor polynomial in r, then
+/// 2ⁿ from the exponent bits. Below −708 (e^x < 3e-308) it returns 0.
+#[inline(always)]
+pub fn exp_vec(x: f64) -> f64 {
+    exp_poly::<false>(x)
+}
+
+/// [`exp_vec`] with the polynomial as fused multiply-adds (only where the CPU has FMA: without
+/// it `mul_add` is a library call).
+#[inline(always)]
+fn exp_poly<const FMA: bool>(x: f64) -> f64 {
+    const LN2_HI: f64 = 6.931_471_803_691_238_164_9e-1;
+    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+    const SHIFT: f64 = 6_755_399_441_055_744.0; // 1.5·2⁵²: adding it rounds to an integer
+    let xc = x.clamp(-708.0, 709.0);
+    let t = xc * std::f64::consts::LOG2_E + SHIFT;
+    let n = t - SHIFT;
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    let mut p: f64 = 1.0 / 6_227_020_800.0;
+    for c in [
+        1.0 / 479_001_600.0,
+        1.0 / 39_916_800.0,
+        1.0 / 3_628_800.0,
+        1.0 / 362_880.0,
+        1.0 / 40_320.0,
+        1.0 / 5_040.0,
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ] {
+        p = if FMA { p.mul_add(r, c) } else { p * r + c };
+    }
+    let scale = f64::from_bits(((t.to_bits() as i64 - SHIFT.to_bits() as i64 + 1023) << 52) as u64);
+    if x < -708.0 {
+        0.0
+    } else {
+        p * scale
+    }
+}
+
+/// The sub-region Gaussians as columns (index r·T + t): means, the 6 distinct precision
+/// entries, log normalisers.
+struct DensityColumns {
+    m: [Vec<f64>; 3],
+    pr: [Vec<f64>; 6],
+    ln: Vec<f64>,
+}
+
+impl DensityColumns {
+    /// The density of `x` under every sub-region, into `row`.
+    fn fill(&self, x: &[f64; 3], row: &mut [f64]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            return unsafe { self.fill_avx2(x, row) };
+        }
+        self.fill_any::<false>(x, row)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn fill_avx2(&self, x: &[f64; 3], row: &mut [f64]) {
+        self.fill_any::<true>(x, row)
+    }
+
+    /// Plain loops the compiler vectorises for whatever the caller was compiled for.
+    #[inline(always)]
+    fn fill_any<const FMA: bool>(&self, x: &[f64; 3], row: &mut [f64]) {
+        let k = row.len();
+        let (m0, m1, m2) = (&self.m[0][..k], &self.m[1][..k], &self.m[2][..k]);
+        let p = &self.pr;
+        let (p0, p1, p2, p3, p4, p5) = (
+            &p[0][..k],
+            &p[1][..k],
+            &p[2][..k],
+            &p[3][..k],
+            &p[4][..k],
+            &p[5][..k],
+        );
+        let ln = &self.ln[..k];
+        for j in 0..k {
+            let (dx, dy, dz) = (x[0] - m0[j], x[1] - m1[j], x[2] - m2[j]);
+            let quad = p0[j] * dx * dx
+                + p1[j] * dy * dy
+                + p2[j] * dz * dz
+                + 2.0 * (p3[j] * dx * dy + p4[j] * dx * dz + p5[j] * dy * dz);
+            row[j] = exp_poly::<FMA>(ln[j] - 0.5 * quad);
+        }
+    }
+}
+
+/// n_wdt · ln(1 + 1/(n_pdt + γ)): the log weight of a topic for a document's peak.
+#[inline]
+fn wrow_log(n_wdt: &i64, n_pdt: i64, gamma: f64) -> f64 {
+    *n_wdt as f64 * (1.0 / (n_pdt as f64 + gamma)).ln_1p()
+}
+
 /// Inverse and log-determinant of a 3×3 covariance by the adjugate (NiMARE's `_inv3_logdet`).
 pub fn inv3_logdet(s: &[[f64; 3]; 3]) -> Option<([[f64; 3]; 3], f64)> {
     let c00 = s[1][1] * s[2][2] - s[1][2] * s[2][1];
@@ -143,6 +247,12 @@ impl Regions {
     /// The density of sub-region (t, r) at `x`, as NiMARE's `_jit_*` loops compute it.
     #[inline]
     pub fn density(&self, tr: usize, x: &[f64; 3]) -> f64 {
+        self.log_density(tr, x).exp()
+    }
+
+    /// Its logarithm.
+    #[inline]
+    pub fn log_density(&self, tr: usize, x: &[f64; 3]) -> f64 {
         let (m, p) = (&self.mu[tr], &self.precision[tr]);
         let mut quad = 0.0;
         for i in 0..3 {
@@ -153,7 +263,7 @@ impl Regions {
             }
             quad += ci * inner;
         }
-        (self.log_norm[tr] - 0.5 * quad).exp()
+        self.log_norm[tr] - 0.5 * quad
     }
 
     /// p(topic | voxel) at each point (rows: points, `n_topics` columns): the sum of the topic's
@@ -256,6 +366,8 @@ pub struct Model {
     n_word_doc_topic: Vec<i64>,
     n_word_topic: Vec<i64>,
     pub regions: Regions,
+    /// `[p][r][t]` densities of the peaks under the current regions.
+    dens: Vec<f64>,
     /// Log-likelihood (x, w, total) after initialisation and after each iteration.
     pub loglikelihood: Vec<[f64; 3]>,
 }
@@ -336,6 +448,7 @@ impl Model {
             n_word_doc_topic,
             n_word_topic,
             regions,
+            dens: Vec::new(),
             loglikelihood: Vec::new(),
         })
     }
@@ -344,6 +457,7 @@ impl Model {
     pub fn fit(&mut self, mut progress: impl FnMut(usize, [f64; 3])) -> Result<()> {
         if self.iter == 0 {
             self.update_regions()?;
+            self.update_densities();
             let ll = self.log_likelihood();
             self.loglikelihood.push(ll);
         }
@@ -360,6 +474,7 @@ impl Model {
         self.update_words();
         self.update_peaks();
         self.update_regions()?;
+        self.update_densities();
         let ll = self.log_likelihood();
         self.loglikelihood.push(ll);
         Ok(())
@@ -399,68 +514,130 @@ impl Model {
         }
     }
 
+    /// The densities of every peak under every sub-region (`[p][t][r]`), for the current
+    /// regions: the log-likelihood after an iteration and the next peak sweep both use them
+    /// (the regions do not change in between), so they are computed once, on all threads.
+    fn update_densities(&mut self) {
+        let (nt, nr) = (self.params.n_topics, self.params.n_regions);
+        let k = nt * nr;
+        self.dens.resize(self.data.coords.len() * k, 0.0);
+        // The Gaussians as columns (index r·T + t, the sweep's order), so the loop over them
+        // vectorises: μ, the 6 distinct precision entries, the log normaliser.
+        let col = |f: &dyn Fn(usize) -> f64| -> Vec<f64> {
+            (0..k).map(|j| f((j % nt) * nr + j / nt)).collect()
+        };
+        let g = &self.regions;
+        let m: [Vec<f64>; 3] = std::array::from_fn(|a| col(&|tr| g.mu[tr][a]));
+        let pr: [Vec<f64>; 6] = [(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)]
+            .map(|(a, b)| col(&|tr| g.precision[tr][a][b]));
+        let ln = col(&|tr| g.log_norm[tr]);
+        let cols = DensityColumns { m, pr, ln };
+        self.dens
+            .par_chunks_mut(k)
+            .zip(self.data.coords.par_iter())
+            .for_each(|(row, x)| cols.fill(x, row));
+    }
+
     fn update_peaks(&mut self) {
         let (nt, nr) = (self.params.n_topics, self.params.n_regions);
         let (alpha, gamma, delta) = (self.params.alpha, self.params.gamma, self.params.delta);
         let region_prior = delta * nr as f64;
-        let mut region_totals: Vec<f64> = (0..nt)
+        // 1 / (peaks of topic t + R·δ), kept current as peaks move.
+        let mut inv_region_total: Vec<f64> = (0..nt)
             .map(|t| {
-                (0..nr)
+                1.0 / ((0..nr)
                     .map(|r| self.n_peak_region_topic[r * nt + t] as f64)
-                    .sum()
+                    .sum::<f64>()
+                    + region_prior)
             })
             .collect();
-        let mut topic_w = vec![0f64; nt];
         let mut probs = vec![0f64; nt * nr];
+        let mut doc_w = vec![0f64; nt];
+        // n_rt + δ as floats, kept current as peaks move.
+        let mut region_w: Vec<f64> = self
+            .n_peak_region_topic
+            .iter()
+            .map(|&c| c as f64 + delta)
+            .collect();
+        // The document's topic weights exp(n_wdt · ln(1 + 1/(n_pdt + γ)) − m): only the two
+        // topics a draw touches change, so they are updated in place; m is any bound ≥ every
+        // exponent (NiMARE subtracts the exact max; a common factor does not change a draw).
+        let mut logp = vec![0f64; nt];
+        let mut topic_w = vec![0f64; nt];
+        let mut m_ref = 0f64;
+        let mut cur_doc = usize::MAX;
         let np = self.data.ptoken_doc.len();
-        // Densities of a block of peaks at once (all threads), then the sequential draws.
-        const BLOCK: usize = 4096;
-        let mut dens = vec![0f64; BLOCK * nt * nr];
-        for start in (0..np).step_by(BLOCK) {
-            let end = (start + BLOCK).min(np);
-            let regions = &self.regions;
-            dens[..(end - start) * nt * nr]
-                .par_chunks_mut(nt * nr)
-                .zip(self.data.coords[start..end].par_iter())
-                .for_each(|(row, x)| {
-                    for (tr, v) in row.iter_mut().enumerate() {
-                        *v = regions.density(tr, x);
-                    }
-                });
-            for p in start..end {
-                let d = self.data.ptoken_doc[p] as usize;
-                let (old_t, old_r) = (self.peak_topic[p] as usize, self.peak_region[p] as usize);
-                self.n_peak_region_topic[old_r * nt + old_t] -= 1;
-                self.n_peak_doc_topic[d * nt + old_t] -= 1;
-                region_totals[old_t] -= 1.0;
-                let prow = &self.n_peak_doc_topic[d * nt..(d + 1) * nt];
-                let wrow = &self.n_word_doc_topic[d * nt..(d + 1) * nt];
-                let mut max_logp = f64::NEG_INFINITY;
+        for p in 0..np {
+            let d = self.data.ptoken_doc[p] as usize;
+            let (old_t, old_r) = (self.peak_topic[p] as usize, self.peak_region[p] as usize);
+            self.n_peak_region_topic[old_r * nt + old_t] -= 1;
+            region_w[old_r * nt + old_t] -= 1.0;
+            self.n_peak_doc_topic[d * nt + old_t] -= 1;
+            let rt = |m: &Self, t: usize| {
+                (0..nr)
+                    .map(|r| m.n_peak_region_topic[r * nt + t] as f64)
+                    .sum::<f64>()
+            };
+            inv_region_total[old_t] = 1.0 / (rt(self, old_t) + region_prior);
+            let prow = &self.n_peak_doc_topic[d * nt..(d + 1) * nt];
+            let wrow = &self.n_word_doc_topic[d * nt..(d + 1) * nt];
+            let lp = |t: usize| wrow[t] as f64 * (1.0 / (prow[t] as f64 + gamma)).ln_1p();
+            if d != cur_doc {
+                cur_doc = d;
                 for t in 0..nt {
-                    let logp = wrow[t] as f64 * (1.0 / (prow[t] as f64 + gamma)).ln_1p();
-                    topic_w[t] = logp;
-                    max_logp = max_logp.max(logp);
+                    logp[t] = lp(t);
                 }
+                m_ref = logp.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 for t in 0..nt {
-                    topic_w[t] = (topic_w[t] - max_logp).exp();
+                    topic_w[t] = (logp[t] - m_ref).exp();
                 }
-                let drow = &dens[(p - start) * nt * nr..(p - start + 1) * nt * nr];
-                for r in 0..nr {
+            } else {
+                logp[old_t] = lp(old_t);
+                if logp[old_t] > m_ref {
+                    m_ref = logp[old_t];
                     for t in 0..nt {
-                        probs[r * nt + t] = drow[t * nr + r]
-                            * ((self.n_peak_region_topic[r * nt + t] as f64 + delta)
-                                / (region_totals[t] + region_prior))
-                            * (prow[t] as f64 + alpha)
-                            * topic_w[t];
+                        topic_w[t] = (logp[t] - m_ref).exp();
                     }
+                } else {
+                    topic_w[old_t] = (logp[old_t] - m_ref).exp();
                 }
-                let k = sample(&probs, &mut self.rng);
-                let (r, t) = (k / nt, k % nt);
-                self.n_peak_region_topic[r * nt + t] += 1;
-                self.n_peak_doc_topic[d * nt + t] += 1;
-                region_totals[t] += 1.0;
-                self.peak_topic[p] = t as u32;
-                self.peak_region[p] = r as u32;
+            }
+            let drow = &self.dens[p * nt * nr..(p + 1) * nt * nr];
+            for t in 0..nt {
+                doc_w[t] = (prow[t] as f64 + alpha) * topic_w[t] * inv_region_total[t];
+            }
+            for r in 0..nr {
+                let rrow = &region_w[r * nt..(r + 1) * nt];
+                let (dr, pr) = (
+                    &drow[r * nt..(r + 1) * nt],
+                    &mut probs[r * nt..(r + 1) * nt],
+                );
+                for t in 0..nt {
+                    pr[t] = dr[t] * rrow[t] * doc_w[t];
+                }
+            }
+            let k = sample(&probs, &mut self.rng);
+            let (r, t) = (k / nt, k % nt);
+            self.n_peak_region_topic[r * nt + t] += 1;
+            region_w[r * nt + t] += 1.0;
+            self.n_peak_doc_topic[d * nt + t] += 1;
+            inv_region_total[t] = 1.0 / (rt(self, t) + region_prior);
+            self.peak_topic[p] = t as u32;
+            self.peak_region[p] = r as u32;
+            // The new topic's weight for the document's next peak.
+            let prow = &self.n_peak_doc_topic[d * nt..(d + 1) * nt];
+            logp[t] = wrow_log(&self.n_word_doc_topic[d * nt + t], prow[t], gamma);
+            if logp[t] > m_ref {
+                m_ref = logp[t];
+                for u in 0..nt {
+                    topic_w[u] = (logp[u] - m_ref).exp();
+                }
+            } else {
+                topic_w[t] = (logp[t] - m_ref).exp();
+            }
+            // Far below the bound the weights would underflow: start again from the max.
+            if m_ref - logp.iter().cloned().fold(f64::NEG_INFINITY, f64::max) > 300.0 {
+                cur_doc = usize::MAX;
             }
         }
     }
@@ -596,13 +773,12 @@ impl Model {
             .into_par_iter()
             .map(|i| {
                 let d = self.data.ptoken_doc[i] as usize;
-                let x = &self.data.coords[i];
+                let dens = &self.dens[i * nt * nr..(i + 1) * nt * nr];
+                let dy = &doc_y[d * nt..(d + 1) * nt];
                 let mut px = 0.0;
                 for r in 0..nr {
                     for t in 0..nt {
-                        px += doc_y[d * nt + t]
-                            * region_p[r * nt + t]
-                            * self.regions.density(t * nr + r, x);
+                        px += dy[t] * region_p[r * nt + t] * dens[r * nt + t];
                     }
                 }
                 px.ln()
@@ -631,6 +807,20 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vectorisable_exp_is_within_two_ulp_of_libm() {
+        let mut worst = 0f64;
+        let mut x = -707.9;
+        while x < 709.0 {
+            let (a, b, c) = (exp_vec(x), x.exp(), exp_poly::<true>(x));
+            worst = worst.max(((a - b) / b).abs()).max(((c - b) / b).abs());
+            x += 0.0137;
+        }
+        assert!(worst < 4.5e-16, "relative error {worst:e}");
+        assert_eq!(exp_vec(-800.0), 0.0);
+        assert_eq!(exp_vec(0.0), 1.0);
+    }
 
     #[test]
     fn adjugate_inverse_matches_identity() {
