@@ -2,6 +2,7 @@
 //! concepts and domains they reflect. Every numerical op has a CPU path (always built and tested)
 //! and a CUDA kernel in `kernels/` behind the same interface (`device`).
 
+pub mod baseline;
 pub mod brain;
 pub mod cli;
 pub mod clip;

@@ -23,12 +23,15 @@ pub enum ImportFormat {
     /// A pubget `_extractedData` folder (metadata.csv, coordinates.csv, coordinate_space.csv,
     /// text.csv) or those files.
     Pubget,
-    /// NiMARE dataset JSON file(s).
+    /// NiMARE dataset JSON file(s), or a parquet studyset release folder.
     Nimare,
     /// Neurosynth folder or its *coordinates.tsv.gz and *metadata.tsv.gz files.
     Neurosynth,
     /// NeuroQuery folder or its *coordinates.tsv.gz and *metadata.tsv.gz files.
     Neuroquery,
+    /// A NiMARE parquet studyset release folder (studyset.json, studies/analyses/coordinates
+    /// .parquet): one study per analysis, the study's name and description as title and abstract.
+    Studyset,
 }
 
 impl From<ImportFormat> for Format {
@@ -38,6 +41,7 @@ impl From<ImportFormat> for Format {
             ImportFormat::Nimare => Format::Nimare,
             ImportFormat::Neurosynth => Format::Neurosynth,
             ImportFormat::Neuroquery => Format::Neuroquery,
+            ImportFormat::Studyset => Format::Studyset,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The command line (the contract in CLI.md): one file per subcommand, each a clap `Args` and a
 //! `run` that calls the library.
 
+pub mod baseline;
 pub mod brain;
 pub mod corpus;
 pub mod eval;
@@ -42,6 +43,9 @@ pub enum Command {
     Eval(eval::EvalCommand),
     /// Decode brain maps into Cognitive Atlas tasks, concepts and domains.
     Decode(decode::DecodeArgs),
+    /// The paper's baselines: the Neurosynth correlation decoder and GC-LDA.
+    #[command(subcommand)]
+    Baseline(baseline::BaselineCommand),
 }
 
 /// Options shared by every command that computes.
@@ -83,5 +87,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => train::run(a),
         Command::Eval(c) => eval::run(c),
         Command::Decode(a) => decode::run(a),
+        Command::Baseline(c) => baseline::run(c),
     }
 }

@@ -35,6 +35,7 @@ pub mod nimare;
 pub mod pubget;
 pub mod report;
 pub mod space;
+pub mod studyset;
 pub(crate) mod table;
 
 pub use file::{Corpus, CorpusStats, CorpusWriter};
@@ -179,6 +180,8 @@ pub enum Format {
     Nimare,
     Neurosynth,
     Neuroquery,
+    /// A NiMARE parquet studyset release folder.
+    Studyset,
 }
 
 impl Format {
@@ -188,6 +191,7 @@ impl Format {
             Format::Nimare => "nimare",
             Format::Neurosynth => "neurosynth",
             Format::Neuroquery => "neuroquery",
+            Format::Studyset => "studyset",
         }
     }
 }
@@ -246,7 +250,12 @@ pub fn import(
                 neurosynth::import(inputs, jsonl, &mut writer, &mut report)?
             }
             Format::Pubget => pubget::import(inputs, jsonl, &mut writer, &mut report)?,
+            // A parquet release folder under --format nimare is read as a studyset.
+            Format::Nimare if inputs.iter().any(|p| studyset::is_studyset_dir(p)) => {
+                studyset::import(inputs, jsonl, &mut writer, &mut report)?
+            }
             Format::Nimare => nimare::import(inputs, jsonl, &mut writer, &mut report)?,
+            Format::Studyset => studyset::import(inputs, jsonl, &mut writer, &mut report)?,
         }
         if writer.is_empty() {
             return Err(Error::input(

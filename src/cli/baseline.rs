@@ -1,0 +1,341 @@
+//! `niclip baseline train neurosynth|gclda` and `niclip baseline decode`
+
+use super::Compute;
+use crate::baseline::gclda::Params;
+use crate::baseline::terms::Match;
+use crate::baseline::train::{train, TrainOptions};
+use crate::baseline::{Decoder, Kind};
+use crate::brain::mkda::Rounding;
+use crate::brain::resample::{resample, Interp};
+use crate::brain::{Image, Mask};
+use crate::corpus::Section;
+use crate::error::{Error, IoContext, Result};
+use clap::{Subcommand, ValueEnum};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Subcommand, Debug)]
+pub enum BaselineCommand {
+    /// Train the Neurosynth correlation decoder or GC-LDA on a corpus and a vocabulary.
+    Train(TrainArgs),
+    /// Decode brain maps with a trained baseline.
+    Decode(DecodeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    #[arg(value_enum)]
+    pub kind: Kind,
+    /// The corpus file (`niclip corpus import`).
+    #[arg(long)]
+    pub corpus: PathBuf,
+    /// One term (task name) per line.
+    #[arg(long)]
+    pub vocabulary: PathBuf,
+    /// The model file to write (.safetensors).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// ngram: the authors' word 1–2-gram features; phrase: count whole task names of any length.
+    #[arg(long = "match", value_enum, default_value = "ngram")]
+    pub matching: Match,
+    /// Text sections making each study's document (repeat; default title and abstract).
+    #[arg(long = "section")]
+    pub sections: Vec<Section>,
+    /// MKDA sphere radius in mm (neurosynth).
+    #[arg(long, default_value_t = 10.0)]
+    pub radius: f64,
+    #[arg(long, value_enum, default_value = "round")]
+    pub rounding: Rounding,
+    /// GC-LDA topics (the authors' 25).
+    #[arg(long, default_value_t = 25)]
+    pub n_topics: usize,
+    /// GC-LDA sub-regions per topic (the authors' 4).
+    #[arg(long, default_value_t = 4)]
+    pub n_regions: usize,
+    /// GC-LDA without mirrored sub-region pairs.
+    #[arg(long)]
+    pub no_symmetric: bool,
+    /// GC-LDA Gibbs iterations (the authors' 1000).
+    #[arg(long, default_value_t = 1000)]
+    pub iterations: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 0.1)]
+    pub alpha: f64,
+    #[arg(long, default_value_t = 0.01)]
+    pub beta: f64,
+    #[arg(long, default_value_t = 0.01)]
+    pub gamma: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub delta: f64,
+    #[arg(long, default_value_t = 25.0)]
+    pub dobs: f64,
+    #[arg(long, default_value_t = 50.0)]
+    pub roi_size: f64,
+    #[command(flatten)]
+    pub compute: Compute,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DecodeArgs {
+    /// The model file (`niclip baseline train … --out`).
+    pub model: PathBuf,
+    /// Brain maps (NIfTI; off the MNI 2 mm grid they are resampled, trilinear; a 4D map gives one result per volume).
+    #[arg(required = true)]
+    pub maps: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: OutputFormat,
+    /// Terms shown per map, best first (0: all).
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// Write one file per map into this folder instead of printing.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub compute: Compute,
+}
+
+pub fn run(c: BaselineCommand) -> Result<()> {
+    match c {
+        BaselineCommand::Train(a) => train_cmd(a),
+        BaselineCommand::Decode(a) => decode_cmd(a),
+    }
+}
+
+fn train_cmd(a: TrainArgs) -> Result<()> {
+    a.compute.init_threads();
+    if a.kind == Kind::Gclda {
+        a.compute.cpu_only("baseline train gclda");
+    }
+    let t0 = std::time::Instant::now();
+    let opts = TrainOptions {
+        sections: if a.sections.is_empty() {
+            vec![Section::Title, Section::Abstract]
+        } else {
+            a.sections.clone()
+        },
+        matching: a.matching,
+        radius: a.radius,
+        rounding: a.rounding,
+        gclda: Params {
+            n_topics: a.n_topics,
+            n_regions: a.n_regions,
+            symmetric: !a.no_symmetric,
+            alpha: a.alpha,
+            beta: a.beta,
+            gamma: a.gamma,
+            delta: a.delta,
+            dobs: a.dobs,
+            roi_size: a.roi_size,
+            n_iters: a.iterations,
+            seed: a.seed,
+        },
+        device: a.compute.device.clone(),
+    };
+    let bar = (a.kind == Kind::Gclda).then(|| {
+        let b = indicatif::ProgressBar::new(a.iterations as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} GC-LDA iterations ({per_sec}, eta {eta}) {msg}",
+            )
+            .unwrap(),
+        );
+        b
+    });
+    let report = train(a.kind, &a.corpus, &a.vocabulary, &a.out, &opts, |it, ll| {
+        if let Some(b) = &bar {
+            b.set_position(it as u64);
+            b.set_message(format!("log-likelihood {:.1}", ll[2]));
+        }
+    })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    eprintln!(
+        "{} studies ({} with text, {} with peaks); {} vocabulary terms, {} kept{}",
+        report.studies,
+        report.studies_with_text,
+        report.studies_with_peaks,
+        report.terms_given,
+        report.terms_kept,
+        if report.terms_merged_or_empty > 0 {
+            format!(
+                " ({} had no content word or the same content words as another)",
+                report.terms_merged_or_empty
+            )
+        } else {
+            String::new()
+        }
+    );
+    if !report.terms_without_studies.is_empty() {
+        let shown: Vec<&str> = report
+            .terms_without_studies
+            .iter()
+            .take(8)
+            .map(String::as_str)
+            .collect();
+        eprintln!(
+            "{} terms occur in no study with peaks (or in all): {}{}",
+            report.terms_without_studies.len(),
+            shown.join(", "),
+            if report.terms_without_studies.len() > 8 {
+                ", …"
+            } else {
+                ""
+            }
+        );
+    }
+    eprintln!(
+        "wrote {} in {:.2} s",
+        a.out.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A map's values on the MNI152 2 mm mask, one vector per volume.
+pub fn map_on_mask(path: &Path, mask: &Mask) -> Result<Vec<Vec<f32>>> {
+    let img = Image::read(path)?;
+    let img = if img.grid.same_as(&mask.grid) {
+        img
+    } else {
+        resample(&img, &mask.grid, Interp::Linear)
+    };
+    Ok(img
+        .volumes()
+        .map(|vol| {
+            mask.voxels
+                .iter()
+                .map(|&v| {
+                    let x = vol[v as usize];
+                    if x.is_finite() {
+                        x
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
+        })
+        .collect())
+}
+
+struct Decoded {
+    map: String,
+    terms: Vec<(String, f32)>,
+}
+
+fn decode_cmd(a: DecodeArgs) -> Result<()> {
+    a.compute.init_threads();
+    a.compute.cpu_only("baseline decode");
+    let decoder = Decoder::load(&a.model)?;
+    let mask = Mask::mni152_2mm();
+    let mut results = Vec::new();
+    for p in &a.maps {
+        let vols = map_on_mask(p, &mask)?;
+        let n = vols.len();
+        for (i, v) in vols.into_iter().enumerate() {
+            let mut terms = decoder.decode(&v);
+            terms.sort_by(|x, y| {
+                y.1.partial_cmp(&x.1)
+                    .unwrap_or_else(|| x.1.is_nan().cmp(&y.1.is_nan()))
+            });
+            if a.top > 0 {
+                terms.truncate(a.top);
+            }
+            let map = if n == 1 {
+                p.display().to_string()
+            } else {
+                format!("{}[{i}]", p.display())
+            };
+            results.push(Decoded { map, terms });
+        }
+    }
+    let score = decoder.score_name();
+    match &a.out {
+        None => {
+            let mut out = std::io::stdout().lock();
+            render(&mut out, &results, a.format, score).map_err(|e| Error::io("<stdout>", e))
+        }
+        Some(dir) => {
+            for (k, r) in results.iter().enumerate() {
+                let stem = Path::new(&r.map)
+                    .file_name()
+                    .map(|s| {
+                        s.to_string_lossy()
+                            .trim_end_matches(".gz")
+                            .trim_end_matches(".nii")
+                            .to_string()
+                    })
+                    .unwrap_or_else(|| format!("map{k}"));
+                let ext = match a.format {
+                    OutputFormat::Table => "txt",
+                    OutputFormat::Csv => "csv",
+                    OutputFormat::Json => "json",
+                };
+                let path = dir.join(format!("{stem}.{ext}"));
+                crate::io::write_atomic(&path, |w| {
+                    render(w, std::slice::from_ref(r), a.format, score).at(&path)
+                })?;
+                eprintln!("wrote {}", path.display());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn render(
+    w: &mut impl Write,
+    results: &[Decoded],
+    format: OutputFormat,
+    score: &str,
+) -> std::io::Result<()> {
+    match format {
+        OutputFormat::Table => {
+            for r in results {
+                writeln!(w, "{}", r.map)?;
+                writeln!(w, "{:>4}  {:<50} {:>10}", "rank", "term", score)?;
+                for (k, (t, s)) in r.terms.iter().enumerate() {
+                    writeln!(w, "{:>4}  {:<50} {:>10.5}", k + 1, t, s)?;
+                }
+                writeln!(w)?;
+            }
+        }
+        OutputFormat::Csv => {
+            let mut c = csv::Writer::from_writer(w);
+            c.write_record(["map", "rank", "term", score])?;
+            for r in results {
+                for (k, (t, s)) in r.terms.iter().enumerate() {
+                    c.write_record([r.map.as_str(), &(k + 1).to_string(), t, &s.to_string()])?;
+                }
+            }
+            c.flush()?;
+        }
+        OutputFormat::Json => {
+            let maps: Vec<serde_json::Value> = results
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "map": r.map,
+                        "tasks": r.terms.iter().map(|(t, s)| serde_json::json!({
+                            "name": t,
+                            "score": if s.is_finite() { serde_json::json!(s) } else { serde_json::Value::Null },
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            writeln!(
+                w,
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({ "maps": maps })).expect("json")
+            )?;
+        }
+    }
+    Ok(())
+}
