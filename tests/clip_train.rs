@@ -29,7 +29,10 @@ fn pairs(dir: &Path, name: &str, n: usize, d: usize, k: usize, seed: u64) -> (Pa
             images[r * k + c] = v;
         }
     }
-    let (t, i) = (dir.join(format!("{name}_text.npy")), dir.join(format!("{name}_images.npy")));
+    let (t, i) = (
+        dir.join(format!("{name}_text.npy")),
+        dir.join(format!("{name}_images.npy")),
+    );
     write_npy_f32(&t, &text, n, d).unwrap();
     write_npy_f32(&i, &images, n, k).unwrap();
     (t, i)
@@ -44,7 +47,21 @@ fn same_seed_same_bytes() {
     let dir = tmpdir("clip-determinism");
     let (t, i) = pairs(&dir, "a", 300, 48, 16, 1);
     let run = |out: &Path, seed: &str| {
-        niclip(&["train", "--text", s(&t), "--images", s(&i), "--out", s(out), "--epochs", "3", "--seed", seed, "--device", "cpu"]);
+        niclip(&[
+            "train",
+            "--text",
+            s(&t),
+            "--images",
+            s(&i),
+            "--out",
+            s(out),
+            "--epochs",
+            "3",
+            "--seed",
+            seed,
+            "--device",
+            "cpu",
+        ]);
         std::fs::read(out).unwrap()
     };
     let a = run(&dir.join("a.safetensors"), "5");
@@ -61,10 +78,31 @@ fn killed_and_resumed_run_equals_uninterrupted() {
     let (t, i) = pairs(&dir, "tr", 300, 40, 16, 2);
     let (vt, vi) = pairs(&dir, "va", 100, 40, 16, 3);
     let args = |out: &Path| -> Vec<String> {
-        ["train", "--text", s(&t), "--images", s(&i), "--val", s(&vt), s(&vi), "--out", s(out), "--epochs", "5", "--batch", "64", "--patience", "2", "--seed", "9", "--device", "cpu"]
-            .iter()
-            .map(|x| x.to_string())
-            .collect()
+        [
+            "train",
+            "--text",
+            s(&t),
+            "--images",
+            s(&i),
+            "--val",
+            s(&vt),
+            s(&vi),
+            "--out",
+            s(out),
+            "--epochs",
+            "5",
+            "--batch",
+            "64",
+            "--patience",
+            "2",
+            "--seed",
+            "9",
+            "--device",
+            "cpu",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
     };
     let full = dir.join("full.safetensors");
     let a: Vec<String> = args(&full);
@@ -80,7 +118,11 @@ fn killed_and_resumed_run_equals_uninterrupted() {
     let ckpt = dir.join("cut.safetensors.ckpt.safetensors");
     assert!(ckpt.is_file(), "no checkpoint after two finished epochs");
     // Nothing half-written: only finished files in the directory.
-    assert!(std::fs::read_dir(&dir).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains(".tmp-")));
+    assert!(std::fs::read_dir(&dir).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .contains(".tmp-")));
     // A second interruption, then the resume to the end.
     let mut c = args(&cut);
     c.extend(["--resume".into(), "--stop-after-batches".into(), "4".into()]);
@@ -88,9 +130,19 @@ fn killed_and_resumed_run_equals_uninterrupted() {
     let mut d = args(&cut);
     d.push("--resume".into());
     let log = niclip(&d.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(log.contains("after epoch 2"), "did not resume from the checkpoint: {log}");
-    assert_eq!(std::fs::read(&full).unwrap(), std::fs::read(&cut).unwrap(), "the resumed model differs");
-    assert!(!ckpt.exists(), "the checkpoint is removed when training ends");
+    assert!(
+        log.contains("after epoch 2"),
+        "did not resume from the checkpoint: {log}"
+    );
+    assert_eq!(
+        std::fs::read(&full).unwrap(),
+        std::fs::read(&cut).unwrap(),
+        "the resumed model differs"
+    );
+    assert!(
+        !ckpt.exists(),
+        "the checkpoint is removed when training ends"
+    );
 
     // A checkpoint of another job is refused.
     let mut e = args(&cut);
@@ -110,23 +162,68 @@ fn nested_cv_writes_metrics_and_eval_scores_a_model() {
     let out = dir.join("cv.safetensors");
     let metrics = dir.join("metrics.csv");
     niclip(&[
-        "train", "--text", s(&t), "--images", s(&i), "--out", s(&out), "--cv", "--fold-size", "250", "--outer-folds", "2",
-        "--inner-folds", "2", "--epochs", "3", "--metrics", s(&metrics), "--device", "cpu",
+        "train",
+        "--text",
+        s(&t),
+        "--images",
+        s(&i),
+        "--out",
+        s(&out),
+        "--cv",
+        "--fold-size",
+        "250",
+        "--outer-folds",
+        "2",
+        "--inner-folds",
+        "2",
+        "--epochs",
+        "3",
+        "--metrics",
+        s(&metrics),
+        "--device",
+        "cpu",
     ]);
     let csv = std::fs::read_to_string(&metrics).unwrap();
     assert!(csv.starts_with("fold,split,metric,value\n"), "{csv}");
-    for want in ["0,test,recall@10,", "1,test,mix_match,", "mean,test,recall@100,", "sd,test,mix_match,", "1,validation,loss,"] {
+    for want in [
+        "0,test,recall@10,",
+        "1,test,mix_match,",
+        "mean,test,recall@100,",
+        "sd,test,mix_match,",
+        "1,validation,loss,",
+    ] {
         assert!(csv.contains(want), "{want} missing:\n{csv}");
     }
     // Learned something: Mix&Match well above chance (50).
-    let mm: f64 = csv.lines().find(|l| l.starts_with("mean,test,mix_match,")).unwrap().rsplit(',').next().unwrap().parse().unwrap();
+    let mm: f64 = csv
+        .lines()
+        .find(|l| l.starts_with("mean,test,mix_match,"))
+        .unwrap()
+        .rsplit(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(mm > 60.0, "{mm}");
     assert!(!dir.join("cv.safetensors.ckpt").exists());
     let model = Clip::load(&out).unwrap();
     assert_eq!((model.text_dim(), model.image_dim()), (32, 16));
     let m2 = dir.join("eval.csv");
-    niclip(&["eval", "retrieval", "--text", s(&t), "--images", s(&i), "--model", s(&out), "--metrics", s(&m2)]);
-    assert!(std::fs::read_to_string(&m2).unwrap().contains("all,all,recall@10,"));
+    niclip(&[
+        "eval",
+        "retrieval",
+        "--text",
+        s(&t),
+        "--images",
+        s(&i),
+        "--model",
+        s(&out),
+        "--metrics",
+        s(&m2),
+    ]);
+    assert!(std::fs::read_to_string(&m2)
+        .unwrap()
+        .contains("all,all,recall@10,"));
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -149,21 +246,72 @@ fn rows_pair_by_id_and_bad_input_is_an_error() {
     write_npy_f32(&i2, &data, rev.len(), 8).unwrap();
     write_ids(&niclip::io::ids_sidecar(&i2), &rev).unwrap();
     let out = dir.join("m.safetensors");
-    let err = niclip(&["train", "--text", s(&t), "--images", s(&i2), "--out", s(&out), "--epochs", "1", "--device", "cpu"]);
-    assert!(err.contains("dropped 20 text rows and 0 image rows"), "{err}");
+    let err = niclip(&[
+        "train",
+        "--text",
+        s(&t),
+        "--images",
+        s(&i2),
+        "--out",
+        s(&out),
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        err.contains("dropped 20 text rows and 0 image rows"),
+        "{err}"
+    );
 
     // Unequal rows without sidecars.
     let (t3, _) = pairs(&dir, "short", 150, 24, 8, 6);
-    let err = niclip_fails(&["train", "--text", s(&t3), "--images", s(&i), "--out", s(&out)]);
+    let err = niclip_fails(&[
+        "train",
+        "--text",
+        s(&t3),
+        "--images",
+        s(&i),
+        "--out",
+        s(&out),
+    ]);
     assert!(err.contains("rows") && err.starts_with("error:"), "{err}");
     // An --init of other widths.
-    let err = niclip_fails(&["train", "--text", s(&t), "--images", s(&i), "--out", s(&out), "--init", s(&common::fixtures().join("clip/init.safetensors"))]);
+    let err = niclip_fails(&[
+        "train",
+        "--text",
+        s(&t),
+        "--images",
+        s(&i),
+        "--out",
+        s(&out),
+        "--init",
+        s(&common::fixtures().join("clip/init.safetensors")),
+    ]);
     assert!(err.contains("--init"), "{err}");
     // Not a model.
-    let err = niclip_fails(&["eval", "retrieval", "--text", s(&t), "--images", s(&i), "--model", s(&t)]);
+    let err = niclip_fails(&[
+        "eval",
+        "retrieval",
+        "--text",
+        s(&t),
+        "--images",
+        s(&i),
+        "--model",
+        s(&t),
+    ]);
     assert!(err.contains("safetensors"), "{err}");
     // Too few pairs for CV.
-    let err = niclip_fails(&["train", "--text", s(&t), "--images", s(&i), "--out", s(&out), "--cv"]);
+    let err = niclip_fails(&[
+        "train",
+        "--text",
+        s(&t),
+        "--images",
+        s(&i),
+        "--out",
+        s(&out),
+        "--cv",
+    ]);
     assert!(err.contains("--fold-size"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -332,9 +332,12 @@ pub fn print_cv(report: &CvReport) {
     );
 }
 
+/// A metric's name and how to read it off a fold.
+type Metric = (&'static str, fn(&cv::FoldResult) -> f64);
+
 pub fn write_cv_metrics(path: &Path, report: &CvReport) -> Result<()> {
     let mut rows = Vec::new();
-    let names: [(&str, fn(&cv::FoldResult) -> f64); 3] = [
+    let names: [Metric; 3] = [
         ("recall@10", |f| f.recall_at_10),
         ("recall@100", |f| f.recall_at_100),
         ("mix_match", |f| f.mix_match),

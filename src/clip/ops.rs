@@ -271,6 +271,7 @@ fn layer_norm_row(r: &mut [f32], gamma: &[f32], beta: &[f32], y: &mut [f32]) -> 
     rstd
 }
 
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 /// Residual head after its GEMM: y = LN(x + dropout(GELU(a))). Writes x̂ and 1/σ for the
 /// backward pass; `a` keeps the pre-activation.
 pub fn residual_gelu_ln_forward(
@@ -309,6 +310,7 @@ pub fn residual_gelu_ln_forward(
         });
 }
 
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 /// Projection head after its second GEMM: y = LN(p + dropout(a)).
 pub fn residual_ln_forward(
     p: &[f32],
@@ -428,6 +430,7 @@ pub fn residual_gelu_ln_backward(
         });
 }
 
+#[allow(clippy::too_many_arguments)]
 /// Projection head backward up to its GEMMs: dr (the gradient reaching p through the
 /// residual) and δ = dr·dropout, the gradient of the second Linear's output.
 pub fn residual_ln_backward(

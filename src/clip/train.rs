@@ -58,9 +58,9 @@ impl TrainConfig {
                 self.dropout
             )));
         }
-        if !(self.lr > 0.0 && self.lr.is_finite())
-            || !(self.weight_decay >= 0.0 && self.weight_decay.is_finite())
-        {
+        let lr_ok = self.lr > 0.0 && self.lr.is_finite();
+        let wd_ok = self.weight_decay >= 0.0 && self.weight_decay.is_finite();
+        if !lr_ok || !wd_ok {
             return Err(Error::Usage(
                 "--lr must be positive and --weight-decay non-negative".into(),
             ));
@@ -346,7 +346,12 @@ impl Job {
         if let (true, Some(p)) = (resume, &self.checkpoint) {
             if p.is_file() {
                 let st = ModelState::load(p, &self.init.layout, &self.key(pairs, cfg))?;
-                eprintln!("resuming {} after epoch {}{}", p.display(), st.epoch, if st.done { " (finished)" } else { "" });
+                eprintln!(
+                    "resuming {} after epoch {}{}",
+                    p.display(),
+                    st.epoch,
+                    if st.done { " (finished)" } else { "" }
+                );
                 return Ok(st);
             }
         }

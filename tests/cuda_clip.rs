@@ -1,0 +1,149 @@
+//! Parity of the CUDA CLIP trainer (kernels/clip.cu via src/clip/cuda.rs) with the CPU engine
+//! and PyTorch. Prints "skipped: no CUDA device" and passes where there is none.
+
+mod common;
+
+use niclip::clip::cuda::train_many;
+use niclip::clip::data::Pairs;
+use niclip::clip::train::{train_cpu, Job, Progress, TrainConfig};
+use niclip::clip::Clip;
+use niclip::device::cuda::{self, Gpu};
+use niclip::io::read_npy_f32;
+
+fn gpu() -> Option<Gpu> {
+    if cuda::device_count() == 0 {
+        eprintln!("skipped: no CUDA device");
+        return None;
+    }
+    Some(Gpu::new(0).expect("CUDA device 0 opens"))
+}
+
+fn fixture_pairs() -> Pairs {
+    let dir = common::fixtures().join("clip");
+    let t = read_npy_f32(&dir.join("text.npy")).unwrap();
+    let im = read_npy_f32(&dir.join("images.npy")).unwrap();
+    Pairs::new(t.data, im.data, t.rows, t.cols, im.cols)
+}
+
+/// max over tensors of ‖a − b‖∞ / ‖b‖∞.
+fn worst(a: &Clip, b: &Clip) -> (f64, String) {
+    let mut w = (0.0, String::new());
+    for t in &a.layout.tensors {
+        let (x, y) = (
+            &a.params[t.offset..t.offset + t.len()],
+            &b.params[t.offset..t.offset + t.len()],
+        );
+        let scale = y
+            .iter()
+            .fold(0.0f64, |m, v| m.max(v.abs() as f64))
+            .max(1e-30);
+        let e = x
+            .iter()
+            .zip(y)
+            .fold(0.0f64, |m, (p, q)| m.max((*p as f64 - *q as f64).abs()))
+            / scale;
+        if e > w.0 {
+            w = (e, t.name.clone());
+        }
+    }
+    w
+}
+
+#[test]
+fn three_adamw_steps_match_pytorch_on_cuda() {
+    let Some(gpu) = gpu() else { return };
+    let pairs = fixture_pairs();
+    let init = Clip::load(&common::fixtures().join("clip/init.safetensors")).unwrap();
+    let job = Job {
+        model_id: 0,
+        train: (0..pairs.n).collect(),
+        val: None,
+        init,
+        checkpoint: None,
+    };
+    let cfg = TrainConfig {
+        epochs: 1,
+        dropout: 0.0,
+        shuffle: false,
+        ..TrainConfig::default()
+    };
+    let out = train_many(
+        &gpu,
+        &pairs,
+        &cfg,
+        &[job],
+        false,
+        &mut Progress::new(3, None, false),
+    )
+    .unwrap()
+    .remove(0);
+    let want = read_npy_f32(&common::fixtures().join("clip/losses.npy"))
+        .unwrap()
+        .data;
+    for (g, w) in out.batch_losses.iter().zip(&want) {
+        let rel = ((*g as f64 - *w as f64) / *w as f64).abs();
+        eprintln!("cuda loss {g:.9} torch {w:.9} relative {rel:.2e}");
+        assert!(rel <= 1e-6);
+    }
+    assert_eq!(out.batch_losses.len(), 3);
+    let (e, name) = worst(
+        &out.model,
+        &Clip::load(&common::fixtures().join("clip/final.safetensors")).unwrap(),
+    );
+    eprintln!("cuda weights vs torch: {e:.2e} ({name})");
+    assert!(e <= 1e-5, "{name}: {e}");
+}
+
+/// Several models of different train / validation sizes trained at once on the GPU, with
+/// dropout, shuffling and early stopping, equal their CPU trainings (same masks and orders).
+#[test]
+fn many_models_at_once_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let pairs = fixture_pairs();
+    let cfg = TrainConfig {
+        epochs: 4,
+        batch: 50,
+        patience: 2,
+        seed: 3,
+        ..TrainConfig::default()
+    };
+    let jobs: Vec<Job> = [(0usize, 300usize, 330usize), (30, 250, 384), (100, 384, 0)]
+        .iter()
+        .enumerate()
+        .map(|(m, &(a, b, v))| Job {
+            model_id: m as u64 + 7,
+            train: (a..b).collect(),
+            val: (v > b).then(|| (b..v).collect()),
+            init: Clip::init(pairs.d, pairs.k, m as u64),
+            checkpoint: None,
+        })
+        .collect();
+    let gpu_out = train_many(
+        &gpu,
+        &pairs,
+        &cfg,
+        &jobs,
+        false,
+        &mut Progress::new(0, None, false),
+    )
+    .unwrap();
+    for (j, g) in jobs.iter().zip(&gpu_out) {
+        let c = train_cpu(&pairs, &cfg, j, false, &mut Progress::new(0, None, false)).unwrap();
+        let (e, name) = worst(&g.model, &c.model);
+        eprintln!(
+            "model {}: epochs cpu {} cuda {}, train loss cpu {:?} cuda {:?}, val cpu {:?} cuda {:?}, weights {e:.2e} ({name})",
+            j.model_id, c.epochs, g.epochs, c.train_loss, g.train_loss, c.val_loss, g.val_loss
+        );
+        assert_eq!(c.epochs, g.epochs);
+        assert_eq!(c.best_epoch, g.best_epoch);
+        for (a, b) in c
+            .train_loss
+            .iter()
+            .zip(&g.train_loss)
+            .chain(c.val_loss.iter().zip(&g.val_loss))
+        {
+            assert!((a - b).abs() <= 1e-5 * a.abs(), "{a} vs {b}");
+        }
+        assert!(e <= 1e-4, "model {}: {name} {e}", j.model_id);
+    }
+}
