@@ -3,6 +3,7 @@
 
 pub mod brain;
 pub mod corpus;
+pub mod embed;
 
 use crate::device::DeviceArg;
 use crate::error::Result;
@@ -30,6 +31,8 @@ pub enum Command {
     /// Import, inspect and export article collections.
     #[command(subcommand)]
     Corpus(corpus::CorpusCommand),
+    /// Text features: an LLM's last hidden state, mean-pooled over all chunks of each text.
+    Embed(embed::EmbedArgs),
 }
 
 /// Options shared by every command that computes.
@@ -67,5 +70,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Project(a) => brain::project(a),
         Command::Images(a) => brain::images(a),
         Command::Corpus(c) => corpus::run(c),
+        Command::Embed(a) => embed::embed(a),
     }
 }
