@@ -18,8 +18,14 @@ fn s(p: &Path) -> &str {
 }
 
 fn tiny_texts() -> Vec<String> {
-    let e: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fx("tiny_expected.json")).unwrap()).unwrap();
-    e["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect()
+    let e: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fx("tiny_expected.json")).unwrap()).unwrap();
+    e["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect()
 }
 
 fn rel_err(a: &[f32], b: &[f32], cols: usize) -> f64 {
@@ -40,10 +46,26 @@ fn embed_lines_matches_transformers() {
     let model = fx("tiny_llama");
     for (extra, expected) in [
         (vec![], "tiny_llama_pooled.npy"),
-        (vec!["--max-length", "16", "--batch", "2"], "tiny_llama_chunked16.npy"),
-        (vec!["--lora", s(&fx("tiny_llama_lora"))], "tiny_llama_lora_pooled.npy"),
+        (
+            vec!["--max-length", "16", "--batch", "2"],
+            "tiny_llama_chunked16.npy",
+        ),
+        (
+            vec!["--lora", s(&fx("tiny_llama_lora"))],
+            "tiny_llama_lora_pooled.npy",
+        ),
     ] {
-        let mut args = vec!["embed", "--model", s(&model), "--input", s(&input), "--out", s(&out), "--device", "cpu"];
+        let mut args = vec![
+            "embed",
+            "--model",
+            s(&model),
+            "--input",
+            s(&input),
+            "--out",
+            s(&out),
+            "--device",
+            "cpu",
+        ];
         args.extend(extra.iter().copied());
         let log = niclip(&args);
         assert!(log.contains("tokens/s"), "{log}");
@@ -52,9 +74,21 @@ fn embed_lines_matches_transformers() {
         let want = read_npy_f32(&fx(expected)).unwrap().data;
         let err = rel_err(&got.data, &want, 64);
         assert!(err < 1e-5, "{expected}: {err:.2e}");
-        assert!(!dir.join("e.npy.ids.txt").exists(), "--input rows have no ids");
+        assert!(
+            !dir.join("e.npy.ids.txt").exists(),
+            "--input rows have no ids"
+        );
     }
-    niclip(&["embed", "--model", s(&model), "--input", s(&input), "--out", s(&out), "--normalize"]);
+    niclip(&[
+        "embed",
+        "--model",
+        s(&model),
+        "--input",
+        s(&input),
+        "--out",
+        s(&out),
+        "--normalize",
+    ]);
     let got = read_npy_f32(&out).unwrap();
     for row in got.data.chunks(64) {
         let n: f64 = row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
@@ -69,7 +103,15 @@ fn embed_lines_matches_transformers() {
 fn embed_corpus_section_with_ids_and_resume() {
     let dir = tmpdir("embed-corpus");
     let corpus = dir.join("c.corpus");
-    niclip(&["corpus", "import", "--format", "pubget", s(&common::fixtures().join("corpus/pubget")), "--out", s(&corpus)]);
+    niclip(&[
+        "corpus",
+        "import",
+        "--format",
+        "pubget",
+        s(&common::fixtures().join("corpus/pubget")),
+        "--out",
+        s(&corpus),
+    ]);
     let c = niclip::corpus::Corpus::open(&corpus).unwrap();
     let (mut ids, mut texts) = (Vec::new(), Vec::new());
     for row in c.section_texts(niclip::corpus::Section::Abstract) {
@@ -82,20 +124,47 @@ fn embed_corpus_section_with_ids_and_resume() {
     assert!(texts.len() >= 2, "the pubget fixture has abstracts");
     let m = TextModel::load(&fx("tiny_mistral"), None, &Device::Cpu).unwrap();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let want = m.embed(&refs, &EmbedOptions { max_length: Some(32), batch: 4, normalize: false }).unwrap();
+    let want = m
+        .embed(
+            &refs,
+            &EmbedOptions {
+                max_length: Some(32),
+                batch: 4,
+                normalize: false,
+            },
+        )
+        .unwrap();
 
     let (clean, out) = (dir.join("clean.npy"), dir.join("resumed.npy"));
     let args = |o: &Path| {
-        ["embed", "--model", s(&fx("tiny_mistral")), "--corpus", s(&corpus), "--section", "abstract", "--out", s(o),
-         "--max-length", "32", "--chunk", "1", "--device", "cpu"]
+        [
+            "embed",
+            "--model",
+            s(&fx("tiny_mistral")),
+            "--corpus",
+            s(&corpus),
+            "--section",
+            "abstract",
+            "--out",
+            s(o),
+            "--max-length",
+            "32",
+            "--chunk",
+            "1",
+            "--device",
+            "cpu",
+        ]
         .map(String::from)
     };
     niclip(&v(&args(&clean)));
     let got = read_npy_f32(&clean).unwrap();
     assert_eq!((got.rows, got.cols), (texts.len(), 64));
     assert!(rel_err(&got.data, &want, 64) < 1e-6);
-    let sidecar: Vec<String> =
-        std::fs::read_to_string(dir.join("clean.npy.ids.txt")).unwrap().lines().map(String::from).collect();
+    let sidecar: Vec<String> = std::fs::read_to_string(dir.join("clean.npy.ids.txt"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
     assert_eq!(sidecar, ids);
 
     // A directory where the output goes makes the final write fail after every chunk is done.
@@ -109,9 +178,15 @@ fn embed_corpus_section_with_ids_and_resume() {
     let log = niclip(&v(&args(&out)));
     assert!(log.contains("resuming"), "{log}");
     let resumed = read_npy_f32(&out).unwrap();
-    assert!(resumed.data[..64].iter().all(|x| *x == 0.5), "the first chunk was recomputed");
+    assert!(
+        resumed.data[..64].iter().all(|x| *x == 0.5),
+        "the first chunk was recomputed"
+    );
     assert_eq!(resumed.data[64..], got.data[64..]);
-    assert!(!dir.join("resumed.npy.partial").exists(), "checkpoints are removed at the end");
+    assert!(
+        !dir.join("resumed.npy.partial").exists(),
+        "checkpoints are removed at the end"
+    );
 
     // A different job (another --max-length) does not reuse them.
     std::fs::remove_file(&out).unwrap();

@@ -40,23 +40,40 @@ fn missing_tokenizer() {
     let dir = copy_model("tiny_llama", "text-err-tok");
     std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
     let e = load_err(&dir, None);
-    assert!(e.contains("tokenizer.json") && e.contains("save_pretrained"), "{e}");
+    assert!(
+        e.contains("tokenizer.json") && e.contains("save_pretrained"),
+        "{e}"
+    );
 }
 
 #[test]
 fn unknown_architecture() {
     let dir = copy_model("tiny_llama", "text-err-arch");
-    edit_config(&dir, "\"model_type\": \"llama\"", "\"model_type\": \"gpt_neox\"");
+    edit_config(
+        &dir,
+        "\"model_type\": \"llama\"",
+        "\"model_type\": \"gpt_neox\"",
+    );
     let e = load_err(&dir, None);
-    assert!(e.contains("config.json") && e.contains("unknown architecture") && e.contains("gpt_neox"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("unknown architecture") && e.contains("gpt_neox"),
+        "{e}"
+    );
 }
 
 #[test]
 fn shape_that_does_not_match_config() {
     let dir = copy_model("tiny_llama", "text-err-shape");
-    edit_config(&dir, "\"intermediate_size\": 96", "\"intermediate_size\": 128");
+    edit_config(
+        &dir,
+        "\"intermediate_size\": 96",
+        "\"intermediate_size\": 128",
+    );
     let e = load_err(&dir, None);
-    assert!(e.contains("mlp.gate_proj.weight") && e.contains("[96, 64]") && e.contains("[128, 64]"), "{e}");
+    assert!(
+        e.contains("mlp.gate_proj.weight") && e.contains("[96, 64]") && e.contains("[128, 64]"),
+        "{e}"
+    );
     assert!(e.contains("different models"), "{e}");
 }
 
@@ -65,9 +82,17 @@ fn truncated_safetensors() {
     let dir = copy_model("tiny_llama_bf16", "text-err-trunc");
     let f = dir.join("model.safetensors");
     let len = std::fs::metadata(&f).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&f).unwrap().set_len(len - 1000).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(len - 1000)
+        .unwrap();
     let e = load_err(&dir, None);
-    assert!(e.contains("model.safetensors") && e.contains("truncated"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("truncated"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -86,7 +111,10 @@ fn truncated_gguf() {
 #[test]
 fn adapter_for_another_base_model() {
     let e = load_err(&fixture("tiny_llama"), Some(&fixture("tiny_other_lora")));
-    assert!(e.contains("tiny_other_lora") && e.contains("a 32-wide tiny Llama") && e.contains("q_proj"), "{e}");
+    assert!(
+        e.contains("tiny_other_lora") && e.contains("a 32-wide tiny Llama") && e.contains("q_proj"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -127,5 +155,8 @@ fn cli_reports_errors_in_one_line() {
         "--out",
         dir.join("out.npy").to_str().unwrap(),
     ]);
-    assert!(e.starts_with("error: ") && e.trim().lines().count() == 1, "{e}");
+    assert!(
+        e.starts_with("error: ") && e.trim().lines().count() == 1,
+        "{e}"
+    );
 }

@@ -49,7 +49,10 @@ pub struct EmbedArgs {
 pub fn embed(a: EmbedArgs) -> Result<()> {
     a.compute.init_threads();
     if a.out.extension().is_none_or(|e| e != "npy") {
-        return Err(Error::Usage(format!("{}: the output must end in .npy", a.out.display())));
+        return Err(Error::Usage(format!(
+            "{}: the output must end in .npy",
+            a.out.display()
+        )));
     }
     let (ids, texts) = read_texts(&a)?;
     let device = Device::select(&a.compute.device)?;
@@ -61,14 +64,21 @@ pub fn embed(a: EmbedArgs) -> Result<()> {
         model.dim(),
         t0.elapsed().as_secs_f64()
     );
-    let opts = EmbedOptions { max_length: a.max_length, batch: a.batch, normalize: a.normalize };
+    let opts = EmbedOptions {
+        max_length: a.max_length,
+        batch: a.batch,
+        normalize: a.normalize,
+    };
     let d = model.dim();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let total_tokens: usize = model.tokenize(&refs)?.iter().map(Vec::len).sum();
     let partial = Partial::new(&a, &texts, d)?;
     let bar = indicatif::ProgressBar::new(total_tokens as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} tokens ({per_sec}, eta {eta})").unwrap(),
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} tokens ({per_sec}, eta {eta})",
+        )
+        .unwrap(),
     );
     let t0 = Instant::now();
     let chunk = a.chunk.max(1);
@@ -112,7 +122,9 @@ fn read_texts(a: &EmbedArgs) -> Result<(Option<Vec<String>>, Vec<String>)> {
         return Ok((None, text.lines().map(String::from).collect()));
     }
     let (Some(path), Some(section)) = (&a.corpus, a.section) else {
-        return Err(Error::Usage("give --input FILE or --corpus CORPUS --section SECTION".into()));
+        return Err(Error::Usage(
+            "give --input FILE or --corpus CORPUS --section SECTION".into(),
+        ));
     };
     let corpus = Corpus::open(path)?;
     let (mut ids, mut texts) = (Vec::new(), Vec::new());
@@ -144,7 +156,12 @@ impl Partial {
         let mut dir = a.out.as_os_str().to_os_string();
         dir.push(".partial");
         let dir = PathBuf::from(dir);
-        let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or(p.to_path_buf()).display().to_string();
+        let canon = |p: &Path| {
+            std::fs::canonicalize(p)
+                .unwrap_or(p.to_path_buf())
+                .display()
+                .to_string()
+        };
         // A fingerprint of the texts: count, total length, and a cheap rolling hash.
         let mut h = 0xcbf29ce484222325u64;
         for t in texts {
@@ -165,7 +182,9 @@ impl Partial {
         if std::fs::read_to_string(&key_path).ok().as_deref() != Some(key.as_str()) {
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).at(&dir)?;
-            crate::io::write_atomic(&key_path, |w| std::io::Write::write_all(w, key.as_bytes()).at(&key_path))?;
+            crate::io::write_atomic(&key_path, |w| {
+                std::io::Write::write_all(w, key.as_bytes()).at(&key_path)
+            })?;
         } else {
             eprintln!("resuming from {}", dir.display());
         }
