@@ -71,7 +71,12 @@ pub fn embed(a: EmbedArgs) -> Result<()> {
     };
     let d = model.dim();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let total_tokens: usize = model.tokenize(&refs)?.iter().map(Vec::len).sum();
+    let lengths: Vec<usize> = model.tokenize(&refs)?.iter().map(Vec::len).collect();
+    let total_tokens: usize = lengths.iter().sum();
+    let empty = lengths.iter().filter(|n| **n == 0).count();
+    if empty > 0 {
+        eprintln!("{empty} texts have no tokens and get a row of zeros");
+    }
     let partial = Partial::new(&a, &texts, d)?;
     let bar = indicatif::ProgressBar::new(total_tokens as u64);
     bar.set_style(

@@ -23,22 +23,27 @@ impl TextTokenizer {
         }
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| Error::input(path, format!("not a readable tokenizer.json ({e})")))?;
-        Ok(TextTokenizer { inner })
+        Ok(TextTokenizer::whole(inner))
+    }
+
+    /// Whole texts: chunking happens after tokenization, so no truncation and no padding.
+    fn whole(mut inner: tokenizers::Tokenizer) -> TextTokenizer {
+        inner.with_truncation(None).ok();
+        inner.with_padding(None);
+        TextTokenizer { inner }
     }
 
     pub fn from_gguf(g: &Gguf, path: &Path) -> Result<TextTokenizer> {
         let spec = gguf_tokenizer_json(g, path)?;
         let inner: tokenizers::Tokenizer = serde_json::from_value(spec)
             .map_err(|e| Error::input(path, format!("cannot build its tokenizer ({e})")))?;
-        Ok(TextTokenizer { inner })
+        Ok(TextTokenizer::whole(inner))
     }
 
     /// Token ids of each text with the tokenizer's special tokens, no truncation, no padding.
     pub fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
-        let mut tk = self.inner.clone();
-        tk.with_truncation(None).ok();
-        tk.with_padding(None);
-        let enc = tk
+        let enc = self
+            .inner
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| Error::Usage(format!("tokenizer failed: {e}")))?;
         Ok(enc.into_iter().map(|e| e.get_ids().to_vec()).collect())
