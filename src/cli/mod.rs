@@ -4,9 +4,10 @@
 pub mod baseline;
 pub mod brain;
 pub mod corpus;
+pub mod decode;
+pub mod embed;
 pub mod eval;
 pub mod train;
-pub mod decode;
 
 use crate::device::DeviceArg;
 use crate::error::Result;
@@ -36,6 +37,8 @@ pub enum Command {
     /// Import, inspect and export article collections.
     #[command(subcommand)]
     Corpus(corpus::CorpusCommand),
+    /// Text features: an LLM's last hidden state, mean-pooled over all chunks of each text.
+    Embed(embed::EmbedArgs),
     /// Train the CLIP model (text tower + image tower, symmetric InfoNCE), or cross-validate it.
     Train(train::TrainArgs),
     /// Evaluate models: retrieval (Recall@k, Mix&Match).
@@ -88,5 +91,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(c) => eval::run(c),
         Command::Decode(a) => decode::run(a),
         Command::Baseline(c) => baseline::run(c),
+        Command::Embed(a) => embed::embed(a),
     }
 }

@@ -23,15 +23,27 @@ impl BertConfig {
     pub fn from_json(c: &Config) -> Result<BertConfig> {
         let act = c.str_opt("hidden_act").unwrap_or("gelu");
         if act != "gelu" {
-            return Err(Error::input(c.path, format!("hidden_act {act:?} is not supported for BERT (gelu is)")));
+            return Err(Error::input(
+                c.path,
+                format!("hidden_act {act:?} is not supported for BERT (gelu is)"),
+            ));
         }
-        if let Some(p) = c.str_opt("position_embedding_type").filter(|p| *p != "absolute") {
-            return Err(Error::input(c.path, format!("position_embedding_type {p:?} is not supported (absolute is)")));
+        if let Some(p) = c
+            .str_opt("position_embedding_type")
+            .filter(|p| *p != "absolute")
+        {
+            return Err(Error::input(
+                c.path,
+                format!("position_embedding_type {p:?} is not supported (absolute is)"),
+            ));
         }
         let hidden = c.usize("hidden_size")?;
         let heads = c.usize("num_attention_heads")?;
         if heads == 0 || hidden % heads != 0 {
-            return Err(Error::input(c.path, format!("hidden_size {hidden} is not a multiple of num_attention_heads {heads}")));
+            return Err(Error::input(
+                c.path,
+                format!("hidden_size {hidden} is not a multiple of num_attention_heads {heads}"),
+            ));
         }
         Ok(BertConfig {
             vocab: c.usize("vocab_size")?,
@@ -74,7 +86,10 @@ impl Bert {
     pub fn build(cfg: BertConfig, t: &mut TensorMap) -> Result<Bert> {
         let d = cfg.hidden;
         let norm = |t: &mut TensorMap, p: &str| -> Result<Norm> {
-            Ok(Norm { w: t.take(&format!("{p}.weight"), &[d])?, b: t.take(&format!("{p}.bias"), &[d])? })
+            Ok(Norm {
+                w: t.take(&format!("{p}.weight"), &[d])?,
+                b: t.take(&format!("{p}.bias"), &[d])?,
+            })
         };
         let lin = |t: &mut TensorMap, names: &[&str], out: usize, inp: usize| -> Result<Linear> {
             let mut w = Vec::with_capacity(names.len() * out * inp);
@@ -83,18 +98,38 @@ impl Bert {
                 w.extend(t.take(&format!("{n}.weight"), &[out, inp])?);
                 b.extend(t.take(&format!("{n}.bias"), &[out])?);
             }
-            Ok(Linear { w, b: Some(b), out: names.len() * out, inp })
+            Ok(Linear {
+                w,
+                b: Some(b),
+                out: names.len() * out,
+                inp,
+            })
         };
         let word = t.take("embeddings.word_embeddings.weight", &[cfg.vocab, d])?;
-        let position = t.take("embeddings.position_embeddings.weight", &[cfg.max_positions, d])?;
-        let types = t.take("embeddings.token_type_embeddings.weight", &[cfg.type_vocab, d])?;
+        let position = t.take(
+            "embeddings.position_embeddings.weight",
+            &[cfg.max_positions, d],
+        )?;
+        let types = t.take(
+            "embeddings.token_type_embeddings.weight",
+            &[cfg.type_vocab, d],
+        )?;
         let emb_norm = norm(t, "embeddings.LayerNorm")?;
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
             let p = format!("encoder.layer.{i}.");
             let a = format!("{p}attention.self.");
             layers.push(Layer {
-                qkv: lin(t, &[&format!("{a}query"), &format!("{a}key"), &format!("{a}value")], d, d)?,
+                qkv: lin(
+                    t,
+                    &[
+                        &format!("{a}query"),
+                        &format!("{a}key"),
+                        &format!("{a}value"),
+                    ],
+                    d,
+                    d,
+                )?,
                 o: lin(t, &[&format!("{p}attention.output.dense")], d, d)?,
                 attn_norm: norm(t, &format!("{p}attention.output.LayerNorm"))?,
                 inter: lin(t, &[&format!("{p}intermediate.dense")], cfg.ff, d)?,
@@ -102,26 +137,43 @@ impl Bert {
                 out_norm: norm(t, &format!("{p}output.LayerNorm"))?,
             });
         }
-        Ok(Bert { token_type0: types[..d].to_vec(), cfg, word, position, emb_norm, layers })
+        Ok(Bert {
+            token_type0: types[..d].to_vec(),
+            cfg,
+            word,
+            position,
+            emb_norm,
+            layers,
+        })
     }
 
     /// Last hidden states of sequences packed without padding: `[Σ len, hidden]`. Each
     /// sequence attends only to itself, as a padded batch with an attention mask does.
     pub fn forward(&self, seqs: &[&[u32]]) -> Vec<f32> {
         let d = self.cfg.hidden;
-        let heads = Heads { nh: self.cfg.heads, nkv: self.cfg.heads, hd: d / self.cfg.heads };
+        let heads = Heads {
+            nh: self.cfg.heads,
+            nkv: self.cfg.heads,
+            hd: d / self.cfg.heads,
+        };
         let mut starts = vec![0usize];
         let mut x = Vec::new();
         for s in seqs {
             starts.push(starts.last().unwrap() + s.len());
             for (p, &id) in s.iter().enumerate() {
-                let (w, pe) = (&self.word[id as usize * d..][..d], &self.position[p * d..][..d]);
+                let (w, pe) = (
+                    &self.word[id as usize * d..][..d],
+                    &self.position[p * d..][..d],
+                );
                 x.extend((0..d).map(|j| w[j] + self.token_type0[j] + pe[j]));
             }
         }
         let total = *starts.last().unwrap();
         ops::layer_norm(&mut x, &self.emb_norm.w, &self.emb_norm.b, self.cfg.eps);
-        let mask = AttnMask { causal: false, window: None };
+        let mask = AttnMask {
+            causal: false,
+            window: None,
+        };
         let mut h = vec![0.0f32; total * d];
         for l in &self.layers {
             let qkv = l.qkv.forward(&x, total);

@@ -39,7 +39,10 @@ impl DecoderConfig {
         }
         let max_positions = c.usize_opt("max_position_embeddings")?.unwrap_or(4096);
         let params = c.map.get("rope_parameters").and_then(|v| v.as_object());
-        let theta = match params.and_then(|p| p.get("rope_theta")).and_then(|v| v.as_f64()) {
+        let theta = match params
+            .and_then(|p| p.get("rope_theta"))
+            .and_then(|v| v.as_f64())
+        {
             Some(t) => t,
             None => c.f64_or("rope_theta", 10000.0)?,
         };
@@ -50,8 +53,13 @@ impl DecoderConfig {
             .or(params)
             .cloned()
             .unwrap_or_default();
-        let inv_freq = rope_inv_freq(hd, theta, &scaling, max_positions).map_err(|m| Error::input(c.path, m))?;
-        let window = if model_type == "mistral" { c.usize_opt("sliding_window")? } else { None };
+        let inv_freq = rope_inv_freq(hd, theta, &scaling, max_positions)
+            .map_err(|m| Error::input(c.path, m))?;
+        let window = if model_type == "mistral" {
+            c.usize_opt("sliding_window")?
+        } else {
+            None
+        };
         Ok(DecoderConfig {
             vocab: c.usize("vocab_size")?,
             hidden,
@@ -88,7 +96,12 @@ pub fn rope_inv_freq(
         .or_else(|| scaling.get("type"))
         .and_then(|v| v.as_str())
         .unwrap_or("default");
-    let num = |k: &str| scaling.get(k).and_then(|v| v.as_f64()).ok_or_else(|| format!("rope scaling {kind:?} needs \"{k}\""));
+    let num = |k: &str| {
+        scaling
+            .get(k)
+            .and_then(|v| v.as_f64())
+            .ok_or_else(|| format!("rope scaling {kind:?} needs \"{k}\""))
+    };
     Ok(match kind {
         "default" | "dynamic" => base,
         "linear" => {
@@ -118,7 +131,11 @@ pub fn rope_inv_freq(
                 })
                 .collect()
         }
-        other => return Err(format!("rope scaling type {other:?} is not supported (default, linear, dynamic, llama3 are)")),
+        other => {
+            return Err(format!(
+            "rope scaling type {other:?} is not supported (default, linear, dynamic, llama3 are)"
+        ))
+        }
     })
 }
 
@@ -148,7 +165,12 @@ fn stacked(parts: Vec<(Vec<f32>, Option<Vec<f32>>, usize)>, inp: usize) -> Linea
         w.extend(pw);
         b.extend(pb.unwrap_or_else(|| vec![0.0; n]));
     }
-    Linear { w, b: has_bias.then_some(b), out, inp }
+    Linear {
+        w,
+        b: has_bias.then_some(b),
+        out,
+        inp,
+    }
 }
 
 impl Decoder {
@@ -160,9 +182,17 @@ impl Decoder {
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
             let p = format!("layers.{i}.");
-            let mut lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<(Vec<f32>, Option<Vec<f32>>, usize)> {
+            let mut lin = |name: &str,
+                           out: usize,
+                           inp: usize,
+                           bias: bool|
+             -> Result<(Vec<f32>, Option<Vec<f32>>, usize)> {
                 let w = t.take(&format!("{p}{name}.weight"), &[out, inp])?;
-                let b = if bias { Some(t.take(&format!("{p}{name}.bias"), &[out])?) } else { None };
+                let b = if bias {
+                    Some(t.take(&format!("{p}{name}.bias"), &[out])?)
+                } else {
+                    None
+                };
                 Ok((w, b, out))
             };
             let q = lin("self_attn.q_proj", nh * hd, d, cfg.attention_bias)?;
@@ -182,7 +212,12 @@ impl Decoder {
             });
         }
         let norm = t.take("norm.weight", &[d])?;
-        Ok(Decoder { cfg, embed, layers, norm })
+        Ok(Decoder {
+            cfg,
+            embed,
+            layers,
+            norm,
+        })
     }
 
     /// Last hidden states of sequences packed without padding: `[Σ len, hidden]`.
@@ -203,7 +238,10 @@ impl Decoder {
         for &id in seqs.iter().flat_map(|s| s.iter()) {
             x.extend_from_slice(&self.embed[id as usize * d..][..d]);
         }
-        let mask = AttnMask { causal: true, window: self.cfg.window };
+        let mask = AttnMask {
+            causal: true,
+            window: self.cfg.window,
+        };
         let mut h = vec![0.0f32; total * d];
         let (qw, kw) = (nh * hd, nkv * hd);
         for l in &self.layers {

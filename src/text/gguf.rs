@@ -66,9 +66,16 @@ struct Cursor<'a> {
 
 impl Cursor<'_> {
     fn take(&mut self, n: usize) -> Result<&[u8]> {
-        let end = self.pos.checked_add(n).filter(|e| *e <= self.b.len()).ok_or_else(|| {
-            Error::input(self.path, "the GGUF header runs past the end of the file (truncated?); download it again")
-        })?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|e| *e <= self.b.len())
+            .ok_or_else(|| {
+                Error::input(
+                    self.path,
+                    "the GGUF header runs past the end of the file (truncated?); download it again",
+                )
+            })?;
         let s = &self.b[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -106,7 +113,12 @@ impl Cursor<'_> {
             10 => Value::Int(self.u64()? as i64),
             11 => Value::Int(self.u64()? as i64),
             12 => Value::Float(f64::from_le_bytes(self.take(8)?.try_into().unwrap())),
-            k => return Err(Error::input(self.path, format!("unknown GGUF metadata type {k}; is this a GGUF v2/v3 file?"))),
+            k => {
+                return Err(Error::input(
+                    self.path,
+                    format!("unknown GGUF metadata type {k}; is this a GGUF v2/v3 file?"),
+                ))
+            }
         })
     }
 }
@@ -139,13 +151,23 @@ impl Gguf {
         let file = std::fs::File::open(path).at(path)?;
         // SAFETY: read-only map; tensors are copied out (dequantized) before it is dropped.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.at(path)?;
-        let mut c = Cursor { b: &mmap, pos: 0, path };
+        let mut c = Cursor {
+            b: &mmap,
+            pos: 0,
+            path,
+        };
         if c.take(4)? != b"GGUF" {
-            return Err(Error::input(path, "not a GGUF file (bad magic); give a .gguf made by llama.cpp or a model folder"));
+            return Err(Error::input(
+                path,
+                "not a GGUF file (bad magic); give a .gguf made by llama.cpp or a model folder",
+            ));
         }
         let version = c.u32()?;
         if !(2..=3).contains(&version) {
-            return Err(Error::input(path, format!("GGUF version {version} is not supported (2 and 3 are)")));
+            return Err(Error::input(
+                path,
+                format!("GGUF version {version} is not supported (2 and 3 are)"),
+            ));
         }
         let n_tensors = c.u64()? as usize;
         let n_kv = c.u64()? as usize;
@@ -159,14 +181,30 @@ impl Gguf {
         for _ in 0..n_tensors {
             let name = c.string()?;
             let nd = c.u32()? as usize;
-            let dims = (0..nd).map(|_| c.u64().map(|d| d as usize)).collect::<Result<Vec<_>>>()?;
+            let dims = (0..nd)
+                .map(|_| c.u64().map(|d| d as usize))
+                .collect::<Result<Vec<_>>>()?;
             let kind = c.u32()?;
             let offset = c.u64()? as usize;
-            tensors.push(TensorInfo { name, dims, kind, offset });
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                kind,
+                offset,
+            });
         }
-        let align = meta.get("general.alignment").and_then(Value::as_i64).unwrap_or(32).max(1) as usize;
+        let align = meta
+            .get("general.alignment")
+            .and_then(Value::as_i64)
+            .unwrap_or(32)
+            .max(1) as usize;
         let data_start = c.pos.div_ceil(align) * align;
-        let g = Gguf { meta, tensors, data_start, mmap };
+        let g = Gguf {
+            meta,
+            tensors,
+            data_start,
+            mmap,
+        };
         for t in &g.tensors {
             let n: usize = t.dims.iter().product();
             if let Some((be, bb)) = block_layout(t.kind) {
@@ -187,11 +225,17 @@ impl Gguf {
     }
 
     pub fn architecture(&self) -> &str {
-        self.get("general.architecture").and_then(Value::as_str).unwrap_or("")
+        self.get("general.architecture")
+            .and_then(Value::as_str)
+            .unwrap_or("")
     }
 
     /// Every tensor dequantized to f32 under its GGUF name, shape in PyTorch order (outer first).
-    pub fn read_all(&self, path: &Path, rename: impl Fn(&str) -> Option<String> + Sync) -> Result<TensorMap> {
+    pub fn read_all(
+        &self,
+        path: &Path,
+        rename: impl Fn(&str) -> Option<String> + Sync,
+    ) -> Result<TensorMap> {
         let converted: Vec<Result<(String, Tensor)>> = self
             .tensors
             .par_iter()
@@ -217,7 +261,10 @@ impl Gguf {
                 Ok((name, Tensor { shape, data }))
             })
             .collect();
-        let mut map = TensorMap { tensors: HashMap::new(), source: path.to_path_buf() };
+        let mut map = TensorMap {
+            tensors: HashMap::new(),
+            source: path.to_path_buf(),
+        };
         for r in converted {
             let (name, t) = r?;
             map.tensors.insert(name, t);
@@ -231,8 +278,14 @@ pub fn dequantize(kind: u32, b: &[u8], n: usize) -> Vec<f32> {
     let h = |i: usize| f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
     let mut out = vec![0.0f32; n];
     match kind {
-        F32 => out.iter_mut().zip(b.chunks_exact(4)).for_each(|(o, c)| *o = f32::from_le_bytes(c.try_into().unwrap())),
-        F16 => out.iter_mut().zip(b.chunks_exact(2)).for_each(|(o, c)| *o = f16::from_le_bytes([c[0], c[1]]).to_f32()),
+        F32 => out
+            .iter_mut()
+            .zip(b.chunks_exact(4))
+            .for_each(|(o, c)| *o = f32::from_le_bytes(c.try_into().unwrap())),
+        F16 => out
+            .iter_mut()
+            .zip(b.chunks_exact(2))
+            .for_each(|(o, c)| *o = f16::from_le_bytes([c[0], c[1]]).to_f32()),
         BF16 => out
             .iter_mut()
             .zip(b.chunks_exact(2))
@@ -251,7 +304,11 @@ pub fn dequantize(kind: u32, b: &[u8], n: usize) -> Vec<f32> {
             for (blk, o) in out.chunks_exact_mut(32).enumerate() {
                 let p = blk * bb;
                 let d = h(p);
-                let (m, qs) = if kind == Q4_0 { (-8.0 * d, p + 2) } else { (h(p + 2), p + 4) };
+                let (m, qs) = if kind == Q4_0 {
+                    (-8.0 * d, p + 2)
+                } else {
+                    (h(p + 2), p + 4)
+                };
                 for j in 0..16 {
                     let q = b[qs + j];
                     o[j] = (q & 0x0f) as f32 * d + m;
@@ -264,7 +321,11 @@ pub fn dequantize(kind: u32, b: &[u8], n: usize) -> Vec<f32> {
             for (blk, o) in out.chunks_exact_mut(32).enumerate() {
                 let p = blk * bb;
                 let d = h(p);
-                let (m, qh_at) = if kind == Q5_0 { (-16.0 * d, p + 2) } else { (h(p + 2), p + 4) };
+                let (m, qh_at) = if kind == Q5_0 {
+                    (-16.0 * d, p + 2)
+                } else {
+                    (h(p + 2), p + 4)
+                };
                 let qh = u32::from_le_bytes(b[qh_at..qh_at + 4].try_into().unwrap());
                 let qs = qh_at + 4;
                 for j in 0..16 {

@@ -11,7 +11,11 @@ use std::path::Path;
 /// Merges the adapter in `dir` (adapter_config.json + adapter_model.safetensors) into `base`.
 /// `normalize` maps an adapter module path to the base tensor naming (prefixes stripped).
 /// Returns the number of merged layers.
-pub fn merge(dir: &Path, base: &mut TensorMap, normalize: impl Fn(&str) -> Option<String> + Sync) -> Result<usize> {
+pub fn merge(
+    dir: &Path,
+    base: &mut TensorMap,
+    normalize: impl Fn(&str) -> Option<String> + Sync,
+) -> Result<usize> {
     let cfg_path = dir.join("adapter_config.json");
     let weights = dir.join("adapter_model.safetensors");
     if !cfg_path.is_file() || !weights.is_file() {
@@ -21,19 +25,44 @@ pub fn merge(dir: &Path, base: &mut TensorMap, normalize: impl Fn(&str) -> Optio
         ));
     }
     let cfg = read_json(&cfg_path)?;
-    if let Some(t) = cfg.get("peft_type").and_then(|v| v.as_str()).filter(|t| *t != "LORA") {
-        return Err(Error::input(&cfg_path, format!("peft_type {t:?} is not supported (LORA is)")));
+    if let Some(t) = cfg
+        .get("peft_type")
+        .and_then(|v| v.as_str())
+        .filter(|t| *t != "LORA")
+    {
+        return Err(Error::input(
+            &cfg_path,
+            format!("peft_type {t:?} is not supported (LORA is)"),
+        ));
     }
     if cfg.get("use_dora").and_then(|v| v.as_bool()) == Some(true) {
-        return Err(Error::input(&cfg_path, "DoRA adapters are not supported; merge it in Python with merge_and_unload()"));
+        return Err(Error::input(
+            &cfg_path,
+            "DoRA adapters are not supported; merge it in Python with merge_and_unload()",
+        ));
     }
-    let base_name = cfg.get("base_model_name_or_path").and_then(|v| v.as_str()).unwrap_or("an unnamed model").to_string();
+    let base_name = cfg
+        .get("base_model_name_or_path")
+        .and_then(|v| v.as_str())
+        .unwrap_or("an unnamed model")
+        .to_string();
     let num = |k: &str| cfg.get(k).and_then(|v| v.as_f64());
     let alpha = num("lora_alpha").ok_or_else(|| Error::input(&cfg_path, "no lora_alpha"))?;
-    let rslora = cfg.get("use_rslora").and_then(|v| v.as_bool()).unwrap_or(false);
-    let fan_in_fan_out = cfg.get("fan_in_fan_out").and_then(|v| v.as_bool()).unwrap_or(false);
+    let rslora = cfg
+        .get("use_rslora")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    let fan_in_fan_out = cfg
+        .get("fan_in_fan_out")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
     let pattern = |k: &str, module: &str| -> Option<f64> {
-        cfg.get(k)?.as_object()?.iter().find(|(p, _)| module == p.as_str() || module.ends_with(&format!(".{p}")))?.1.as_f64()
+        cfg.get(k)?
+            .as_object()?
+            .iter()
+            .find(|(p, _)| module == p.as_str() || module.ends_with(&format!(".{p}")))?
+            .1
+            .as_f64()
     };
 
     // Adapter tensors: `base_model.model.<module>.lora_{A,B}[.<adapter>].weight`.
@@ -54,23 +83,38 @@ pub fn merge(dir: &Path, base: &mut TensorMap, normalize: impl Fn(&str) -> Optio
         pairs.entry(module.to_string()).or_default()[which] = Some(name.clone());
     }
     let mut adapter = adapter;
-    let foreign = |msg: String| Error::input(dir, format!("{msg}: this adapter was made for {base_name}, not for this model"));
+    let foreign = |msg: String| {
+        Error::input(
+            dir,
+            format!("{msg}: this adapter was made for {base_name}, not for this model"),
+        )
+    };
     let mut merged = 0;
     for (module, [a, b]) in pairs {
         let (Some(a), Some(b)) = (a, b) else {
-            return Err(Error::input(&weights, format!("{module} has only one of lora_A / lora_B")));
+            return Err(Error::input(
+                &weights,
+                format!("{module} has only one of lora_A / lora_B"),
+            ));
         };
         let target = normalize(&format!("{module}.weight"))
             .ok_or_else(|| foreign(format!("the base model has no layer {module}")))?;
         let a = adapter.tensors.remove(&a).unwrap();
         let b = adapter.tensors.remove(&b).unwrap();
-        let w = base.tensors.get_mut(&target).ok_or_else(|| foreign(format!("the base model has no layer {module}")))?;
+        let w = base
+            .tensors
+            .get_mut(&target)
+            .ok_or_else(|| foreign(format!("the base model has no layer {module}")))?;
         let (r, inp) = (a.shape[0], a.shape.get(1).copied().unwrap_or(0));
         let out = b.shape[0];
         let (w_out, w_in) = match w.shape.as_slice() {
             [o, i] if !fan_in_fan_out => (*o, *i),
             [i, o] => (*o, *i),
-            _ => return Err(foreign(format!("{module} is not a 2D weight in the base model"))),
+            _ => {
+                return Err(foreign(format!(
+                    "{module} is not a 2D weight in the base model"
+                )))
+            }
         };
         if a.shape.len() != 2 || b.shape != [out, r] || inp != w_in || out != w_out {
             return Err(foreign(format!(
@@ -79,7 +123,11 @@ pub fn merge(dir: &Path, base: &mut TensorMap, normalize: impl Fn(&str) -> Optio
             )));
         }
         let alpha = pattern("alpha_pattern", module.as_str()).unwrap_or(alpha);
-        let scale = if rslora { alpha / (r as f64).sqrt() } else { alpha / r as f64 } as f32;
+        let scale = if rslora {
+            alpha / (r as f64).sqrt()
+        } else {
+            alpha / r as f64
+        } as f32;
         // ΔW = B · A as [out, in] = B[out, r] · (Aᵀ)ᵀ; matmul_t computes x · wᵀ with w = Aᵀ [in, r].
         let mut at = vec![0.0f32; inp * r];
         for i in 0..r {
@@ -96,7 +144,10 @@ pub fn merge(dir: &Path, base: &mut TensorMap, normalize: impl Fn(&str) -> Optio
                 }
             }
         } else {
-            w.data.iter_mut().zip(&delta).for_each(|(w, d)| *w += scale * d);
+            w.data
+                .iter_mut()
+                .zip(&delta)
+                .for_each(|(w, d)| *w += scale * d);
         }
         merged += 1;
     }

@@ -51,7 +51,11 @@ pub struct EmbedOptions {
 
 impl Default for EmbedOptions {
     fn default() -> Self {
-        EmbedOptions { max_length: None, batch: 8, normalize: false }
+        EmbedOptions {
+            max_length: None,
+            batch: 8,
+            normalize: false,
+        }
     }
 }
 
@@ -71,8 +75,15 @@ pub struct TextModel {
 /// A stored tensor name → the model code's name: drops the task head and the `model.` /
 /// `bert.` wrapper prefix, so bare and wrapped checkpoints read alike.
 fn hf_name(n: &str) -> Option<String> {
-    let n = n.strip_prefix("model.").or_else(|| n.strip_prefix("bert.")).unwrap_or(n);
-    if n.starts_with("lm_head.") || n.starts_with("cls.") || n.starts_with("pooler.") || n.ends_with("position_ids") {
+    let n = n
+        .strip_prefix("model.")
+        .or_else(|| n.strip_prefix("bert."))
+        .unwrap_or(n);
+    if n.starts_with("lm_head.")
+        || n.starts_with("cls.")
+        || n.starts_with("pooler.")
+        || n.ends_with("position_ids")
+    {
         return None;
     }
     Some(n.to_string())
@@ -125,11 +136,20 @@ fn gguf_config(g: &gguf::Gguf, path: &Path) -> Result<serde_json::Map<String, se
     let mut m = serde_json::Map::new();
     m.insert("model_type".into(), arch.into());
     m.insert("hidden_size".into(), int("embedding_length")?.into());
-    m.insert("intermediate_size".into(), int("feed_forward_length")?.into());
+    m.insert(
+        "intermediate_size".into(),
+        int("feed_forward_length")?.into(),
+    );
     m.insert("num_hidden_layers".into(), int("block_count")?.into());
     m.insert("num_attention_heads".into(), heads.into());
-    m.insert("num_key_value_heads".into(), int("attention.head_count_kv").unwrap_or(heads).into());
-    m.insert("max_position_embeddings".into(), int("context_length").unwrap_or(4096).into());
+    m.insert(
+        "num_key_value_heads".into(),
+        int("attention.head_count_kv").unwrap_or(heads).into(),
+    );
+    m.insert(
+        "max_position_embeddings".into(),
+        int("context_length").unwrap_or(4096).into(),
+    );
     if let Some(e) = key("attention.layer_norm_rms_epsilon").and_then(|v| v.as_f64()) {
         m.insert("rms_norm_eps".into(), e.into());
     }
@@ -137,7 +157,10 @@ fn gguf_config(g: &gguf::Gguf, path: &Path) -> Result<serde_json::Map<String, se
         m.insert("rope_theta".into(), t.into());
     }
     if let Some(f) = key("rope.scale_linear").and_then(|v| v.as_f64()) {
-        m.insert("rope_scaling".into(), serde_json::json!({"type": "linear", "factor": f}));
+        m.insert(
+            "rope_scaling".into(),
+            serde_json::json!({"type": "linear", "factor": f}),
+        );
     }
     let vocab = match key("vocab_size").and_then(|v| v.as_i64()) {
         Some(v) => v as usize,
@@ -158,14 +181,22 @@ impl TextModel {
             eprintln!("note: text models run on the CPU (their CUDA path is not written yet)");
         }
         let is_gguf = model.is_file()
-            && (model.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+            && (model
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
                 || starts_with_gguf_magic(model));
         let (config_map, config_path, mut tensors, tokenizer) = if is_gguf {
             let g = gguf::Gguf::open(model)?;
             let cfg = gguf_config(&g, model)?;
             let mut t = g.read_all(model, gguf_to_hf)?;
-            let c = Config { map: &cfg, path: model };
-            let (nh, nkv) = (c.usize("num_attention_heads")?, c.usize_opt("num_key_value_heads")?.unwrap_or(0));
+            let c = Config {
+                map: &cfg,
+                path: model,
+            };
+            let (nh, nkv) = (
+                c.usize("num_attention_heads")?,
+                c.usize_opt("num_key_value_heads")?.unwrap_or(0),
+            );
             for (name, t) in t.tensors.iter_mut() {
                 let heads = if name.ends_with("self_attn.q_proj.weight") {
                     nh
@@ -200,20 +231,33 @@ impl TextModel {
             let t = weights::read_safetensors(&files, hf_name)?;
             (cfg, config_path, t, tok)
         } else {
-            return Err(Error::input(model, "no such model: give a folder with config.json and *.safetensors, or a .gguf file"));
+            return Err(Error::input(
+                model,
+                "no such model: give a folder with config.json and *.safetensors, or a .gguf file",
+            ));
         };
         let adapter = match lora {
             Some(a) => Some(a.to_path_buf()),
-            None if model.is_dir() && model.join("adapter_config.json").is_file() => Some(model.to_path_buf()),
+            None if model.is_dir() && model.join("adapter_config.json").is_file() => {
+                Some(model.to_path_buf())
+            }
             None => None,
         };
         if let Some(a) = adapter {
             lora::merge(&a, &mut tensors, hf_name)?;
         }
-        let c = Config { map: &config_map, path: &config_path };
+        let c = Config {
+            map: &config_map,
+            path: &config_path,
+        };
         let model_type = c.str_opt("model_type").unwrap_or("").to_string();
         let (net, vocab) = build(&model_type, &c, &mut tensors)?;
-        Ok(TextModel { net, tokenizer, vocab, model_type })
+        Ok(TextModel {
+            net,
+            tokenizer,
+            vocab,
+            model_type,
+        })
     }
 
     /// Width of an embedding (the hidden size).
@@ -260,7 +304,12 @@ impl TextModel {
     }
 
     /// As [`TextModel::embed`], calling `progress(tokens)` after each forward pass.
-    pub fn embed_with_progress(&self, texts: &[&str], opts: &EmbedOptions, progress: &dyn Fn(usize)) -> Result<Vec<f32>> {
+    pub fn embed_with_progress(
+        &self,
+        texts: &[&str],
+        opts: &EmbedOptions,
+        progress: &dyn Fn(usize),
+    ) -> Result<Vec<f32>> {
         let max_len = opts.max_length.unwrap_or_else(|| self.default_max_length());
         if max_len == 0 {
             return Err(Error::Usage("--max-length must be at least 1".into()));
@@ -276,8 +325,11 @@ impl TextModel {
         let ids = self.tokenize(texts)?;
         let d = self.dim();
         // (text, chunk) work items, longest first so a batch holds chunks of similar length.
-        let mut chunks: Vec<(usize, &[u32])> =
-            ids.iter().enumerate().flat_map(|(t, s)| s.chunks(max_len).map(move |c| (t, c))).collect();
+        let mut chunks: Vec<(usize, &[u32])> = ids
+            .iter()
+            .enumerate()
+            .flat_map(|(t, s)| s.chunks(max_len).map(move |c| (t, c)))
+            .collect();
         chunks.sort_by_key(|(t, c)| (std::cmp::Reverse(c.len()), *t));
         let mut sums = vec![0.0f64; texts.len() * d];
         let mut counts = vec![0usize; texts.len()];
@@ -297,7 +349,10 @@ impl TextModel {
         let mut out: Vec<f32> = sums
             .chunks_exact(d)
             .zip(&counts)
-            .flat_map(|(s, &n)| s.iter().map(move |v| if n > 0 { (v / n as f64) as f32 } else { 0.0 }))
+            .flat_map(|(s, &n)| {
+                s.iter()
+                    .map(move |v| if n > 0 { (v / n as f64) as f32 } else { 0.0 })
+            })
             .collect();
         if opts.normalize {
             ops::l2_normalize(&mut out, d);
@@ -309,7 +364,10 @@ impl TextModel {
 fn starts_with_gguf_magic(path: &Path) -> bool {
     use std::io::Read;
     let mut magic = [0u8; 4];
-    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == b"GGUF"
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == b"GGUF"
 }
 
 fn build(model_type: &str, c: &Config, t: &mut TensorMap) -> Result<(Net, usize)> {

@@ -27,7 +27,15 @@ impl Linear {
 }
 
 /// `y[rows, n] = x[rows, k] · w[n, k]ᵀ (+ bias)`.
-pub fn matmul_t(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize, y: &mut [f32], bias: Option<&[f32]>) {
+pub fn matmul_t(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    y: &mut [f32],
+    bias: Option<&[f32]>,
+) {
     assert_eq!(x.len(), rows * k);
     assert_eq!(w.len(), n * k);
     assert_eq!(y.len(), rows * n);
@@ -190,7 +198,14 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], heads: Heads, mask: AttnMask) 
 /// Attention of several sequences packed one after another (no padding): sequence s holds
 /// tokens `starts[s]..starts[s + 1]`. Query rows go in blocks of 128 so a task's scores never
 /// exceed 128 × L; tasks (sequence, head, block) run in parallel.
-pub fn attention_batch(q: &[f32], k: &[f32], v: &[f32], starts: &[usize], heads: Heads, mask: AttnMask) -> Vec<f32> {
+pub fn attention_batch(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    starts: &[usize],
+    heads: Heads,
+    mask: AttnMask,
+) -> Vec<f32> {
     const BLOCK: usize = 128;
     let Heads { nh, nkv, hd } = heads;
     let group = nh / nkv;
@@ -245,7 +260,10 @@ pub fn attention_batch(q: &[f32], k: &[f32], v: &[f32], starts: &[usize], heads:
             for (r, row) in s.chunks_exact_mut(nk).enumerate() {
                 let i = q0 + r;
                 let hi = if mask.causal { i + 1 } else { s1 } - k0;
-                let lo = mask.window.map_or(s0, |w| (i + 1).saturating_sub(w).max(s0)) - k0;
+                let lo = mask
+                    .window
+                    .map_or(s0, |w| (i + 1).saturating_sub(w).max(s0))
+                    - k0;
                 let m = row[lo..hi].iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
                 let mut sum = 0.0f32;
                 for (j, x) in row.iter_mut().enumerate() {
@@ -305,13 +323,19 @@ pub fn mean_pool(x: &[f32], d: usize) -> Vec<f32> {
             *a += *v as f64;
         }
     }
-    acc.iter().map(|a| (a / rows.max(1) as f64) as f32).collect()
+    acc.iter()
+        .map(|a| (a / rows.max(1) as f64) as f32)
+        .collect()
 }
 
 /// Scales each row of `[rows, d]` to unit L2 norm (zero rows stay zero).
 pub fn l2_normalize(x: &mut [f32], d: usize) {
     for r in x.chunks_exact_mut(d) {
-        let n = r.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>().sqrt();
+        let n = r
+            .iter()
+            .map(|v| (*v as f64) * (*v as f64))
+            .sum::<f64>()
+            .sqrt();
         if n > 0.0 {
             r.iter_mut().for_each(|v| *v = (*v as f64 / n) as f32);
         }

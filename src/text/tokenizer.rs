@@ -23,22 +23,27 @@ impl TextTokenizer {
         }
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| Error::input(path, format!("not a readable tokenizer.json ({e})")))?;
-        Ok(TextTokenizer { inner })
+        Ok(TextTokenizer::whole(inner))
+    }
+
+    /// Whole texts: chunking happens after tokenization, so no truncation and no padding.
+    fn whole(mut inner: tokenizers::Tokenizer) -> TextTokenizer {
+        inner.with_truncation(None).ok();
+        inner.with_padding(None);
+        TextTokenizer { inner }
     }
 
     pub fn from_gguf(g: &Gguf, path: &Path) -> Result<TextTokenizer> {
         let spec = gguf_tokenizer_json(g, path)?;
         let inner: tokenizers::Tokenizer = serde_json::from_value(spec)
             .map_err(|e| Error::input(path, format!("cannot build its tokenizer ({e})")))?;
-        Ok(TextTokenizer { inner })
+        Ok(TextTokenizer::whole(inner))
     }
 
     /// Token ids of each text with the tokenizer's special tokens, no truncation, no padding.
     pub fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
-        let mut tk = self.inner.clone();
-        tk.with_truncation(None).ok();
-        tk.with_padding(None);
-        let enc = tk
+        let enc = self
+            .inner
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| Error::Usage(format!("tokenizer failed: {e}")))?;
         Ok(enc.into_iter().map(|e| e.get_ids().to_vec()).collect())
@@ -50,7 +55,8 @@ fn bytes_to_unicode() -> Vec<char> {
     let mut map = vec!['\0'; 256];
     let mut n = 0u32;
     for b in 0..256u32 {
-        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        let printable =
+            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
         map[b as usize] = if printable {
             char::from_u32(b).unwrap()
         } else {
@@ -65,15 +71,24 @@ fn str_array<'a>(g: &'a Gguf, key: &str, path: &Path) -> Result<Vec<&'a str>> {
     match g.get(key) {
         Some(Value::Array(v)) => v
             .iter()
-            .map(|x| x.as_str().ok_or_else(|| Error::input(path, format!("{key} holds a non-string"))))
+            .map(|x| {
+                x.as_str()
+                    .ok_or_else(|| Error::input(path, format!("{key} holds a non-string")))
+            })
             .collect(),
-        _ => Err(Error::input(path, format!("no {key} in the GGUF metadata; this file carries no tokenizer"))),
+        _ => Err(Error::input(
+            path,
+            format!("no {key} in the GGUF metadata; this file carries no tokenizer"),
+        )),
     }
 }
 
 /// A `tokenizer.json` document equivalent to what transformers builds from the GGUF metadata.
 fn gguf_tokenizer_json(g: &Gguf, path: &Path) -> Result<Json> {
-    let kind = g.get("tokenizer.ggml.model").and_then(Value::as_str).unwrap_or("");
+    let kind = g
+        .get("tokenizer.ggml.model")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let tokens = str_array(g, "tokenizer.ggml.tokens", path)?;
     let types: Vec<i64> = match g.get("tokenizer.ggml.token_type") {
         Some(Value::Array(v)) => v.iter().map(|x| x.as_i64().unwrap_or(1)).collect(),
@@ -151,7 +166,9 @@ fn gguf_tokenizer_json(g: &Gguf, path: &Path) -> Result<Json> {
     // Control tokens (type 3) stay whole as special tokens; user-defined ones (4) as plain added tokens.
     let mut added = Vec::new();
     for (i, (t, ty)) in tokens.iter().zip(&types).enumerate() {
-        let spelled = allowed.as_ref().is_none_or(|a| t.chars().all(|c| a.contains(&c)));
+        let spelled = allowed
+            .as_ref()
+            .is_none_or(|a| t.chars().all(|c| a.contains(&c)));
         if (*ty == 3 && spelled) || *ty == 4 {
             added.push(json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
                               "normalized": false, "special": *ty == 3}));
@@ -164,14 +181,20 @@ fn gguf_tokenizer_json(g: &Gguf, path: &Path) -> Result<Json> {
         if let (true, Some(t)) = (on, tid) {
             single.push(json!({"SpecialToken": {"id": tokens[t], "type_id": 0}}));
             pair.push(json!({"SpecialToken": {"id": tokens[t], "type_id": 0}}));
-            special.insert(tokens[t].to_string(), json!({"id": tokens[t], "ids": [t], "tokens": [tokens[t]]}));
+            special.insert(
+                tokens[t].to_string(),
+                json!({"id": tokens[t], "ids": [t], "tokens": [tokens[t]]}),
+            );
         }
     }
     single.push(json!({"Sequence": {"id": "A", "type_id": 0}}));
     pair.push(json!({"Sequence": {"id": "A", "type_id": 0}}));
     if let (true, Some(t)) = (add_eos, eos) {
         single.push(json!({"SpecialToken": {"id": tokens[t], "type_id": 0}}));
-        special.insert(tokens[t].to_string(), json!({"id": tokens[t], "ids": [t], "tokens": [tokens[t]]}));
+        special.insert(
+            tokens[t].to_string(),
+            json!({"id": tokens[t], "ids": [t], "tokens": [tokens[t]]}),
+        );
     }
     pair.push(json!({"Sequence": {"id": "B", "type_id": 1}}));
     Ok(json!({
@@ -187,8 +210,8 @@ fn gguf_split_regex(pre: &str) -> Option<&'static str> {
     const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     match pre {
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2" | "jina-v5-nano"
-        | "dbrx" | "smaug-bpe" => Some(LLAMA3),
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
+        | "lfm2" | "jina-v5-nano" | "dbrx" | "smaug-bpe" => Some(LLAMA3),
         "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" => Some(QWEN2),
         _ => None,
     }

@@ -60,9 +60,15 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let v: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::input(&index, format!("not valid JSON ({e})")))?;
         let map = v["weight_map"].as_object().ok_or_else(|| {
-            Error::input(&index, "no \"weight_map\" object; re-save the model with save_pretrained")
+            Error::input(
+                &index,
+                "no \"weight_map\" object; re-save the model with save_pretrained",
+            )
         })?;
-        let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(|f| f.as_str().map(String::from))
+            .collect();
         files.sort();
         files.dedup();
         return Ok(files.into_iter().map(|f| dir.join(f)).collect());
@@ -76,7 +82,8 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.extension().is_some_and(|e| e == "safetensors")
-                && p.file_name().is_some_and(|n| n != "adapter_model.safetensors")
+                && p.file_name()
+                    .is_some_and(|n| n != "adapter_model.safetensors")
         })
         .collect();
     files.sort();
@@ -91,7 +98,10 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Reads every tensor of the files as f32. `rename` maps a stored name to the name used by the
 /// model code (None drops the tensor).
-pub fn read_safetensors(files: &[PathBuf], rename: impl Fn(&str) -> Option<String> + Sync) -> Result<TensorMap> {
+pub fn read_safetensors(
+    files: &[PathBuf],
+    rename: impl Fn(&str) -> Option<String> + Sync,
+) -> Result<TensorMap> {
     let mut out = TensorMap {
         tensors: HashMap::new(),
         source: files.first().cloned().unwrap_or_default(),
@@ -112,10 +122,19 @@ pub fn read_safetensors(files: &[PathBuf], rename: impl Fn(&str) -> Option<Strin
                 let data = to_f32(view.dtype(), view.data()).ok_or_else(|| {
                     Error::input(
                         path,
-                        format!("tensor {name} has dtype {:?}; only F32, F16 and BF16 weights are read", view.dtype()),
+                        format!(
+                            "tensor {name} has dtype {:?}; only F32, F16 and BF16 weights are read",
+                            view.dtype()
+                        ),
                     )
                 })?;
-                Ok((name, Tensor { shape: view.shape().to_vec(), data }))
+                Ok((
+                    name,
+                    Tensor {
+                        shape: view.shape().to_vec(),
+                        data,
+                    },
+                ))
             })
             .collect();
         for r in converted {
@@ -128,7 +147,10 @@ pub fn read_safetensors(files: &[PathBuf], rename: impl Fn(&str) -> Option<Strin
 
 fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     Some(match dtype {
-        Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
         Dtype::F16 => bytes
             .chunks_exact(2)
             .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
@@ -159,28 +181,37 @@ pub struct Config<'a> {
 
 impl Config<'_> {
     pub fn usize(&self, key: &str) -> Result<usize> {
-        self.usize_opt(key)?
-            .ok_or_else(|| Error::input(self.path, format!("no \"{key}\" (a positive integer) in the model config")))
+        self.usize_opt(key)?.ok_or_else(|| {
+            Error::input(
+                self.path,
+                format!("no \"{key}\" (a positive integer) in the model config"),
+            )
+        })
     }
     pub fn usize_opt(&self, key: &str) -> Result<Option<usize>> {
         match self.map.get(key) {
             None | Some(serde_json::Value::Null) => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(|n| Some(n as usize))
-                .ok_or_else(|| Error::input(self.path, format!("\"{key}\" must be a non-negative integer, found {v}"))),
+            Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
+                Error::input(
+                    self.path,
+                    format!("\"{key}\" must be a non-negative integer, found {v}"),
+                )
+            }),
         }
     }
     pub fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
         match self.map.get(key) {
             None | Some(serde_json::Value::Null) => Ok(default),
-            Some(v) => v
-                .as_f64()
-                .ok_or_else(|| Error::input(self.path, format!("\"{key}\" must be a number, found {v}"))),
+            Some(v) => v.as_f64().ok_or_else(|| {
+                Error::input(self.path, format!("\"{key}\" must be a number, found {v}"))
+            }),
         }
     }
     pub fn bool_or(&self, key: &str, default: bool) -> bool {
-        self.map.get(key).and_then(|v| v.as_bool()).unwrap_or(default)
+        self.map
+            .get(key)
+            .and_then(|v| v.as_bool())
+            .unwrap_or(default)
     }
     pub fn str_opt(&self, key: &str) -> Option<&str> {
         self.map.get(key).and_then(|v| v.as_str())

@@ -1,0 +1,162 @@
+//! Bad text-model inputs give one clear error naming the file and the fix, never a panic.
+
+mod common;
+
+use niclip::device::Device;
+use niclip::text::TextModel;
+use std::path::{Path, PathBuf};
+
+fn fixture(name: &str) -> PathBuf {
+    common::fixtures().join("text").join(name)
+}
+
+/// A copy of a fixture model folder in a fresh temp dir.
+fn copy_model(name: &str, test: &str) -> PathBuf {
+    let dst = common::tmpdir(test).join(name);
+    std::fs::create_dir_all(&dst).unwrap();
+    for e in std::fs::read_dir(fixture(name)).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dst.join(p.file_name().unwrap())).unwrap();
+    }
+    dst
+}
+
+fn load_err(model: &Path, lora: Option<&Path>) -> String {
+    match TextModel::load(model, lora, &Device::Cpu) {
+        Ok(_) => panic!("{} should not load", model.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn edit_config(dir: &Path, from: &str, to: &str) {
+    let p = dir.join("config.json");
+    let s = std::fs::read_to_string(&p).unwrap();
+    assert!(s.contains(from), "config.json has no {from}");
+    std::fs::write(&p, s.replace(from, to)).unwrap();
+}
+
+#[test]
+fn missing_tokenizer() {
+    let dir = copy_model("tiny_llama", "text-err-tok");
+    std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+    let e = load_err(&dir, None);
+    assert!(
+        e.contains("tokenizer.json") && e.contains("save_pretrained"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_architecture() {
+    let dir = copy_model("tiny_llama", "text-err-arch");
+    edit_config(
+        &dir,
+        "\"model_type\": \"llama\"",
+        "\"model_type\": \"gpt_neox\"",
+    );
+    let e = load_err(&dir, None);
+    assert!(
+        e.contains("config.json") && e.contains("unknown architecture") && e.contains("gpt_neox"),
+        "{e}"
+    );
+}
+
+#[test]
+fn shape_that_does_not_match_config() {
+    let dir = copy_model("tiny_llama", "text-err-shape");
+    edit_config(
+        &dir,
+        "\"intermediate_size\": 96",
+        "\"intermediate_size\": 128",
+    );
+    let e = load_err(&dir, None);
+    assert!(
+        e.contains("mlp.gate_proj.weight") && e.contains("[96, 64]") && e.contains("[128, 64]"),
+        "{e}"
+    );
+    assert!(e.contains("different models"), "{e}");
+}
+
+#[test]
+fn truncated_safetensors() {
+    let dir = copy_model("tiny_llama_bf16", "text-err-trunc");
+    let f = dir.join("model.safetensors");
+    let len = std::fs::metadata(&f).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(len - 1000)
+        .unwrap();
+    let e = load_err(&dir, None);
+    assert!(
+        e.contains("model.safetensors") && e.contains("truncated"),
+        "{e}"
+    );
+}
+
+#[test]
+fn truncated_gguf() {
+    let dir = common::tmpdir("text-err-gguf");
+    let f = dir.join("quant.gguf");
+    let b = std::fs::read(fixture("quant.gguf")).unwrap();
+    std::fs::write(&f, &b[..b.len() - 40]).unwrap();
+    let e = match niclip::text::gguf::Gguf::open(&f) {
+        Ok(_) => panic!("a truncated GGUF opened"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("quant.gguf") && e.contains("truncated"), "{e}");
+}
+
+#[test]
+fn adapter_for_another_base_model() {
+    let e = load_err(&fixture("tiny_llama"), Some(&fixture("tiny_other_lora")));
+    assert!(
+        e.contains("tiny_other_lora") && e.contains("a 32-wide tiny Llama") && e.contains("q_proj"),
+        "{e}"
+    );
+}
+
+#[test]
+fn not_an_adapter_folder() {
+    let e = load_err(&fixture("tiny_llama"), Some(&fixture("tokenizer")));
+    assert!(e.contains("adapter_config.json"), "{e}");
+}
+
+#[test]
+fn not_a_model() {
+    let e = load_err(&fixture("tokenizer"), None);
+    assert!(e.contains("config.json"), "{e}");
+    let e = load_err(&fixture("minilm_titles.txt"), None);
+    assert!(e.contains("minilm_titles.txt"), "{e}");
+}
+
+#[test]
+fn cli_reports_errors_in_one_line() {
+    let dir = common::tmpdir("text-err-cli");
+    let input = dir.join("in.txt");
+    std::fs::write(&input, "a text\n").unwrap();
+    let e = common::niclip_fails(&[
+        "embed",
+        "--model",
+        fixture("tiny_llama").to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        dir.join("out.csv").to_str().unwrap(),
+    ]);
+    assert!(e.contains(".npy"), "{e}");
+    let e = common::niclip_fails(&[
+        "embed",
+        "--model",
+        fixture("tokenizer").to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        dir.join("out.npy").to_str().unwrap(),
+    ]);
+    assert!(
+        e.starts_with("error: ") && e.trim().lines().count() == 1,
+        "{e}"
+    );
+}
