@@ -21,9 +21,10 @@ pub struct EmbedArgs {
     /// A corpus made by `niclip corpus import`: one row per study with a non-empty --section.
     #[arg(long, requires = "section")]
     pub corpus: Option<PathBuf>,
-    /// title | keywords | abstract | body
-    #[arg(long)]
-    pub section: Option<Section>,
+    /// title | keywords | abstract | body, or several separated by commas (`title,abstract`):
+    /// the study's non-empty sections joined by a blank line, in the order given.
+    #[arg(long, value_delimiter = ',')]
+    pub section: Vec<Section>,
     /// Output embeddings, n × hidden float32 (.npy); corpus rows get <out>.ids.txt.
     #[arg(long)]
     pub out: PathBuf,
@@ -126,26 +127,34 @@ fn read_texts(a: &EmbedArgs) -> Result<(Option<Vec<String>>, Vec<String>)> {
         let text = std::fs::read_to_string(path).at(path)?;
         return Ok((None, text.lines().map(String::from).collect()));
     }
-    let (Some(path), Some(section)) = (&a.corpus, a.section) else {
+    let (Some(path), false) = (&a.corpus, a.section.is_empty()) else {
         return Err(Error::Usage(
             "give --input FILE or --corpus CORPUS --section SECTION".into(),
         ));
     };
     let corpus = Corpus::open(path)?;
     let (mut ids, mut texts) = (Vec::new(), Vec::new());
-    for row in corpus.section_texts(section) {
-        let (id, text) = row?;
-        if !text.trim().is_empty() {
-            ids.push(id.to_string());
-            texts.push(text);
+    for i in 0..corpus.len() {
+        let mut parts = Vec::with_capacity(a.section.len());
+        for &s in &a.section {
+            let t = corpus.section(i, s)?;
+            if !t.trim().is_empty() {
+                parts.push(t);
+            }
+        }
+        if !parts.is_empty() {
+            ids.push(corpus.ids()[i].clone());
+            texts.push(parts.join("\n\n"));
         }
     }
+    let names: Vec<&str> = a.section.iter().map(|s| s.name()).collect();
+    let names = names.join(" or ");
     let skipped = corpus.len() - ids.len();
     if skipped > 0 {
-        eprintln!("{skipped} studies have no {section} and get no row");
+        eprintln!("{skipped} studies have no {names} and get no row");
     }
     if texts.is_empty() {
-        return Err(Error::input(path, format!("no study has a {section}; import texts with --text-jsonl or pick another --section")));
+        return Err(Error::input(path, format!("no study has a {names}; import texts with --text-jsonl or pick another --section")));
     }
     Ok((Some(ids), texts))
 }
