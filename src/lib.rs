@@ -5,9 +5,13 @@
 pub mod baseline;
 pub mod brain;
 pub mod cli;
+pub mod clip;
 pub mod corpus;
+pub mod decode;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod io;
+pub mod text;
 
 pub use error::{Error, Result};

@@ -369,9 +369,22 @@ fn nearest_resampling_of_labels_equals_nilearn() {
     let Some(data) = need_shared("nearest_resampling_of_labels_equals_nilearn") else {
         return;
     };
-    let aal = Image::read(&data.join("atlases/aal3/AAL3.nii.gz")).unwrap();
-    let want = Image::read(&brain_fixtures().join("atlas_aal3_2mm.nii.gz")).unwrap();
-    let got = resample(&aal, &want.grid, Interp::Nearest);
+    // Through the command line, as a user prepares a label atlas for the 2 mm grid.
+    let out = tmpdir("resample").join("aal3_2mm.nii.gz");
+    let reference = brain_fixtures().join("atlas_aal3_2mm.nii.gz");
+    niclip(&[
+        "resample",
+        data.join("atlases/aal3/AAL3.nii.gz").to_str().unwrap(),
+        "--like",
+        reference.to_str().unwrap(),
+        "--interpolation",
+        "nearest",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let got = Image::read(&out).unwrap();
+    let want = Image::read(&reference).unwrap();
+    assert!(got.grid.same_as(&want.grid));
     let differing = got
         .data
         .iter()

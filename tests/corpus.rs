@@ -564,6 +564,79 @@ fn jsonl_join_fills_missing_sections() {
     assert!(e.contains("t.jsonl: line 2: not a JSON object"), "{e}");
 }
 
+#[test]
+fn merge_keeps_first_peaks_and_fills_sections() {
+    let dir = tmpdir("merge");
+    let write = |name: &str, meta: &str, coords: &str, jsonl: Option<&str>| {
+        std::fs::write(dir.join(format!("{name}_metadata.tsv")), meta).unwrap();
+        std::fs::write(dir.join(format!("{name}_coordinates.tsv")), coords).unwrap();
+        let text_jsonl = jsonl.map(|j| {
+            let p = dir.join(format!("{name}.jsonl"));
+            std::fs::write(&p, j).unwrap();
+            p
+        });
+        let out = dir.join(format!("{name}.corpus"));
+        corpus::import(
+            Format::Neurosynth,
+            &[
+                dir.join(format!("{name}_metadata.tsv")),
+                dir.join(format!("{name}_coordinates.tsv")),
+            ],
+            &out,
+            &ImportOptions {
+                text_jsonl,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        out
+    };
+    let a = write(
+        "a",
+        "id\tspace\ttitle\n11\tMNI\tA eleven\n22\tMNI\tA twenty-two\n",
+        "id\tx\ty\tz\n11\t1\t2\t3\n22\t4\t5\t6\n",
+        None,
+    );
+    let b = write(
+        "b",
+        "id\tspace\ttitle\n22\tMNI\tB twenty-two\n33\tMNI\tB thirty-three\n",
+        "id\tx\ty\tz\n22\t-4\t-5\t-6\n22\t7\t8\t9\n33\t0\t0\t0\n",
+        Some("{\"pmid\": 22, \"abstract\": \"abstract of 22\"}\n"),
+    );
+    let out = dir.join("ab.corpus");
+    let r = corpus::merge(&[a.clone(), b.clone()], &out, true).unwrap();
+    assert_eq!(
+        (r.per_input.clone(), r.shared, r.sections_filled),
+        (vec![2, 2], 1, 1)
+    );
+    assert_eq!((r.import.studies, r.import.peaks), (3, 3));
+    let c = Corpus::open(&out).unwrap();
+    assert_eq!(c.ids(), ["11-1", "22-1", "33-1"]);
+    let i = c.find("22-1").unwrap();
+    // The first input's peaks and title, the second's abstract.
+    assert_eq!(c.peaks_of(i).unwrap(), vec![[4.0, 5.0, 6.0]]);
+    let t = c.text(i).unwrap();
+    assert_eq!(
+        (t.title.as_str(), t.abstract_.as_str()),
+        ("A twenty-two", "abstract of 22")
+    );
+
+    let e = err_text(corpus::merge(&[a.clone(), out.clone()], &out, true).unwrap_err());
+    assert!(e.contains("also an input"), "{e}");
+    let e = err_text(
+        corpus::merge(
+            &[a, dir.join("a_metadata.tsv")],
+            &dir.join("x.corpus"),
+            true,
+        )
+        .unwrap_err(),
+    );
+    assert!(
+        e.contains("a_metadata.tsv") && e.contains("corpus import"),
+        "{e}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Acceptance on ../shared/data
 

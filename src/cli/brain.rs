@@ -3,6 +3,7 @@
 use super::Compute;
 use crate::brain::features::{image_features_cpu, Peaks};
 use crate::brain::mkda::{ma_map as draw_ma_map, MkdaKernel, Rounding, Scratch};
+use crate::brain::resample::Interp;
 use crate::brain::{Atlas, Image, Mask};
 use crate::corpus::Corpus;
 use crate::device::Device;
@@ -96,6 +97,42 @@ pub struct ProjectArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub compute: Compute,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum Interpolation {
+    /// Trilinear, for continuous maps (nilearn "linear").
+    Linear,
+    /// Nearest voxel, for label atlases and masks (nilearn "nearest").
+    Nearest,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ResampleArgs {
+    /// The image to resample (3D or 4D NIfTI).
+    pub map: PathBuf,
+    /// The image whose grid to resample onto (default: the embedded MNI152 2 mm mask's grid).
+    #[arg(long)]
+    pub like: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "linear")]
+    pub interpolation: Interpolation,
+    /// Output float32 NIfTI.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// As nilearn's `resample_to_img`: world-space resampling, 0 outside the source.
+pub fn resample(a: ResampleArgs) -> Result<()> {
+    let img = Image::read(&a.map)?;
+    let target = match &a.like {
+        Some(p) => Image::read(p)?.grid,
+        None => Mask::mni152_2mm().grid,
+    };
+    let interp = match a.interpolation {
+        Interpolation::Linear => Interp::Linear,
+        Interpolation::Nearest => Interp::Nearest,
+    };
+    crate::brain::resample::resample(&img, &target, interp).write(&a.out)
 }
 
 pub fn project(a: ProjectArgs) -> Result<()> {

@@ -9,6 +9,9 @@ use std::path::PathBuf;
 pub enum CorpusCommand {
     /// Read articles (pubget CSVs, NiMARE JSON, Neurosynth/NeuroQuery TSVs) into a corpus file.
     Import(ImportArgs),
+    /// The union of corpora, one study per id: the first corpus given wins on peaks and
+    /// metadata, later ones fill the text sections it lacks.
+    Merge(MergeArgs),
     /// Counts of studies, peaks and texts by section.
     Info(InfoArgs),
     /// Write a corpus in another format (NiMARE dataset JSON).
@@ -69,6 +72,19 @@ pub struct ImportArgs {
 }
 
 #[derive(clap::Args, Debug)]
+pub struct MergeArgs {
+    /// Corpus files made by `niclip corpus import`, in order of precedence.
+    #[arg(required = true, num_args = 2..)]
+    pub corpora: Vec<PathBuf>,
+    /// The corpus file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// How texts are stored in the corpus file.
+    #[arg(long, value_enum, default_value = "deflate")]
+    pub text_compression: TextCompression,
+}
+
+#[derive(clap::Args, Debug)]
 pub struct InfoArgs {
     pub corpus: PathBuf,
     /// Print the counts as JSON.
@@ -94,6 +110,7 @@ pub struct ExportArgs {
 pub fn run(c: CorpusCommand) -> Result<()> {
     match c {
         CorpusCommand::Import(a) => import(a),
+        CorpusCommand::Merge(a) => merge(a),
         CorpusCommand::Info(a) => info(a),
         CorpusCommand::Export(a) => export(a),
     }
@@ -107,6 +124,34 @@ fn import(a: ImportArgs) -> Result<()> {
     };
     let report = corpus::import(a.format.into(), &a.paths, &a.out, &opts)?;
     eprint!("{report}");
+    eprintln!(
+        "wrote {} in {:.2} s",
+        a.out.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn merge(a: MergeArgs) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    let r = corpus::merge(
+        &a.corpora,
+        &a.out,
+        a.text_compression == TextCompression::Deflate,
+    )?;
+    eprint!("{}", r.import);
+    let inputs: Vec<String> = a
+        .corpora
+        .iter()
+        .zip(&r.per_input)
+        .map(|(p, n)| format!("{} {n}", p.display()))
+        .collect();
+    eprintln!(
+        "  merged {}: {} ids shared, {} text sections filled from later inputs",
+        inputs.join(", "),
+        r.shared,
+        r.sections_filled
+    );
     eprintln!(
         "wrote {} in {:.2} s",
         a.out.display(),

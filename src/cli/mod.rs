@@ -4,6 +4,9 @@
 pub mod baseline;
 pub mod brain;
 pub mod corpus;
+pub mod eval;
+pub mod train;
+pub mod decode;
 
 use crate::device::DeviceArg;
 use crate::error::Result;
@@ -26,11 +29,20 @@ pub enum Command {
     MaMap(brain::MaMapArgs),
     /// Least-squares coefficients of brain maps on an atlas's maps.
     Project(brain::ProjectArgs),
+    /// Resample an image onto another image's grid (world space, as nilearn).
+    Resample(brain::ResampleArgs),
     /// Image features (MKDA + projection) of every study with peaks in a corpus.
     Images(brain::ImagesArgs),
     /// Import, inspect and export article collections.
     #[command(subcommand)]
     Corpus(corpus::CorpusCommand),
+    /// Train the CLIP model (text tower + image tower, symmetric InfoNCE), or cross-validate it.
+    Train(train::TrainArgs),
+    /// Evaluate models: retrieval (Recall@k, Mix&Match).
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
+    /// Decode brain maps into Cognitive Atlas tasks, concepts and domains.
+    Decode(decode::DecodeArgs),
     /// The paper's baselines: the Neurosynth correlation decoder and GC-LDA.
     #[command(subcommand)]
     Baseline(baseline::BaselineCommand),
@@ -69,8 +81,12 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::MaMap(a) => brain::ma_map(a),
         Command::Project(a) => brain::project(a),
+        Command::Resample(a) => brain::resample(a),
         Command::Images(a) => brain::images(a),
         Command::Corpus(c) => corpus::run(c),
+        Command::Train(a) => train::run(a),
+        Command::Eval(c) => eval::run(c),
+        Command::Decode(a) => decode::run(a),
         Command::Baseline(c) => baseline::run(c),
     }
 }

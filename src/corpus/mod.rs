@@ -29,6 +29,7 @@
 
 pub mod file;
 pub mod jsonl;
+pub mod merge;
 pub mod neurosynth;
 pub mod nimare;
 pub mod pubget;
@@ -38,6 +39,7 @@ pub mod studyset;
 pub(crate) mod table;
 
 pub use file::{Corpus, CorpusStats, CorpusWriter};
+pub use merge::{merge, MergeReport};
 pub use report::{ImportReport, JoinReport, Notice, SectionCount, SpaceCount};
 pub use space::{tal2mni, Space};
 

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Rebuilds the default model shipped in assets/default/ from ../shared/data and the two PyPI
+# models, deterministically (run it twice: the assets are byte-identical).
+#
+#   bash scripts/build-default-model.sh            # writes assets/default/, keeps work files
+#   WORK=/tmp/x bash scripts/build-default-model.sh
+#
+# Steps: Neurosynth v7 ∪ NeuroQuery (titles; abstracts joined from labelbuddy) → MKDA maps
+# projected on HCPex (426 regions, resampled to the 2 mm grid) → texts embedded with
+# all-MiniLM-L6-v2 → CLIP trained with the paper's hyper-parameters, cross-validated on outer
+# folds of 1,000 articles, the kept model chosen by validation loss → the Cognitive Atlas
+# vocabularies (full and reduced) embedded with the same text model, priors from the
+# training texts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA="${NICLIP_SHARED_DATA:-../shared/data}"
+WORK="${WORK:-target/default-model}"
+OUT=assets/default
+# One thread count everywhere: the floating-point sums (and so the bytes) depend on it.
+THREADS=2
+TEXT_MODEL="${TEXT_MODEL:-minilm}"
+mkdir -p "$WORK" "$OUT"
+
+cargo build --release --quiet
+N=target/release/niclip
+eval "$(bash scripts/fetch-models.sh)"
+case "$TEXT_MODEL" in
+    minilm) MODEL="$NICLIP_MINILM_DIR" ;;
+    smollm) MODEL="$NICLIP_SMOLLM_GGUF" ;;
+    *) echo "TEXT_MODEL is minilm or smollm" >&2; exit 2 ;;
+esac
+
+# 1. The corpus.
+JOIN="$DATA/corpus/labelbuddy/labelbuddy_documents_fulltext.jsonl.gz"
+$N corpus import --format neurosynth "$DATA/corpus/neurosynth" --text-jsonl "$JOIN" --out "$WORK/neurosynth.corpus"
+$N corpus import --format neuroquery "$DATA/corpus/neuroquery" --text-jsonl "$JOIN" --out "$WORK/neuroquery.corpus"
+$N corpus merge "$WORK/neurosynth.corpus" "$WORK/neuroquery.corpus" --out "$WORK/train.corpus"
+
+# 2. Image features on the atlas, on the 2 mm grid the MKDA maps live on.
+$N resample "$DATA/atlases/hcpex/HCPEx.nii.gz" --interpolation nearest --out "$WORK/atlas.nii.gz"
+$N images --corpus "$WORK/train.corpus" --atlas "$WORK/atlas.nii.gz" --labels \
+    --out "$WORK/images.npy" --device cpu --threads $THREADS
+
+# 3. Text features: title and abstract of each article.
+$N embed --model "$MODEL" --corpus "$WORK/train.corpus" --section title,abstract \
+    --out "$WORK/text-$TEXT_MODEL.npy" --device cpu --threads $THREADS
+
+# 4. CLIP, cross-validated (outer folds of 1,000 articles; one validation fold each).
+$N train --text "$WORK/text-$TEXT_MODEL.npy" --images "$WORK/images.npy" \
+    --cv --fold-size 1000 --inner-folds 1 --seed 0 \
+    --metrics "$WORK/cv-$TEXT_MODEL.csv" --out "$WORK/model-$TEXT_MODEL.safetensors" \
+    --device cpu --threads $THREADS
+
+# 5. The vocabularies and priors, with the same text model.
+for set in full reduced; do
+    flag=""; [ "$set" = reduced ] && flag="--reduced"
+    $N vocab --ontology "$DATA/cogat" $flag --model "$MODEL" \
+        --documents "$WORK/text-$TEXT_MODEL.npy" --out "$WORK/vocab-$set-$TEXT_MODEL" \
+        --device cpu --threads $THREADS
+done
+
+# 6. Ship.
+cp "$WORK/model-$TEXT_MODEL.safetensors" "$OUT/model.safetensors"
+cp "$WORK/atlas.nii.gz" "$OUT/atlas.nii.gz"
+cp "$WORK/cv-$TEXT_MODEL.csv" "$OUT/cv_metrics.csv"
+for set in full reduced; do
+    mkdir -p "$OUT/vocabulary-$set"
+    cp "$WORK/vocab-$set-$TEXT_MODEL"/vocabulary.txt "$WORK/vocab-$set-$TEXT_MODEL"/vocabulary_emb.npy \
+       "$WORK/vocab-$set-$TEXT_MODEL"/vocabulary_prior.npy "$OUT/vocabulary-$set/"
+done
+( cd "$OUT" && find . -type f ! -name SHA256SUMS | LC_ALL=C sort | xargs sha256sum > SHA256SUMS )
+echo "assets in $OUT:" && cat "$OUT/SHA256SUMS"

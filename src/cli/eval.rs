@@ -1,0 +1,106 @@
+//! `niclip eval …`: a group of evaluation subcommands. `retrieval` scores the CLIP model on
+//! article ↔ map retrieval (Recall@k, Mix&Match); `decoding` joins later.
+
+use super::train::{print_cv, run_cv, sibling, write_cv_metrics, write_metrics, TrainFlags};
+use super::Compute;
+use crate::clip::cv::retrieval_metrics;
+use crate::clip::data::load_pairs;
+use crate::clip::Clip;
+use crate::device::Device;
+use crate::error::{Error, Result};
+use std::path::PathBuf;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum EvalCommand {
+    /// Recall@10, Recall@100 and Mix&Match: of a trained --model on the pairs, or of the
+    /// paper's nested cross-validation with --cv (test folds, mean ± sd).
+    Retrieval(RetrievalArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RetrievalArgs {
+    /// Text features (.npy, ids in <path>.ids.txt).
+    #[arg(long)]
+    pub text: PathBuf,
+    /// Image features (.npy, ids in <path>.ids.txt).
+    #[arg(long)]
+    pub images: PathBuf,
+    /// A trained model to score on all the pairs.
+    #[arg(long, conflicts_with = "cv")]
+    pub model: Option<PathBuf>,
+    /// Train and score the nested cross-validation instead (the training flags apply).
+    #[arg(long)]
+    pub cv: bool,
+    /// Metrics CSV: fold, split, metric, value.
+    #[arg(long)]
+    pub metrics: Option<PathBuf>,
+    #[command(flatten)]
+    pub flags: TrainFlags,
+    #[command(flatten)]
+    pub compute: Compute,
+}
+
+pub fn run(c: EvalCommand) -> Result<()> {
+    match c {
+        EvalCommand::Retrieval(a) => retrieval(a),
+    }
+}
+
+fn retrieval(a: RetrievalArgs) -> Result<()> {
+    a.compute.init_threads();
+    let pairs = load_pairs(&a.text, &a.images)?;
+    if let Some(mp) = &a.model {
+        let model = Clip::load(mp)?;
+        if model.text_dim() != pairs.d || model.image_dim() != pairs.k {
+            return Err(Error::input(
+                mp,
+                format!(
+                    "the model takes widths {}/{}, the data has {}/{}",
+                    model.text_dim(),
+                    model.image_dim(),
+                    pairs.d,
+                    pairs.k
+                ),
+            ));
+        }
+        let rows: Vec<usize> = (0..pairs.n).collect();
+        let (r10, r100, mm) = retrieval_metrics(&pairs, &model, &rows);
+        println!(
+            "{} pairs: Recall@10 {r10:.4}, Recall@100 {r100:.4}, Mix&Match {mm:.2}",
+            pairs.n
+        );
+        if let Some(m) = &a.metrics {
+            let row =
+                |name: &str, v: f64| ("all".to_string(), "all".to_string(), name.to_string(), v);
+            write_metrics(
+                m,
+                &[
+                    row("recall@10", r10),
+                    row("recall@100", r100),
+                    row("mix_match", mm),
+                ],
+            )?;
+        }
+        return Ok(());
+    }
+    if !a.cv {
+        return Err(Error::Usage(
+            "eval retrieval needs --model MODEL.safetensors, or --cv to cross-validate".into(),
+        ));
+    }
+    let cfg = a.flags.config();
+    cfg.check()?;
+    let device = Device::select(&a.compute.device)?;
+    let init = a.flags.init_model(&pairs)?;
+    let ckpt = match &a.metrics {
+        Some(m) => sibling(m, ".ckpt"),
+        None => std::env::temp_dir().join(format!("niclip-eval-{}.ckpt", std::process::id())),
+    };
+    let report = run_cv(&pairs, &cfg, &a.flags, init.as_ref(), &ckpt, &device)?;
+    print_cv(&report);
+    if let Some(m) = &a.metrics {
+        write_cv_metrics(m, &report)?;
+    }
+    let _ = std::fs::remove_dir_all(&ckpt);
+    Ok(())
+}

@@ -1,0 +1,613 @@
+//! CPU kernels of the CLIP towers, forward and backward: GEMMs (gemm crate), exact-erf GELU,
+//! dropout from a counter-based hash (the same masks on the CPU and the GPU), residual +
+//! LayerNorm fused row by row, L2 normalisation, the symmetric InfoNCE loss and its gradient.
+//!
+//! All matrices are row-major. Every reduction has a fixed order (no work-stealing sums), so a
+//! run is bit-reproducible for a given thread count.
+
+use rayon::prelude::*;
+
+/// LayerNorm epsilon (PyTorch's default).
+pub const LN_EPS: f32 = 1e-5;
+/// `F.normalize`'s lower bound on the norm.
+pub const L2_EPS: f32 = 1e-12;
+
+/// Products smaller than this many multiply-adds run on one thread.
+const PAR_GEMM: usize = 1 << 18;
+/// Rows per rayon task in the row-wise kernels.
+const ROWS_PER_TASK: usize = 16;
+
+fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
+    if m * n * k >= PAR_GEMM && rayon::current_num_threads() > 1 {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+/// A strided view of a matrix operand: element (i, j) is `ptr[i·rs + j·cs]`.
+#[derive(Clone, Copy)]
+struct Op<'a> {
+    data: &'a [f32],
+    rs: isize,
+    cs: isize,
+}
+
+/// dst (m×n, row-major) = [dst +] A·B.
+fn gemm_into(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, a: Op, b: Op) {
+    assert!(dst.len() >= m * n, "gemm: destination too small");
+    let span = |o: &Op, r: usize, c: usize| {
+        if r == 0 || c == 0 {
+            0
+        } else {
+            ((r - 1) as isize * o.rs + (c - 1) as isize * o.cs) as usize + 1
+        }
+    };
+    assert!(
+        a.data.len() >= span(&a, m, k) && b.data.len() >= span(&b, k, n),
+        "gemm: operand too small"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    // SAFETY: the asserts above bound every index the product touches.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs,
+            a.rs,
+            b.data.as_ptr(),
+            b.cs,
+            b.rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(m, n, k),
+        );
+    }
+}
+
+/// dst (m×n) = [dst +] a (m×k) · bᵀ, with b stored n×k: a Linear layer's forward (b = W).
+pub fn matmul_nt(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    dst: &mut [f32],
+    accumulate: bool,
+) {
+    gemm_into(
+        m,
+        n,
+        k,
+        dst,
+        accumulate,
+        Op {
+            data: a,
+            rs: k as isize,
+            cs: 1,
+        },
+        Op {
+            data: b,
+            rs: 1,
+            cs: k as isize,
+        },
+    );
+}
+
+/// dst (m×n) = [dst +] aᵀ · b, with a stored k×m and b k×n: a weight gradient (dW = δᵀ x).
+pub fn matmul_tn(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    dst: &mut [f32],
+    accumulate: bool,
+) {
+    gemm_into(
+        m,
+        n,
+        k,
+        dst,
+        accumulate,
+        Op {
+            data: a,
+            rs: 1,
+            cs: m as isize,
+        },
+        Op {
+            data: b,
+            rs: n as isize,
+            cs: 1,
+        },
+    );
+}
+
+/// dst (m×n) = [dst +] a (m×k) · b (k×n): an input gradient (dx = δ W).
+pub fn matmul_nn(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    dst: &mut [f32],
+    accumulate: bool,
+) {
+    gemm_into(
+        m,
+        n,
+        k,
+        dst,
+        accumulate,
+        Op {
+            data: a,
+            rs: k as isize,
+            cs: 1,
+        },
+        Op {
+            data: b,
+            rs: n as isize,
+            cs: 1,
+        },
+    );
+}
+
+/// Each row of `dst` (n×k) set to `bias`: the start of `y = b + x Wᵀ`.
+pub fn fill_rows(dst: &mut [f32], bias: &[f32]) {
+    for row in dst.chunks_exact_mut(bias.len()) {
+        row.copy_from_slice(bias);
+    }
+}
+
+/// Column sums of an n×k matrix, added to `out` (bias gradients). Rows are summed in order.
+pub fn add_col_sums(m: &[f32], k: usize, out: &mut [f32]) {
+    for row in m.chunks_exact(k) {
+        for (o, v) in out.iter_mut().zip(row) {
+            *o += v;
+        }
+    }
+}
+
+const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+/// 1/√(2π)
+const INV_SQRT_2PI: f32 = 0.398_942_3;
+
+/// Φ(x), the standard normal CDF, through the exact erf (`nn.GELU()`'s default form).
+#[inline]
+pub fn normal_cdf(x: f32) -> f32 {
+    0.5 * (1.0 + libm::erff(x * FRAC_1_SQRT_2))
+}
+
+#[inline]
+pub fn gelu(x: f32) -> f32 {
+    x * normal_cdf(x)
+}
+
+/// d GELU / dx = Φ(x) + x·φ(x).
+#[inline]
+pub fn gelu_grad(x: f32) -> f32 {
+    normal_cdf(x) + x * INV_SQRT_2PI * (-0.5 * x * x).exp()
+}
+
+/// SplitMix64's output function: a bijective 64-bit mix.
+#[inline]
+pub fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Dropout of one layer at one optimizer step: element `i` of the batch activations is kept
+/// when a hash of (stream, i) is at least `p`. Counter-based, so the CPU and the CUDA kernels
+/// draw the same mask, and the backward pass recomputes it instead of storing it.
+#[derive(Clone, Copy, Debug)]
+pub struct Dropout {
+    pub p: f32,
+    pub stream: u64,
+}
+
+impl Dropout {
+    pub const OFF: Dropout = Dropout { p: 0.0, stream: 0 };
+
+    /// The stream of dropout site `site` (0..5: text heads 0–2, image heads 0–2) of model
+    /// `model` at optimizer step `step`, for a run seeded with `seed`.
+    pub fn new(p: f32, seed: u64, model: u64, step: u64, site: u64) -> Dropout {
+        let stream = mix64(
+            mix64(seed ^ 0x6a09_e667_f3bc_c909)
+                ^ mix64(model.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (step << 4) ^ site),
+        );
+        Dropout { p, stream }
+    }
+
+    /// The factor element `i` is multiplied by: 0 when dropped, 1/(1−p) when kept.
+    #[inline]
+    pub fn factor(&self, i: u64) -> f32 {
+        if self.p <= 0.0 {
+            return 1.0;
+        }
+        let u = (mix64(
+            self.stream
+                .wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        ) >> 40) as f32
+            * (1.0 / (1u64 << 24) as f32);
+        if u < self.p {
+            0.0
+        } else {
+            1.0 / (1.0 - self.p)
+        }
+    }
+}
+
+/// LayerNorm of one row in place: `r` → normalised x̂ (kept for the backward pass) and
+/// `y = x̂·γ + β`; returns 1/σ. Statistics in f64 (two passes), as exact as it gets in f32 out.
+#[inline]
+fn layer_norm_row(r: &mut [f32], gamma: &[f32], beta: &[f32], y: &mut [f32]) -> f32 {
+    let k = r.len() as f64;
+    let mean = r.iter().map(|&v| v as f64).sum::<f64>() / k;
+    let var = r.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / k;
+    let rstd = (1.0 / (var + LN_EPS as f64).sqrt()) as f32;
+    let mean = mean as f32;
+    for (((v, yv), g), b) in r.iter_mut().zip(y.iter_mut()).zip(gamma).zip(beta) {
+        *v = (*v - mean) * rstd;
+        *yv = *v * g + b;
+    }
+    rstd
+}
+
+/// Residual head after its GEMM: y = LN(x + dropout(GELU(a))). Writes x̂ and 1/σ for the
+/// backward pass; `a` keeps the pre-activation.
+pub fn residual_gelu_ln_forward(
+    x: &[f32],
+    a: &[f32],
+    k: usize,
+    drop: Dropout,
+    gamma: &[f32],
+    beta: &[f32],
+    xhat: &mut [f32],
+    rstd: &mut [f32],
+    y: &mut [f32],
+) {
+    let rows = rstd.len();
+    let task = ROWS_PER_TASK * k;
+    xhat[..rows * k]
+        .par_chunks_mut(task)
+        .zip(y[..rows * k].par_chunks_mut(task))
+        .zip(rstd.par_chunks_mut(ROWS_PER_TASK))
+        .enumerate()
+        .for_each(|(t, ((xh, yy), rs))| {
+            for (r, ((xr, yr), s)) in xh
+                .chunks_exact_mut(k)
+                .zip(yy.chunks_exact_mut(k))
+                .zip(rs.iter_mut())
+                .enumerate()
+            {
+                let row = t * ROWS_PER_TASK + r;
+                let base = row * k;
+                for c in 0..k {
+                    let i = base + c;
+                    xr[c] = x[i] + gelu(a[i]) * drop.factor(i as u64);
+                }
+                *s = layer_norm_row(xr, gamma, beta, yr);
+            }
+        });
+}
+
+/// Projection head after its second GEMM: y = LN(p + dropout(a)).
+pub fn residual_ln_forward(
+    p: &[f32],
+    a: &[f32],
+    k: usize,
+    drop: Dropout,
+    gamma: &[f32],
+    beta: &[f32],
+    xhat: &mut [f32],
+    rstd: &mut [f32],
+    y: &mut [f32],
+) {
+    let rows = rstd.len();
+    let task = ROWS_PER_TASK * k;
+    xhat[..rows * k]
+        .par_chunks_mut(task)
+        .zip(y[..rows * k].par_chunks_mut(task))
+        .zip(rstd.par_chunks_mut(ROWS_PER_TASK))
+        .enumerate()
+        .for_each(|(t, ((xh, yy), rs))| {
+            for (r, ((xr, yr), s)) in xh
+                .chunks_exact_mut(k)
+                .zip(yy.chunks_exact_mut(k))
+                .zip(rs.iter_mut())
+                .enumerate()
+            {
+                let base = (t * ROWS_PER_TASK + r) * k;
+                for c in 0..k {
+                    let i = base + c;
+                    xr[c] = p[i] + a[i] * drop.factor(i as u64);
+                }
+                *s = layer_norm_row(xr, gamma, beta, yr);
+            }
+        });
+}
+
+/// GELU elementwise (the projection head's activation), in parallel.
+pub fn gelu_forward(p: &[f32], g: &mut [f32]) {
+    g.par_chunks_mut(4096)
+        .zip(p.par_chunks(4096))
+        .for_each(|(g, p)| g.iter_mut().zip(p).for_each(|(g, &p)| *g = gelu(p)));
+}
+
+/// LayerNorm backward of one row: dr = (1/σ)(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)), dx̂ = dy·γ.
+#[inline]
+fn layer_norm_row_backward(dy: &[f32], xhat: &[f32], rstd: f32, gamma: &[f32], dr: &mut [f32]) {
+    let k = dy.len() as f32;
+    let mut s1 = 0.0f32;
+    let mut s2 = 0.0f32;
+    for ((d, g), x) in dy.iter().zip(gamma).zip(xhat) {
+        let dx = d * g;
+        s1 += dx;
+        s2 += dx * x;
+    }
+    let (m1, m2) = (s1 / k, s2 / k);
+    for (((o, d), g), x) in dr.iter_mut().zip(dy).zip(gamma).zip(xhat) {
+        *o = rstd * (d * g - m1 - x * m2);
+    }
+}
+
+/// dγ += Σ_rows dy·x̂, dβ += Σ_rows dy (rows in order).
+pub fn layer_norm_param_grads(
+    dy: &[f32],
+    xhat: &[f32],
+    k: usize,
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) {
+    for (d, x) in dy.chunks_exact(k).zip(xhat.chunks_exact(k)) {
+        for c in 0..k {
+            dgamma[c] += d[c] * x[c];
+            dbeta[c] += d[c];
+        }
+    }
+}
+
+/// Residual head backward up to its GEMMs: from dy, writes dr (= the residual path's dx, to
+/// which δW is added later) and δ = dr·dropout·GELU′(a), the pre-activation gradient.
+#[allow(clippy::too_many_arguments)]
+pub fn residual_gelu_ln_backward(
+    dy: &[f32],
+    xhat: &[f32],
+    rstd: &[f32],
+    a: &[f32],
+    k: usize,
+    drop: Dropout,
+    gamma: &[f32],
+    dr: &mut [f32],
+    delta: &mut [f32],
+) {
+    let rows = rstd.len();
+    let task = ROWS_PER_TASK * k;
+    dr[..rows * k]
+        .par_chunks_mut(task)
+        .zip(delta[..rows * k].par_chunks_mut(task))
+        .enumerate()
+        .for_each(|(t, (drt, dt))| {
+            for (r, (drr, dd)) in drt
+                .chunks_exact_mut(k)
+                .zip(dt.chunks_exact_mut(k))
+                .enumerate()
+            {
+                let row = t * ROWS_PER_TASK + r;
+                let base = row * k;
+                layer_norm_row_backward(
+                    &dy[base..base + k],
+                    &xhat[base..base + k],
+                    rstd[row],
+                    gamma,
+                    drr,
+                );
+                for c in 0..k {
+                    let i = base + c;
+                    dd[c] = drr[c] * drop.factor(i as u64) * gelu_grad(a[i]);
+                }
+            }
+        });
+}
+
+/// Projection head backward up to its GEMMs: dr (the gradient reaching p through the
+/// residual) and δ = dr·dropout, the gradient of the second Linear's output.
+pub fn residual_ln_backward(
+    dy: &[f32],
+    xhat: &[f32],
+    rstd: &[f32],
+    k: usize,
+    drop: Dropout,
+    gamma: &[f32],
+    dr: &mut [f32],
+    delta: &mut [f32],
+) {
+    let rows = rstd.len();
+    let task = ROWS_PER_TASK * k;
+    dr[..rows * k]
+        .par_chunks_mut(task)
+        .zip(delta[..rows * k].par_chunks_mut(task))
+        .enumerate()
+        .for_each(|(t, (drt, dt))| {
+            for (r, (drr, dd)) in drt
+                .chunks_exact_mut(k)
+                .zip(dt.chunks_exact_mut(k))
+                .enumerate()
+            {
+                let row = t * ROWS_PER_TASK + r;
+                let base = row * k;
+                layer_norm_row_backward(
+                    &dy[base..base + k],
+                    &xhat[base..base + k],
+                    rstd[row],
+                    gamma,
+                    drr,
+                );
+                for c in 0..k {
+                    dd[c] = drr[c] * drop.factor((base + c) as u64);
+                }
+            }
+        });
+}
+
+/// dp += dg·GELU′(p): the gradient through the projection head's activation.
+pub fn gelu_backward_add(dg: &[f32], p: &[f32], dp: &mut [f32]) {
+    dp.par_chunks_mut(4096)
+        .zip(dg.par_chunks(4096).zip(p.par_chunks(4096)))
+        .for_each(|(o, (g, p))| {
+            for ((o, g), p) in o.iter_mut().zip(g).zip(p) {
+                *o += g * gelu_grad(*p);
+            }
+        });
+}
+
+/// Rows scaled to unit L2 norm (norm clamped below at 1e-12, as `F.normalize`); returns the
+/// clamped norms.
+pub fn l2_normalize_rows(z: &[f32], k: usize, out: &mut [f32]) -> Vec<f32> {
+    out.par_chunks_mut(k)
+        .zip(z.par_chunks(k))
+        .map(|(o, r)| {
+            let norm =
+                (r.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt() as f32).max(L2_EPS);
+            for (o, v) in o.iter_mut().zip(r) {
+                *o = v / norm;
+            }
+            norm
+        })
+        .collect()
+}
+
+/// Backward of `l2_normalize_rows`: dz = (dout − out·(out·dout)) / norm.
+pub fn l2_normalize_backward(out: &[f32], dout: &[f32], norms: &[f32], k: usize, dz: &mut [f32]) {
+    dz.par_chunks_mut(k)
+        .zip(out.par_chunks(k).zip(dout.par_chunks(k)))
+        .zip(norms.par_iter())
+        .for_each(|((dz, (o, d)), &norm)| {
+            let dot: f32 = o.iter().zip(d).map(|(a, b)| a * b).sum();
+            for ((z, o), d) in dz.iter_mut().zip(o).zip(d) {
+                *z = (d - o * dot) / norm;
+            }
+        });
+}
+
+/// Symmetric InfoNCE on an n×n similarity matrix `sim` (rows = images, columns = texts) with
+/// logits = s·sim and the diagonal as labels: loss = (CE(rows) + CE(columns)) / 2. Writes
+/// dL/dlogits into `dlogits` and returns (loss, dL/ds). Sums in f64.
+pub fn info_nce(sim: &[f32], n: usize, s: f32, dlogits: &mut [f32]) -> (f32, f32) {
+    if n == 0 {
+        return (0.0, 0.0);
+    }
+    let logit = |i: usize, j: usize| s * sim[i * n + j];
+    // Row softmax.
+    let row_stats: Vec<(f32, f32)> = (0..n)
+        .into_par_iter()
+        .map(|i| {
+            let m = (0..n)
+                .map(|j| logit(i, j))
+                .fold(f32::NEG_INFINITY, f32::max);
+            let sum: f64 = (0..n).map(|j| ((logit(i, j) - m) as f64).exp()).sum();
+            (m, sum as f32)
+        })
+        .collect();
+    let col_stats: Vec<(f32, f32)> = (0..n)
+        .into_par_iter()
+        .map(|j| {
+            let m = (0..n)
+                .map(|i| logit(i, j))
+                .fold(f32::NEG_INFINITY, f32::max);
+            let sum: f64 = (0..n).map(|i| ((logit(i, j) - m) as f64).exp()).sum();
+            (m, sum as f32)
+        })
+        .collect();
+    let mut loss = 0.0f64;
+    for i in 0..n {
+        let d = logit(i, i) as f64;
+        loss += row_stats[i].0 as f64 + (row_stats[i].1 as f64).ln() - d;
+        loss += col_stats[i].0 as f64 + (col_stats[i].1 as f64).ln() - d;
+    }
+    let loss = loss / (2 * n) as f64;
+    let w = 0.5 / n as f32;
+    dlogits[..n * n]
+        .par_chunks_mut(n)
+        .enumerate()
+        .for_each(|(i, row)| {
+            let (mr, sr) = row_stats[i];
+            for (j, o) in row.iter_mut().enumerate() {
+                let l = logit(i, j);
+                let (mc, sc) = col_stats[j];
+                let mut g = ((l - mr).exp() / sr) + ((l - mc).exp() / sc);
+                if i == j {
+                    g -= 2.0;
+                }
+                *o = w * g;
+            }
+        });
+    let ds: f64 = dlogits[..n * n]
+        .iter()
+        .zip(&sim[..n * n])
+        .map(|(&g, &v)| g as f64 * v as f64)
+        .sum();
+    (loss as f32, ds as f32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gelu_grad_matches_finite_difference() {
+        for &x in &[-3.0f32, -1.0, -0.2, 0.0, 0.3, 1.5, 4.0] {
+            let h = 1e-3f32;
+            let fd = (gelu(x + h) as f64 - gelu(x - h) as f64) / (2.0 * h as f64);
+            assert!((fd - gelu_grad(x) as f64).abs() < 1e-3, "{x}");
+        }
+    }
+
+    #[test]
+    fn dropout_keeps_about_half() {
+        let d = Dropout::new(0.5, 7, 0, 3, 1);
+        let kept = (0..100_000u64).filter(|&i| d.factor(i) > 0.0).count();
+        assert!((kept as i64 - 50_000).abs() < 1_000, "{kept}");
+        assert_eq!(d.factor(12), Dropout::new(0.5, 7, 0, 3, 1).factor(12));
+    }
+
+    #[test]
+    fn info_nce_gradient_matches_finite_difference() {
+        let n = 5;
+        let sim: Vec<f32> = (0..n * n)
+            .map(|i| ((i * 37 % 11) as f32 / 11.0) - 0.5)
+            .collect();
+        let mut g = vec![0.0; n * n];
+        let (_, ds) = info_nce(&sim, n, 10.0, &mut g);
+        let mut tmp = vec![0.0; n * n];
+        let h = 1e-3f32;
+        let lp = info_nce(&sim, n, 10.0 + h, &mut tmp).0 as f64;
+        let lm = info_nce(&sim, n, 10.0 - h, &mut tmp).0 as f64;
+        assert!(((lp - lm) / (2.0 * h as f64) - ds as f64).abs() < 1e-2);
+        // dL/dsim = s·dL/dlogits
+        let mut sp = sim.clone();
+        sp[7] += h;
+        let lp = info_nce(&sp, n, 10.0, &mut tmp).0 as f64;
+        sp[7] -= 2.0 * h;
+        let lm = info_nce(&sp, n, 10.0, &mut tmp).0 as f64;
+        assert!(((lp - lm) / (2.0 * h as f64) - 10.0 * g[7] as f64).abs() < 1e-2);
+    }
+}

@@ -1,0 +1,322 @@
+//! `Decoder`: everything a decode needs, loaded once (model, atlas, vocabulary pushed through
+//! the text tower, prior, ontology), then any number of maps decoded against it.
+
+use super::maps::{image_features, Variant};
+use super::ontology::{Ontology, DOMAINS};
+use super::posterior::{noisy_or, task_posteriors, TaskPosterior};
+use super::vocabulary::Vocabulary;
+use crate::brain::{Atlas, Image, Mask};
+use crate::error::{Error, IoContext, Result};
+use std::path::{Path, PathBuf};
+
+/// The CLIP towers as the decoder uses them (the trained model implements this).
+pub trait Towers: Send + Sync {
+    fn text_dim(&self) -> usize;
+    fn image_dim(&self) -> usize;
+    /// The learned inverse temperature s (used raw: logits = s·cos).
+    fn logit_scale(&self) -> f32;
+    /// n rows in, n unit rows of width `image_dim` out (inputs L2-normalised first).
+    fn encode_images(&self, x: &[f32], n: usize) -> Vec<f32>;
+    fn encode_texts(&self, x: &[f32], n: usize) -> Vec<f32>;
+}
+
+/// One input file: on disk, or bytes compiled into the binary (materialised once into the
+/// cache folder, so that the prepared-atlas cache, keyed by path, applies to it too).
+#[derive(Clone, Debug)]
+pub enum Asset {
+    Path(PathBuf),
+    Embedded {
+        name: &'static str,
+        bytes: &'static [u8],
+    },
+}
+
+impl Asset {
+    pub fn path(&self) -> Result<PathBuf> {
+        match self {
+            Asset::Path(p) => Ok(p.clone()),
+            Asset::Embedded { name, bytes } => {
+                let dir = crate::brain::atlas_cache::cache_dir()
+                    .unwrap_or_else(std::env::temp_dir)
+                    .join("embedded");
+                let path = dir.join(name);
+                let fresh = std::fs::metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64);
+                if !fresh {
+                    crate::io::write_atomic(&path, |w| {
+                        std::io::Write::write_all(w, bytes).at(&path)
+                    })?;
+                }
+                Ok(path)
+            }
+        }
+    }
+}
+
+/// Where the decoder's inputs come from. `ontology` is a folder (see `ontology`).
+#[derive(Clone, Debug)]
+pub struct DecoderAssets {
+    pub model: Asset,
+    pub vocabulary: Asset,
+    pub vocabulary_emb: Asset,
+    pub vocabulary_prior: Asset,
+    pub ontology: PathBuf,
+    pub reduced: bool,
+    pub atlas: Asset,
+    /// The atlas is a 3D label image (one indicator map per label).
+    pub labels: bool,
+}
+
+/// Which s the similarities were scaled by.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ScaleSource {
+    Learned,
+    Given,
+}
+
+/// The result of decoding one map. Vectors are in the decoder's orders (`task_names`,
+/// `concept_names`, `DOMAINS`).
+#[derive(Clone, Debug)]
+pub struct Decoding {
+    pub map: String,
+    pub tasks: TaskPosterior,
+    pub concepts: Vec<f32>,
+    pub domains: Vec<f32>,
+}
+
+pub struct Decoder {
+    towers: Box<dyn Towers>,
+    atlas: Atlas,
+    vocabulary: Vocabulary,
+    /// T × k unit rows: the vocabulary through the text tower, computed once.
+    text_features: Vec<f32>,
+    pub logit_scale: f32,
+    pub scale_source: ScaleSource,
+    concept_names: Vec<String>,
+    /// Per concept, the vocabulary rows (tasks) that measure it.
+    concept_tasks: Vec<Vec<u32>>,
+    /// Per domain, its concepts (indices into `concept_names`).
+    domain_concepts: Vec<Vec<u32>>,
+    pub warnings: Vec<String>,
+}
+
+impl Decoder {
+    /// Loads everything from `assets` with the towers `towers`. `logit_scale` None = learned.
+    pub fn new(
+        towers: Box<dyn Towers>,
+        assets: &DecoderAssets,
+        logit_scale: Option<f32>,
+    ) -> Result<Decoder> {
+        let emb_path = assets.vocabulary_emb.path()?;
+        let vocabulary = Vocabulary::read(
+            &assets.vocabulary.path()?,
+            &emb_path,
+            &assets.vocabulary_prior.path()?,
+        )?;
+        let model_path = assets.model.path()?;
+        if vocabulary.dim != towers.text_dim() {
+            return Err(Error::input(
+                &emb_path,
+                format!(
+                    "embeddings are {} wide but the model {} takes {}-wide text features; embed the vocabulary with the language model the CLIP model was trained on (`niclip vocab --model …`)",
+                    vocabulary.dim,
+                    model_path.display(),
+                    towers.text_dim()
+                ),
+            ));
+        }
+        let atlas_path = assets.atlas.path()?;
+        // On the MNI152 2 mm grid, as `niclip images` made the training features.
+        let atlas = Atlas::read_on_grid(&atlas_path, assets.labels, &Mask::mni152_2mm().grid)?;
+        if atlas.k != towers.image_dim() {
+            return Err(Error::input(
+                &atlas_path,
+                format!(
+                    "the atlas has {} maps but the model {} takes {} image features; give the atlas the model was trained with{}",
+                    atlas.k,
+                    model_path.display(),
+                    towers.image_dim(),
+                    if assets.labels { "" } else { " (or --labels for a 3D label atlas)" }
+                ),
+            ));
+        }
+        let ontology = Ontology::load(&assets.ontology, assets.reduced)?;
+        let mut warnings = ontology.warnings.clone();
+
+        // Vocabulary rows → ontology tasks → concepts measured.
+        let task_of = ontology.task_indices(&vocabulary.names);
+        let unknown: Vec<&str> = task_of
+            .iter()
+            .zip(&vocabulary.names)
+            .filter(|(t, _)| t.is_none())
+            .map(|(_, n)| n.as_str())
+            .collect();
+        if !unknown.is_empty() {
+            warnings.push(format!(
+                "{} of {} vocabulary tasks are not in the ontology{} and count for no concept: {}",
+                unknown.len(),
+                vocabulary.names.len(),
+                if assets.reduced { " (reduced)" } else { "" },
+                unknown.join("; ")
+            ));
+        }
+        let mut concept_rows: Vec<Vec<u32>> = vec![Vec::new(); ontology.concepts.len()];
+        for (row, t) in task_of.iter().enumerate() {
+            if let Some(t) = t {
+                for &c in &ontology.task_concepts[*t] {
+                    concept_rows[c as usize].push(row as u32);
+                }
+            }
+        }
+        // Concepts no vocabulary task measures would always score 0: they are left out.
+        let mut concept_names = Vec::new();
+        let mut concept_tasks = Vec::new();
+        let mut domain_concepts = vec![Vec::new(); DOMAINS.len()];
+        for (c, rows) in concept_rows.into_iter().enumerate() {
+            if rows.is_empty() {
+                continue;
+            }
+            if let Some(d) = ontology.concepts[c].domain {
+                domain_concepts[d].push(concept_names.len() as u32);
+            }
+            concept_names.push(ontology.concepts[c].name.clone());
+            concept_tasks.push(rows);
+        }
+
+        let t = vocabulary.names.len();
+        let text_features = towers.encode_texts(&vocabulary.emb, t);
+        let (logit_scale, scale_source) = match logit_scale {
+            Some(s) => (s, ScaleSource::Given),
+            None => (towers.logit_scale(), ScaleSource::Learned),
+        };
+        if !logit_scale.is_finite() {
+            return Err(Error::input(
+                &model_path,
+                format!("logit scale is {logit_scale}; pass --logit-scale S"),
+            ));
+        }
+        Ok(Decoder {
+            towers,
+            atlas,
+            vocabulary,
+            text_features,
+            logit_scale,
+            scale_source,
+            concept_names,
+            concept_tasks,
+            domain_concepts,
+            warnings,
+        })
+    }
+
+    pub fn task_names(&self) -> &[String] {
+        &self.vocabulary.names
+    }
+    pub fn concept_names(&self) -> &[String] {
+        &self.concept_names
+    }
+    pub fn domain_names(&self) -> &'static [&'static str] {
+        &DOMAINS
+    }
+    pub fn prior(&self) -> &[f64] {
+        &self.vocabulary.prior
+    }
+    pub fn atlas(&self) -> &Atlas {
+        &self.atlas
+    }
+
+    /// Atlas coefficients of every volume of `img` (n_vols × k).
+    pub fn image_features(&self, img: &Image, variant: &Variant, path: &Path) -> Result<Vec<f32>> {
+        image_features(&self.atlas, img, variant, path)
+    }
+
+    /// Decodes n maps given by their atlas coefficients (n × k), named `names`.
+    pub fn decode_features(&self, features: &[f32], names: Vec<String>) -> Vec<Decoding> {
+        let n = names.len();
+        let k = self.atlas.k;
+        assert_eq!(features.len(), n * k, "features must be n × k");
+        let t = self.vocabulary.names.len();
+        let images = self.towers.encode_images(features, n);
+        // logits = s · I Tᵀ (n × T)
+        let mut logits = vec![0.0f32; n * t];
+        if n > 0 {
+            // SAFETY: dense row-major buffers of the stated shapes.
+            unsafe {
+                gemm::gemm(
+                    n,
+                    t,
+                    k,
+                    logits.as_mut_ptr(),
+                    1,
+                    t as isize,
+                    false,
+                    images.as_ptr(),
+                    1,
+                    k as isize,
+                    self.text_features.as_ptr(),
+                    k as isize,
+                    1,
+                    0.0,
+                    self.logit_scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::Rayon(0),
+                );
+            }
+        }
+        task_posteriors(&logits, n, &self.vocabulary.prior)
+            .into_iter()
+            .zip(names)
+            .map(|(tasks, map)| {
+                let concepts = noisy_or(&tasks.posterior, &self.concept_tasks);
+                let domains = noisy_or(&concepts, &self.domain_concepts);
+                Decoding {
+                    map,
+                    tasks,
+                    concepts,
+                    domains,
+                }
+            })
+            .collect()
+    }
+
+    /// Decodes every volume of `img`; a 4D image gives one decoding per volume.
+    pub fn decode_image(
+        &self,
+        img: &Image,
+        variant: &Variant,
+        path: &Path,
+    ) -> Result<Vec<Decoding>> {
+        let feats = self.image_features(img, variant, path)?;
+        Ok(self.decode_features(&feats, map_names(path, img.n_vols)))
+    }
+}
+
+/// "PATH" for a 3D map, "PATH[v]" for volume v of a 4D one.
+pub fn map_names(path: &Path, n_vols: usize) -> Vec<String> {
+    if n_vols == 1 {
+        vec![path.display().to_string()]
+    } else {
+        (0..n_vols)
+            .map(|v| format!("{}[{v}]", path.display()))
+            .collect()
+    }
+}
+
+impl Towers for crate::clip::model::Clip {
+    fn text_dim(&self) -> usize {
+        crate::clip::model::Clip::text_dim(self)
+    }
+    fn image_dim(&self) -> usize {
+        crate::clip::model::Clip::image_dim(self)
+    }
+    fn logit_scale(&self) -> f32 {
+        crate::clip::model::Clip::logit_scale(self)
+    }
+    fn encode_images(&self, x: &[f32], n: usize) -> Vec<f32> {
+        crate::clip::model::Clip::encode_images(self, x, n)
+    }
+    fn encode_texts(&self, x: &[f32], n: usize) -> Vec<f32> {
+        crate::clip::model::Clip::encode_texts(self, x, n)
+    }
+}

@@ -1,0 +1,16 @@
+//! Decoding brain maps into Cognitive Atlas tasks, concepts and domains (NiCLIP): the ontology,
+//! the vocabulary and its prior, the posterior over tasks, noisy-OR up the ontology, reports and
+//! pictures.
+
+pub mod decoder;
+pub mod maps;
+pub mod ontology;
+pub mod plot;
+pub mod posterior;
+pub mod report;
+pub mod vocabulary;
+
+pub use decoder::{Asset, Decoder, DecoderAssets, Decoding, ScaleSource, Towers};
+pub use maps::{Tail, Variant};
+pub use ontology::Ontology;
+pub use vocabulary::Vocabulary;

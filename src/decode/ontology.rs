@@ -1,0 +1,482 @@
+//! The Cognitive Atlas as the decoder sees it: tasks (name + definition, the vocabulary), the
+//! concepts they measure, and the 10 domains (concept classes) the concepts belong to.
+//!
+//! Three on-disk layouts are read, found in `--ontology DIR` or its immediate sub-folders:
+//! - the full dump (`TaskCollection.json`, `ConceptCollection.json`, `AssertionCollection.json`
+//!   as in CognitiveAtlas/legacy_cogat_linkml): task → concept links are the tasks' `asserts`
+//!   plus every assertion whose subject is a concept and whose predicate is a task;
+//! - the authors' (braindec) snapshots: `task_snapshot-*.json`, `concept_extended_snapshot-*.json`
+//!   (or `concept_snapshot-*.json`), `reduced_tasks.csv` (task, concept_1..3) and an optional
+//!   `concept_to_process.json` (concept name → class id or domain name);
+//! - the paper's reduced ontology from Parietal-INRIA/fmri_decoding:
+//!   `cogatlas_tasks_concepts_bertrand_mini.csv` (task, 3 concepts), `concepts.json`,
+//!   `cogatlas_concepts_categories_mapping.json` (concept name → domain name).
+//!
+//! As braindec's `CognitiveAtlas`: tasks and concepts without a name or a definition are dropped;
+//! `reduced` keeps the tasks of the reduced table (in the snapshot's order) and takes the links
+//! from its concept columns only; a concept's domain is its `id_concept_class`, overridden by the
+//! concept → domain mapping when one is present.
+
+use crate::error::{Error, IoContext, Result};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// The 10 concept classes, in class-id order (ctp_C1 … ctp_C10), with braindec's names.
+pub const DOMAINS: [&str; 10] = [
+    "Perception",
+    "Attention",
+    "Reasoning and decision making",
+    "Executive cognitive control",
+    "Learning and memory",
+    "Language",
+    "Action",
+    "Emotion",
+    "Social function",
+    "Motivation",
+];
+
+#[derive(Clone, Debug)]
+pub struct Task {
+    pub id: String,
+    pub name: String,
+    pub definition: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Concept {
+    pub id: String,
+    pub name: String,
+    /// Index into `DOMAINS`, or None for a concept without a class.
+    pub domain: Option<usize>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Ontology {
+    pub tasks: Vec<Task>,
+    pub concepts: Vec<Concept>,
+    /// Per task, the concepts it measures (indices into `concepts`, ascending).
+    pub task_concepts: Vec<Vec<u32>>,
+    /// What was dropped or could not be resolved while reading (shown to the user).
+    pub warnings: Vec<String>,
+}
+
+/// The files of one ontology, wherever in DIR (or one level below) they were found.
+#[derive(Debug, Default)]
+struct Found {
+    tasks: Option<PathBuf>,
+    concepts: Option<PathBuf>,
+    assertions: Option<PathBuf>,
+    reduced: Option<PathBuf>,
+    concept_domains: Option<PathBuf>,
+}
+
+impl Found {
+    fn scan(dir: &Path) -> Result<Found> {
+        let mut found = Found::default();
+        let mut dirs = vec![dir.to_path_buf()];
+        let mut subs: Vec<PathBuf> = std::fs::read_dir(dir)
+            .at(dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .collect();
+        subs.sort();
+        dirs.extend(subs);
+        for d in &dirs {
+            let mut files: Vec<PathBuf> = match std::fs::read_dir(d) {
+                Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+                Err(_) => continue,
+            };
+            files.sort();
+            for f in files {
+                let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
+                let slot = match name.as_str() {
+                    "TaskCollection.json" => &mut found.tasks,
+                    n if n.starts_with("task_snapshot") && n.ends_with(".json") => &mut found.tasks,
+                    "ConceptCollection.json" => &mut found.concepts,
+                    n if n.starts_with("concept_extended_snapshot") && n.ends_with(".json") => {
+                        // The extended snapshot wins over a plain one found earlier.
+                        found.concepts = Some(f.clone());
+                        continue;
+                    }
+                    n if n.starts_with("concept_snapshot") && n.ends_with(".json") => {
+                        &mut found.concepts
+                    }
+                    "concepts.json" => &mut found.concepts,
+                    "AssertionCollection.json" => &mut found.assertions,
+                    "reduced_tasks.csv" | "cogatlas_tasks_concepts_bertrand_mini.csv" => {
+                        &mut found.reduced
+                    }
+                    "concept_to_process.json" | "cogatlas_concepts_categories_mapping.json" => {
+                        &mut found.concept_domains
+                    }
+                    _ => continue,
+                };
+                if slot.is_none() {
+                    *slot = Some(f);
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// A name as compared across files: case, surrounding blanks, runs of spaces, curly quotes and
+/// the HTML apostrophe (`&#39;`, also as `&#39,` after a CSV round trip mangled its `;`) ignored.
+pub fn name_key(name: &str) -> String {
+    let s = name
+        .replace("&#39;", "'")
+        .replace("&#39,", "'")
+        .replace(['\u{2019}', '\u{2018}'], "'");
+    s.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+fn read_json_entries(path: &Path) -> Result<Vec<Value>> {
+    let text = std::fs::read_to_string(path).at(path)?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| Error::input(path, format!("not valid JSON ({e})")))?;
+    match v {
+        Value::Array(a) => Ok(a),
+        Value::Object(mut o) => match o.remove("entries") {
+            Some(Value::Array(a)) => Ok(a),
+            _ => Err(Error::input(
+                path,
+                "expected a JSON list of entries or {\"entries\": [...]} (a Cognitive Atlas snapshot)",
+            )),
+        },
+        _ => Err(Error::input(path, "expected a JSON list of entries")),
+    }
+}
+
+fn text_field(v: &Value, key: &str) -> String {
+    match v.get(key) {
+        Some(Value::String(s)) => s.trim().to_string(),
+        _ => String::new(),
+    }
+}
+
+fn id_list(v: &Value, key: &str) -> Vec<String> {
+    match v.get(key) {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| match x {
+                Value::String(s) => Some(s.clone()),
+                // API snapshots list concepts as objects.
+                Value::Object(o) => o
+                    .get("concept_id")
+                    .or_else(|| o.get("id"))
+                    .and_then(|s| s.as_str())
+                    .map(str::to_string),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn domain_index(value: &str) -> Option<usize> {
+    let v = value.trim();
+    if let Some(n) = v.strip_prefix("ctp_C").and_then(|n| n.parse::<usize>().ok()) {
+        return (1..=10).contains(&n).then(|| n - 1);
+    }
+    // Domain names as spelled by braindec and by the Cognitive Atlas ("Executive/Cognitive
+    // Control", "Reasoning and Decision Making").
+    let key = name_key(&v.replace('/', " ").replace('-', " "));
+    DOMAINS
+        .iter()
+        .position(|d| name_key(d) == key)
+        .or_else(|| match key.as_str() {
+            "executive cognitive control" => Some(3),
+            _ => None,
+        })
+}
+
+/// The reduced table: task name and up to three concept names per row. Accepts braindec's
+/// `task, concept_1, concept_2, concept_3` and fmri_decoding's `Tasks NV, Concept 1, …`.
+fn read_reduced(path: &Path) -> Result<Vec<(String, Vec<String>)>> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_path(path)
+        .map_err(|e| Error::input(path, format!("cannot read the reduced task table: {e}")))?;
+    let headers = rdr
+        .headers()
+        .map_err(|e| Error::input(path, format!("no header row: {e}")))?
+        .clone();
+    let norm = |h: &str| h.trim().to_lowercase().replace([' ', '_'], "");
+    let task_col = headers
+        .iter()
+        .position(|h| matches!(norm(h).as_str(), "task" | "tasks" | "tasksnv"))
+        .unwrap_or(0);
+    let concept_cols: Vec<usize> = headers
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| norm(h).starts_with("concept"))
+        .map(|(i, _)| i)
+        .collect();
+    if concept_cols.is_empty() {
+        return Err(Error::input(
+            path,
+            "the reduced task table needs concept columns (concept_1, concept_2, concept_3)",
+        ));
+    }
+    let mut rows = Vec::new();
+    for rec in rdr.records() {
+        let rec = rec.map_err(|e| Error::input(path, format!("bad row: {e}")))?;
+        let task = rec.get(task_col).unwrap_or("").trim().to_string();
+        if task.is_empty() {
+            continue;
+        }
+        let concepts = concept_cols
+            .iter()
+            .filter_map(|&c| rec.get(c))
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        rows.push((task, concepts));
+    }
+    Ok(rows)
+}
+
+fn missing(dir: &Path, what: &str) -> Error {
+    Error::input(
+        dir,
+        format!("no {what} found here or one folder below; give the Cognitive Atlas dump (TaskCollection.json, ConceptCollection.json) or braindec's snapshots (task_snapshot-*.json, concept_extended_snapshot-*.json)"),
+    )
+}
+
+impl Ontology {
+    /// Reads the ontology in `dir` (layout detected); `reduced` keeps the reduced task set.
+    pub fn load(dir: &Path, reduced: bool) -> Result<Ontology> {
+        if !dir.is_dir() {
+            return Err(Error::input(
+                dir,
+                "--ontology must be a folder holding a Cognitive Atlas dump or snapshot",
+            ));
+        }
+        let found = Found::scan(dir)?;
+        let tasks_path = found.tasks.as_deref().ok_or_else(|| missing(dir, "task file"))?;
+        let concepts_path = found
+            .concepts
+            .as_deref()
+            .ok_or_else(|| missing(dir, "concept file"))?;
+        let mut warnings = Vec::new();
+
+        // Tasks with a name and a definition, in file order.
+        let task_entries = read_json_entries(tasks_path)?;
+        let mut tasks = Vec::new();
+        let mut task_asserts = Vec::new();
+        let mut no_definition = 0;
+        for e in &task_entries {
+            let (id, name, definition) = (
+                text_field(e, "id"),
+                text_field(e, "name"),
+                text_field(e, "definition_text"),
+            );
+            if name.is_empty() || definition.is_empty() || id.is_empty() {
+                no_definition += 1;
+                continue;
+            }
+            let mut links = id_list(e, "asserts");
+            links.extend(id_list(e, "concepts"));
+            task_asserts.push(links);
+            tasks.push(Task {
+                id,
+                name,
+                definition,
+            });
+        }
+        if no_definition > 0 {
+            warnings.push(format!(
+                "{no_definition} tasks without a name or a definition were dropped ({})",
+                tasks_path.display()
+            ));
+        }
+
+        // Concepts with a name and a definition; domain from the class id.
+        let concept_entries = read_json_entries(concepts_path)?;
+        let mut concepts = Vec::new();
+        let mut dropped_concepts = 0;
+        for e in &concept_entries {
+            let (id, name, definition) = (
+                text_field(e, "id"),
+                text_field(e, "name"),
+                text_field(e, "definition_text"),
+            );
+            if name.is_empty() || definition.is_empty() || id.is_empty() {
+                dropped_concepts += 1;
+                continue;
+            }
+            let domain = domain_index(&text_field(e, "id_concept_class"));
+            concepts.push(Concept { id, name, domain });
+        }
+        if dropped_concepts > 0 {
+            warnings.push(format!(
+                "{dropped_concepts} concepts without a name or a definition were dropped ({})",
+                concepts_path.display()
+            ));
+        }
+        let concept_by_key: HashMap<String, usize> = concepts
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, c)| (name_key(&c.name), i))
+            .collect();
+
+        if let Some(path) = &found.concept_domains {
+            let text = std::fs::read_to_string(path).at(path)?;
+            let map: HashMap<String, String> = serde_json::from_str(&text).map_err(|e| {
+                Error::input(path, format!("expected a JSON object concept name → domain ({e})"))
+            })?;
+            let mut bad = Vec::new();
+            for (name, dom) in &map {
+                match (concept_by_key.get(&name_key(name)), domain_index(dom)) {
+                    (Some(&c), Some(d)) => concepts[c].domain = Some(d),
+                    (_, None) => bad.push(format!("{name} → {dom}")),
+                    (None, _) => {} // a concept this snapshot lacks: nothing to map.
+                }
+            }
+            if !bad.is_empty() {
+                bad.sort();
+                warnings.push(format!(
+                    "{}: {} domains not recognised (kept the concept's class): {}",
+                    path.display(),
+                    bad.len(),
+                    bad.join("; ")
+                ));
+            }
+        }
+
+        let concept_by_id: HashMap<&str, usize> = concepts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.id.as_str(), i))
+            .collect();
+        let mut task_concepts: Vec<Vec<u32>> = vec![Vec::new(); tasks.len()];
+
+        if reduced {
+            let path = found.reduced.as_deref().ok_or_else(|| {
+                Error::input(dir, "--reduced needs a reduced task table (reduced_tasks.csv with task, concept_1..3, or cogatlas_tasks_concepts_bertrand_mini.csv) here or one folder below")
+            })?;
+            let rows = read_reduced(path)?;
+            let task_by_key: HashMap<String, usize> = tasks
+                .iter()
+                .enumerate()
+                .rev()
+                .map(|(i, t)| (name_key(&t.name), i))
+                .collect();
+            let mut keep = vec![false; tasks.len()];
+            let (mut bad_tasks, mut bad_concepts) = (Vec::new(), Vec::new());
+            for (task, cs) in &rows {
+                let Some(&t) = task_by_key.get(&name_key(task)) else {
+                    bad_tasks.push(task.clone());
+                    continue;
+                };
+                keep[t] = true;
+                for c in cs {
+                    match concept_by_key.get(&name_key(c)) {
+                        Some(&ci) => task_concepts[t].push(ci as u32),
+                        None => bad_concepts.push(format!("{c} (task {task})")),
+                    }
+                }
+            }
+            if !bad_tasks.is_empty() {
+                warnings.push(format!(
+                    "{}: {} tasks not in the task snapshot (or without a definition), left out: {}",
+                    path.display(),
+                    bad_tasks.len(),
+                    bad_tasks.join("; ")
+                ));
+            }
+            if !bad_concepts.is_empty() {
+                warnings.push(format!(
+                    "{}: {} concept names not in the concept snapshot, links dropped: {}",
+                    path.display(),
+                    bad_concepts.len(),
+                    bad_concepts.join("; ")
+                ));
+            }
+            let mut t = 0;
+            tasks.retain(|_| {
+                t += 1;
+                keep[t - 1]
+            });
+            let mut t = 0;
+            task_concepts.retain(|_| {
+                t += 1;
+                keep[t - 1]
+            });
+        } else {
+            for (t, links) in task_asserts.iter().enumerate() {
+                for id in links {
+                    if let Some(&c) = concept_by_id.get(id.as_str()) {
+                        task_concepts[t].push(c as u32);
+                    }
+                }
+            }
+            if let Some(path) = &found.assertions {
+                let task_by_id: HashMap<&str, usize> = tasks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| (t.id.as_str(), i))
+                    .collect();
+                for a in read_json_entries(path)? {
+                    for s in id_list(&a, "subject") {
+                        for p in id_list(&a, "predicate") {
+                            if let (Some(&c), Some(&t)) =
+                                (concept_by_id.get(s.as_str()), task_by_id.get(p.as_str()))
+                            {
+                                task_concepts[t].push(c as u32);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for links in &mut task_concepts {
+            links.sort_unstable();
+            links.dedup();
+        }
+        if tasks.is_empty() {
+            return Err(Error::input(
+                tasks_path,
+                "no task with a name and a definition was found",
+            ));
+        }
+        Ok(Ontology {
+            tasks,
+            concepts,
+            task_concepts,
+            warnings,
+        })
+    }
+
+    /// Index of each of `names` among the tasks (exact, then by `name_key`), None when absent.
+    pub fn task_indices(&self, names: &[String]) -> Vec<Option<usize>> {
+        let exact: HashMap<&str, usize> = self
+            .tasks
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, t)| (t.name.as_str(), i))
+            .collect();
+        let loose: HashMap<String, usize> = self
+            .tasks
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, t)| (name_key(&t.name), i))
+            .collect();
+        names
+            .iter()
+            .map(|n| {
+                exact
+                    .get(n.as_str())
+                    .or_else(|| loose.get(&name_key(n)))
+                    .copied()
+            })
+            .collect()
+    }
+}
