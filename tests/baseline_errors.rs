@@ -23,7 +23,15 @@ fn corpora(dir: &std::path::Path) -> (String, String) {
     let mut out = Vec::new();
     for (src, name) in [(no_text, "no_text.corpus"), (text, "text.corpus")] {
         let c = dir.join(name);
-        niclip(&["corpus", "import", "--format", "nimare", src.to_str().unwrap(), "--out", c.to_str().unwrap()]);
+        niclip(&[
+            "corpus",
+            "import",
+            "--format",
+            "nimare",
+            src.to_str().unwrap(),
+            "--out",
+            c.to_str().unwrap(),
+        ]);
         out.push(c.to_str().unwrap().to_string());
     }
     (out[0].clone(), out[1].clone())
@@ -36,10 +44,36 @@ fn empty_or_missing_vocabulary_is_a_clear_error() {
     let empty = d.join("empty.txt");
     std::fs::write(&empty, "\n  \n").unwrap();
     let out = d.join("m.safetensors");
-    let e = niclip_fails(&["baseline", "train", "neurosynth", "--corpus", &corpus, "--vocabulary", empty.to_str().unwrap(), "--out", out.to_str().unwrap()]);
-    assert!(e.contains("empty.txt") && e.contains("vocabulary is empty"), "{e}");
-    let e = niclip_fails(&["baseline", "train", "gclda", "--corpus", &corpus, "--vocabulary", "/nonexistent/v.txt", "--out", out.to_str().unwrap()]);
-    assert!(e.contains("/nonexistent/v.txt") && e.contains("no such vocabulary file"), "{e}");
+    let e = niclip_fails(&[
+        "baseline",
+        "train",
+        "neurosynth",
+        "--corpus",
+        &corpus,
+        "--vocabulary",
+        empty.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("empty.txt") && e.contains("vocabulary is empty"),
+        "{e}"
+    );
+    let e = niclip_fails(&[
+        "baseline",
+        "train",
+        "gclda",
+        "--corpus",
+        &corpus,
+        "--vocabulary",
+        "/nonexistent/v.txt",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("/nonexistent/v.txt") && e.contains("no such vocabulary file"),
+        "{e}"
+    );
     assert!(!out.exists());
 }
 
@@ -50,8 +84,21 @@ fn corpus_without_texts_is_a_clear_error() {
     let v = d.join("v.txt");
     std::fs::write(&v, "flanker task\n").unwrap();
     let out = d.join("m.safetensors");
-    let e = niclip_fails(&["baseline", "train", "neurosynth", "--corpus", &corpus, "--vocabulary", v.to_str().unwrap(), "--out", out.to_str().unwrap()]);
-    assert!(e.contains("no_text.corpus") && e.contains("no study has text"), "{e}");
+    let e = niclip_fails(&[
+        "baseline",
+        "train",
+        "neurosynth",
+        "--corpus",
+        &corpus,
+        "--vocabulary",
+        v.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("no_text.corpus") && e.contains("no study has text"),
+        "{e}"
+    );
     assert_eq!(e.trim().lines().count(), 1, "{e}");
 }
 
@@ -61,14 +108,34 @@ fn a_file_that_is_not_a_baseline_model_is_a_clear_error() {
     let fake = d.join("fake.safetensors");
     std::fs::write(&fake, b"not a model at all").unwrap();
     let map = common::repo().join("assets/mni/tpl-MNI152NLin6Asym_res-02_desc-brain_mask.nii.gz");
-    let e = niclip_fails(&["baseline", "decode", fake.to_str().unwrap(), map.to_str().unwrap()]);
-    assert!(e.contains("fake.safetensors") && e.contains("not a niclip baseline model"), "{e}");
+    let e = niclip_fails(&[
+        "baseline",
+        "decode",
+        fake.to_str().unwrap(),
+        map.to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("fake.safetensors") && e.contains("not a niclip baseline model"),
+        "{e}"
+    );
     // A real safetensors file of another kind (no niclip_baseline metadata).
     let other = d.join("other.safetensors");
-    let bytes = safetensors::serialize(Vec::<(String, safetensors::tensor::TensorView<'_>)>::new(), None).unwrap();
+    let bytes = safetensors::serialize(
+        Vec::<(String, safetensors::tensor::TensorView<'_>)>::new(),
+        None,
+    )
+    .unwrap();
     std::fs::write(&other, bytes).unwrap();
-    let e = niclip_fails(&["baseline", "decode", other.to_str().unwrap(), map.to_str().unwrap()]);
-    assert!(e.contains("other.safetensors") && e.contains("not a niclip baseline model"), "{e}");
+    let e = niclip_fails(&[
+        "baseline",
+        "decode",
+        other.to_str().unwrap(),
+        map.to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("other.safetensors") && e.contains("not a niclip baseline model"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -78,10 +145,29 @@ fn train_and_decode_round_trip_in_all_formats() {
     let v = d.join("v.txt");
     std::fs::write(&v, "flanker task\nStroop task\nn-back task\n").unwrap();
     let model = d.join("m.safetensors");
-    niclip(&["baseline", "train", "neurosynth", "--corpus", &corpus, "--vocabulary", v.to_str().unwrap(), "--out", model.to_str().unwrap(), "--device", "cpu"]);
+    niclip(&[
+        "baseline",
+        "train",
+        "neurosynth",
+        "--corpus",
+        &corpus,
+        "--vocabulary",
+        v.to_str().unwrap(),
+        "--out",
+        model.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
     let map = common::repo().join("assets/mni/tpl-MNI152NLin6Asym_res-02_desc-brain_mask.nii.gz");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_niclip"))
-        .args(["baseline", "decode", model.to_str().unwrap(), map.to_str().unwrap(), "--format", "json"])
+        .args([
+            "baseline",
+            "decode",
+            model.to_str().unwrap(),
+            map.to_str().unwrap(),
+            "--format",
+            "json",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -91,7 +177,17 @@ fn train_and_decode_round_trip_in_all_formats() {
     assert_eq!(names.len(), 2, "{j}");
     assert!(names.contains(&"flanker task") && names.contains(&"Stroop task"));
     let dir = d.join("out");
-    niclip(&["baseline", "decode", model.to_str().unwrap(), map.to_str().unwrap(), "--format", "csv", "--out", dir.to_str().unwrap()]);
-    let csv = std::fs::read_to_string(dir.join("tpl-MNI152NLin6Asym_res-02_desc-brain_mask.csv")).unwrap();
+    niclip(&[
+        "baseline",
+        "decode",
+        model.to_str().unwrap(),
+        map.to_str().unwrap(),
+        "--format",
+        "csv",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    let csv = std::fs::read_to_string(dir.join("tpl-MNI152NLin6Asym_res-02_desc-brain_mask.csv"))
+        .unwrap();
     assert!(csv.starts_with("map,rank,term,r\n"), "{csv}");
 }

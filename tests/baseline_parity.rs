@@ -282,3 +282,21 @@ fn gclda_log_likelihood_follows_nimare() {
         );
     }
 }
+
+#[test]
+fn studyset_import_keeps_every_analysis_and_peak() {
+    let Some(data) = common::need_shared("studyset_import_keeps_every_analysis_and_peak") else { return };
+    let c = Corpus::open(&studyset(&data)).unwrap();
+    let s = c.stats();
+    // selection_summary.json: 906 analyses, 9,492 coordinate rows (1,159 of them TAL).
+    assert_eq!((s.studies, s.peaks, s.studies_with_peaks), (906, 9492, 906));
+    assert_eq!(s.tal.peaks, 1159);
+    // Titles and abstracts come from studies.parquet, one copy per analysis.
+    let t = c.text(0).unwrap();
+    assert!(!t.title.is_empty() && t.abstract_.len() > 200, "{t:?}");
+    // The same folder under --format nimare reads as a studyset.
+    let out = common::tmpdir("studyset-nimare").join("nf.corpus");
+    let dir = data.join("corpus/nimare/nback_vs_flanker_studyset_2026-07");
+    common::niclip(&["corpus", "import", "--format", "nimare", dir.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(Corpus::open(&out).unwrap().stats().peaks, 9492);
+}

@@ -11,6 +11,9 @@
 //! all threads. The random stream is our own (xoshiro256++), so chains differ from NiMARE's
 //! draw by draw but follow the same distribution.
 
+// Index loops over parallel count arrays, as NiMARE's loops read: clearer than zipped iterators.
+#![allow(clippy::needless_range_loop)]
+
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
@@ -116,7 +119,7 @@ pub fn exp_vec(x: f64) -> f64 {
 /// it `mul_add` is a library call).
 #[inline(always)]
 fn exp_poly<const FMA: bool>(x: f64) -> f64 {
-    const LN2_HI: f64 = 6.931_471_803_691_238_164_9e-1;
+    const LN2_HI: f64 = 6.931_471_803_691_238e-1;
     const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
     const SHIFT: f64 = 6_755_399_441_055_744.0; // 1.5·2⁵²: adding it rounds to an integer
     let xc = x.clamp(-708.0, 709.0);
@@ -219,7 +222,7 @@ pub fn inv3_logdet(s: &[[f64; 3]; 3]) -> Option<([[f64; 3]; 3], f64)> {
     let c21 = s[0][1] * s[2][0] - s[0][0] * s[2][1];
     let c22 = s[0][0] * s[1][1] - s[0][1] * s[1][0];
     let det = s[0][0] * c00 + s[0][1] * c10 + s[0][2] * c20;
-    if !(det > 0.0) {
+    if det.is_nan() || det <= 0.0 {
         return None;
     }
     let inv = [

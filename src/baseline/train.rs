@@ -133,7 +133,10 @@ pub fn features(
 }
 
 /// Studies with peaks: their corpus indices and MNI peaks.
-fn studies_with_peaks(corpus: &Corpus) -> Result<(Vec<usize>, Vec<Vec<[f64; 3]>>)> {
+/// Corpus indices of the studies with peaks, and their peaks.
+type WithPeaks = (Vec<usize>, Vec<Vec<[f64; 3]>>);
+
+fn studies_with_peaks(corpus: &Corpus) -> Result<WithPeaks> {
     let idx: Vec<usize> = (0..corpus.len())
         .filter(|&i| corpus.peak_count(i) > 0)
         .collect();
