@@ -10,5 +10,6 @@ pub mod decode;
 pub mod device;
 pub mod error;
 pub mod io;
+pub mod text;
 
 pub use error::{Error, Result};

@@ -1,0 +1,241 @@
+//! Llama and Mistral decoders (transformers' `LlamaModel` / `MistralModel`): token embedding,
+//! per layer RMSNorm → grouped-query causal self-attention with RoPE (Mistral: sliding window)
+//! → residual → RMSNorm → SwiGLU MLP → residual; final RMSNorm. Output: the last hidden state.
+
+use super::ops::{self, AttnMask, Heads, Linear, RopeTable};
+use super::weights::{Config, TensorMap};
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug)]
+pub struct DecoderConfig {
+    pub model_type: String,
+    pub vocab: usize,
+    pub hidden: usize,
+    pub ff: usize,
+    pub layers: usize,
+    pub heads: Heads,
+    pub eps: f32,
+    pub inv_freq: Vec<f32>,
+    pub window: Option<usize>,
+    pub max_positions: usize,
+    pub attention_bias: bool,
+    pub mlp_bias: bool,
+}
+
+impl DecoderConfig {
+    /// From a transformers config.json (`llama` or `mistral`); reads both the old
+    /// `rope_theta`/`rope_scaling` keys and transformers 5's `rope_parameters`.
+    pub fn from_json(c: &Config) -> Result<DecoderConfig> {
+        let model_type = c.str_opt("model_type").unwrap_or("").to_string();
+        let hidden = c.usize("hidden_size")?;
+        let nh = c.usize("num_attention_heads")?;
+        let nkv = c.usize_opt("num_key_value_heads")?.unwrap_or(nh);
+        let hd = c.usize_opt("head_dim")?.unwrap_or(hidden / nh.max(1));
+        if nh == 0 || nkv == 0 || nh % nkv != 0 || hd % 2 != 0 {
+            return Err(Error::input(
+                c.path,
+                format!("num_attention_heads {nh} must be a positive multiple of num_key_value_heads {nkv}, head_dim {hd} even"),
+            ));
+        }
+        let max_positions = c.usize_opt("max_position_embeddings")?.unwrap_or(4096);
+        let params = c.map.get("rope_parameters").and_then(|v| v.as_object());
+        let theta = match params.and_then(|p| p.get("rope_theta")).and_then(|v| v.as_f64()) {
+            Some(t) => t,
+            None => c.f64_or("rope_theta", 10000.0)?,
+        };
+        let scaling = c
+            .map
+            .get("rope_scaling")
+            .and_then(|v| v.as_object())
+            .or(params)
+            .cloned()
+            .unwrap_or_default();
+        let inv_freq = rope_inv_freq(hd, theta, &scaling, max_positions).map_err(|m| Error::input(c.path, m))?;
+        let window = if model_type == "mistral" { c.usize_opt("sliding_window")? } else { None };
+        Ok(DecoderConfig {
+            vocab: c.usize("vocab_size")?,
+            hidden,
+            ff: c.usize("intermediate_size")?,
+            layers: c.usize("num_hidden_layers")?,
+            heads: Heads { nh, nkv, hd },
+            eps: c.f64_or("rms_norm_eps", 1e-6)? as f32,
+            inv_freq,
+            window,
+            max_positions,
+            attention_bias: c.bool_or("attention_bias", false),
+            mlp_bias: c.bool_or("mlp_bias", false),
+            model_type,
+        })
+    }
+}
+
+/// RoPE inverse frequencies in f32 as transformers computes them: default, linear, dynamic
+/// (at lengths ≤ max_position_embeddings, where it equals default) and llama3 scaling.
+pub fn rope_inv_freq(
+    hd: usize,
+    theta: f64,
+    scaling: &serde_json::Map<String, serde_json::Value>,
+    max_positions: usize,
+) -> std::result::Result<Vec<f32>, String> {
+    let base: Vec<f32> = (0..hd / 2)
+        .map(|i| {
+            let e = (2 * i) as f32 / hd as f32;
+            1.0 / (theta as f32).powf(e)
+        })
+        .collect();
+    let kind = scaling
+        .get("rope_type")
+        .or_else(|| scaling.get("type"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("default");
+    let num = |k: &str| scaling.get(k).and_then(|v| v.as_f64()).ok_or_else(|| format!("rope scaling {kind:?} needs \"{k}\""));
+    Ok(match kind {
+        "default" | "dynamic" => base,
+        "linear" => {
+            let f = num("factor")? as f32;
+            base.iter().map(|x| x / f).collect()
+        }
+        "llama3" => {
+            let f = num("factor")?;
+            let lo = num("low_freq_factor")?;
+            let hi = num("high_freq_factor")?;
+            let old = scaling
+                .get("original_max_position_embeddings")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(max_positions as f64);
+            let (lo_wl, hi_wl) = (old / lo, old / hi);
+            base.iter()
+                .map(|&x| {
+                    let wl = 2.0 * std::f64::consts::PI / x as f64;
+                    if wl < hi_wl {
+                        x
+                    } else if wl > lo_wl {
+                        (x as f64 / f) as f32
+                    } else {
+                        let s = (old / wl - lo) / (hi - lo);
+                        ((1.0 - s) * x as f64 / f + s * x as f64) as f32
+                    }
+                })
+                .collect()
+        }
+        other => return Err(format!("rope scaling type {other:?} is not supported (default, linear, dynamic, llama3 are)")),
+    })
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    qkv: Linear,
+    o: Linear,
+    mlp_norm: Vec<f32>,
+    gate_up: Linear,
+    down: Linear,
+}
+
+pub struct Decoder {
+    pub cfg: DecoderConfig,
+    embed: Vec<f32>,
+    layers: Vec<Layer>,
+    norm: Vec<f32>,
+}
+
+/// Rows of several `[_, inp]` matrices stacked into one layer (one GEMM instead of several).
+fn stacked(parts: Vec<(Vec<f32>, Option<Vec<f32>>, usize)>, inp: usize) -> Linear {
+    let out = parts.iter().map(|p| p.2).sum();
+    let has_bias = parts.iter().any(|p| p.1.is_some());
+    let mut w = Vec::with_capacity(out * inp);
+    let mut b = Vec::with_capacity(out);
+    for (pw, pb, n) in parts {
+        w.extend(pw);
+        b.extend(pb.unwrap_or_else(|| vec![0.0; n]));
+    }
+    Linear { w, b: has_bias.then_some(b), out, inp }
+}
+
+impl Decoder {
+    /// Takes the tensors (names without the `model.` prefix) with their shapes checked.
+    pub fn build(cfg: DecoderConfig, t: &mut TensorMap) -> Result<Decoder> {
+        let d = cfg.hidden;
+        let Heads { nh, nkv, hd } = cfg.heads;
+        let embed = t.take("embed_tokens.weight", &[cfg.vocab, d])?;
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for i in 0..cfg.layers {
+            let p = format!("layers.{i}.");
+            let mut lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<(Vec<f32>, Option<Vec<f32>>, usize)> {
+                let w = t.take(&format!("{p}{name}.weight"), &[out, inp])?;
+                let b = if bias { Some(t.take(&format!("{p}{name}.bias"), &[out])?) } else { None };
+                Ok((w, b, out))
+            };
+            let q = lin("self_attn.q_proj", nh * hd, d, cfg.attention_bias)?;
+            let k = lin("self_attn.k_proj", nkv * hd, d, cfg.attention_bias)?;
+            let v = lin("self_attn.v_proj", nkv * hd, d, cfg.attention_bias)?;
+            let o = lin("self_attn.o_proj", d, nh * hd, cfg.attention_bias)?;
+            let gate = lin("mlp.gate_proj", cfg.ff, d, cfg.mlp_bias)?;
+            let up = lin("mlp.up_proj", cfg.ff, d, cfg.mlp_bias)?;
+            let down = lin("mlp.down_proj", d, cfg.ff, cfg.mlp_bias)?;
+            layers.push(Layer {
+                attn_norm: t.take(&format!("{p}input_layernorm.weight"), &[d])?,
+                mlp_norm: t.take(&format!("{p}post_attention_layernorm.weight"), &[d])?,
+                qkv: stacked(vec![q, k, v], d),
+                o: stacked(vec![o], nh * hd),
+                gate_up: stacked(vec![gate, up], d),
+                down: stacked(vec![down], cfg.ff),
+            });
+        }
+        let norm = t.take("norm.weight", &[d])?;
+        Ok(Decoder { cfg, embed, layers, norm })
+    }
+
+    /// Last hidden states of sequences packed without padding: `[Σ len, hidden]`.
+    pub fn forward(&self, seqs: &[&[u32]]) -> Vec<f32> {
+        let d = self.cfg.hidden;
+        let heads = self.cfg.heads;
+        let Heads { nh, nkv, hd } = heads;
+        let mut starts = vec![0usize];
+        let mut positions = Vec::new();
+        for s in seqs {
+            starts.push(starts.last().unwrap() + s.len());
+            positions.extend(0..s.len());
+        }
+        let total = *starts.last().unwrap();
+        let max_len = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
+        let table = RopeTable::new(&self.cfg.inv_freq, max_len);
+        let mut x = Vec::with_capacity(total * d);
+        for &id in seqs.iter().flat_map(|s| s.iter()) {
+            x.extend_from_slice(&self.embed[id as usize * d..][..d]);
+        }
+        let mask = AttnMask { causal: true, window: self.cfg.window };
+        let mut h = vec![0.0f32; total * d];
+        let (qw, kw) = (nh * hd, nkv * hd);
+        for l in &self.layers {
+            ops::rms_norm(&x, &l.attn_norm, self.cfg.eps, &mut h);
+            let qkv = l.qkv.forward(&h, total);
+            let mut q = Vec::with_capacity(total * qw);
+            let mut k = Vec::with_capacity(total * kw);
+            let mut v = Vec::with_capacity(total * kw);
+            for row in qkv.chunks_exact(qw + 2 * kw) {
+                q.extend_from_slice(&row[..qw]);
+                k.extend_from_slice(&row[qw..qw + kw]);
+                v.extend_from_slice(&row[qw + kw..]);
+            }
+            drop(qkv);
+            ops::rope(&mut q, nh, hd, &positions, &table);
+            ops::rope(&mut k, nkv, hd, &positions, &table);
+            let attn = ops::attention_batch(&q, &k, &v, &starts, heads, mask);
+            l.o.forward_into(&attn, total, &mut h);
+            add(&mut x, &h);
+            ops::rms_norm(&x, &l.mlp_norm, self.cfg.eps, &mut h);
+            let act = ops::swiglu(&l.gate_up.forward(&h, total), self.cfg.ff);
+            l.down.forward_into(&act, total, &mut h);
+            add(&mut x, &h);
+        }
+        ops::rms_norm(&x, &self.norm, self.cfg.eps, &mut h);
+        h
+    }
+}
+
+pub(crate) fn add(x: &mut [f32], y: &[f32]) {
+    use rayon::prelude::*;
+    x.par_chunks_mut(1 << 14)
+        .zip(y.par_chunks(1 << 14))
+        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
+}

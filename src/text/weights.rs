@@ -1,0 +1,188 @@
+//! Model weights as f32 tensors by PyTorch name: safetensors files (one, or shards listed by
+//! `model.safetensors.index.json`), memory-mapped and converted from f32/f16/bf16.
+
+use crate::error::{Error, IoContext, Result};
+use rayon::prelude::*;
+use safetensors::{Dtype, SafeTensors};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// One f32 tensor, row-major.
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// Tensors by name, with the file each came from (for error messages).
+#[derive(Default)]
+pub struct TensorMap {
+    pub tensors: HashMap<String, Tensor>,
+    pub source: PathBuf,
+}
+
+impl TensorMap {
+    /// Takes tensor `name` and checks its shape; the message names the file and the mismatch.
+    pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let t = self.tensors.remove(name).ok_or_else(|| {
+            Error::input(
+                &self.source,
+                format!("tensor {name} is missing; the weights are not those of the architecture config.json names"),
+            )
+        })?;
+        if t.shape != shape {
+            return Err(Error::input(
+                &self.source,
+                format!(
+                    "tensor {name} has shape {:?} but config.json implies {shape:?}; the weights and config.json are from different models",
+                    t.shape
+                ),
+            ));
+        }
+        Ok(t.data)
+    }
+
+    pub fn take_opt(&mut self, name: &str, shape: &[usize]) -> Result<Option<Vec<f32>>> {
+        if self.tensors.contains_key(name) {
+            self.take(name, shape).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// The safetensors files of a model folder: the index's shards, or `model.safetensors`, or every
+/// `*.safetensors` except a PEFT adapter's.
+pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let text = std::fs::read_to_string(&index).at(&index)?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::input(&index, format!("not valid JSON ({e})")))?;
+        let map = v["weight_map"].as_object().ok_or_else(|| {
+            Error::input(&index, "no \"weight_map\" object; re-save the model with save_pretrained")
+        })?;
+        let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
+        files.sort();
+        files.dedup();
+        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+    }
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .at(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "safetensors")
+                && p.file_name().is_some_and(|n| n != "adapter_model.safetensors")
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::input(
+            dir,
+            "no *.safetensors weights here; save the model with save_pretrained(safe_serialization=True) or give a .gguf file",
+        ));
+    }
+    Ok(files)
+}
+
+/// Reads every tensor of the files as f32. `rename` maps a stored name to the name used by the
+/// model code (None drops the tensor).
+pub fn read_safetensors(files: &[PathBuf], rename: impl Fn(&str) -> Option<String> + Sync) -> Result<TensorMap> {
+    let mut out = TensorMap {
+        tensors: HashMap::new(),
+        source: files.first().cloned().unwrap_or_default(),
+    };
+    for path in files {
+        let file = std::fs::File::open(path).at(path)?;
+        // SAFETY: the map is read-only and lives until the tensors are copied out below; a file
+        // changed underneath by another process is the user's problem as with any reader.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.at(path)?;
+        let st = SafeTensors::deserialize(&mmap).map_err(|e| {
+            Error::input(path, format!("not a readable safetensors file ({e}); it may be truncated: download or save it again"))
+        })?;
+        let views: Vec<(String, safetensors::tensor::TensorView)> = st.tensors();
+        let converted: Vec<Result<(String, Tensor)>> = views
+            .into_par_iter()
+            .filter_map(|(name, view)| rename(&name).map(|n| (n, view)))
+            .map(|(name, view)| {
+                let data = to_f32(view.dtype(), view.data()).ok_or_else(|| {
+                    Error::input(
+                        path,
+                        format!("tensor {name} has dtype {:?}; only F32, F16 and BF16 weights are read", view.dtype()),
+                    )
+                })?;
+                Ok((name, Tensor { shape: view.shape().to_vec(), data }))
+            })
+            .collect();
+        for r in converted {
+            let (name, t) = r?;
+            out.tensors.insert(name, t);
+        }
+    }
+    Ok(out)
+}
+
+fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+    Some(match dtype {
+        Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        _ => return None,
+    })
+}
+
+/// config.json as a JSON object.
+pub fn read_json(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let text = std::fs::read_to_string(path).at(path)?;
+    match serde_json::from_str(&text) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        Ok(_) => Err(Error::input(path, "expected a JSON object")),
+        Err(e) => Err(Error::input(path, format!("not valid JSON ({e})"))),
+    }
+}
+
+/// Typed access to a config.json object, with errors naming the file and the key.
+pub struct Config<'a> {
+    pub map: &'a serde_json::Map<String, serde_json::Value>,
+    pub path: &'a Path,
+}
+
+impl Config<'_> {
+    pub fn usize(&self, key: &str) -> Result<usize> {
+        self.usize_opt(key)?
+            .ok_or_else(|| Error::input(self.path, format!("no \"{key}\" (a positive integer) in the model config")))
+    }
+    pub fn usize_opt(&self, key: &str) -> Result<Option<usize>> {
+        match self.map.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(|n| Some(n as usize))
+                .ok_or_else(|| Error::input(self.path, format!("\"{key}\" must be a non-negative integer, found {v}"))),
+        }
+    }
+    pub fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
+        match self.map.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(default),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| Error::input(self.path, format!("\"{key}\" must be a number, found {v}"))),
+        }
+    }
+    pub fn bool_or(&self, key: &str, default: bool) -> bool {
+        self.map.get(key).and_then(|v| v.as_bool()).unwrap_or(default)
+    }
+    pub fn str_opt(&self, key: &str) -> Option<&str> {
+        self.map.get(key).and_then(|v| v.as_str())
+    }
+}
