@@ -4,6 +4,7 @@
 pub mod brain;
 pub mod corpus;
 pub mod decode;
+pub mod vocab;
 
 use crate::device::DeviceArg;
 use crate::error::Result;
@@ -31,6 +32,8 @@ pub enum Command {
     /// Import, inspect and export article collections.
     #[command(subcommand)]
     Corpus(corpus::CorpusCommand),
+    /// The decoding vocabulary: Cognitive Atlas tasks embedded by a language model, and their prior.
+    Vocab(vocab::VocabArgs),
     /// Decode brain maps into Cognitive Atlas tasks, concepts and domains.
     Decode(decode::DecodeArgs),
 }
@@ -70,6 +73,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Project(a) => brain::project(a),
         Command::Images(a) => brain::images(a),
         Command::Corpus(c) => corpus::run(c),
+        Command::Vocab(a) => vocab::run(a),
         Command::Decode(a) => decode::run(a),
     }
 }
