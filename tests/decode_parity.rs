@@ -190,3 +190,68 @@ fn prior_from_documents_matches_the_reference() {
     assert!(err < 1e-7, "prior differs by {err:e}");
     assert!((got.iter().sum::<f64>() - 1.0).abs() < 1e-12);
 }
+
+#[test]
+fn real_maps_in_one_call_write_tables_and_pictures() {
+    let Some(data) = need_shared("real_maps_in_one_call_write_tables_and_pictures") else {
+        return;
+    };
+    let dir = tmpdir("decode-real");
+    let maps: Vec<String> = std::fs::read_dir(data.join("maps"))
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .filter(|p| p.ends_with(".nii.gz"))
+        .collect();
+    assert_eq!(maps.len(), 5);
+    let mut args: Vec<String> = vec!["decode".into()];
+    args.extend(maps.iter().cloned());
+    args.extend(model_flags(&data));
+    let out = dir.join("tables");
+    let plot = dir.join("fig.png");
+    args.extend([
+        "--out".into(),
+        out.display().to_string(),
+        "--plot".into(),
+        plot.display().to_string(),
+        "--format".into(),
+        "csv".into(),
+    ]);
+    let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    niclip(&a);
+    for m in &maps {
+        let stem = Path::new(m)
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim_end_matches(".nii.gz")
+            .to_string();
+        for f in [
+            format!("{stem}_task_predictions.csv"),
+            format!("{stem}_concept_predictions.csv"),
+            format!("{stem}_process_predictions.csv"),
+            format!("{stem}.json"),
+        ] {
+            assert!(out.join(&f).is_file(), "{f} missing");
+        }
+        let head = std::fs::read_to_string(out.join(format!("{stem}_task_predictions.csv"))).unwrap();
+        assert!(head.starts_with("pred,prob,similarity,likelihood,prior_prob,joint_prob,bayes_factor\n"));
+        for pic in [format!("fig-{stem}.png"), format!("fig-{stem}-slices.png")] {
+            let bytes = std::fs::read(dir.join(&pic)).unwrap_or_else(|_| panic!("{pic} missing"));
+            assert!(bytes.starts_with(b"\x89PNG"), "{pic} is not a PNG");
+        }
+    }
+
+    // The motor z-map's top 1 % as a binary ROI, pictured as SVG.
+    let svg = dir.join("motor.svg");
+    let motor = data.join("maps/neurovault_10426_motor_left-vs-right_zmap.nii.gz");
+    let mut args = vec!["decode".to_string(), motor.display().to_string()];
+    args.extend(model_flags(&data));
+    args.extend(["--percentile".into(), "1".into(), "--plot".into(), svg.display().to_string()]);
+    let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    niclip(&a);
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.contains("Tasks  P(T|A)") && text.contains("top 1% as ROI"));
+    let slices = std::fs::read_to_string(dir.join("motor-slices.svg")).unwrap();
+    assert!(slices.contains("data:image/png;base64,") && slices.contains("ROI centre at MNI"));
+}
