@@ -18,7 +18,7 @@
 //! concept → domain mapping when one is present.
 
 use crate::error::{Error, IoContext, Result};
-use serde_json::Value;
+use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -134,47 +134,71 @@ pub fn name_key(name: &str) -> String {
         .to_lowercase()
 }
 
-fn read_json_entries(path: &Path) -> Result<Vec<Value>> {
+/// The fields of a snapshot entry (task, concept or assertion) the decoder reads; others are
+/// skipped unparsed.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Entry {
+    id: Option<String>,
+    name: Option<String>,
+    definition_text: Option<String>,
+    id_concept_class: Option<String>,
+    /// Dump tasks: the concepts they measure.
+    asserts: Vec<Link>,
+    /// API snapshots: a task's concepts.
+    concepts: Vec<Link>,
+    /// Assertions: concept (subject) measured by task (predicate).
+    subject: Vec<Link>,
+    predicate: Vec<Link>,
+}
+
+/// An id, or an object holding one (`concept_id` or `id`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Link {
+    Id(String),
+    Object {
+        #[serde(alias = "id")]
+        concept_id: String,
+    },
+    Other(serde::de::IgnoredAny),
+}
+
+impl Link {
+    fn id(&self) -> Option<&str> {
+        match self {
+            Link::Id(s) | Link::Object { concept_id: s } => Some(s),
+            Link::Other(_) => None,
+        }
+    }
+}
+
+fn ids(links: &[Link]) -> impl Iterator<Item = &str> {
+    links.iter().filter_map(Link::id)
+}
+
+#[derive(Deserialize)]
+struct Wrapped {
+    entries: Vec<Entry>,
+}
+
+fn read_json_entries(path: &Path) -> Result<Vec<Entry>> {
     let text = std::fs::read_to_string(path).at(path)?;
-    let v: Value = serde_json::from_str(&text)
-        .map_err(|e| Error::input(path, format!("not valid JSON ({e})")))?;
-    match v {
-        Value::Array(a) => Ok(a),
-        Value::Object(mut o) => match o.remove("entries") {
-            Some(Value::Array(a)) => Ok(a),
-            _ => Err(Error::input(
-                path,
-                "expected a JSON list of entries or {\"entries\": [...]} (a Cognitive Atlas snapshot)",
-            )),
-        },
-        _ => Err(Error::input(path, "expected a JSON list of entries")),
+    let bad = |e: serde_json::Error| {
+        Error::input(
+            path,
+            format!("expected a JSON list of entries or {{\"entries\": [...]}} (a Cognitive Atlas snapshot): {e}"),
+        )
+    };
+    if text.trim_start().starts_with('[') {
+        serde_json::from_str::<Vec<Entry>>(&text).map_err(bad)
+    } else {
+        Ok(serde_json::from_str::<Wrapped>(&text).map_err(bad)?.entries)
     }
 }
 
-fn text_field(v: &Value, key: &str) -> String {
-    match v.get(key) {
-        Some(Value::String(s)) => s.trim().to_string(),
-        _ => String::new(),
-    }
-}
-
-fn id_list(v: &Value, key: &str) -> Vec<String> {
-    match v.get(key) {
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(|x| match x {
-                Value::String(s) => Some(s.clone()),
-                // API snapshots list concepts as objects.
-                Value::Object(o) => o
-                    .get("concept_id")
-                    .or_else(|| o.get("id"))
-                    .and_then(|s| s.as_str())
-                    .map(str::to_string),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    }
+fn text_field(v: &Option<String>) -> String {
+    v.as_deref().unwrap_or("").trim().to_string()
 }
 
 fn domain_index(value: &str) -> Option<usize> {
@@ -271,16 +295,18 @@ impl Ontology {
         let mut no_definition = 0;
         for e in &task_entries {
             let (id, name, definition) = (
-                text_field(e, "id"),
-                text_field(e, "name"),
-                text_field(e, "definition_text"),
+                text_field(&e.id),
+                text_field(&e.name),
+                text_field(&e.definition_text),
             );
             if name.is_empty() || definition.is_empty() || id.is_empty() {
                 no_definition += 1;
                 continue;
             }
-            let mut links = id_list(e, "asserts");
-            links.extend(id_list(e, "concepts"));
+            let links: Vec<String> = ids(&e.asserts)
+                .chain(ids(&e.concepts))
+                .map(str::to_string)
+                .collect();
             task_asserts.push(links);
             tasks.push(Task {
                 id,
@@ -301,15 +327,15 @@ impl Ontology {
         let mut dropped_concepts = 0;
         for e in &concept_entries {
             let (id, name, definition) = (
-                text_field(e, "id"),
-                text_field(e, "name"),
-                text_field(e, "definition_text"),
+                text_field(&e.id),
+                text_field(&e.name),
+                text_field(&e.definition_text),
             );
             if name.is_empty() || definition.is_empty() || id.is_empty() {
                 dropped_concepts += 1;
                 continue;
             }
-            let domain = domain_index(&text_field(e, "id_concept_class"));
+            let domain = domain_index(&text_field(&e.id_concept_class));
             concepts.push(Concept { id, name, domain });
         }
         if dropped_concepts > 0 {
@@ -423,10 +449,9 @@ impl Ontology {
                     .map(|(i, t)| (t.id.as_str(), i))
                     .collect();
                 for a in read_json_entries(path)? {
-                    for s in id_list(&a, "subject") {
-                        for p in id_list(&a, "predicate") {
-                            if let (Some(&c), Some(&t)) =
-                                (concept_by_id.get(s.as_str()), task_by_id.get(p.as_str()))
+                    for s in ids(&a.subject) {
+                        for p in ids(&a.predicate) {
+                            if let (Some(&c), Some(&t)) = (concept_by_id.get(s), task_by_id.get(p))
                             {
                                 task_concepts[t].push(c as u32);
                             }
