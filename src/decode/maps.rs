@@ -260,9 +260,9 @@ mod tests {
         };
         assert_eq!(run(both), vec![0.0, 0.0, 0.0, 0.0, 1.0, 0.0]);
     }
-}
 
-#[test]
-fn the_fixed_grid_is_the_embedded_masks() {
-    assert!(mni152_2mm_grid().same_as(&crate::brain::Mask::mni152_2mm().grid));
+    #[test]
+    fn the_fixed_grid_is_the_embedded_masks() {
+        assert!(mni152_2mm_grid().same_as(&crate::brain::Mask::mni152_2mm().grid));
+    }
 }

@@ -208,14 +208,8 @@ fn domain_index(value: &str) -> Option<usize> {
     }
     // Domain names as spelled by braindec and by the Cognitive Atlas ("Executive/Cognitive
     // Control", "Reasoning and Decision Making").
-    let key = name_key(&v.replace('/', " ").replace('-', " "));
-    DOMAINS
-        .iter()
-        .position(|d| name_key(d) == key)
-        .or_else(|| match key.as_str() {
-            "executive cognitive control" => Some(3),
-            _ => None,
-        })
+    let key = name_key(&v.replace(['/', '-'], " "));
+    DOMAINS.iter().position(|d| name_key(d) == key)
 }
 
 /// The reduced table: task name and up to three concept names per row. Accepts braindec's
@@ -503,5 +497,30 @@ impl Ontology {
                     .copied()
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_compare_loosely() {
+        assert_eq!(
+            name_key("Raven&#39,s  Advanced Progressive Matrices "),
+            name_key("Raven\u{2019}s Advanced Progressive Matrices")
+        );
+        assert_ne!(name_key("n-back task"), name_key("n back task"));
+    }
+
+    #[test]
+    fn domains_from_class_ids_and_names() {
+        assert_eq!(domain_index("ctp_C1"), Some(0));
+        assert_eq!(domain_index("ctp_C10"), Some(9));
+        assert_eq!(domain_index("ctp_C11"), None);
+        assert_eq!(domain_index("Executive/Cognitive Control"), Some(3));
+        assert_eq!(domain_index("Reasoning and Decision Making"), Some(2));
+        assert_eq!(domain_index("Social function"), Some(8));
+        assert_eq!(domain_index(""), None);
     }
 }
