@@ -49,16 +49,24 @@ fn decode(c: &mut Criterion) {
     });
     let d = decoder(&assets);
     let v = Variant::default();
-    g.bench_function("image features, motor z-map 3 mm (read, resample, project)", |b| {
-        b.iter(|| {
-            let img = Image::read(&map).unwrap();
-            d.image_features(&img, &v, &map).unwrap()
-        })
-    });
+    g.bench_function(
+        "image features, motor z-map 3 mm (read, resample, project)",
+        |b| {
+            b.iter(|| {
+                let img = Image::read(&map).unwrap();
+                d.image_features(&img, &v, &map).unwrap()
+            })
+        },
+    );
     let img = Image::read(&map).unwrap();
     let feats = d.image_features(&img, &v, &map).unwrap();
     for n in [1usize, 1000] {
-        let many: Vec<f32> = feats.iter().copied().cycle().take(n * feats.len()).collect();
+        let many: Vec<f32> = feats
+            .iter()
+            .copied()
+            .cycle()
+            .take(n * feats.len())
+            .collect();
         let names: Vec<String> = (0..n).map(|i| i.to_string()).collect();
         g.bench_function(format!("towers + posterior + noisy-OR, {n} maps"), |b| {
             b.iter(|| d.decode_features(&many, names.clone()))

@@ -128,7 +128,10 @@ fn vocabulary_files_that_disagree_are_refused() {
     };
     let dir = tmpdir("decode-vocab-errors");
     let flags = Flags::new(&data);
-    let map = data.join("maps/neurosynth_vmPFC.nii.gz").display().to_string();
+    let map = data
+        .join("maps/neurosynth_vmPFC.nii.gz")
+        .display()
+        .to_string();
     let emb = niclip::io::read_npy_f32(Path::new(&flags.emb)).unwrap();
 
     // A vocabulary embedded by another model: 32 wide where the model takes 64.
@@ -140,7 +143,10 @@ fn vocabulary_files_that_disagree_are_refused() {
         ..Flags::new(&data)
     };
     let err = niclip_fails(&f.args(&[&map], &[]));
-    assert!(one_line(&err).contains("narrow.npy") && err.contains("32 wide"), "{err}");
+    assert!(
+        one_line(&err).contains("narrow.npy") && err.contains("32 wide"),
+        "{err}"
+    );
 
     // One row short.
     let short = dir.join("short.npy");
@@ -150,7 +156,10 @@ fn vocabulary_files_that_disagree_are_refused() {
         ..Flags::new(&data)
     };
     let err = niclip_fails(&f.args(&[&map], &[]));
-    assert!(one_line(&err).contains("short.npy") && err.contains("87 rows but 88 names"), "{err}");
+    assert!(
+        one_line(&err).contains("short.npy") && err.contains("87 rows but 88 names"),
+        "{err}"
+    );
 
     // A prior of the wrong length.
     let prior = dir.join("prior.npy");
@@ -160,7 +169,10 @@ fn vocabulary_files_that_disagree_are_refused() {
         ..Flags::new(&data)
     };
     let err = niclip_fails(&f.args(&[&map], &[]));
-    assert!(one_line(&err).contains("prior.npy") && err.contains("one value per name"), "{err}");
+    assert!(
+        one_line(&err).contains("prior.npy") && err.contains("one value per name"),
+        "{err}"
+    );
 
     // An atlas whose number of maps is not the model's image width.
     let f = Flags {
@@ -168,7 +180,10 @@ fn vocabulary_files_that_disagree_are_refused() {
         ..Flags::new(&data)
     };
     let err = niclip_fails(&f.args(&[&map], &[]));
-    assert!(one_line(&err).contains("AAL3.nii.gz") && err.contains("48 image features"), "{err}");
+    assert!(
+        one_line(&err).contains("AAL3.nii.gz") && err.contains("48 image features"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -182,9 +197,15 @@ fn missing_model_flags_and_bad_options_say_what_to_pass() {
         return;
     };
     let flags = Flags::new(&data);
-    let map = data.join("maps/neurosynth_vmPFC.nii.gz").display().to_string();
+    let map = data
+        .join("maps/neurosynth_vmPFC.nii.gz")
+        .display()
+        .to_string();
     let err = niclip_fails(&flags.args(&[&map], &["--percentile", "0"]));
-    assert!(one_line(&err).contains("--percentile must be in (0, 100]"), "{err}");
+    assert!(
+        one_line(&err).contains("--percentile must be in (0, 100]"),
+        "{err}"
+    );
     let err = niclip_fails(&flags.args(&[&map], &["--plot", "out.pdf"]));
     assert!(one_line(&err).contains("must end in .png or .svg"), "{err}");
 }

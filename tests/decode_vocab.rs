@@ -53,13 +53,22 @@ fn vocab_combines_name_and_definition_and_takes_the_prior_from_documents() {
         normalize: false,
     };
     let n: Vec<&str> = ontology.tasks.iter().map(|t| t.name.as_str()).collect();
-    let d: Vec<&str> = ontology.tasks.iter().map(|t| t.definition.as_str()).collect();
+    let d: Vec<&str> = ontology
+        .tasks
+        .iter()
+        .map(|t| t.definition.as_str())
+        .collect();
     let (ne, de) = (tm.embed(&n, &opts).unwrap(), tm.embed(&d, &opts).unwrap());
     let emb = read_npy_f32(&out.join("vocabulary_emb.npy")).unwrap();
     assert_eq!((emb.rows, emb.cols), (88, 64));
     for (i, e) in emb.data.iter().enumerate() {
         let x = 0.3 * ne[i] + 0.7 * de[i];
-        assert!((e - x).abs() <= 1e-6 * (1.0 + x.abs()), "row {} col {}", i / 64, i % 64);
+        assert!(
+            (e - x).abs() <= 1e-6 * (1.0 + x.abs()),
+            "row {} col {}",
+            i / 64,
+            i % 64
+        );
     }
     let prior = read_npy_f32(&out.join("vocabulary_prior.npy")).unwrap();
     let documents = read_npy_f32(&docs).unwrap();
@@ -74,7 +83,10 @@ fn vocab_combines_name_and_definition_and_takes_the_prior_from_documents() {
         "decode",
         data.join("maps/neurosynth_vmPFC.nii.gz").to_str().unwrap(),
         "--model",
-        fixtures().join("decode/model.safetensors").to_str().unwrap(),
+        fixtures()
+            .join("decode/model.safetensors")
+            .to_str()
+            .unwrap(),
         "--vocabulary",
         out.join("vocabulary.txt").to_str().unwrap(),
         "--vocabulary-emb",

@@ -58,7 +58,11 @@ pub fn run(a: VocabArgs) -> Result<()> {
         eprintln!("warning: {w}");
     }
     // Read the documents first: a wrong file should fail before minutes of embedding.
-    let documents = a.documents.as_ref().map(|p| read_npy_f32(p).map(|m| (p, m))).transpose()?;
+    let documents = a
+        .documents
+        .as_ref()
+        .map(|p| read_npy_f32(p).map(|m| (p, m)))
+        .transpose()?;
     let device = Device::select(&a.compute.device)?;
     let model = TextModel::load(&a.model, a.lora.as_deref(), &device)?;
     let dim = model.dim();
@@ -79,7 +83,11 @@ pub fn run(a: VocabArgs) -> Result<()> {
         normalize: false,
     };
     let names: Vec<&str> = ontology.tasks.iter().map(|t| t.name.as_str()).collect();
-    let definitions: Vec<&str> = ontology.tasks.iter().map(|t| t.definition.as_str()).collect();
+    let definitions: Vec<&str> = ontology
+        .tasks
+        .iter()
+        .map(|t| t.definition.as_str())
+        .collect();
     eprintln!(
         "embedding {} task names and definitions with {}",
         names.len(),

@@ -178,7 +178,11 @@ fn percentile_roi(values: &mut [f32], p: f64) {
         .select_nth_unstable_by(keep - 1, |a, b| b.total_cmp(a))
         .1;
     for x in values.iter_mut() {
-        *x = if *x > 0.0 && *x >= threshold { 1.0 } else { 0.0 };
+        *x = if *x > 0.0 && *x >= threshold {
+            1.0
+        } else {
+            0.0
+        };
     }
 }
 

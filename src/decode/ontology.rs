@@ -89,7 +89,11 @@ impl Found {
             };
             files.sort();
             for f in files {
-                let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
+                let name = f
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("")
+                    .to_string();
                 let slot = match name.as_str() {
                     "TaskCollection.json" => &mut found.tasks,
                     n if n.starts_with("task_snapshot") && n.ends_with(".json") => &mut found.tasks,
@@ -203,7 +207,10 @@ fn text_field(v: &Option<String>) -> String {
 
 fn domain_index(value: &str) -> Option<usize> {
     let v = value.trim();
-    if let Some(n) = v.strip_prefix("ctp_C").and_then(|n| n.parse::<usize>().ok()) {
+    if let Some(n) = v
+        .strip_prefix("ctp_C")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
         return (1..=10).contains(&n).then(|| n - 1);
     }
     // Domain names as spelled by braindec and by the Cognitive Atlas ("Executive/Cognitive
@@ -275,7 +282,10 @@ impl Ontology {
             ));
         }
         let found = Found::scan(dir)?;
-        let tasks_path = found.tasks.as_deref().ok_or_else(|| missing(dir, "task file"))?;
+        let tasks_path = found
+            .tasks
+            .as_deref()
+            .ok_or_else(|| missing(dir, "task file"))?;
         let concepts_path = found
             .concepts
             .as_deref()
@@ -348,7 +358,10 @@ impl Ontology {
         if let Some(path) = &found.concept_domains {
             let text = std::fs::read_to_string(path).at(path)?;
             let map: HashMap<String, String> = serde_json::from_str(&text).map_err(|e| {
-                Error::input(path, format!("expected a JSON object concept name → domain ({e})"))
+                Error::input(
+                    path,
+                    format!("expected a JSON object concept name → domain ({e})"),
+                )
             })?;
             let mut bad = Vec::new();
             for (name, dom) in &map {
