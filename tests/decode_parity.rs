@@ -73,13 +73,22 @@ fn same_ranking(what: &str, ours: &[Value], theirs: &[Value], n: usize) -> f64 {
         let (po, pt) = (f(o, "probability"), f(t, "prob"));
         let err = (po - pt).abs();
         worst = worst.max(err);
-        assert!(err <= TOL, "{what} #{i}: {po} vs {pt} ({} / {})", o["name"], t["pred"]);
+        assert!(
+            err <= TOL,
+            "{what} #{i}: {po} vs {pt} ({} / {})",
+            o["name"],
+            t["pred"]
+        );
         if o["name"] != t["pred"] {
             // A tie: the name must be among the expected rows of (nearly) equal probability.
             let tied = theirs
                 .iter()
                 .any(|x| x["pred"] == o["name"] && (f(x, "prob") - pt).abs() <= TOL);
-            assert!(tied, "{what} #{i}: {} where braindec ranks {}", o["name"], t["pred"]);
+            assert!(
+                tied,
+                "{what} #{i}: {} where braindec ranks {}",
+                o["name"], t["pred"]
+            );
         }
     }
     worst
@@ -108,7 +117,10 @@ fn decode_matches_braindec() {
         let m = &got["maps"][0];
         let what = format!("{} (tail {tail}, s {})", case["map"], case["logit_scale"]);
 
-        let (ot, tt) = (m["tasks"].as_array().unwrap(), case["tasks"].as_array().unwrap());
+        let (ot, tt) = (
+            m["tasks"].as_array().unwrap(),
+            case["tasks"].as_array().unwrap(),
+        );
         worst[0] = worst[0].max(same_ranking(&format!("{what} tasks"), ot, tt, 10));
         for (o, t) in ot.iter().zip(tt) {
             if o["name"] != t["pred"] {
@@ -120,17 +132,39 @@ fn decode_matches_braindec() {
                 ("joint", "joint_prob"),
             ] {
                 let e = (f(o, ours) - f(t, theirs)).abs();
-                assert!(e <= TOL, "{what} {}: {ours} {} vs {}", t["pred"], f(o, ours), f(t, theirs));
+                assert!(
+                    e <= TOL,
+                    "{what} {}: {ours} {} vs {}",
+                    t["pred"],
+                    f(o, ours),
+                    f(t, theirs)
+                );
             }
             let s = (f(o, "similarity") - f(t, "similarity")).abs();
             worst[3] = worst[3].max(s);
-            assert!(s <= 1e-4, "{what} {}: similarity {} vs {}", t["pred"], f(o, "similarity"), f(t, "similarity"));
+            assert!(
+                s <= 1e-4,
+                "{what} {}: similarity {} vs {}",
+                t["pred"],
+                f(o, "similarity"),
+                f(t, "similarity")
+            );
             let bf = (f(o, "bayes_factor") / f(t, "bayes_factor") - 1.0).abs();
-            assert!(bf <= 1e-4, "{what} {}: bayes factor off by {bf:e} (relative)", t["pred"]);
+            assert!(
+                bf <= 1e-4,
+                "{what} {}: bayes factor off by {bf:e} (relative)",
+                t["pred"]
+            );
         }
-        let (oc, tc) = (m["concepts"].as_array().unwrap(), case["concepts"].as_array().unwrap());
+        let (oc, tc) = (
+            m["concepts"].as_array().unwrap(),
+            case["concepts"].as_array().unwrap(),
+        );
         worst[1] = worst[1].max(same_ranking(&format!("{what} concepts"), oc, tc, 10));
-        let (od, td) = (m["domains"].as_array().unwrap(), case["domains"].as_array().unwrap());
+        let (od, td) = (
+            m["domains"].as_array().unwrap(),
+            case["domains"].as_array().unwrap(),
+        );
         assert_eq!(od.len(), 10, "all 10 domains are listed");
         worst[2] = worst[2].max(same_ranking(&format!("{what} domains"), od, td, 10));
         cases += 1;
@@ -166,7 +200,12 @@ fn many_maps_in_one_call_equal_one_map_per_call() {
         let (a, b) = (&all["maps"][i], &single["maps"][0]);
         assert_eq!(a["map"], b["map"]);
         for level in ["tasks", "concepts", "domains"] {
-            for (x, y) in a[level].as_array().unwrap().iter().zip(b[level].as_array().unwrap()) {
+            for (x, y) in a[level]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(b[level].as_array().unwrap())
+            {
                 // The towers run as one batch: rounding may differ in the last bits only.
                 let e = (f(x, "probability") - f(y, "probability")).abs();
                 assert!(e < 1e-6, "map {i} {level}: {x} vs {y}");
@@ -189,4 +228,76 @@ fn prior_from_documents_matches_the_reference() {
         .fold(0.0, f64::max);
     assert!(err < 1e-7, "prior differs by {err:e}");
     assert!((got.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+}
+
+#[test]
+fn real_maps_in_one_call_write_tables_and_pictures() {
+    let Some(data) = need_shared("real_maps_in_one_call_write_tables_and_pictures") else {
+        return;
+    };
+    let dir = tmpdir("decode-real");
+    let maps: Vec<String> = std::fs::read_dir(data.join("maps"))
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .filter(|p| p.ends_with(".nii.gz"))
+        .collect();
+    assert_eq!(maps.len(), 5);
+    let mut args: Vec<String> = vec!["decode".into()];
+    args.extend(maps.iter().cloned());
+    args.extend(model_flags(&data));
+    let out = dir.join("tables");
+    let plot = dir.join("fig.png");
+    args.extend([
+        "--out".into(),
+        out.display().to_string(),
+        "--plot".into(),
+        plot.display().to_string(),
+        "--format".into(),
+        "csv".into(),
+    ]);
+    let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    niclip(&a);
+    for m in &maps {
+        let stem = Path::new(m)
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim_end_matches(".nii.gz")
+            .to_string();
+        for f in [
+            format!("{stem}_task_predictions.csv"),
+            format!("{stem}_concept_predictions.csv"),
+            format!("{stem}_process_predictions.csv"),
+            format!("{stem}.json"),
+        ] {
+            assert!(out.join(&f).is_file(), "{f} missing");
+        }
+        let head =
+            std::fs::read_to_string(out.join(format!("{stem}_task_predictions.csv"))).unwrap();
+        assert!(head
+            .starts_with("pred,prob,similarity,likelihood,prior_prob,joint_prob,bayes_factor\n"));
+        for pic in [format!("fig-{stem}.png"), format!("fig-{stem}-slices.png")] {
+            let bytes = std::fs::read(dir.join(&pic)).unwrap_or_else(|_| panic!("{pic} missing"));
+            assert!(bytes.starts_with(b"\x89PNG"), "{pic} is not a PNG");
+        }
+    }
+
+    // The motor z-map's top 1 % as a binary ROI, pictured as SVG.
+    let svg = dir.join("motor.svg");
+    let motor = data.join("maps/neurovault_10426_motor_left-vs-right_zmap.nii.gz");
+    let mut args = vec!["decode".to_string(), motor.display().to_string()];
+    args.extend(model_flags(&data));
+    args.extend([
+        "--percentile".into(),
+        "1".into(),
+        "--plot".into(),
+        svg.display().to_string(),
+    ]);
+    let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    niclip(&a);
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.contains("Tasks  P(T|A)") && text.contains("top 1% as ROI"));
+    let slices = std::fs::read_to_string(dir.join("motor-slices.svg")).unwrap();
+    assert!(slices.contains("data:image/png;base64,") && slices.contains("ROI centre at MNI"));
 }

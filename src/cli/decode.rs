@@ -5,7 +5,9 @@ use super::Compute;
 use crate::brain::Image;
 use crate::clip::model::Clip;
 use crate::decode::maps::prepare_volume;
-use crate::decode::report::{stems, write_csv, write_json, write_map_files, write_table, MapReport};
+use crate::decode::report::{
+    stems, write_csv, write_json, write_map_files, write_table, MapReport,
+};
 use crate::decode::{plot, Asset, Decoder, DecoderAssets, ScaleSource, Tail, Variant};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
@@ -152,8 +154,10 @@ pub fn run(a: DecodeArgs) -> Result<()> {
     let bar = (a.maps.len() > 20).then(|| {
         let b = indicatif::ProgressBar::new(a.maps.len() as u64);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} maps ({per_sec}, eta {eta})")
-                .unwrap(),
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} maps ({per_sec}, eta {eta})",
+            )
+            .unwrap(),
         );
         b
     });
@@ -204,7 +208,16 @@ pub fn run(a: DecodeArgs) -> Result<()> {
         eprintln!("{} maps → {}", reports.len(), dir.display());
     }
     if let Some(file) = &a.plot {
-        write_plots(&a, &decoder, &variant, &reports, &stems, &counts, file, &scale_note)?;
+        write_plots(
+            &a,
+            &decoder,
+            &variant,
+            &reports,
+            &stems,
+            &counts,
+            file,
+            &scale_note,
+        )?;
     }
     Ok(())
 }

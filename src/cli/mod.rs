@@ -8,6 +8,7 @@ pub mod decode;
 pub mod embed;
 pub mod eval;
 pub mod train;
+pub mod vocab;
 
 use crate::device::DeviceArg;
 use crate::error::Result;
@@ -44,6 +45,8 @@ pub enum Command {
     /// Evaluate models: retrieval (Recall@k, Mix&Match).
     #[command(subcommand)]
     Eval(eval::EvalCommand),
+    /// The decoding vocabulary: Cognitive Atlas tasks embedded by a language model, and their prior.
+    Vocab(vocab::VocabArgs),
     /// Decode brain maps into Cognitive Atlas tasks, concepts and domains.
     Decode(decode::DecodeArgs),
     /// The paper's baselines: the Neurosynth correlation decoder and GC-LDA.
@@ -89,6 +92,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Corpus(c) => corpus::run(c),
         Command::Train(a) => train::run(a),
         Command::Eval(c) => eval::run(c),
+        Command::Vocab(a) => vocab::run(a),
         Command::Decode(a) => decode::run(a),
         Command::Baseline(c) => baseline::run(c),
         Command::Embed(a) => embed::embed(a),

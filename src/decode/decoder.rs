@@ -1,11 +1,11 @@
 //! `Decoder`: everything a decode needs, loaded once (model, atlas, vocabulary pushed through
 //! the text tower, prior, ontology), then any number of maps decoded against it.
 
-use super::maps::{image_features, Variant};
+use super::maps::{image_features, mni152_2mm_grid, Variant};
 use super::ontology::{Ontology, DOMAINS};
 use super::posterior::{noisy_or, task_posteriors, TaskPosterior};
 use super::vocabulary::Vocabulary;
-use crate::brain::{Atlas, Image, Mask};
+use crate::brain::{Atlas, Image};
 use crate::error::{Error, IoContext, Result};
 use std::path::{Path, PathBuf};
 
@@ -126,7 +126,7 @@ impl Decoder {
         }
         let atlas_path = assets.atlas.path()?;
         // On the MNI152 2 mm grid, as `niclip images` made the training features.
-        let atlas = Atlas::read_on_grid(&atlas_path, assets.labels, &Mask::mni152_2mm().grid)?;
+        let atlas = Atlas::read_on_grid(&atlas_path, assets.labels, &mni152_2mm_grid())?;
         if atlas.k != towers.image_dim() {
             return Err(Error::input(
                 &atlas_path,

@@ -18,7 +18,7 @@
 //! concept → domain mapping when one is present.
 
 use crate::error::{Error, IoContext, Result};
-use serde_json::Value;
+use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -89,7 +89,11 @@ impl Found {
             };
             files.sort();
             for f in files {
-                let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
+                let name = f
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("")
+                    .to_string();
                 let slot = match name.as_str() {
                     "TaskCollection.json" => &mut found.tasks,
                     n if n.starts_with("task_snapshot") && n.ends_with(".json") => &mut found.tasks,
@@ -134,64 +138,85 @@ pub fn name_key(name: &str) -> String {
         .to_lowercase()
 }
 
-fn read_json_entries(path: &Path) -> Result<Vec<Value>> {
+/// The fields of a snapshot entry (task, concept or assertion) the decoder reads; others are
+/// skipped unparsed.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Entry {
+    id: Option<String>,
+    name: Option<String>,
+    definition_text: Option<String>,
+    id_concept_class: Option<String>,
+    /// Dump tasks: the concepts they measure.
+    asserts: Vec<Link>,
+    /// API snapshots: a task's concepts.
+    concepts: Vec<Link>,
+    /// Assertions: concept (subject) measured by task (predicate).
+    subject: Vec<Link>,
+    predicate: Vec<Link>,
+}
+
+/// An id, or an object holding one (`concept_id` or `id`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Link {
+    Id(String),
+    Object {
+        #[serde(alias = "id")]
+        concept_id: String,
+    },
+    Other(serde::de::IgnoredAny),
+}
+
+impl Link {
+    fn id(&self) -> Option<&str> {
+        match self {
+            Link::Id(s) | Link::Object { concept_id: s } => Some(s),
+            Link::Other(_) => None,
+        }
+    }
+}
+
+fn ids(links: &[Link]) -> impl Iterator<Item = &str> {
+    links.iter().filter_map(Link::id)
+}
+
+#[derive(Deserialize)]
+struct Wrapped {
+    entries: Vec<Entry>,
+}
+
+fn read_json_entries(path: &Path) -> Result<Vec<Entry>> {
     let text = std::fs::read_to_string(path).at(path)?;
-    let v: Value = serde_json::from_str(&text)
-        .map_err(|e| Error::input(path, format!("not valid JSON ({e})")))?;
-    match v {
-        Value::Array(a) => Ok(a),
-        Value::Object(mut o) => match o.remove("entries") {
-            Some(Value::Array(a)) => Ok(a),
-            _ => Err(Error::input(
-                path,
-                "expected a JSON list of entries or {\"entries\": [...]} (a Cognitive Atlas snapshot)",
-            )),
-        },
-        _ => Err(Error::input(path, "expected a JSON list of entries")),
+    let bad = |e: serde_json::Error| {
+        Error::input(
+            path,
+            format!("expected a JSON list of entries or {{\"entries\": [...]}} (a Cognitive Atlas snapshot): {e}"),
+        )
+    };
+    if text.trim_start().starts_with('[') {
+        serde_json::from_str::<Vec<Entry>>(&text).map_err(bad)
+    } else {
+        Ok(serde_json::from_str::<Wrapped>(&text).map_err(bad)?.entries)
     }
 }
 
-fn text_field(v: &Value, key: &str) -> String {
-    match v.get(key) {
-        Some(Value::String(s)) => s.trim().to_string(),
-        _ => String::new(),
-    }
-}
-
-fn id_list(v: &Value, key: &str) -> Vec<String> {
-    match v.get(key) {
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(|x| match x {
-                Value::String(s) => Some(s.clone()),
-                // API snapshots list concepts as objects.
-                Value::Object(o) => o
-                    .get("concept_id")
-                    .or_else(|| o.get("id"))
-                    .and_then(|s| s.as_str())
-                    .map(str::to_string),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    }
+fn text_field(v: &Option<String>) -> String {
+    v.as_deref().unwrap_or("").trim().to_string()
 }
 
 fn domain_index(value: &str) -> Option<usize> {
     let v = value.trim();
-    if let Some(n) = v.strip_prefix("ctp_C").and_then(|n| n.parse::<usize>().ok()) {
+    if let Some(n) = v
+        .strip_prefix("ctp_C")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
         return (1..=10).contains(&n).then(|| n - 1);
     }
     // Domain names as spelled by braindec and by the Cognitive Atlas ("Executive/Cognitive
     // Control", "Reasoning and Decision Making").
-    let key = name_key(&v.replace('/', " ").replace('-', " "));
-    DOMAINS
-        .iter()
-        .position(|d| name_key(d) == key)
-        .or_else(|| match key.as_str() {
-            "executive cognitive control" => Some(3),
-            _ => None,
-        })
+    let key = name_key(&v.replace(['/', '-'], " "));
+    DOMAINS.iter().position(|d| name_key(d) == key)
 }
 
 /// The reduced table: task name and up to three concept names per row. Accepts braindec's
@@ -257,7 +282,10 @@ impl Ontology {
             ));
         }
         let found = Found::scan(dir)?;
-        let tasks_path = found.tasks.as_deref().ok_or_else(|| missing(dir, "task file"))?;
+        let tasks_path = found
+            .tasks
+            .as_deref()
+            .ok_or_else(|| missing(dir, "task file"))?;
         let concepts_path = found
             .concepts
             .as_deref()
@@ -271,16 +299,18 @@ impl Ontology {
         let mut no_definition = 0;
         for e in &task_entries {
             let (id, name, definition) = (
-                text_field(e, "id"),
-                text_field(e, "name"),
-                text_field(e, "definition_text"),
+                text_field(&e.id),
+                text_field(&e.name),
+                text_field(&e.definition_text),
             );
             if name.is_empty() || definition.is_empty() || id.is_empty() {
                 no_definition += 1;
                 continue;
             }
-            let mut links = id_list(e, "asserts");
-            links.extend(id_list(e, "concepts"));
+            let links: Vec<String> = ids(&e.asserts)
+                .chain(ids(&e.concepts))
+                .map(str::to_string)
+                .collect();
             task_asserts.push(links);
             tasks.push(Task {
                 id,
@@ -301,15 +331,15 @@ impl Ontology {
         let mut dropped_concepts = 0;
         for e in &concept_entries {
             let (id, name, definition) = (
-                text_field(e, "id"),
-                text_field(e, "name"),
-                text_field(e, "definition_text"),
+                text_field(&e.id),
+                text_field(&e.name),
+                text_field(&e.definition_text),
             );
             if name.is_empty() || definition.is_empty() || id.is_empty() {
                 dropped_concepts += 1;
                 continue;
             }
-            let domain = domain_index(&text_field(e, "id_concept_class"));
+            let domain = domain_index(&text_field(&e.id_concept_class));
             concepts.push(Concept { id, name, domain });
         }
         if dropped_concepts > 0 {
@@ -328,7 +358,10 @@ impl Ontology {
         if let Some(path) = &found.concept_domains {
             let text = std::fs::read_to_string(path).at(path)?;
             let map: HashMap<String, String> = serde_json::from_str(&text).map_err(|e| {
-                Error::input(path, format!("expected a JSON object concept name → domain ({e})"))
+                Error::input(
+                    path,
+                    format!("expected a JSON object concept name → domain ({e})"),
+                )
             })?;
             let mut bad = Vec::new();
             for (name, dom) in &map {
@@ -423,10 +456,9 @@ impl Ontology {
                     .map(|(i, t)| (t.id.as_str(), i))
                     .collect();
                 for a in read_json_entries(path)? {
-                    for s in id_list(&a, "subject") {
-                        for p in id_list(&a, "predicate") {
-                            if let (Some(&c), Some(&t)) =
-                                (concept_by_id.get(s.as_str()), task_by_id.get(p.as_str()))
+                    for s in ids(&a.subject) {
+                        for p in ids(&a.predicate) {
+                            if let (Some(&c), Some(&t)) = (concept_by_id.get(s), task_by_id.get(p))
                             {
                                 task_concepts[t].push(c as u32);
                             }
@@ -478,5 +510,30 @@ impl Ontology {
                     .copied()
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_compare_loosely() {
+        assert_eq!(
+            name_key("Raven&#39,s  Advanced Progressive Matrices "),
+            name_key("Raven\u{2019}s Advanced Progressive Matrices")
+        );
+        assert_ne!(name_key("n-back task"), name_key("n back task"));
+    }
+
+    #[test]
+    fn domains_from_class_ids_and_names() {
+        assert_eq!(domain_index("ctp_C1"), Some(0));
+        assert_eq!(domain_index("ctp_C10"), Some(9));
+        assert_eq!(domain_index("ctp_C11"), None);
+        assert_eq!(domain_index("Executive/Cognitive Control"), Some(3));
+        assert_eq!(domain_index("Reasoning and Decision Making"), Some(2));
+        assert_eq!(domain_index("Social function"), Some(8));
+        assert_eq!(domain_index(""), None);
     }
 }

@@ -348,20 +348,14 @@ pub fn slices_svg(vol: &[f32], grid: &Grid, title: &str, subtitle: &str) -> Resu
     let rendered: Vec<_> = views
         .iter()
         .map(|&(name, axes, cut, c_mm)| {
-            let (png, w, h) = slice_png(
-                &t1.data, t1_max, &map, &overlay, g, axes, cut as f64, px,
-            );
+            let (png, w, h) = slice_png(&t1.data, t1_max, &map, &overlay, g, axes, cut as f64, px);
             (name, axes, png, w, h, c_mm)
         })
         .collect();
     let panel_h = rendered.iter().map(|r| r.4).max().unwrap_or(0) as f64;
     let (left, top, gap) = (24.0, 78.0, 18.0);
     let bar_w = 120.0;
-    let width = left
-        + rendered.iter().map(|r| r.3 as f64).sum::<f64>()
-        + gap * 2.0
-        + 30.0
-        + bar_w;
+    let width = left + rendered.iter().map(|r| r.3 as f64).sum::<f64>() + gap * 2.0 + 30.0 + bar_w;
     let height = top + panel_h + 56.0;
     let mut s = String::new();
     let _ = write!(
@@ -526,7 +520,11 @@ pub fn rasterise(svg: &str, zoom: f32) -> std::result::Result<Vec<u8>, String> {
     db.load_font_data(FONT.to_vec());
     db.load_font_data(FONT_BOLD.to_vec());
     let tree = usvg::Tree::from_str(svg, &options).map_err(|e| format!("bad SVG: {e}"))?;
-    let size = tree.size().to_int_size().scale_by(zoom).ok_or("empty picture")?;
+    let size = tree
+        .size()
+        .to_int_size()
+        .scale_by(zoom)
+        .ok_or("empty picture")?;
     let mut pixmap =
         tiny_skia::Pixmap::new(size.width(), size.height()).ok_or("picture too large")?;
     resvg::render(
@@ -534,7 +532,9 @@ pub fn rasterise(svg: &str, zoom: f32) -> std::result::Result<Vec<u8>, String> {
         tiny_skia::Transform::from_scale(zoom, zoom),
         &mut pixmap.as_mut(),
     );
-    pixmap.encode_png().map_err(|e| format!("PNG encoding: {e}"))
+    pixmap
+        .encode_png()
+        .map_err(|e| format!("PNG encoding: {e}"))
 }
 
 #[cfg(test)]

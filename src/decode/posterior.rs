@@ -22,7 +22,9 @@ pub struct TaskPosterior {
 
 /// Posterior over tasks from the scaled similarities of one map (`logits`, one per task).
 pub fn task_posterior(logits: &[f32], prior: &[f64]) -> TaskPosterior {
-    let max = logits.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+    let max = logits
+        .iter()
+        .fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
     let exps: Vec<f64> = logits.iter().map(|&x| (x as f64 - max).exp()).collect();
     let z: f64 = exps.iter().sum();
     let likelihood: Vec<f64> = exps.iter().map(|e| e / z).collect();

@@ -69,11 +69,7 @@ impl MapReport {
         MapReport {
             map: d.map.clone(),
             tasks,
-            concepts: rows(
-                &d.concepts,
-                &|i| decoder.concept_names()[i].clone(),
-                top,
-            ),
+            concepts: rows(&d.concepts, &|i| decoder.concept_names()[i].clone(), top),
             domains: rows(
                 &d.domains,
                 &|i| decoder.domain_names()[i].to_string(),
@@ -272,9 +268,7 @@ pub fn write_map_files(dir: &Path, stem: &str, r: &MapReport) -> Result<()> {
         })?;
     }
     let json = dir.join(format!("{stem}.json"));
-    crate::io::write_atomic(&json, |w| {
-        write_json(w, std::slice::from_ref(r)).at(&json)
-    })
+    crate::io::write_atomic(&json, |w| write_json(w, std::slice::from_ref(r)).at(&json))
 }
 
 /// File stems for the maps: the file name without .nii/.nii.gz, `_vol-N` for volumes of a 4D
@@ -296,7 +290,11 @@ pub fn stems(maps: &[(std::path::PathBuf, usize)]) -> Vec<String> {
             };
             let count = seen.entry(s.clone()).or_insert(0);
             *count += 1;
-            out.push(if *count > 1 { format!("{s}-{count}") } else { s });
+            out.push(if *count > 1 {
+                format!("{s}-{count}")
+            } else {
+                s
+            });
         }
     }
     out

@@ -48,8 +48,18 @@ impl Vocabulary {
                 ),
             ));
         }
-        if let Some(r) = e.data.chunks(e.cols).position(|row| row.iter().any(|x| !x.is_finite())) {
-            return Err(Error::input(emb, format!("row {r} ({}) holds NaN or Inf; re-embed the vocabulary", names_v[r])));
+        if let Some(r) = e
+            .data
+            .chunks(e.cols)
+            .position(|row| row.iter().any(|x| !x.is_finite()))
+        {
+            return Err(Error::input(
+                emb,
+                format!(
+                    "row {r} ({}) holds NaN or Inf; re-embed the vocabulary",
+                    names_v[r]
+                ),
+            ));
         }
         let p = read_npy_f32(prior)?;
         if p.data.len() != names_v.len() || (p.cols != 1 && p.rows != 1) {
@@ -64,7 +74,10 @@ impl Vocabulary {
                 ),
             ));
         }
-        if p.data.iter().any(|&x| !(x.is_finite() && x > 0.0 && x < 1.0)) {
+        if p.data
+            .iter()
+            .any(|&x| !(x.is_finite() && x > 0.0 && x < 1.0))
+        {
             return Err(Error::input(
                 prior,
                 "every prior probability must lie in (0, 1); make the prior with `niclip vocab`",
@@ -95,7 +108,12 @@ impl Vocabulary {
             self.dim,
         )?;
         let prior: Vec<f32> = self.prior.iter().map(|&p| p as f32).collect();
-        write_npy_f32(&dir.join("vocabulary_prior.npy"), &prior, self.names.len(), 1)
+        write_npy_f32(
+            &dir.join("vocabulary_prior.npy"),
+            &prior,
+            self.names.len(),
+            1,
+        )
     }
 }
 
