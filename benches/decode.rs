@@ -6,7 +6,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use niclip::brain::Image;
 use niclip::clip::model::Clip;
-use niclip::decode::{Asset, Decoder, DecoderAssets, Variant};
+use niclip::decode::{Decoder, DecoderAssets, Variant};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ fn assets() -> Option<(DecoderAssets, PathBuf)> {
         eprintln!("skipped decode benches: ../shared/data is missing");
         return None;
     }
-    let f = |n: &str| Asset::Path(repo.join("tests/fixtures/decode").join(n));
+    let f = |n: &str| (repo.join("tests/fixtures/decode").join(n));
     Some((
         DecoderAssets {
             model: f("model.safetensors"),
@@ -26,7 +26,7 @@ fn assets() -> Option<(DecoderAssets, PathBuf)> {
             vocabulary_prior: f("vocabulary_prior.npy"),
             ontology: data.join("cogat"),
             reduced: true,
-            atlas: Asset::Path(data.join("mni/HarvardOxford-cort-maxprob-thr25-2mm.nii.gz")),
+            atlas: (data.join("mni/HarvardOxford-cort-maxprob-thr25-2mm.nii.gz")),
             labels: true,
         },
         data.join("maps/neurovault_10426_motor_left-vs-right_zmap.nii.gz"),

@@ -188,9 +188,22 @@ fn vocabulary_files_that_disagree_are_refused() {
 
 #[test]
 fn missing_model_flags_and_bad_options_say_what_to_pass() {
-    let err = niclip_fails(&["decode", "map.nii.gz"]);
+    // Some model flags but not all: say which are missing.
+    let err = niclip_fails(&["decode", "map.nii.gz", "--model", "m.safetensors"]);
     assert!(
-        one_line(&err).contains("no default model is embedded in this build; pass --model"),
+        one_line(&err).contains("missing: --vocabulary --vocabulary-emb --vocabulary-prior --ontology --atlas"),
+        "{err}"
+    );
+    // A default-model folder that is not one.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_niclip"))
+        .args(["decode", "map.nii.gz"])
+        .env("NICLIP_ASSETS", "/nonexistent/assets")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        one_line(&err).contains("/nonexistent/assets") && err.contains("build-default-model.sh"),
         "{err}"
     );
     let Some(data) = need_shared("missing_model_flags_and_bad_options") else {

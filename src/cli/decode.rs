@@ -8,7 +8,7 @@ use crate::decode::maps::prepare_volume;
 use crate::decode::report::{
     stems, write_csv, write_json, write_map_files, write_table, MapReport,
 };
-use crate::decode::{plot, Asset, Decoder, DecoderAssets, ScaleSource, Tail, Variant};
+use crate::decode::{default_model, plot, Decoder, DecoderAssets, ScaleSource, Tail, Variant};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -20,11 +20,9 @@ pub enum Format {
     Json,
 }
 
-#[derive(clap::Args, Debug)]
-pub struct DecodeArgs {
-    /// Brain maps in MNI space (3D or 4D NIfTI; a 4D image is one map per volume).
-    #[arg(required = true)]
-    pub maps: Vec<PathBuf>,
+/// Which model decodes: the default one (no flags), or all of these.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
     /// Trained CLIP model (.safetensors with the authors' keys).
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -52,6 +50,15 @@ pub struct DecodeArgs {
     /// braindec's command line uses 10, its evaluation scripts 20.
     #[arg(long)]
     pub logit_scale: Option<f32>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DecodeArgs {
+    /// Brain maps in MNI space (3D or 4D NIfTI; a 4D image is one map per volume).
+    #[arg(required = true)]
+    pub maps: Vec<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Tasks and concepts listed per map (domains: all 10).
     #[arg(long, default_value_t = 10)]
     pub top: usize,
@@ -79,18 +86,8 @@ pub struct DecodeArgs {
     pub compute: Compute,
 }
 
-impl DecodeArgs {
-    fn variant(&self) -> Result<Variant> {
-        let v = Variant {
-            tail: self.tail,
-            flip: self.flip,
-            percentile: self.percentile,
-        };
-        v.check()?;
-        Ok(v)
-    }
-
-    fn assets(&self) -> Result<DecoderAssets> {
+impl ModelArgs {
+    pub fn assets(&self) -> Result<DecoderAssets> {
         let given = [
             ("--model", &self.model),
             ("--vocabulary", &self.vocabulary),
@@ -104,24 +101,67 @@ impl DecodeArgs {
             .filter(|(_, p)| p.is_none())
             .map(|(f, _)| *f)
             .collect();
+        if missing.len() == given.len() {
+            if self.labels {
+                return Err(Error::Usage(
+                    "--labels describes an --atlas; the default model knows its own atlas".into(),
+                ));
+            }
+            let dir = default_model::find()?;
+            return Ok(default_model::assets(&dir, self.reduced));
+        }
         if !missing.is_empty() {
             return Err(Error::Usage(format!(
-                "no default model is embedded in this build; pass --model model.safetensors --vocabulary vocabulary.txt --vocabulary-emb vocabulary_emb.npy --vocabulary-prior vocabulary_prior.npy --ontology DIR --atlas ATLAS.nii.gz (missing: {})",
+                "a model of your own needs all of --model --vocabulary --vocabulary-emb --vocabulary-prior --ontology --atlas (missing: {}); give none of them to use the default model",
                 missing.join(" ")
             )));
         }
-        let p = |x: &Option<PathBuf>| Asset::Path(x.clone().unwrap());
+        let p = |x: &Option<PathBuf>| x.clone().expect("checked above");
         Ok(DecoderAssets {
             model: p(&self.model),
             vocabulary: p(&self.vocabulary),
             vocabulary_emb: p(&self.vocabulary_emb),
             vocabulary_prior: p(&self.vocabulary_prior),
-            ontology: self.ontology.clone().unwrap(),
+            ontology: p(&self.ontology),
             reduced: self.reduced,
             atlas: p(&self.atlas),
             labels: self.labels,
         })
     }
+
+    /// The decoder, loaded once; warnings printed, and a note saying which s scales the
+    /// similarities.
+    pub fn decoder(&self) -> Result<(Decoder, String)> {
+        let assets = self.assets()?;
+        let towers = Clip::load(&assets.model)?;
+        let decoder = Decoder::new(Box::new(towers), &assets, self.logit_scale)?;
+        for w in &decoder.warnings {
+            eprintln!("warning: {w}");
+        }
+        let scale_note = format!(
+            "s = {} ({})",
+            decoder.logit_scale,
+            match decoder.scale_source {
+                ScaleSource::Learned => "the model's learned logit scale",
+                ScaleSource::Given => "--logit-scale",
+            }
+        );
+        eprintln!("similarities scaled by {scale_note}");
+        Ok((decoder, scale_note))
+    }
+}
+
+impl DecodeArgs {
+    fn variant(&self) -> Result<Variant> {
+        let v = Variant {
+            tail: self.tail,
+            flip: self.flip,
+            percentile: self.percentile,
+        };
+        v.check()?;
+        Ok(v)
+    }
+
 }
 
 pub fn run(a: DecodeArgs) -> Result<()> {
@@ -134,21 +174,7 @@ pub fn run(a: DecodeArgs) -> Result<()> {
     if a.top == 0 {
         return Err(Error::Usage("--top must be at least 1".into()));
     }
-    let assets = a.assets()?;
-    let towers = Clip::load(&assets.model.path()?)?;
-    let decoder = Decoder::new(Box::new(towers), &assets, a.logit_scale)?;
-    for w in &decoder.warnings {
-        eprintln!("warning: {w}");
-    }
-    let scale_note = format!(
-        "s = {} ({})",
-        decoder.logit_scale,
-        match decoder.scale_source {
-            ScaleSource::Learned => "the model's learned logit scale",
-            ScaleSource::Given => "--logit-scale",
-        }
-    );
-    eprintln!("similarities scaled by {scale_note}");
+    let (decoder, scale_note) = a.model.decoder()?;
 
     // Maps → atlas features, files in parallel (volumes of a 4D file too), one model.
     let bar = (a.maps.len() > 20).then(|| {

@@ -6,7 +6,7 @@ use super::ontology::{Ontology, DOMAINS};
 use super::posterior::{noisy_or, task_posteriors, TaskPosterior};
 use super::vocabulary::Vocabulary;
 use crate::brain::{Atlas, Image};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
 /// The CLIP towers as the decoder uses them (the trained model implements this).
@@ -20,48 +20,16 @@ pub trait Towers: Send + Sync {
     fn encode_texts(&self, x: &[f32], n: usize) -> Vec<f32>;
 }
 
-/// One input file: on disk, or bytes compiled into the binary (materialised once into the
-/// cache folder, so that the prepared-atlas cache, keyed by path, applies to it too).
-#[derive(Clone, Debug)]
-pub enum Asset {
-    Path(PathBuf),
-    Embedded {
-        name: &'static str,
-        bytes: &'static [u8],
-    },
-}
-
-impl Asset {
-    pub fn path(&self) -> Result<PathBuf> {
-        match self {
-            Asset::Path(p) => Ok(p.clone()),
-            Asset::Embedded { name, bytes } => {
-                let dir = crate::brain::atlas_cache::cache_dir()
-                    .unwrap_or_else(std::env::temp_dir)
-                    .join("embedded");
-                let path = dir.join(name);
-                let fresh = std::fs::metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64);
-                if !fresh {
-                    crate::io::write_atomic(&path, |w| {
-                        std::io::Write::write_all(w, bytes).at(&path)
-                    })?;
-                }
-                Ok(path)
-            }
-        }
-    }
-}
-
 /// Where the decoder's inputs come from. `ontology` is a folder (see `ontology`).
 #[derive(Clone, Debug)]
 pub struct DecoderAssets {
-    pub model: Asset,
-    pub vocabulary: Asset,
-    pub vocabulary_emb: Asset,
-    pub vocabulary_prior: Asset,
+    pub model: PathBuf,
+    pub vocabulary: PathBuf,
+    pub vocabulary_emb: PathBuf,
+    pub vocabulary_prior: PathBuf,
     pub ontology: PathBuf,
     pub reduced: bool,
-    pub atlas: Asset,
+    pub atlas: PathBuf,
     /// The atlas is a 3D label image (one indicator map per label).
     pub labels: bool,
 }
@@ -106,16 +74,16 @@ impl Decoder {
         assets: &DecoderAssets,
         logit_scale: Option<f32>,
     ) -> Result<Decoder> {
-        let emb_path = assets.vocabulary_emb.path()?;
+        let emb_path = &assets.vocabulary_emb;
         let vocabulary = Vocabulary::read(
-            &assets.vocabulary.path()?,
-            &emb_path,
-            &assets.vocabulary_prior.path()?,
+            &assets.vocabulary,
+            emb_path,
+            &assets.vocabulary_prior,
         )?;
-        let model_path = assets.model.path()?;
+        let model_path = &assets.model;
         if vocabulary.dim != towers.text_dim() {
             return Err(Error::input(
-                &emb_path,
+                emb_path,
                 format!(
                     "embeddings are {} wide but the model {} takes {}-wide text features; embed the vocabulary with the language model the CLIP model was trained on (`niclip vocab --model …`)",
                     vocabulary.dim,
@@ -124,7 +92,7 @@ impl Decoder {
                 ),
             ));
         }
-        let atlas_path = assets.atlas.path()?;
+        let atlas_path = &assets.atlas;
         // On the MNI152 2 mm grid, as `niclip images` made the training features.
         let atlas = Atlas::read_on_grid(&atlas_path, assets.labels, &mni152_2mm_grid())?;
         if atlas.k != towers.image_dim() {

@@ -3,6 +3,7 @@
 //! pictures.
 
 pub mod decoder;
+pub mod default_model;
 pub mod maps;
 pub mod ontology;
 pub mod plot;
@@ -10,7 +11,7 @@ pub mod posterior;
 pub mod report;
 pub mod vocabulary;
 
-pub use decoder::{Asset, Decoder, DecoderAssets, Decoding, ScaleSource, Towers};
+pub use decoder::{Decoder, DecoderAssets, Decoding, ScaleSource, Towers};
 pub use maps::{Tail, Variant};
 pub use ontology::Ontology;
 pub use vocabulary::Vocabulary;
