@@ -185,6 +185,14 @@ impl Decoder {
     pub fn domain_names(&self) -> &'static [&'static str] {
         &DOMAINS
     }
+    /// Per concept (in `concept_names` order), the vocabulary rows of the tasks measuring it.
+    pub fn concept_tasks(&self) -> &[Vec<u32>] {
+        &self.concept_tasks
+    }
+    /// Per domain (in `domain_names` order), its concepts.
+    pub fn domain_concepts(&self) -> &[Vec<u32>] {
+        &self.domain_concepts
+    }
     pub fn prior(&self) -> &[f64] {
         &self.vocabulary.prior
     }

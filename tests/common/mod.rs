@@ -44,6 +44,17 @@ pub fn niclip(args: &[&str]) -> String {
     stderr
 }
 
+/// Runs the niclip binary; panics with its stderr when it fails; returns stdout.
+pub fn niclip_stdout(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_niclip"))
+        .args(args)
+        .output()
+        .expect("run niclip");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "niclip {args:?} failed:\n{stderr}");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 /// Runs the niclip binary expecting failure; returns stderr.
 pub fn niclip_fails(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_niclip"))

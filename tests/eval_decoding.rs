@@ -1,0 +1,157 @@
+//! `niclip eval decoding`: its rankings are those `decode` and `baseline decode` print, and its
+//! recalls follow from them.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::path::Path;
+
+fn model_flags(data: &Path) -> Vec<String> {
+    let f = |n: &str| fixtures().join("decode").join(n).display().to_string();
+    [
+        "--model",
+        &f("model.safetensors"),
+        "--vocabulary",
+        &f("vocabulary.txt"),
+        "--vocabulary-emb",
+        &f("vocabulary_emb.npy"),
+        "--vocabulary-prior",
+        &f("vocabulary_prior.npy"),
+        "--ontology",
+        &data.join("cogat").display().to_string(),
+        "--reduced",
+        "--atlas",
+        &data
+            .join("mni/HarvardOxford-cort-maxprob-thr25-2mm.nii.gz")
+            .display()
+            .to_string(),
+        "--labels",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn names(v: &Value, key: &str) -> Vec<String> {
+    v[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn recalls_follow_from_the_rankings_decode_prints() {
+    let Some(data) = need_shared("recalls_follow_from_the_rankings_decode_prints") else {
+        return;
+    };
+    let maps: Vec<String> = [
+        "neurovault_10426_motor_left-vs-right_zmap.nii.gz",
+        "nimare_amygdala_roi.nii.gz",
+        "neurosynth_medial_motor.nii.gz",
+    ]
+    .iter()
+    .map(|m| data.join("maps").join(m).display().to_string())
+    .collect();
+    let flags = model_flags(&data);
+    let mut args: Vec<&str> = vec!["decode"];
+    args.extend(maps.iter().map(String::as_str));
+    args.extend(flags.iter().map(String::as_str));
+    args.extend(["--format", "json", "--top", "20"]);
+    let decoded: Value = serde_json::from_str(&niclip_stdout(&args)).unwrap();
+    let decoded = decoded["maps"].as_array().unwrap();
+
+    // Map 0: its top task and 3rd domain are true (found); map 1: its 5th task (not in the
+    // top 4) and its 1st domain; map 2: nothing at the task level, its 10th domain (missed).
+    let (t0, t1) = (names(&decoded[0], "tasks"), names(&decoded[1], "tasks"));
+    let (d0, d1, d2) = (
+        names(&decoded[0], "domains"),
+        names(&decoded[1], "domains"),
+        names(&decoded[2], "domains"),
+    );
+    let dir = tmpdir("eval-decoding");
+    let truth = dir.join("truth.tsv");
+    std::fs::write(
+        &truth,
+        format!(
+            "path\ttask\tdomains\n{}\t{}\t{}\n{}\t{}\t{}\n{}\t\t{}\n",
+            maps[0], t0[0], d0[2], maps[1], t1[4], d1[0], maps[2], d2[9]
+        ),
+    )
+    .unwrap();
+
+    let gclda = fixtures().join("baseline/gclda_nimare.safetensors");
+    let out = dir.join("eval");
+    let mut args: Vec<String> = vec![
+        "eval".into(),
+        "decoding".into(),
+        "--truth".into(),
+        truth.display().to_string(),
+        "--baseline".into(),
+        gclda.display().to_string(),
+        "--permutations".into(),
+        "200".into(),
+        "--out".into(),
+        out.display().to_string(),
+    ];
+    args.extend(flags);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let printed = niclip_stdout(&argv);
+    assert!(printed.contains("niclip") && printed.contains("baseline:gclda_nimare"));
+
+    let summary = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    let row = |decoder: &str, level: &str| -> Vec<String> {
+        summary
+            .lines()
+            .find(|l| l.starts_with(&format!("{decoder},{level},")))
+            .unwrap_or_else(|| panic!("no {decoder} {level} row in\n{summary}"))
+            .split(',')
+            .map(String::from)
+            .collect()
+    };
+    // decoder,level,k,maps,recall,hit,null_recall,p,ratio
+    let task = row("niclip", "task");
+    assert_eq!((&task[2][..], &task[3][..]), ("4", "2"), "{task:?}");
+    assert_eq!(task[4].parse::<f64>().unwrap(), 0.5);
+    let domain = row("niclip", "domain");
+    assert_eq!((&domain[2][..], &domain[3][..]), ("2", "3"), "{domain:?}");
+    assert!((domain[4].parse::<f64>().unwrap() - 1.0 / 3.0).abs() < 1e-12);
+    let concept = row("niclip", "concept");
+    assert_eq!(&concept[3], "0", "no concept truth: {concept:?}");
+    let p: f64 = task[7].parse().unwrap();
+    assert!(p > 0.0 && p <= 1.0);
+
+    // The baseline's task ranking is what `baseline decode` prints for the same map.
+    let printed = niclip_stdout(&[
+        "baseline",
+        "decode",
+        gclda.to_str().unwrap(),
+        &maps[0],
+        "--format",
+        "json",
+        "--top",
+        "4",
+    ]);
+    let b: Value = serde_json::from_str(&printed).unwrap();
+    let top4 = names(&b["maps"][0], "tasks").join(";");
+    let per_map = std::fs::read_to_string(out.join("per_map.csv")).unwrap();
+    assert!(
+        per_map.lines().any(|l| l.starts_with("baseline:gclda_nimare,")
+            && l.contains(",task,")
+            && l.contains(&top4)),
+        "baseline top 4 {top4:?} not in\n{per_map}"
+    );
+}
+
+#[test]
+fn a_truth_file_without_task_column_says_what_to_write() {
+    let dir = tmpdir("eval-truth");
+    let truth = dir.join("truth.tsv");
+    std::fs::write(&truth, "map,label\nx.nii.gz,motor\n").unwrap();
+    let err = niclip_fails(&["eval", "decoding", "--truth", truth.to_str().unwrap()]);
+    assert!(
+        err.contains("truth.tsv") && err.contains("path<TAB>task"),
+        "{err}"
+    );
+}
