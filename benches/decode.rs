@@ -17,7 +17,7 @@ fn assets() -> Option<(DecoderAssets, PathBuf)> {
         eprintln!("skipped decode benches: ../shared/data is missing");
         return None;
     }
-    let f = |n: &str| (repo.join("tests/fixtures/decode").join(n));
+    let f = |n: &str| repo.join("tests/fixtures/decode").join(n);
     Some((
         DecoderAssets {
             model: f("model.safetensors"),
@@ -26,15 +26,16 @@ fn assets() -> Option<(DecoderAssets, PathBuf)> {
             vocabulary_prior: f("vocabulary_prior.npy"),
             ontology: data.join("cogat"),
             reduced: true,
-            atlas: (data.join("mni/HarvardOxford-cort-maxprob-thr25-2mm.nii.gz")),
+            atlas: data.join("mni/HarvardOxford-cort-maxprob-thr25-2mm.nii.gz"),
             labels: true,
+            cache_atlas: true,
         },
         data.join("maps/neurovault_10426_motor_left-vs-right_zmap.nii.gz"),
     ))
 }
 
 fn decoder(a: &DecoderAssets) -> Decoder {
-    let clip = Clip::load(&a.model.path().unwrap()).unwrap();
+    let clip = Clip::load(&a.model).unwrap();
     Decoder::new(Box::new(clip), a, None).unwrap()
 }
 

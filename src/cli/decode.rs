@@ -126,6 +126,7 @@ impl ModelArgs {
             reduced: self.reduced,
             atlas: p(&self.atlas),
             labels: self.labels,
+            cache_atlas: true,
         })
     }
 

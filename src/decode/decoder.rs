@@ -32,6 +32,9 @@ pub struct DecoderAssets {
     pub atlas: PathBuf,
     /// The atlas is a 3D label image (one indicator map per label).
     pub labels: bool,
+    /// Keep the prepared atlas in the cache folder (see `brain::atlas_cache`); off for the
+    /// default model, whose 2 mm label atlas builds faster than a cache lookup pays back.
+    pub cache_atlas: bool,
 }
 
 /// Which s the similarities were scaled by.
@@ -94,7 +97,12 @@ impl Decoder {
         }
         let atlas_path = &assets.atlas;
         // On the MNI152 2 mm grid, as `niclip images` made the training features.
-        let atlas = Atlas::read_on_grid(&atlas_path, assets.labels, &mni152_2mm_grid())?;
+        let grid = mni152_2mm_grid();
+        let atlas = if assets.cache_atlas {
+            Atlas::read_on_grid(atlas_path, assets.labels, &grid)?
+        } else {
+            Atlas::build_on_grid(atlas_path, assets.labels, &grid)?
+        };
         if atlas.k != towers.image_dim() {
             return Err(Error::input(
                 &atlas_path,

@@ -72,5 +72,6 @@ pub fn assets(dir: &Path, reduced: bool) -> DecoderAssets {
         reduced,
         atlas: dir.join("atlas.nii.gz"),
         labels: true,
+        cache_atlas: false,
     }
 }
