@@ -350,12 +350,12 @@ NICLIP_ATTENTION(attention_bf16_d128, bf16, 128)
 // Token-weighted mean pooling, the sum half: chunk b (rows chunk_start[b]..chunk_start[b+1] of
 // h [rows, d]) adds its column sums, in f64, to sums[chunk_text[b]][:]. Chunks of one text may
 // share a batch, hence the f64 atomics (order-dependent only at the 1e-16 level). The host divides
-// by each text's token count after the last batch. Grid (ceil(d / 128), chunks), 128 threads.
+// by each text's token count after the last batch. Grid (chunks, ceil(d / 128)), 128 threads.
 extern "C" __global__ void pool_rows(const float* __restrict__ h, int d, const int* __restrict__ chunk_start,
                                      const int* __restrict__ chunk_text, double* __restrict__ sums) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    int c = blockIdx.y * blockDim.x + threadIdx.x;
     if (c >= d) return;
-    int b = blockIdx.y;
+    int b = blockIdx.x;
     double s = 0.0;
     for (long long r = chunk_start[b]; r < chunk_start[b + 1]; ++r) s += (double)h[r * d + c];
     atomicAdd(&sums[(long long)chunk_text[b] * d + c], s);
