@@ -206,7 +206,7 @@ fn norms_match_cpu() {
             &down_f32(&g, &out, rows * d),
             &want,
             d,
-            2e-6,
+            1e-5,
         );
         let mut outb = poisoned::<u16>(&g, rows * d);
         rms_norm(&g, &xd, &wd, 1e-6, rows, d, &mut outb).unwrap();
@@ -235,7 +235,7 @@ fn norms_match_cpu() {
             &down_f32(&g, &xg, rows * d),
             &want,
             d,
-            2e-6,
+            1e-5,
         );
 
         let mut want: Vec<f32> = x
@@ -266,7 +266,7 @@ fn norms_match_cpu() {
             &got,
             &want,
             d,
-            2e-6,
+            1e-5,
         );
         assert_eq!(
             g.dtoh(&xb, rows * d).unwrap(),
