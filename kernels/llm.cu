@@ -235,8 +235,10 @@ __device__ void attention_impl(const T* __restrict__ q, const T* __restrict__ k,
                                const int* __restrict__ tiles, int nh, int nkv, int hd, float scale_log2,
                                int causal, int window) {
     constexpr int DL = DMAX / 32;
-    __shared__ float qs[ATT_BQ][DMAX];
-    __shared__ float ks[ATT_BK][DMAX + 1];  // +1: lanes read different rows, same column
+    // Scores read float4s: a row of q (broadcast) and one of k per lane. The k rows are padded
+    // by 4 floats so that the 8 lanes of each 128-bit phase hit 32 different banks.
+    __shared__ __align__(16) float qs[ATT_BQ][DMAX];
+    __shared__ __align__(16) float ks[ATT_BK][DMAX + 4];
     __shared__ float vs[ATT_BK][DMAX];
 
     const int q0 = tiles[4 * blockIdx.x], q1 = tiles[4 * blockIdx.x + 1];
@@ -279,11 +281,17 @@ __device__ void attention_impl(const T* __restrict__ q, const T* __restrict__ k,
         float s[ATT_QW];
 #pragma unroll
         for (int a = 0; a < ATT_QW; ++a) s[a] = 0.0f;
-#pragma unroll 8
-        for (int c = 0; c < DMAX; ++c) {
-            float kc = ks[lane][c];
+#pragma unroll 4
+        for (int c = 0; c < DMAX; c += 4) {
+            const float4 kc = *reinterpret_cast<const float4*>(&ks[lane][c]);
 #pragma unroll
-            for (int a = 0; a < ATT_QW; ++a) s[a] += qs[warp * ATT_QW + a][c] * kc;
+            for (int a = 0; a < ATT_QW; ++a) {
+                const float4 qa = *reinterpret_cast<const float4*>(&qs[warp * ATT_QW + a][c]);
+                s[a] = fmaf(qa.x, kc.x, s[a]);
+                s[a] = fmaf(qa.y, kc.y, s[a]);
+                s[a] = fmaf(qa.z, kc.z, s[a]);
+                s[a] = fmaf(qa.w, kc.w, s[a]);
+            }
         }
 
         const int j = kt + lane;
