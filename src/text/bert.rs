@@ -58,27 +58,28 @@ impl BertConfig {
     }
 }
 
-struct Norm {
-    w: Vec<f32>,
-    b: Vec<f32>,
+// Fields visible to the CUDA path (cuda.rs), which converts them to bf16 device weights.
+pub(super) struct Norm {
+    pub(super) w: Vec<f32>,
+    pub(super) b: Vec<f32>,
 }
 
-struct Layer {
-    qkv: Linear,
-    o: Linear,
-    attn_norm: Norm,
-    inter: Linear,
-    out: Linear,
-    out_norm: Norm,
+pub(super) struct Layer {
+    pub(super) qkv: Linear,
+    pub(super) o: Linear,
+    pub(super) attn_norm: Norm,
+    pub(super) inter: Linear,
+    pub(super) out: Linear,
+    pub(super) out_norm: Norm,
 }
 
 pub struct Bert {
     pub cfg: BertConfig,
-    word: Vec<f32>,
-    position: Vec<f32>,
-    token_type0: Vec<f32>,
-    emb_norm: Norm,
-    layers: Vec<Layer>,
+    pub(super) word: Vec<f32>,
+    pub(super) position: Vec<f32>,
+    pub(super) token_type0: Vec<f32>,
+    pub(super) emb_norm: Norm,
+    pub(super) layers: Vec<Layer>,
 }
 
 impl Bert {

@@ -139,20 +139,21 @@ pub fn rope_inv_freq(
     })
 }
 
-struct Layer {
-    attn_norm: Vec<f32>,
-    qkv: Linear,
-    o: Linear,
-    mlp_norm: Vec<f32>,
-    gate_up: Linear,
-    down: Linear,
+// Fields visible to the CUDA path (cuda.rs), which converts them to bf16 device weights.
+pub(super) struct Layer {
+    pub(super) attn_norm: Vec<f32>,
+    pub(super) qkv: Linear,
+    pub(super) o: Linear,
+    pub(super) mlp_norm: Vec<f32>,
+    pub(super) gate_up: Linear,
+    pub(super) down: Linear,
 }
 
 pub struct Decoder {
     pub cfg: DecoderConfig,
-    embed: Vec<f32>,
-    layers: Vec<Layer>,
-    norm: Vec<f32>,
+    pub(super) embed: Vec<f32>,
+    pub(super) layers: Vec<Layer>,
+    pub(super) norm: Vec<f32>,
 }
 
 /// Rows of several `[_, inp]` matrices stacked into one layer (one GEMM instead of several).

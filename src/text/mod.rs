@@ -13,6 +13,9 @@
 //! Chunks of many texts go through the model together, sorted by length and packed without
 //! padding (each attends only to itself), and come back in input order.
 //!
+//! On a CUDA device ([`cuda`]) the weights become bf16 at load and the whole forward pass and
+//! the pooling run there; only the pooled sums come back.
+//!
 //! ```no_run
 //! # fn main() -> niclip::Result<()> {
 //! use niclip::text::{EmbedOptions, TextModel};
@@ -23,6 +26,7 @@
 //! ```
 
 pub mod bert;
+pub mod cuda;
 pub mod decoder;
 pub mod gguf;
 pub mod lora;
@@ -62,6 +66,7 @@ impl Default for EmbedOptions {
 enum Net {
     Decoder(Decoder),
     Bert(Bert),
+    Cuda(Box<cuda::CudaText>),
 }
 
 pub struct TextModel {
@@ -177,9 +182,6 @@ impl TextModel {
     /// Loads a model folder (config.json, *.safetensors, tokenizer.json; an adapter there is
     /// merged too) or a `.gguf` file, merging the PEFT adapter `lora` when given.
     pub fn load(model: &Path, lora: Option<&Path>, device: &Device) -> Result<TextModel> {
-        if let Device::Cuda(_) = device {
-            eprintln!("note: text models run on the CPU (their CUDA path is not written yet)");
-        }
         let is_gguf = model.is_file()
             && (model
                 .extension()
@@ -252,6 +254,16 @@ impl TextModel {
         };
         let model_type = c.str_opt("model_type").unwrap_or("").to_string();
         let (net, vocab) = build(&model_type, &c, &mut tensors)?;
+        drop(tensors);
+        let net = match (device, net) {
+            (Device::Cuda(g), Net::Decoder(d)) => {
+                Net::Cuda(Box::new(cuda::CudaText::from_decoder(g.ordinal, d)?))
+            }
+            (Device::Cuda(g), Net::Bert(b)) => {
+                Net::Cuda(Box::new(cuda::CudaText::from_bert(g.ordinal, b)?))
+            }
+            (_, net) => net,
+        };
         Ok(TextModel {
             net,
             tokenizer,
@@ -265,6 +277,7 @@ impl TextModel {
         match &self.net {
             Net::Decoder(d) => d.cfg.hidden,
             Net::Bert(b) => b.cfg.hidden,
+            Net::Cuda(c) => c.dim(),
         }
     }
 
@@ -275,6 +288,7 @@ impl TextModel {
         match &self.net {
             Net::Decoder(d) => d.cfg.max_positions.min(8192),
             Net::Bert(b) => b.cfg.max_positions,
+            Net::Cuda(c) => c.default_max_length(),
         }
     }
 
@@ -291,10 +305,27 @@ impl TextModel {
     }
 
     /// Last hidden states of token sequences packed without padding: `[Σ len, dim]`.
+    /// Panics when the CUDA forward pass fails; [`TextModel::try_hidden_states`] reports it.
     pub fn hidden_states(&self, seqs: &[&[u32]]) -> Vec<f32> {
-        match &self.net {
+        self.try_hidden_states(seqs)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As [`TextModel::hidden_states`], with the CUDA path's errors (device memory, driver) returned.
+    pub fn try_hidden_states(&self, seqs: &[&[u32]]) -> Result<Vec<f32>> {
+        Ok(match &self.net {
             Net::Decoder(d) => d.forward(seqs),
             Net::Bert(b) => b.forward(seqs),
+            Net::Cuda(c) => c.hidden_states(seqs)?,
+        })
+    }
+
+    /// BERT's position-embedding count, the longest chunk it takes; None for decoders.
+    fn bert_max_positions(&self) -> Option<usize> {
+        match &self.net {
+            Net::Bert(b) => Some(b.cfg.max_positions),
+            Net::Cuda(c) => c.bert_max_positions(),
+            Net::Decoder(_) => None,
         }
     }
 
@@ -314,11 +345,10 @@ impl TextModel {
         if max_len == 0 {
             return Err(Error::Usage("--max-length must be at least 1".into()));
         }
-        if let Net::Bert(b) = &self.net {
-            if max_len > b.cfg.max_positions {
+        if let Some(p) = self.bert_max_positions() {
+            if max_len > p {
                 return Err(Error::Usage(format!(
-                    "--max-length {max_len} exceeds this BERT model's {} position embeddings",
-                    b.cfg.max_positions
+                    "--max-length {max_len} exceeds this BERT model's {p} position embeddings"
                 )));
             }
         }
@@ -331,21 +361,29 @@ impl TextModel {
             .flat_map(|(t, s)| s.chunks(max_len).map(move |c| (t, c)))
             .collect();
         chunks.sort_by_key(|(t, c)| (std::cmp::Reverse(c.len()), *t));
-        let mut sums = vec![0.0f64; texts.len() * d];
         let mut counts = vec![0usize; texts.len()];
-        for batch in chunks.chunks(opts.batch.max(1)) {
-            let seqs: Vec<&[u32]> = batch.iter().map(|(_, c)| *c).collect();
-            let h = self.hidden_states(&seqs);
-            let mut rows = h.chunks_exact(d);
-            for (t, c) in batch {
-                let acc = &mut sums[t * d..][..d];
-                for row in rows.by_ref().take(c.len()) {
-                    acc.iter_mut().zip(row).for_each(|(a, v)| *a += *v as f64);
-                }
-                counts[*t] += c.len();
-            }
-            progress(seqs.iter().map(|s| s.len()).sum());
+        for (t, c) in &chunks {
+            counts[*t] += c.len();
         }
+        let sums = match &self.net {
+            Net::Cuda(c) => c.pooled_sums(&chunks, texts.len(), opts.batch, progress)?,
+            _ => {
+                let mut sums = vec![0.0f64; texts.len() * d];
+                for batch in chunks.chunks(opts.batch.max(1)) {
+                    let seqs: Vec<&[u32]> = batch.iter().map(|(_, c)| *c).collect();
+                    let h = self.try_hidden_states(&seqs)?;
+                    let mut rows = h.chunks_exact(d);
+                    for (t, c) in batch {
+                        let acc = &mut sums[t * d..][..d];
+                        for row in rows.by_ref().take(c.len()) {
+                            acc.iter_mut().zip(row).for_each(|(a, v)| *a += *v as f64);
+                        }
+                    }
+                    progress(seqs.iter().map(|s| s.len()).sum());
+                }
+                sums
+            }
+        };
         let mut out: Vec<f32> = sums
             .chunks_exact(d)
             .zip(&counts)

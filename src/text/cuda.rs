@@ -1,0 +1,1123 @@
+//! The text engine on a CUDA device: the same Llama/Mistral decoders and BERT encoders as the
+//! CPU path ([`super::decoder`], [`super::bert`]), with bf16 weights and GEMM operands, f32
+//! accumulation and an f32 residual stream.
+//!
+//! - weights: converted once at load from the CPU loader's f32 tensors (LoRA already merged) to
+//!   bf16 matrices on the device; norm weights and biases stay f32. The host copies are dropped.
+//! - GEMMs: cuBLAS `cublasGemmEx`, bf16 × bf16 with f32 compute, output bf16 (when a kernel
+//!   reads it next) or f32 (accumulated straight into the residual stream, β = 1).
+//! - everything else: `kernels/llm.cu` — embeddings, RMSNorm, residual + LayerNorm, bias,
+//!   GELU, SwiGLU, RoPE (the host's [`RopeTable`], so theta and scaling are the CPU's), flash
+//!   attention over the packed sequences, and token-weighted pooling into f64 sums.
+//!
+//! Sequences are packed back to back without padding, as on the CPU; attention runs on tiles
+//! of [`ATT_BQ`] queries that never cross a sequence. The kernel wrappers below are public so
+//! that tests/cuda_text.rs can check each against its CPU op in [`super::ops`].
+
+use super::bert::{Bert, BertConfig};
+use super::decoder::{Decoder, DecoderConfig};
+use super::ops::{AttnMask, Heads, Linear, RopeTable};
+use crate::device::cuda::Gpu;
+use crate::error::{Error, Result};
+use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{
+    CudaSlice, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+    ValidAsZeroBits,
+};
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex};
+
+const MODULE: &str = "llm";
+/// `ROW_THREADS` in kernels/llm.cu.
+const ROW_THREADS: u32 = 256;
+/// `ATT_BQ` (queries per attention block) and `ATT_THREADS` in kernels/llm.cu.
+pub const ATT_BQ: usize = 16;
+const ATT_THREADS: u32 = 128;
+/// Widest head the attention kernels take (`attention_*_d128`).
+pub const MAX_HEAD_DIM: usize = 128;
+
+fn cuda_err(what: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
+    move |e| Error::Cuda(format!("{what}: {e:?}"))
+}
+
+/// Element types of the kernels with an `_f32` and a `_bf16` entry. bf16 values are held as
+/// their `u16` bits (see [`to_bf16`]).
+pub trait Elem: DeviceRepr + ValidAsZeroBits + Default + Clone + Copy + Unpin {
+    const SUFFIX: &'static str;
+    const CUDA_TYPE: cudaDataType;
+    /// A quiet NaN (tests poison outputs with it).
+    const NAN: Self;
+}
+
+impl Elem for f32 {
+    const SUFFIX: &'static str = "f32";
+    const CUDA_TYPE: cudaDataType = cudaDataType::CUDA_R_32F;
+    const NAN: f32 = f32::NAN;
+}
+
+impl Elem for u16 {
+    const SUFFIX: &'static str = "bf16";
+    const CUDA_TYPE: cudaDataType = cudaDataType::CUDA_R_16BF;
+    const NAN: u16 = 0x7FC0;
+}
+
+/// bf16 bits of each value, rounded to nearest even (as the kernels round).
+pub fn to_bf16(x: &[f32]) -> Vec<u16> {
+    x.iter()
+        .map(|v| half::bf16::from_f32(*v).to_bits())
+        .collect()
+}
+
+/// f32 values of bf16 bits.
+pub fn from_bf16(x: &[u16]) -> Vec<f32> {
+    x.iter()
+        .map(|b| half::bf16::from_bits(*b).to_f32())
+        .collect()
+}
+
+fn flat_cfg(count: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (count.div_ceil(256).clamp(1, 1 << 20) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn rows_cfg(rows: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (ROW_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Sizes the kernels index with `int` must stay below 2³¹.
+fn int(n: usize, what: &str) -> Result<i32> {
+    i32::try_from(n).map_err(|_| {
+        Error::Usage(format!(
+            "{what} = {n} is too large for one CUDA forward pass; use a smaller --batch"
+        ))
+    })
+}
+
+fn need<T>(buf: &CudaSlice<T>, n: usize, what: &str) -> Result<()> {
+    if buf.len() < n {
+        return Err(Error::Cuda(format!(
+            "{what}: buffer of {} elements, {n} needed",
+            buf.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A null device pointer for the kernels' optional arguments.
+const NULL: u64 = 0;
+
+/// `out[t] = table[ids[t]]`, bf16 table of width `d` → f32 rows.
+pub fn embed_gather(
+    gpu: &Gpu,
+    table: &CudaSlice<u16>,
+    ids: &CudaSlice<i32>,
+    n: usize,
+    d: usize,
+    out: &mut CudaSlice<f32>,
+) -> Result<()> {
+    need(out, n * d, "embed_gather")?;
+    if n == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(MODULE, "embed_gather")?;
+    let (ni, di) = (int(n, "tokens")?, int(d, "width")?);
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(table).arg(ids).arg(&ni).arg(&di).arg(out);
+    // SAFETY: embed_gather(table, ids, n, d, out); ids < vocab checked by the caller, out n·d.
+    unsafe { l.launch(flat_cfg(n * d)) }.map_err(cuda_err("embed_gather"))?;
+    Ok(())
+}
+
+/// BERT embeddings: `word[ids[t]] + type0 + position[positions[t]]`.
+#[allow(clippy::too_many_arguments)]
+pub fn bert_embed(
+    gpu: &Gpu,
+    word: &CudaSlice<u16>,
+    position: &CudaSlice<u16>,
+    type0: &CudaSlice<f32>,
+    ids: &CudaSlice<i32>,
+    positions: &CudaSlice<i32>,
+    n: usize,
+    d: usize,
+    out: &mut CudaSlice<f32>,
+) -> Result<()> {
+    need(out, n * d, "bert_embed")?;
+    if n == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(MODULE, "bert_embed")?;
+    let (ni, di) = (int(n, "tokens")?, int(d, "width")?);
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(word)
+        .arg(position)
+        .arg(type0)
+        .arg(ids)
+        .arg(positions)
+        .arg(&ni)
+        .arg(&di)
+        .arg(out);
+    // SAFETY: bert_embed's argument list; ids < vocab and positions < max_positions checked.
+    unsafe { l.launch(flat_cfg(n * d)) }.map_err(cuda_err("bert_embed"))?;
+    Ok(())
+}
+
+/// RMSNorm of `rows` rows of width `d` (= w.len()), f32 in, `T` out.
+pub fn rms_norm<T: Elem>(
+    gpu: &Gpu,
+    x: &CudaSlice<f32>,
+    w: &CudaSlice<f32>,
+    eps: f32,
+    rows: usize,
+    d: usize,
+    out: &mut CudaSlice<T>,
+) -> Result<()> {
+    need(x, rows * d, "rms_norm")?;
+    need(out, rows * d, "rms_norm")?;
+    need(w, d, "rms_norm weight")?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(MODULE, &format!("rms_norm_{}", T::SUFFIX))?;
+    let di = int(d, "width")?;
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(x).arg(w).arg(&eps).arg(&di).arg(out);
+    // SAFETY: rms_norm_T(x, w, eps, d, out), one block per row of d.
+    unsafe { l.launch(rows_cfg(rows)) }.map_err(cuda_err("rms_norm"))?;
+    Ok(())
+}
+
+/// BERT's `x = LayerNorm(x + y + bias)` in place (y, bias optional), with a bf16 copy in `xb`.
+#[allow(clippy::too_many_arguments)]
+pub fn residual_layer_norm(
+    gpu: &Gpu,
+    x: &mut CudaSlice<f32>,
+    y: Option<&CudaSlice<f32>>,
+    bias: Option<&CudaSlice<f32>>,
+    w: &CudaSlice<f32>,
+    b: &CudaSlice<f32>,
+    eps: f32,
+    rows: usize,
+    d: usize,
+    xb: Option<&mut CudaSlice<u16>>,
+) -> Result<()> {
+    need(x, rows * d, "residual_layer_norm")?;
+    if let Some(y) = y {
+        need(y, rows * d, "residual_layer_norm")?;
+    }
+    if let Some(xb) = &xb {
+        need(xb, rows * d, "residual_layer_norm")?;
+    }
+    if rows == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(MODULE, "residual_layer_norm")?;
+    let di = int(d, "width")?;
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(x);
+    match y {
+        Some(y) => l.arg(y),
+        None => l.arg(&NULL),
+    };
+    match bias {
+        Some(bias) => l.arg(bias),
+        None => l.arg(&NULL),
+    };
+    l.arg(w).arg(b).arg(&eps).arg(&di);
+    match xb {
+        Some(xb) => l.arg(xb),
+        None => l.arg(&NULL),
+    };
+    // SAFETY: residual_layer_norm(x, y?, bias?, w, b, eps, d, xb?); the optional ones are null
+    // or rows·d (bias d), one block per row.
+    unsafe { l.launch(rows_cfg(rows)) }.map_err(cuda_err("residual_layer_norm"))?;
+    Ok(())
+}
+
+/// `x[r] += b` for `rows` rows of width `d`.
+pub fn add_bias<T: Elem>(
+    gpu: &Gpu,
+    x: &mut CudaSlice<T>,
+    b: &CudaSlice<f32>,
+    rows: usize,
+    d: usize,
+) -> Result<()> {
+    need(x, rows * d, "add_bias")?;
+    need(b, d, "add_bias")?;
+    if rows * d == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(MODULE, &format!("add_bias_{}", T::SUFFIX))?;
+    let (n, di) = (rows as i64, int(d, "width")?);
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(x).arg(b).arg(&n).arg(&di);
+    // SAFETY: add_bias_T(x, b, n, d) over rows·d elements.
+    unsafe { l.launch(flat_cfg(rows * d)) }.map_err(cuda_err("add_bias"))?;
+    Ok(())
+}
+
+/// `x = GELU(x + b)` in place (exact erf GELU), b optional.
+pub fn gelu_bias<T: Elem>(
+    gpu: &Gpu,
+    x: &mut CudaSlice<T>,
+    b: Option<&CudaSlice<f32>>,
+    rows: usize,
+    d: usize,
+) -> Result<()> {
+    need(x, rows * d, "gelu_bias")?;
+    if rows * d == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(MODULE, &format!("gelu_bias_{}", T::SUFFIX))?;
+    let (n, di) = (rows as i64, int(d, "width")?);
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(x);
+    match b {
+        Some(b) => l.arg(b),
+        None => l.arg(&NULL),
+    };
+    l.arg(&n).arg(&di);
+    // SAFETY: gelu_bias_T(x, b?, n, d) over rows·d elements.
+    unsafe { l.launch(flat_cfg(rows * d)) }.map_err(cuda_err("gelu_bias"))?;
+    Ok(())
+}
+
+/// SwiGLU of the fused `[rows, 2·ff]` gate|up projection into `[rows, ff]`.
+pub fn swiglu<T: Elem>(
+    gpu: &Gpu,
+    gate_up: &CudaSlice<T>,
+    rows: usize,
+    ff: usize,
+    out: &mut CudaSlice<T>,
+) -> Result<()> {
+    need(gate_up, rows * 2 * ff, "swiglu")?;
+    need(out, rows * ff, "swiglu")?;
+    if rows * ff == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(MODULE, &format!("swiglu_{}", T::SUFFIX))?;
+    let (r, ffi) = (rows as i64, int(2 * ff, "MLP width")? / 2);
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(gate_up).arg(&r).arg(&ffi).arg(out);
+    // SAFETY: swiglu_T(gate_up, rows, ff, out) over rows·ff elements.
+    unsafe { l.launch(flat_cfg(rows * ff)) }.map_err(cuda_err("swiglu"))?;
+    Ok(())
+}
+
+/// A [`RopeTable`] on the device.
+pub struct RopeDev {
+    pub positions: usize,
+    cos: CudaSlice<f32>,
+    sin: CudaSlice<f32>,
+    half: usize,
+}
+
+impl RopeDev {
+    pub fn new(gpu: &Gpu, inv_freq: &[f32], positions: usize) -> Result<RopeDev> {
+        let t = RopeTable::new(inv_freq, positions);
+        Ok(RopeDev {
+            positions,
+            cos: gpu.htod(&t.cos)?,
+            sin: gpu.htod(&t.sin)?,
+            half: t.half,
+        })
+    }
+}
+
+/// Rotary embedding in place on the first `heads` heads (width `hd`) of each of `n` rows of
+/// stride `stride`; row t at position `positions[t]` (< `table.positions`, checked by the caller).
+#[allow(clippy::too_many_arguments)]
+pub fn rope<T: Elem>(
+    gpu: &Gpu,
+    x: &mut CudaSlice<T>,
+    stride: usize,
+    heads: usize,
+    hd: usize,
+    positions: &CudaSlice<i32>,
+    table: &RopeDev,
+    n: usize,
+) -> Result<()> {
+    if hd / 2 != table.half || heads * hd > stride {
+        return Err(Error::Cuda(format!(
+            "rope: {heads} heads of {hd} in rows of {stride}, table of {} frequencies",
+            table.half
+        )));
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    need(x, (n - 1) * stride + heads * hd, "rope")?;
+    let f = gpu.function(MODULE, &format!("rope_{}", T::SUFFIX))?;
+    let (si, hi, hdi, ni) = (
+        int(stride, "row width")?,
+        int(heads, "heads")?,
+        int(hd, "head width")?,
+        int(n, "tokens")?,
+    );
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(x)
+        .arg(&si)
+        .arg(&hi)
+        .arg(&hdi)
+        .arg(positions)
+        .arg(&table.cos)
+        .arg(&table.sin)
+        .arg(&ni);
+    // SAFETY: rope_T(x, stride, heads, hd, positions, cos, sin, n) over n·heads·hd/2 pairs.
+    unsafe { l.launch(flat_cfg(n * heads * hd / 2)) }.map_err(cuda_err("rope"))?;
+    Ok(())
+}
+
+/// The attention tiles of packed sequences: {q0, q1, s0, s1} per block of at most [`ATT_BQ`]
+/// queries of one sequence, the tiles with the most keys first (they finish last).
+pub struct AttnPlan {
+    tiles: CudaSlice<i32>,
+    n_tiles: usize,
+    total: usize,
+}
+
+impl AttnPlan {
+    /// `starts`: sequence s holds rows `starts[s]..starts[s + 1]` (as `ops::attention_batch`).
+    pub fn new(gpu: &Gpu, starts: &[usize], mask: AttnMask) -> Result<AttnPlan> {
+        let mut tiles: Vec<[usize; 4]> = Vec::new();
+        for w in starts.windows(2) {
+            for q0 in (w[0]..w[1]).step_by(ATT_BQ) {
+                tiles.push([q0, (q0 + ATT_BQ).min(w[1]), w[0], w[1]]);
+            }
+        }
+        let keys = |t: &[usize; 4]| {
+            let hi = if mask.causal { t[1] } else { t[3] };
+            let lo = mask
+                .window
+                .map_or(t[2], |w| (t[0] + 1).saturating_sub(w).max(t[2]));
+            hi - lo
+        };
+        tiles.sort_by_key(|t| std::cmp::Reverse(keys(t)));
+        let total = starts.last().copied().unwrap_or(0);
+        int(total, "packed tokens")?;
+        let flat: Vec<i32> = tiles.iter().flatten().map(|&v| v as i32).collect();
+        Ok(AttnPlan {
+            tiles: gpu.htod(&flat)?,
+            n_tiles: tiles.len(),
+            total,
+        })
+    }
+}
+
+/// Attention of packed sequences (`plan`), all heads: q rows of stride `q_stride` (head h at
+/// column h·hd), k and v rows of stride `kv_stride`, out rows of stride `out_stride`; the mask
+/// and grouped-query rule of `ops::attention_batch`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention<T: Elem>(
+    gpu: &Gpu,
+    q: &CudaView<T>,
+    k: &CudaView<T>,
+    v: &CudaView<T>,
+    q_stride: usize,
+    kv_stride: usize,
+    out: &mut CudaSlice<T>,
+    out_stride: usize,
+    plan: &AttnPlan,
+    heads: Heads,
+    mask: AttnMask,
+) -> Result<()> {
+    let Heads { nh, nkv, hd } = heads;
+    if nkv == 0
+        || nh % nkv != 0
+        || hd == 0
+        || nh * hd > q_stride.min(out_stride)
+        || nkv * hd > kv_stride
+    {
+        return Err(Error::Cuda(format!(
+            "attention: {nh}/{nkv} heads of {hd} in rows of {q_stride}/{kv_stride}/{out_stride}"
+        )));
+    }
+    let width = match hd {
+        1..=64 => 64,
+        65..=MAX_HEAD_DIM => 128,
+        _ => {
+            return Err(Error::Usage(format!(
+                "head_dim {hd} is wider than the CUDA attention kernels take ({MAX_HEAD_DIM}); use --device cpu"
+            )))
+        }
+    };
+    if plan.n_tiles == 0 {
+        return Ok(());
+    }
+    let t = plan.total;
+    for (buf, stride, w, name) in [
+        (q.len(), q_stride, nh * hd, "q"),
+        (k.len(), kv_stride, nkv * hd, "k"),
+        (v.len(), kv_stride, nkv * hd, "v"),
+        (out.len(), out_stride, nh * hd, "out"),
+    ] {
+        if buf < (t - 1) * stride + w {
+            return Err(Error::Cuda(format!(
+                "attention: {name} holds {buf} elements, {t} rows of stride {stride} need more"
+            )));
+        }
+    }
+    if nh > 65535 {
+        return Err(Error::Usage(format!("{nh} attention heads are too many")));
+    }
+    let f = gpu.function(MODULE, &format!("attention_{}_d{width}", T::SUFFIX))?;
+    let scale_log2 = std::f32::consts::LOG2_E / (hd as f32).sqrt();
+    let (qs, ks, os) = (
+        int(q_stride, "row width")?,
+        int(kv_stride, "row width")?,
+        int(out_stride, "row width")?,
+    );
+    let (nhi, nkvi, hdi) = (nh as i32, nkv as i32, hd as i32);
+    let causal = mask.causal as i32;
+    let window = match mask.window {
+        Some(w) => int(w.max(1), "sliding window").unwrap_or(i32::MAX),
+        None => 0,
+    };
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(q)
+        .arg(k)
+        .arg(v)
+        .arg(&qs)
+        .arg(&ks)
+        .arg(out)
+        .arg(&os)
+        .arg(&plan.tiles)
+        .arg(&nhi)
+        .arg(&nkvi)
+        .arg(&hdi)
+        .arg(&scale_log2)
+        .arg(&causal)
+        .arg(&window);
+    let cfg = LaunchConfig {
+        grid_dim: (plan.n_tiles as u32, nh as u32, 1),
+        block_dim: (ATT_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: attention_T_dW's argument list; the tiles index rows < plan.total, which every
+    // operand holds (checked above), and hd <= the kernel's width.
+    unsafe { l.launch(cfg) }.map_err(cuda_err("attention"))?;
+    Ok(())
+}
+
+/// Adds the column sums (f64) of each chunk of `h` (`[rows, d]`; chunk b = rows
+/// `chunk_start[b]..chunk_start[b + 1]`) to `sums[chunk_text[b]]`.
+pub fn pool_rows(
+    gpu: &Gpu,
+    h: &CudaSlice<f32>,
+    d: usize,
+    chunk_start: &[usize],
+    chunk_text: &[usize],
+    sums: &mut CudaSlice<f64>,
+) -> Result<()> {
+    let chunks = chunk_text.len();
+    if chunk_start.len() != chunks + 1 {
+        return Err(Error::Cuda(
+            "pool_rows: chunk_start needs chunks + 1 entries".into(),
+        ));
+    }
+    if chunks == 0 || d == 0 {
+        return Ok(());
+    }
+    need(h, chunk_start[chunks] * d, "pool_rows")?;
+    let texts = chunk_text.iter().max().map_or(0, |t| t + 1);
+    need(sums, texts * d, "pool_rows")?;
+    let starts: Vec<i32> = chunk_start
+        .iter()
+        .map(|&s| int(s, "packed tokens"))
+        .collect::<Result<_>>()?;
+    let text: Vec<i32> = chunk_text.iter().map(|&t| t as i32).collect();
+    let (starts, text) = (gpu.htod(&starts)?, gpu.htod(&text)?);
+    let f = gpu.function(MODULE, "pool_rows")?;
+    let di = int(d, "width")?;
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(h).arg(&di).arg(&starts).arg(&text).arg(sums);
+    let cfg = LaunchConfig {
+        grid_dim: (chunks as u32, d.div_ceil(128) as u32, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: pool_rows(h, d, chunk_start, chunk_text, sums): rows and texts in range (checked).
+    unsafe { l.launch(cfg) }.map_err(cuda_err("pool_rows"))?;
+    Ok(())
+}
+
+/// `n` bf16 values uniform in [−amp, amp) from a hash of (seed, index).
+pub fn fill_uniform_bf16(
+    gpu: &Gpu,
+    x: &mut CudaSlice<u16>,
+    n: usize,
+    seed: u64,
+    amp: f32,
+) -> Result<()> {
+    need(x, n, "fill_uniform_bf16")?;
+    if n == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(MODULE, "fill_uniform_bf16")?;
+    let ni = n as i64;
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(x).arg(&ni).arg(&seed).arg(&amp);
+    // SAFETY: fill_uniform_bf16(x, n, seed, amp) writes n elements.
+    unsafe { l.launch(flat_cfg(n)) }.map_err(cuda_err("fill_uniform_bf16"))?;
+    Ok(())
+}
+
+/// `y[rows, out] = x[rows, inp] · w[out, inp]ᵀ` (+ y when `accumulate`), bf16 operands, f32
+/// compute, y bf16 or f32. Row-major operands are column-major transposes, so cuBLAS computes
+/// yᵀ = w · xᵀ: op(A) = wᵀᵀ (A = w, lda = inp, transposed), B = x (ldb = inp), C = y (ldc = out).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bf16<T: Elem>(
+    gpu: &Gpu,
+    blas: &CudaBlas,
+    x: &CudaSlice<u16>,
+    rows: usize,
+    w: &CudaSlice<u16>,
+    out: usize,
+    inp: usize,
+    y: &mut CudaSlice<T>,
+    accumulate: bool,
+) -> Result<()> {
+    need(x, rows * inp, "gemm x")?;
+    need(w, out * inp, "gemm w")?;
+    need(y, rows * out, "gemm y")?;
+    if rows == 0 || out == 0 {
+        return Ok(());
+    }
+    let (m, n, k) = (int(out, "width")?, int(rows, "tokens")?, int(inp, "width")?);
+    let alpha = 1.0f32;
+    let beta = if accumulate { 1.0f32 } else { 0.0 };
+    let (wp, _gw) = w.device_ptr(&gpu.stream);
+    let (xp, _gx) = x.device_ptr(&gpu.stream);
+    let (yp, _gy) = y.device_ptr_mut(&gpu.stream);
+    // SAFETY: the three device buffers hold the sizes checked above; alpha and beta are host
+    // f32 (the handle's default pointer mode) and outlive the call, which is queued on the
+    // handle's stream (gpu.stream).
+    unsafe {
+        cudarc::cublas::result::gemm_ex(
+            *blas.handle(),
+            cublasOperation_t::CUBLAS_OP_T,
+            cublasOperation_t::CUBLAS_OP_N,
+            m,
+            n,
+            k,
+            &alpha as *const f32 as *const c_void,
+            wp as *const c_void,
+            cudaDataType::CUDA_R_16BF,
+            k,
+            xp as *const c_void,
+            cudaDataType::CUDA_R_16BF,
+            k,
+            &beta as *const f32 as *const c_void,
+            yp as *mut c_void,
+            T::CUDA_TYPE,
+            m,
+            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    }
+    .map_err(|e| Error::Cuda(format!("cuBLAS GemmEx (bf16): {e:?}")))
+}
+
+/// A dense layer on the device: bf16 weight `[out, inp]`, optional f32 bias.
+struct DevLinear {
+    w: CudaSlice<u16>,
+    b: Option<CudaSlice<f32>>,
+    out: usize,
+    inp: usize,
+}
+
+impl DevLinear {
+    fn upload(gpu: &Gpu, l: &Linear) -> Result<DevLinear> {
+        Ok(DevLinear {
+            w: gpu.htod(&to_bf16(&l.w))?,
+            b: l.b.as_deref().map(|b| gpu.htod(b)).transpose()?,
+            out: l.out,
+            inp: l.inp,
+        })
+    }
+
+    /// Uniform weights of variance 1/inp (outputs of the inputs' scale), no bias.
+    fn random(gpu: &Gpu, out: usize, inp: usize, seed: u64) -> Result<DevLinear> {
+        let mut w = gpu.zeros::<u16>(out * inp)?;
+        fill_uniform_bf16(gpu, &mut w, out * inp, seed, (3.0 / inp as f32).sqrt())?;
+        Ok(DevLinear {
+            w,
+            b: None,
+            out,
+            inp,
+        })
+    }
+
+    fn gemm<T: Elem>(
+        &self,
+        e: &Engine,
+        x: &CudaSlice<u16>,
+        rows: usize,
+        y: &mut CudaSlice<T>,
+        accumulate: bool,
+    ) -> Result<()> {
+        gemm_bf16(
+            &e.gpu, &e.blas, x, rows, &self.w, self.out, self.inp, y, accumulate,
+        )
+    }
+
+    /// `y += b` when there is a bias.
+    fn bias<T: Elem>(&self, e: &Engine, y: &mut CudaSlice<T>, rows: usize) -> Result<()> {
+        match &self.b {
+            Some(b) => add_bias(&e.gpu, y, b, rows, self.out),
+            None => Ok(()),
+        }
+    }
+}
+
+struct DecoderLayer {
+    attn_norm: CudaSlice<f32>,
+    qkv: DevLinear,
+    o: DevLinear,
+    mlp_norm: CudaSlice<f32>,
+    gate_up: DevLinear,
+    down: DevLinear,
+}
+
+struct DevDecoder {
+    cfg: DecoderConfig,
+    embed: CudaSlice<u16>,
+    layers: Vec<DecoderLayer>,
+    norm: CudaSlice<f32>,
+    /// RoPE table, grown to the longest sequence seen.
+    rope: Mutex<Option<RopeDev>>,
+}
+
+struct DevNorm {
+    w: CudaSlice<f32>,
+    b: CudaSlice<f32>,
+}
+
+struct BertLayer {
+    qkv: DevLinear,
+    o: DevLinear,
+    attn_norm: DevNorm,
+    inter: DevLinear,
+    out: DevLinear,
+    out_norm: DevNorm,
+}
+
+struct DevBert {
+    cfg: BertConfig,
+    word: CudaSlice<u16>,
+    position: CudaSlice<u16>,
+    type0: CudaSlice<f32>,
+    emb_norm: DevNorm,
+    layers: Vec<BertLayer>,
+}
+
+enum DevNet {
+    Decoder(DevDecoder),
+    Bert(DevBert),
+}
+
+/// The device and its cuBLAS handle.
+struct Engine {
+    gpu: Gpu,
+    blas: Arc<CudaBlas>,
+}
+
+impl Engine {
+    fn new(ordinal: usize) -> Result<Engine> {
+        let gpu = Gpu::new(ordinal)?;
+        let blas = gpu.blas()?.ok_or_else(|| {
+            Error::Cuda("cuBLAS (libcublas.so) cannot be loaded: add the CUDA toolkit's lib directory to LD_LIBRARY_PATH, or use --device cpu".into())
+        })?;
+        // Load the kernels now, so that a missing NVRTC shows at load time, not mid-run.
+        gpu.module(MODULE)?;
+        Ok(Engine { gpu, blas })
+    }
+}
+
+/// A text model on a CUDA device.
+pub struct CudaText {
+    e: Engine,
+    net: DevNet,
+}
+
+/// Token ids, in-sequence positions and sequence starts of packed sequences.
+fn pack(seqs: &[&[u32]]) -> (Vec<i32>, Vec<i32>, Vec<usize>) {
+    let mut starts = vec![0usize];
+    let mut ids = Vec::new();
+    let mut positions = Vec::new();
+    for s in seqs {
+        starts.push(starts.last().unwrap() + s.len());
+        ids.extend(s.iter().map(|&i| i as i32));
+        positions.extend((0..s.len()).map(|p| p as i32));
+    }
+    (ids, positions, starts)
+}
+
+impl CudaText {
+    /// Uploads a CPU decoder (its f32 weights become bf16 matrices; the host copy is dropped).
+    pub(super) fn from_decoder(ordinal: usize, m: Decoder) -> Result<CudaText> {
+        let e = Engine::new(ordinal)?;
+        let g = &e.gpu;
+        let layers = m
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(DecoderLayer {
+                    attn_norm: g.htod(&l.attn_norm)?,
+                    qkv: DevLinear::upload(g, &l.qkv)?,
+                    o: DevLinear::upload(g, &l.o)?,
+                    mlp_norm: g.htod(&l.mlp_norm)?,
+                    gate_up: DevLinear::upload(g, &l.gate_up)?,
+                    down: DevLinear::upload(g, &l.down)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let net = DevNet::Decoder(DevDecoder {
+            embed: g.htod(&to_bf16(&m.embed))?,
+            norm: g.htod(&m.norm)?,
+            layers,
+            cfg: m.cfg,
+            rope: Mutex::new(None),
+        });
+        Ok(CudaText { e, net })
+    }
+
+    /// Uploads a CPU BERT encoder.
+    pub(super) fn from_bert(ordinal: usize, m: Bert) -> Result<CudaText> {
+        let e = Engine::new(ordinal)?;
+        let g = &e.gpu;
+        let norm = |n: &super::bert::Norm| -> Result<DevNorm> {
+            Ok(DevNorm {
+                w: g.htod(&n.w)?,
+                b: g.htod(&n.b)?,
+            })
+        };
+        let layers = m
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(BertLayer {
+                    qkv: DevLinear::upload(g, &l.qkv)?,
+                    o: DevLinear::upload(g, &l.o)?,
+                    attn_norm: norm(&l.attn_norm)?,
+                    inter: DevLinear::upload(g, &l.inter)?,
+                    out: DevLinear::upload(g, &l.out)?,
+                    out_norm: norm(&l.out_norm)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let net = DevNet::Bert(DevBert {
+            word: g.htod(&to_bf16(&m.word))?,
+            position: g.htod(&to_bf16(&m.position))?,
+            type0: g.htod(&m.token_type0)?,
+            emb_norm: norm(&m.emb_norm)?,
+            layers,
+            cfg: m.cfg,
+        });
+        Ok(CudaText { e, net })
+    }
+
+    /// A decoder of `cfg`'s shape with random bf16 weights drawn on the device (benches of
+    /// model sizes with no checkpoint at hand, e.g. Mistral-7B): every matrix uniform with
+    /// variance 1/fan-in, norm weights 1, no biases.
+    pub fn random_decoder(ordinal: usize, cfg: DecoderConfig, seed: u64) -> Result<CudaText> {
+        let e = Engine::new(ordinal)?;
+        let g = &e.gpu;
+        let d = cfg.hidden;
+        let Heads { nh, nkv, hd } = cfg.heads;
+        let ones = vec![1.0f32; d];
+        let mut s = seed;
+        let mut next = || {
+            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            s
+        };
+        let layers = (0..cfg.layers)
+            .map(|_| {
+                Ok(DecoderLayer {
+                    attn_norm: g.htod(&ones)?,
+                    qkv: DevLinear::random(g, (nh + 2 * nkv) * hd, d, next())?,
+                    o: DevLinear::random(g, d, nh * hd, next())?,
+                    mlp_norm: g.htod(&ones)?,
+                    gate_up: DevLinear::random(g, 2 * cfg.ff, d, next())?,
+                    down: DevLinear::random(g, d, cfg.ff, next())?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut embed = g.zeros::<u16>(cfg.vocab * d)?;
+        fill_uniform_bf16(g, &mut embed, cfg.vocab * d, next(), 1.0)?;
+        let net = DevNet::Decoder(DevDecoder {
+            embed,
+            norm: g.htod(&ones)?,
+            layers,
+            cfg,
+            rope: Mutex::new(None),
+        });
+        g.sync()?;
+        Ok(CudaText { e, net })
+    }
+
+    /// Width of an embedding (the hidden size).
+    pub fn dim(&self) -> usize {
+        match &self.net {
+            DevNet::Decoder(m) => m.cfg.hidden,
+            DevNet::Bert(m) => m.cfg.hidden,
+        }
+    }
+
+    /// As [`super::TextModel::default_max_length`].
+    pub fn default_max_length(&self) -> usize {
+        match &self.net {
+            DevNet::Decoder(m) => m.cfg.max_positions.min(8192),
+            DevNet::Bert(m) => m.cfg.max_positions,
+        }
+    }
+
+    /// BERT's position-embedding count (the longest chunk it takes); None for decoders.
+    pub fn bert_max_positions(&self) -> Option<usize> {
+        match &self.net {
+            DevNet::Bert(m) => Some(m.cfg.max_positions),
+            DevNet::Decoder(_) => None,
+        }
+    }
+
+    /// Last hidden states of packed sequences, `[Σ len, dim]` on the host.
+    pub fn hidden_states(&self, seqs: &[&[u32]]) -> Result<Vec<f32>> {
+        let total: usize = seqs.iter().map(|s| s.len()).sum();
+        if total == 0 {
+            return Ok(Vec::new());
+        }
+        let h = self.forward(seqs)?;
+        self.e.gpu.dtoh(&h, total * self.dim())
+    }
+
+    /// Token-weighted sums over all chunks of each text: `chunks` are (text, tokens) work items
+    /// run `batch` at a time; returns `n_texts × dim` f64 sums (divide by the token counts for
+    /// the mean). `progress(tokens)` after each finished batch.
+    pub fn pooled_sums(
+        &self,
+        chunks: &[(usize, &[u32])],
+        n_texts: usize,
+        batch: usize,
+        progress: &dyn Fn(usize),
+    ) -> Result<Vec<f64>> {
+        let g = &self.e.gpu;
+        let d = self.dim();
+        if let Some(&(t, _)) = chunks.iter().find(|(t, _)| *t >= n_texts) {
+            return Err(Error::Cuda(format!("pooled_sums: text {t} of {n_texts}")));
+        }
+        let mut sums = g.zeros::<f64>(n_texts * d)?;
+        for b in chunks.chunks(batch.max(1)) {
+            let seqs: Vec<&[u32]> = b.iter().map(|(_, c)| *c).collect();
+            let tokens: usize = seqs.iter().map(|s| s.len()).sum();
+            if tokens == 0 {
+                continue;
+            }
+            let h = self.forward(&seqs)?;
+            let (_, _, starts) = pack(&seqs);
+            let text: Vec<usize> = b.iter().map(|(t, _)| *t).collect();
+            pool_rows(g, &h, d, &starts, &text, &mut sums)?;
+            g.sync()?;
+            progress(tokens);
+        }
+        g.dtoh(&sums, n_texts * d)
+    }
+
+    /// Hidden states of packed sequences (at least one token), left on the device.
+    fn forward(&self, seqs: &[&[u32]]) -> Result<CudaSlice<f32>> {
+        let (vocab, max_pos) = match &self.net {
+            DevNet::Decoder(m) => (m.cfg.vocab, None),
+            DevNet::Bert(m) => (m.cfg.vocab, Some(m.cfg.max_positions)),
+        };
+        if let Some(bad) = seqs
+            .iter()
+            .flat_map(|s| s.iter())
+            .find(|&&i| i as usize >= vocab)
+        {
+            return Err(Error::Usage(format!(
+                "token id {bad} is out of range for a model of {vocab} embeddings"
+            )));
+        }
+        let longest = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
+        if let Some(p) = max_pos.filter(|&p| longest > p) {
+            return Err(Error::Usage(format!(
+                "a sequence of {longest} tokens exceeds this BERT model's {p} position embeddings"
+            )));
+        }
+        let (ids, positions, starts) = pack(seqs);
+        int(ids.len() * self.dim(), "packed tokens × width")?;
+        match &self.net {
+            DevNet::Decoder(m) => self.forward_decoder(m, &ids, &positions, &starts, longest),
+            DevNet::Bert(m) => self.forward_bert(m, &ids, &positions, &starts),
+        }
+    }
+
+    fn forward_decoder(
+        &self,
+        m: &DevDecoder,
+        ids: &[i32],
+        positions: &[i32],
+        starts: &[usize],
+        longest: usize,
+    ) -> Result<CudaSlice<f32>> {
+        let e = &self.e;
+        let g = &e.gpu;
+        let cfg = &m.cfg;
+        let heads = cfg.heads;
+        let Heads { nh, nkv, hd } = heads;
+        let (d, ff, eps, t) = (cfg.hidden, cfg.ff, cfg.eps, ids.len());
+        let mask = AttnMask {
+            causal: true,
+            window: cfg.window,
+        };
+        let mut rope_slot = m
+            .rope
+            .lock()
+            .map_err(|_| Error::Cuda("RoPE table poisoned by an earlier panic".into()))?;
+        if rope_slot.as_ref().is_none_or(|r| r.positions < longest) {
+            let n = longest.max(cfg.max_positions.min(8192));
+            *rope_slot = Some(RopeDev::new(g, &cfg.inv_freq, n)?);
+        }
+        let rope_table = rope_slot.as_ref().expect("filled above");
+        let ids = g.htod(ids)?;
+        let positions = g.htod(positions)?;
+        let plan = AttnPlan::new(g, starts, mask)?;
+        let qkv_w = (nh + 2 * nkv) * hd;
+        let mut x = g.zeros::<f32>(t * d)?;
+        let mut hb = g.zeros::<u16>(t * d)?;
+        let mut qkv = g.zeros::<u16>(t * qkv_w)?;
+        let mut attn = g.zeros::<u16>(t * nh * hd)?;
+        let mut gu = g.zeros::<u16>(t * 2 * ff)?;
+        let mut act = g.zeros::<u16>(t * ff)?;
+        embed_gather(g, &m.embed, &ids, t, d, &mut x)?;
+        for l in &m.layers {
+            rms_norm(g, &x, &l.attn_norm, eps, t, d, &mut hb)?;
+            l.qkv.gemm(e, &hb, t, &mut qkv, false)?;
+            l.qkv.bias(e, &mut qkv, t)?;
+            rope(g, &mut qkv, qkv_w, nh + nkv, hd, &positions, rope_table, t)?;
+            attention(
+                g,
+                &qkv.slice(..),
+                &qkv.slice(nh * hd..),
+                &qkv.slice((nh + nkv) * hd..),
+                qkv_w,
+                qkv_w,
+                &mut attn,
+                nh * hd,
+                &plan,
+                heads,
+                mask,
+            )?;
+            // The residual add is the GEMM's β = 1.
+            l.o.gemm(e, &attn, t, &mut x, true)?;
+            l.o.bias(e, &mut x, t)?;
+            rms_norm(g, &x, &l.mlp_norm, eps, t, d, &mut hb)?;
+            l.gate_up.gemm(e, &hb, t, &mut gu, false)?;
+            l.gate_up.bias(e, &mut gu, t)?;
+            swiglu(g, &gu, t, ff, &mut act)?;
+            l.down.gemm(e, &act, t, &mut x, true)?;
+            l.down.bias(e, &mut x, t)?;
+        }
+        let mut out = g.zeros::<f32>(t * d)?;
+        rms_norm(g, &x, &m.norm, eps, t, d, &mut out)?;
+        Ok(out)
+    }
+
+    fn forward_bert(
+        &self,
+        m: &DevBert,
+        ids: &[i32],
+        positions: &[i32],
+        starts: &[usize],
+    ) -> Result<CudaSlice<f32>> {
+        let e = &self.e;
+        let g = &e.gpu;
+        let cfg = &m.cfg;
+        let (d, ff, eps, t) = (cfg.hidden, cfg.ff, cfg.eps, ids.len());
+        let heads = Heads {
+            nh: cfg.heads,
+            nkv: cfg.heads,
+            hd: d / cfg.heads,
+        };
+        let mask = AttnMask {
+            causal: false,
+            window: None,
+        };
+        let ids = g.htod(ids)?;
+        let positions = g.htod(positions)?;
+        let plan = AttnPlan::new(g, starts, mask)?;
+        let mut x = g.zeros::<f32>(t * d)?;
+        let mut xb = g.zeros::<u16>(t * d)?;
+        let mut y = g.zeros::<f32>(t * d)?;
+        let mut qkv = g.zeros::<u16>(t * 3 * d)?;
+        let mut attn = g.zeros::<u16>(t * d)?;
+        let mut inter = g.zeros::<u16>(t * ff)?;
+        bert_embed(
+            g,
+            &m.word,
+            &m.position,
+            &m.type0,
+            &ids,
+            &positions,
+            t,
+            d,
+            &mut x,
+        )?;
+        let n = &m.emb_norm;
+        residual_layer_norm(g, &mut x, None, None, &n.w, &n.b, eps, t, d, Some(&mut xb))?;
+        for l in &m.layers {
+            l.qkv.gemm(e, &xb, t, &mut qkv, false)?;
+            l.qkv.bias(e, &mut qkv, t)?;
+            attention(
+                g,
+                &qkv.slice(..),
+                &qkv.slice(d..),
+                &qkv.slice(2 * d..),
+                3 * d,
+                3 * d,
+                &mut attn,
+                d,
+                &plan,
+                heads,
+                mask,
+            )?;
+            l.o.gemm(e, &attn, t, &mut y, false)?;
+            let n = &l.attn_norm;
+            residual_layer_norm(
+                g,
+                &mut x,
+                Some(&y),
+                l.o.b.as_ref(),
+                &n.w,
+                &n.b,
+                eps,
+                t,
+                d,
+                Some(&mut xb),
+            )?;
+            l.inter.gemm(e, &xb, t, &mut inter, false)?;
+            gelu_bias(g, &mut inter, l.inter.b.as_ref(), t, ff)?;
+            l.out.gemm(e, &inter, t, &mut y, false)?;
+            let n = &l.out_norm;
+            residual_layer_norm(
+                g,
+                &mut x,
+                Some(&y),
+                l.out.b.as_ref(),
+                &n.w,
+                &n.b,
+                eps,
+                t,
+                d,
+                Some(&mut xb),
+            )?;
+        }
+        Ok(x)
+    }
+}
