@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${NICLIP_SHARED_DATA:-../shared/data}"
 WORK="${WORK:-target/default-model}"
-OUT=assets/default
+OUT="${OUT:-assets/default}"
 # One thread count everywhere: the floating-point sums (and so the bytes) depend on it.
 THREADS=2
 TEXT_MODEL="${TEXT_MODEL:-minilm}"
@@ -45,9 +45,11 @@ $N images --corpus "$WORK/train.corpus" --atlas "$WORK/atlas.nii.gz" --labels \
 $N embed --model "$MODEL" --corpus "$WORK/train.corpus" --section title,abstract \
     --out "$WORK/text-$TEXT_MODEL.npy" --device cpu --threads $THREADS
 
-# 4. CLIP, cross-validated (outer folds of 1,000 articles; one validation fold each).
+# 4. CLIP, cross-validated on the first 5 outer folds of 1,000 articles (one validation fold
+#    each); the model kept is the one of lowest validation loss. The README's retrieval figures
+#    come from all 19 outer folds (the command is there).
 $N train --text "$WORK/text-$TEXT_MODEL.npy" --images "$WORK/images.npy" \
-    --cv --fold-size 1000 --inner-folds 1 --seed 0 \
+    --cv --fold-size 1000 --outer-folds 5 --inner-folds 1 --seed 0 \
     --metrics "$WORK/cv-$TEXT_MODEL.csv" --out "$WORK/model-$TEXT_MODEL.safetensors" \
     --device cpu --threads $THREADS
 
@@ -63,6 +65,16 @@ done
 cp "$WORK/model-$TEXT_MODEL.safetensors" "$OUT/model.safetensors"
 cp "$WORK/atlas.nii.gz" "$OUT/atlas.nii.gz"
 cp "$WORK/cv-$TEXT_MODEL.csv" "$OUT/cv_metrics.csv"
+rm -rf "$OUT/ontology"
+mkdir -p "$OUT/ontology/cognitive_atlas_dump" "$OUT/ontology/reduced"
+for f in TaskCollection.json ConceptCollection.json AssertionCollection.json \
+         ConceptClassCollection.json LICENSE README.md; do
+    cp "$DATA/cogat/cognitive_atlas_dump/$f" "$OUT/ontology/cognitive_atlas_dump/"
+done
+for f in cogatlas_tasks_concepts_bertrand_mini.csv cogatlas_concepts_categories_mapping.json \
+         concepts.json; do
+    cp "$DATA/cogat/reduced/$f" "$OUT/ontology/reduced/"
+done
 for set in full reduced; do
     mkdir -p "$OUT/vocabulary-$set"
     cp "$WORK/vocab-$set-$TEXT_MODEL"/vocabulary.txt "$WORK/vocab-$set-$TEXT_MODEL"/vocabulary_emb.npy \
