@@ -285,7 +285,9 @@ fn gclda_log_likelihood_follows_nimare() {
 
 #[test]
 fn studyset_import_keeps_every_analysis_and_peak() {
-    let Some(data) = common::need_shared("studyset_import_keeps_every_analysis_and_peak") else { return };
+    let Some(data) = common::need_shared("studyset_import_keeps_every_analysis_and_peak") else {
+        return;
+    };
     let c = Corpus::open(&studyset(&data)).unwrap();
     let s = c.stats();
     // selection_summary.json: 906 analyses, 9,492 coordinate rows (1,159 of them TAL).
@@ -297,6 +299,14 @@ fn studyset_import_keeps_every_analysis_and_peak() {
     // The same folder under --format nimare reads as a studyset.
     let out = common::tmpdir("studyset-nimare").join("nf.corpus");
     let dir = data.join("corpus/nimare/nback_vs_flanker_studyset_2026-07");
-    common::niclip(&["corpus", "import", "--format", "nimare", dir.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    common::niclip(&[
+        "corpus",
+        "import",
+        "--format",
+        "nimare",
+        dir.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(Corpus::open(&out).unwrap().stats().peaks, 9492);
 }

@@ -266,9 +266,9 @@ fn images_equal_projection_of_ma_maps_on_all_neurosynth() {
         .unwrap();
     let mut scratch = Scratch::new(&mask.grid);
     let mut worst = 0.0f64;
-    for s in 0..ids.len() {
+    for (s, id) in ids.iter().enumerate() {
         let mut vol = vec![0.0f32; mask.grid.n_voxels()];
-        for m in ma_map(&kernel, &mask, peaks.study(s), &ids[s], &mut scratch).unwrap() {
+        for m in ma_map(&kernel, &mask, peaks.study(s), id, &mut scratch).unwrap() {
             vol[mask.voxels[m as usize] as usize] = 1.0;
         }
         let want: Vec<f64> = atlas

@@ -191,7 +191,9 @@ fn missing_model_flags_and_bad_options_say_what_to_pass() {
     // Some model flags but not all: say which are missing.
     let err = niclip_fails(&["decode", "map.nii.gz", "--model", "m.safetensors"]);
     assert!(
-        one_line(&err).contains("missing: --vocabulary --vocabulary-emb --vocabulary-prior --ontology --atlas"),
+        one_line(&err).contains(
+            "missing: --vocabulary --vocabulary-emb --vocabulary-prior --ontology --atlas"
+        ),
         "{err}"
     );
     // A default-model folder that is not one.

@@ -137,9 +137,11 @@ fn recalls_follow_from_the_rankings_decode_prints() {
     let top4 = names(&b["maps"][0], "tasks").join(";");
     let per_map = std::fs::read_to_string(out.join("per_map.csv")).unwrap();
     assert!(
-        per_map.lines().any(|l| l.starts_with("baseline:gclda_nimare,")
-            && l.contains(",task,")
-            && l.contains(&top4)),
+        per_map
+            .lines()
+            .any(|l| l.starts_with("baseline:gclda_nimare,")
+                && l.contains(",task,")
+                && l.contains(&top4)),
         "baseline top 4 {top4:?} not in\n{per_map}"
     );
 }

@@ -314,11 +314,24 @@ fn tiny_llama_gguf_matches_transformers_gguf_loader() {
     let fx = text_fixtures();
     let m = TextModel::load(&fx.join("tiny_llama.gguf"), None, &Device::Cpu).unwrap();
     let e = json("tiny_expected.json");
-    let texts: Vec<&str> = e["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    let texts: Vec<&str> = e["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
     let ids = m.tokenize(&texts).unwrap();
-    assert_eq!(ids, ids_of(&json("tiny_llama_gguf_ids.json")), "token ids differ from AutoTokenizer(gguf_file=)");
+    assert_eq!(
+        ids,
+        ids_of(&json("tiny_llama_gguf_ids.json")),
+        "token ids differ from AutoTokenizer(gguf_file=)"
+    );
     let seqs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
-    let err = rel_err(&m.hidden_states(&seqs), &npy("tiny_llama_gguf_hidden.npy"), m.dim());
+    let err = rel_err(
+        &m.hidden_states(&seqs),
+        &npy("tiny_llama_gguf_hidden.npy"),
+        m.dim(),
+    );
     eprintln!("tiny_llama.gguf: hidden states max row relative error {err:.2e}");
     assert!(err < 1e-5, "hidden states differ by {err:.2e}");
 }

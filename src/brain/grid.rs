@@ -110,9 +110,9 @@ mod tests {
             [0.0, 0.0, 0.0, 1.0],
         ];
         let id = matmul(&invert(&m), &m);
-        for r in 0..4 {
-            for c in 0..4 {
-                assert!((id[r][c] - if r == c { 1.0 } else { 0.0 }).abs() < 1e-12);
+        for (r, row) in id.iter().enumerate() {
+            for (c, x) in row.iter().enumerate() {
+                assert!((x - if r == c { 1.0 } else { 0.0 }).abs() < 1e-12);
             }
         }
     }

@@ -118,8 +118,9 @@ impl MkdaKernel {
         if lo > hi {
             return;
         }
-        for w in lo >> 6..=hi >> 6 {
-            let mut bits = std::mem::take(&mut seen[w]);
+        for (i, word) in seen[lo >> 6..=hi >> 6].iter_mut().enumerate() {
+            let w = (lo >> 6) + i;
+            let mut bits = std::mem::take(word);
             while bits != 0 {
                 visit((w << 6) + bits.trailing_zeros() as usize);
                 bits &= bits - 1;

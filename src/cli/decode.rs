@@ -162,7 +162,6 @@ impl DecodeArgs {
         v.check()?;
         Ok(v)
     }
-
 }
 
 pub fn run(a: DecodeArgs) -> Result<()> {

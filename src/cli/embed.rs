@@ -154,7 +154,12 @@ fn read_texts(a: &EmbedArgs) -> Result<(Option<Vec<String>>, Vec<String>)> {
         eprintln!("{skipped} studies have no {names} and get no row");
     }
     if texts.is_empty() {
-        return Err(Error::input(path, format!("no study has a {names}; import texts with --text-jsonl or pick another --section")));
+        return Err(Error::input(
+            path,
+            format!(
+                "no study has a {names}; import texts with --text-jsonl or pick another --section"
+            ),
+        ));
     }
     Ok((Some(ids), texts))
 }

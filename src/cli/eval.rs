@@ -1,21 +1,21 @@
 //! `niclip eval …`: `retrieval` scores the CLIP model on article ↔ map retrieval (Recall@k,
 //! Mix&Match); `decoding` scores niclip and the baselines on maps with a known answer.
 
-use super::train::{print_cv, run_cv, sibling, write_cv_metrics, write_metrics, TrainFlags};
 use super::baseline::map_on_mask;
 use super::decode::ModelArgs;
+use super::train::{print_cv, run_cv, sibling, write_cv_metrics, write_metrics, TrainFlags};
 use super::Compute;
+use crate::baseline;
+use crate::brain::{Image, Mask};
 use crate::clip::cv::retrieval_metrics;
 use crate::clip::data::load_pairs;
 use crate::clip::Clip;
-use crate::baseline;
-use crate::brain::{Image, Mask};
 use crate::decode::ontology::name_key;
 use crate::decode::posterior::ranking;
 use crate::decode::{Decoder, Variant};
 use crate::device::Device;
-use crate::eval::{read_truth, score_level, Level, LevelScore, Prediction};
 use crate::error::{Error, Result};
+use crate::eval::{read_truth, score_level, Level, LevelScore, Prediction};
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand, Debug)]
@@ -144,7 +144,10 @@ fn retrieval(a: RetrievalArgs) -> Result<()> {
 
 /// Names ranked by score, best first.
 fn ranked(names: &[String], scores: &[f32]) -> Vec<String> {
-    ranking(scores).into_iter().map(|i| names[i].clone()).collect()
+    ranking(scores)
+        .into_iter()
+        .map(|i| names[i].clone())
+        .collect()
 }
 
 /// niclip's ranking of one map's tasks, concepts and domains by probability.
@@ -152,7 +155,11 @@ fn niclip_prediction(decoder: &Decoder, features: &[f32], name: &str) -> Predict
     let d = decoder
         .decode_features(features, vec![name.to_string()])
         .remove(0);
-    let domains: Vec<String> = decoder.domain_names().iter().map(|s| s.to_string()).collect();
+    let domains: Vec<String> = decoder
+        .domain_names()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     Prediction {
         tasks: ranked(decoder.task_names(), &d.tasks.posterior),
         concepts: ranked(decoder.concept_names(), &d.concepts),
@@ -195,7 +202,11 @@ fn baseline_prediction(decoder: &Decoder, scores: &[(String, f32)]) -> Predictio
         b.1.partial_cmp(&a.1)
             .unwrap_or_else(|| a.1.is_nan().cmp(&b.1.is_nan()))
     });
-    let domains: Vec<String> = decoder.domain_names().iter().map(|s| s.to_string()).collect();
+    let domains: Vec<String> = decoder
+        .domain_names()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     Prediction {
         // The baseline's own term order: it may know tasks the decoder's vocabulary lacks.
         tasks: terms.into_iter().map(|(n, _)| n.clone()).collect(),
@@ -222,7 +233,11 @@ fn decoding(a: DecodingArgs) -> Result<()> {
             ));
         }
         let f = decoder.image_features(&img, &variant, &t.map)?;
-        niclip.push(niclip_prediction(&decoder, &f, &t.map.display().to_string()));
+        niclip.push(niclip_prediction(
+            &decoder,
+            &f,
+            &t.map.display().to_string(),
+        ));
     }
     decoders.push(("niclip".into(), niclip));
 
@@ -256,7 +271,11 @@ fn decoding(a: DecodingArgs) -> Result<()> {
         }
     }
 
-    println!("{} maps from {}; niclip {scale_note}", truth.len(), a.truth.display());
+    println!(
+        "{} maps from {}; niclip {scale_note}",
+        truth.len(),
+        a.truth.display()
+    );
     println!(
         "{:<28} {:<8} {:>2} {:>4} {:>8} {:>6} {:>9} {:>7} {:>9}",
         "decoder", "level", "k", "maps", "recall", "hit", "null", "p", "obs/null"

@@ -78,11 +78,7 @@ impl Decoder {
         logit_scale: Option<f32>,
     ) -> Result<Decoder> {
         let emb_path = &assets.vocabulary_emb;
-        let vocabulary = Vocabulary::read(
-            &assets.vocabulary,
-            emb_path,
-            &assets.vocabulary_prior,
-        )?;
+        let vocabulary = Vocabulary::read(&assets.vocabulary, emb_path, &assets.vocabulary_prior)?;
         let model_path = &assets.model;
         if vocabulary.dim != towers.text_dim() {
             return Err(Error::input(
@@ -105,7 +101,7 @@ impl Decoder {
         };
         if atlas.k != towers.image_dim() {
             return Err(Error::input(
-                &atlas_path,
+                atlas_path,
                 format!(
                     "the atlas has {} maps but the model {} takes {} image features; give the atlas the model was trained with{}",
                     atlas.k,
@@ -166,7 +162,7 @@ impl Decoder {
         };
         if !logit_scale.is_finite() {
             return Err(Error::input(
-                &model_path,
+                model_path,
                 format!("logit scale is {logit_scale}; pass --logit-scale S"),
             ));
         }

@@ -191,7 +191,10 @@ impl SplitMix64 {
 /// the file's folder.
 pub fn read_truth(path: &Path) -> Result<Vec<Truth>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
     let Some((_, header)) = lines.next() else {
         return Err(Error::input(
             path,
@@ -246,7 +249,10 @@ pub fn read_truth(path: &Path) -> Result<Vec<Truth>> {
         });
     }
     if rows.is_empty() {
-        return Err(Error::input(path, "no rows after the header; add one row per map"));
+        return Err(Error::input(
+            path,
+            "no rows after the header; add one row per map",
+        ));
     }
     Ok(rows)
 }
