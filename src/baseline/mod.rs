@@ -325,6 +325,14 @@ impl Decoder {
     }
 }
 
+/// Terms best first, NaN scores (a flat map's r) last.
+pub fn sort_by_score(terms: &mut [(String, f32)]) {
+    terms.sort_by(|x, y| {
+        y.1.partial_cmp(&x.1)
+            .unwrap_or_else(|| x.1.is_nan().cmp(&y.1.is_nan()))
+    });
+}
+
 /// Reads a vocabulary file: one term per line, blank lines and surrounding spaces ignored.
 pub fn read_vocabulary(path: &Path) -> Result<Vec<String>> {
     if !path.is_file() {

@@ -242,10 +242,7 @@ fn decode_cmd(a: DecodeArgs) -> Result<()> {
         let n = vols.len();
         for (i, v) in vols.into_iter().enumerate() {
             let mut terms = decoder.decode(&v);
-            terms.sort_by(|x, y| {
-                y.1.partial_cmp(&x.1)
-                    .unwrap_or_else(|| x.1.is_nan().cmp(&y.1.is_nan()))
-            });
+            crate::baseline::sort_by_score(&mut terms);
             if a.top > 0 {
                 terms.truncate(a.top);
             }

@@ -197,11 +197,8 @@ fn baseline_prediction(decoder: &Decoder, scores: &[(String, f32)]) -> Predictio
         .iter()
         .map(|rows| best(rows, &concept_scores))
         .collect();
-    let mut terms: Vec<&(String, f32)> = scores.iter().collect();
-    terms.sort_by(|a, b| {
-        b.1.partial_cmp(&a.1)
-            .unwrap_or_else(|| a.1.is_nan().cmp(&b.1.is_nan()))
-    });
+    let mut terms = scores.to_vec();
+    baseline::sort_by_score(&mut terms);
     let domains: Vec<String> = decoder
         .domain_names()
         .iter()
@@ -209,7 +206,7 @@ fn baseline_prediction(decoder: &Decoder, scores: &[(String, f32)]) -> Predictio
         .collect();
     Prediction {
         // The baseline's own term order: it may know tasks the decoder's vocabulary lacks.
-        tasks: terms.into_iter().map(|(n, _)| n.clone()).collect(),
+        tasks: terms.into_iter().map(|(n, _)| n).collect(),
         concepts: ranked(decoder.concept_names(), &concept_scores),
         domains: ranked(&domains, &domain_scores),
     }
