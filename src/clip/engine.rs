@@ -44,18 +44,39 @@ pub struct TowerBuf {
     norms: Vec<f32>,
 }
 
-/// Buffers for batches of up to `cap` rows.
+/// Gradient buffers of one tower's backward pass (all n × k).
+struct Scratch {
+    /// Gradient of the tower's normalised embeddings.
+    d_out: Vec<f32>,
+    d_cur: Vec<f32>,
+    d_next: Vec<f32>,
+    delta: Vec<f32>,
+    tmp: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(nk: usize) -> Scratch {
+        Scratch {
+            d_out: vec![0.0; nk],
+            d_cur: vec![0.0; nk],
+            d_next: vec![0.0; nk],
+            delta: vec![0.0; nk],
+            tmp: vec![0.0; nk],
+        }
+    }
+}
+
+/// Buffers for batches of up to `cap` rows. The two towers have their own, so their forward
+/// and backward passes run at the same time (one tower per core on a 2-core machine, and
+/// idle threads steal the other tower's GEMM blocks).
 pub struct Workspace {
     cap: usize,
     text: TowerBuf,
     image: TowerBuf,
     sim: Vec<f32>,
     dlogits: Vec<f32>,
-    d_out: Vec<f32>,
-    d_cur: Vec<f32>,
-    d_next: Vec<f32>,
-    delta: Vec<f32>,
-    tmp: Vec<f32>,
+    text_grad: Scratch,
+    image_grad: Scratch,
 }
 
 impl Workspace {
@@ -83,11 +104,8 @@ impl Workspace {
             image: tower(false),
             sim: vec![0.0; cap * cap],
             dlogits: vec![0.0; cap * cap],
-            d_out: vec![0.0; nk],
-            d_cur: vec![0.0; nk],
-            d_next: vec![0.0; nk],
-            delta: vec![0.0; nk],
-            tmp: vec![0.0; nk],
+            text_grad: Scratch::new(nk),
+            image_grad: Scratch::new(nk),
         }
     }
 
@@ -117,82 +135,34 @@ impl Workspace {
             "batch of {n} rows in a workspace for {}",
             self.cap
         );
-        let k = layout.k;
-        let heads = layout.tower(tower);
         let buf = match tower {
             Tower::Text => &mut self.text,
             Tower::Image => &mut self.image,
         };
-        let nk = n * k;
-        for (i, h) in heads.iter().enumerate() {
-            let (done, rest) = buf.heads.split_at_mut(i);
-            let hb = &mut rest[0];
-            let input: &[f32] = if i == 0 { x } else { &done[i - 1].y[..nk] };
-            let drop = drops[site(tower, i)];
-            let gamma = &params[h.ln_w..h.ln_w + k];
-            let beta = &params[h.ln_b..h.ln_b + k];
-            match h.proj {
-                None => {
-                    ops::fill_rows(&mut hb.a[..nk], &params[h.fc_b..h.fc_b + k]);
-                    ops::matmul_nt(
-                        n,
-                        k,
-                        h.din,
-                        input,
-                        &params[h.fc_w..h.fc_w + k * h.din],
-                        &mut hb.a,
-                        true,
-                    );
-                    ops::residual_gelu_ln_forward(
-                        input,
-                        &hb.a,
-                        k,
-                        drop,
-                        gamma,
-                        beta,
-                        &mut hb.xhat,
-                        &mut hb.rstd[..n],
-                        &mut hb.y,
-                    );
-                }
-                Some((pw, pb)) => {
-                    ops::fill_rows(&mut hb.a[..nk], &params[pb..pb + k]);
-                    ops::matmul_nt(
-                        n,
-                        k,
-                        h.din,
-                        input,
-                        &params[pw..pw + k * h.din],
-                        &mut hb.a,
-                        true,
-                    );
-                    ops::gelu_forward(&hb.a[..nk], &mut hb.g[..nk]);
-                    ops::fill_rows(&mut hb.a2[..nk], &params[h.fc_b..h.fc_b + k]);
-                    ops::matmul_nt(
-                        n,
-                        k,
-                        k,
-                        &hb.g,
-                        &params[h.fc_w..h.fc_w + k * k],
-                        &mut hb.a2,
-                        true,
-                    );
-                    ops::residual_ln_forward(
-                        &hb.a,
-                        &hb.a2,
-                        k,
-                        drop,
-                        gamma,
-                        beta,
-                        &mut hb.xhat,
-                        &mut hb.rstd[..n],
-                        &mut hb.y,
-                    );
-                }
-            }
-        }
-        let norms = ops::l2_normalize_rows(&buf.heads[2].y[..nk], k, &mut buf.out[..nk]);
-        buf.norms[..n].copy_from_slice(&norms);
+        forward(buf, layout, params, tower, x, n, drops);
+    }
+
+    /// Both towers' forward passes at once.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_both(
+        &mut self,
+        layout: &Layout,
+        params: &[f32],
+        xt: &[f32],
+        xi: &[f32],
+        n: usize,
+        drops: &Dropouts,
+    ) {
+        assert!(
+            n <= self.cap,
+            "batch of {n} rows in a workspace for {}",
+            self.cap
+        );
+        let (text, image) = (&mut self.text, &mut self.image);
+        rayon::join(
+            || forward(text, layout, params, Tower::Text, xt, n, drops),
+            || forward(image, layout, params, Tower::Image, xi, n, drops),
+        );
     }
 
     /// Symmetric InfoNCE loss of a batch (no gradient): texts `xt` (n × d) and images `xi`
@@ -206,8 +176,7 @@ impl Workspace {
         n: usize,
         drops: &Dropouts,
     ) -> f32 {
-        self.forward_tower(layout, params, Tower::Text, xt, n, drops);
-        self.forward_tower(layout, params, Tower::Image, xi, n, drops);
+        self.forward_both(layout, params, xt, xi, n, drops);
         let k = layout.k;
         ops::matmul_nt(
             n,
@@ -233,7 +202,6 @@ impl Workspace {
         n: usize,
         drops: &Dropouts,
     ) -> f32 {
-        grads.fill(0.0);
         let k = layout.k;
         let loss = self.loss(layout, params, xt, xi, n, drops);
         let s = params[layout.logit_scale];
@@ -253,145 +221,238 @@ impl Workspace {
             n,
             &self.dlogits,
             &self.text.out,
-            &mut self.d_out,
+            &mut self.image_grad.d_out,
             false,
         );
-        self.backward_tower(layout, params, grads, Tower::Image, xi, n, drops);
         ops::matmul_tn(
             n,
             k,
             n,
             &self.dlogits,
             &self.image.out,
-            &mut self.d_out,
+            &mut self.text_grad.d_out,
             false,
         );
-        self.backward_tower(layout, params, grads, Tower::Text, xt, n, drops);
+        // The text tower's tensors come first in the flat layout, then the image tower's.
+        let image_base = layout.image[0].fc_w;
+        let (text_grads, image_grads) = grads[..layout.logit_scale].split_at_mut(image_base);
+        let (text, image) = (&self.text, &self.image);
+        let (tg, ig) = (&mut self.text_grad, &mut self.image_grad);
+        rayon::join(
+            || backward(text, tg, layout, params, text_grads, 0, Tower::Text, xt, n, drops),
+            || backward(image, ig, layout, params, image_grads, image_base, Tower::Image, xi, n, drops),
+        );
         loss
     }
+}
 
-    /// Backward of one tower from `d_out` (gradient of its normalised embeddings).
-    #[allow(clippy::too_many_arguments)]
-    fn backward_tower(
-        &mut self,
-        layout: &Layout,
-        params: &[f32],
-        grads: &mut [f32],
-        tower: Tower,
-        x: &[f32],
-        n: usize,
-        drops: &Dropouts,
-    ) {
-        let k = layout.k;
-        let nk = n * k;
-        let heads: &[Head; 3] = layout.tower(tower);
-        let buf = match tower {
-            Tower::Text => &self.text,
-            Tower::Image => &self.image,
-        };
-        ops::l2_normalize_backward(
-            &buf.out[..nk],
-            &self.d_out[..nk],
-            &buf.norms[..n],
-            k,
-            &mut self.d_cur[..nk],
-        );
-        for i in (0..3).rev() {
-            let h = &heads[i];
-            let hb = &buf.heads[i];
-            let input: &[f32] = if i == 0 { x } else { &buf.heads[i - 1].y[..nk] };
-            let drop = drops[site(tower, i)];
-            let gamma = &params[h.ln_w..h.ln_w + k];
-            {
-                let (lo, hi) = grads.split_at_mut(h.ln_b);
-                ops::layer_norm_param_grads(
-                    &self.d_cur[..nk],
-                    &hb.xhat[..nk],
+/// Backward of one tower from `sc.d_out` (the gradient of its normalised embeddings) into
+/// `grads`, the tower's part of the flat gradient, which starts at offset `base` (every
+/// tensor of it is overwritten).
+#[allow(clippy::too_many_arguments)]
+fn backward(
+    buf: &TowerBuf,
+    sc: &mut Scratch,
+    layout: &Layout,
+    params: &[f32],
+    grads: &mut [f32],
+    base: usize,
+    tower: Tower,
+    x: &[f32],
+    n: usize,
+    drops: &Dropouts,
+) {
+    let k = layout.k;
+    let nk = n * k;
+    let heads: &[Head; 3] = layout.tower(tower);
+    let at = |offset: usize| offset - base;
+    ops::l2_normalize_backward(
+        &buf.out[..nk],
+        &sc.d_out[..nk],
+        &buf.norms[..n],
+        k,
+        &mut sc.d_cur[..nk],
+    );
+    for i in (0..3).rev() {
+        let h = &heads[i];
+        let hb = &buf.heads[i];
+        let input: &[f32] = if i == 0 { x } else { &buf.heads[i - 1].y[..nk] };
+        let drop = drops[site(tower, i)];
+        let gamma = &params[h.ln_w..h.ln_w + k];
+        {
+            let (lo, hi) = grads.split_at_mut(at(h.ln_b));
+            let (dgamma, dbeta) = (&mut lo[at(h.ln_w)..at(h.ln_w) + k], &mut hi[..k]);
+            dgamma.fill(0.0);
+            dbeta.fill(0.0);
+            ops::layer_norm_param_grads(&sc.d_cur[..nk], &hb.xhat[..nk], k, dgamma, dbeta);
+        }
+        let fc_b = &mut grads[at(h.fc_b)..at(h.fc_b) + k];
+        fc_b.fill(0.0);
+        match h.proj {
+            None => {
+                ops::residual_gelu_ln_backward(
+                    &sc.d_cur,
+                    &hb.xhat,
+                    &hb.rstd[..n],
+                    &hb.a,
                     k,
-                    &mut lo[h.ln_w..h.ln_w + k],
-                    &mut hi[..k],
+                    drop,
+                    gamma,
+                    &mut sc.d_next,
+                    &mut sc.delta,
                 );
-            }
-            match h.proj {
-                None => {
-                    ops::residual_gelu_ln_backward(
-                        &self.d_cur,
-                        &hb.xhat,
-                        &hb.rstd[..n],
-                        &hb.a,
-                        k,
-                        drop,
-                        gamma,
-                        &mut self.d_next,
-                        &mut self.delta,
-                    );
-                    ops::matmul_tn(
-                        k,
-                        h.din,
-                        n,
-                        &self.delta,
-                        input,
-                        &mut grads[h.fc_w..h.fc_w + k * h.din],
-                        true,
-                    );
-                    ops::add_col_sums(&self.delta[..nk], k, &mut grads[h.fc_b..h.fc_b + k]);
-                    if i > 0 {
-                        ops::matmul_nn(
-                            n,
-                            k,
-                            k,
-                            &self.delta,
-                            &params[h.fc_w..h.fc_w + k * k],
-                            &mut self.d_next,
-                            true,
-                        );
-                        std::mem::swap(&mut self.d_cur, &mut self.d_next);
-                    }
-                }
-                Some((pw, pb)) => {
-                    // d_next ← dr (gradient reaching p through the residual), delta ← dL/dfc_out.
-                    ops::residual_ln_backward(
-                        &self.d_cur,
-                        &hb.xhat,
-                        &hb.rstd[..n],
-                        k,
-                        drop,
-                        gamma,
-                        &mut self.d_next,
-                        &mut self.delta,
-                    );
-                    ops::matmul_tn(
-                        k,
-                        k,
-                        n,
-                        &self.delta,
-                        &hb.g,
-                        &mut grads[h.fc_w..h.fc_w + k * k],
-                        true,
-                    );
-                    ops::add_col_sums(&self.delta[..nk], k, &mut grads[h.fc_b..h.fc_b + k]);
+                ops::add_col_sums(&sc.delta[..nk], k, fc_b);
+                ops::matmul_tn(
+                    k,
+                    h.din,
+                    n,
+                    &sc.delta,
+                    input,
+                    &mut grads[at(h.fc_w)..at(h.fc_w) + k * h.din],
+                    false,
+                );
+                if i > 0 {
                     ops::matmul_nn(
                         n,
                         k,
                         k,
-                        &self.delta,
+                        &sc.delta,
                         &params[h.fc_w..h.fc_w + k * k],
-                        &mut self.tmp,
-                        false,
-                    );
-                    ops::gelu_backward_add(&self.tmp[..nk], &hb.a[..nk], &mut self.d_next[..nk]);
-                    ops::matmul_tn(
-                        k,
-                        h.din,
-                        n,
-                        &self.d_next,
-                        input,
-                        &mut grads[pw..pw + k * h.din],
+                        &mut sc.d_next,
                         true,
                     );
-                    ops::add_col_sums(&self.d_next[..nk], k, &mut grads[pb..pb + k]);
+                    std::mem::swap(&mut sc.d_cur, &mut sc.d_next);
                 }
+            }
+            Some((pw, pb)) => {
+                // d_next ← dr (gradient reaching p through the residual), delta ← dL/dfc_out.
+                ops::residual_ln_backward(
+                    &sc.d_cur,
+                    &hb.xhat,
+                    &hb.rstd[..n],
+                    k,
+                    drop,
+                    gamma,
+                    &mut sc.d_next,
+                    &mut sc.delta,
+                );
+                ops::add_col_sums(&sc.delta[..nk], k, fc_b);
+                ops::matmul_tn(
+                    k,
+                    k,
+                    n,
+                    &sc.delta,
+                    &hb.g,
+                    &mut grads[at(h.fc_w)..at(h.fc_w) + k * k],
+                    false,
+                );
+                ops::matmul_nn(
+                    n,
+                    k,
+                    k,
+                    &sc.delta,
+                    &params[h.fc_w..h.fc_w + k * k],
+                    &mut sc.tmp,
+                    false,
+                );
+                ops::gelu_backward_add(&sc.tmp[..nk], &hb.a[..nk], &mut sc.d_next[..nk]);
+                ops::matmul_tn(
+                    k,
+                    h.din,
+                    n,
+                    &sc.d_next,
+                    input,
+                    &mut grads[at(pw)..at(pw) + k * h.din],
+                    false,
+                );
+                let pb = &mut grads[at(pb)..at(pb) + k];
+                pb.fill(0.0);
+                ops::add_col_sums(&sc.d_next[..nk], k, pb);
             }
         }
     }
+}
+
+/// Forward of one tower on `x` (n × din, already L2-normalised) into `buf`.
+fn forward(
+    buf: &mut TowerBuf,
+    layout: &Layout,
+    params: &[f32],
+    tower: Tower,
+    x: &[f32],
+    n: usize,
+    drops: &Dropouts,
+) {
+    let k = layout.k;
+    let heads = layout.tower(tower);
+    let nk = n * k;
+    for (i, h) in heads.iter().enumerate() {
+        let (done, rest) = buf.heads.split_at_mut(i);
+        let hb = &mut rest[0];
+        let input: &[f32] = if i == 0 { x } else { &done[i - 1].y[..nk] };
+        let drop = drops[site(tower, i)];
+        let gamma = &params[h.ln_w..h.ln_w + k];
+        let beta = &params[h.ln_b..h.ln_b + k];
+        match h.proj {
+            None => {
+                ops::fill_rows(&mut hb.a[..nk], &params[h.fc_b..h.fc_b + k]);
+                ops::matmul_nt(
+                    n,
+                    k,
+                    h.din,
+                    input,
+                    &params[h.fc_w..h.fc_w + k * h.din],
+                    &mut hb.a,
+                    true,
+                );
+                ops::residual_gelu_ln_forward(
+                    input,
+                    &hb.a,
+                    k,
+                    drop,
+                    gamma,
+                    beta,
+                    &mut hb.xhat,
+                    &mut hb.rstd[..n],
+                    &mut hb.y,
+                );
+            }
+            Some((pw, pb)) => {
+                ops::fill_rows(&mut hb.a[..nk], &params[pb..pb + k]);
+                ops::matmul_nt(
+                    n,
+                    k,
+                    h.din,
+                    input,
+                    &params[pw..pw + k * h.din],
+                    &mut hb.a,
+                    true,
+                );
+                ops::gelu_forward(&hb.a[..nk], &mut hb.g[..nk]);
+                ops::fill_rows(&mut hb.a2[..nk], &params[h.fc_b..h.fc_b + k]);
+                ops::matmul_nt(
+                    n,
+                    k,
+                    k,
+                    &hb.g,
+                    &params[h.fc_w..h.fc_w + k * k],
+                    &mut hb.a2,
+                    true,
+                );
+                ops::residual_ln_forward(
+                    &hb.a,
+                    &hb.a2,
+                    k,
+                    drop,
+                    gamma,
+                    beta,
+                    &mut hb.xhat,
+                    &mut hb.rstd[..n],
+                    &mut hb.y,
+                );
+            }
+        }
+    }
+    let norms = ops::l2_normalize_rows(&buf.heads[2].y[..nk], k, &mut buf.out[..nk]);
+    buf.norms[..n].copy_from_slice(&norms);
 }

@@ -185,25 +185,66 @@ pub fn add_col_sums(m: &[f32], k: usize, out: &mut [f32]) {
     }
 }
 
+/// e^x in f32 without a libm call, so loops over it vectorise: Cody–Waite reduction by ln 2 and
+/// Cephes' degree-6 polynomial (within 2 ulp of libm over the clamped range).
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    // Round x/ln2 to the nearest integer by the 1.5·2²³ trick (vectorises, unlike round()).
+    const SHIFTER: f32 = 12_582_912.0;
+    let n = (x * std::f32::consts::LOG2_E + SHIFTER) - SHIFTER;
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 5.000_000_1e-1;
+    let e = p * r * r + r + 1.0;
+    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// erf without a libm call (vectorises): Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7,
+/// the formula of PyTorch's vectorised CPU `erf`, which its `nn.GELU()` runs on), and below
+/// |x| = 0.5, where that formula loses relative accuracy, erf's Maclaurin series to x¹³.
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    let ax = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * ax);
+    let r = (((1.061_405_4 * t - 1.453_152) * t + 1.421_413_8) * t - 0.284_496_74) * t + 0.254_829_6;
+    let far = (1.0 - r * t * exp_f32(-ax * ax)).copysign(x);
+    let z = x * x;
+    let series = ((((((1.0 / 9360.0) * z - 1.0 / 1320.0) * z + 1.0 / 216.0) * z - 1.0 / 42.0) * z
+        + 0.1)
+        * z
+        - 1.0 / 3.0)
+        * z
+        + 1.0;
+    let near = series * x * std::f32::consts::FRAC_2_SQRT_PI;
+    if ax < 0.5 {
+        near
+    } else {
+        far
+    }
+}
+
 const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// 1/√(2π)
 const INV_SQRT_2PI: f32 = 0.398_942_3;
 
-/// Φ(x), the standard normal CDF, through the exact erf (`nn.GELU()`'s default form).
-#[inline]
+/// Φ(x), the standard normal CDF, through erf (`nn.GELU()`'s default, exact form).
+#[inline(always)]
 pub fn normal_cdf(x: f32) -> f32 {
-    0.5 * (1.0 + libm::erff(x * FRAC_1_SQRT_2))
+    0.5 * (1.0 + erf(x * FRAC_1_SQRT_2))
 }
 
-#[inline]
+#[inline(always)]
 pub fn gelu(x: f32) -> f32 {
     x * normal_cdf(x)
 }
 
 /// d GELU / dx = Φ(x) + x·φ(x).
-#[inline]
+#[inline(always)]
 pub fn gelu_grad(x: f32) -> f32 {
-    normal_cdf(x) + x * INV_SQRT_2PI * (-0.5 * x * x).exp()
+    normal_cdf(x) + x * INV_SQRT_2PI * exp_f32(-0.5 * x * x)
 }
 
 /// SplitMix64's output function: a bijective 64-bit mix.
@@ -237,11 +278,8 @@ impl Dropout {
     }
 
     /// The factor element `i` is multiplied by: 0 when dropped, 1/(1−p) when kept.
-    #[inline]
+    #[inline(always)]
     pub fn factor(&self, i: u64) -> f32 {
-        if self.p <= 0.0 {
-            return 1.0;
-        }
         let u = (mix64(
             self.stream
                 .wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
@@ -253,6 +291,33 @@ impl Dropout {
             1.0 / (1.0 - self.p)
         }
     }
+
+    /// `row[c] *= factor(base + c)`; nothing when dropout is off.
+    #[inline]
+    pub fn apply(&self, base: usize, row: &mut [f32]) {
+        if self.p <= 0.0 {
+            return;
+        }
+        for (c, v) in row.iter_mut().enumerate() {
+            *v *= self.factor((base + c) as u64);
+        }
+    }
+}
+
+/// Σ of a row in f64 over 8 interleaved partial sums (a fixed order that vectorises).
+#[inline]
+fn sum_f64(r: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    let mut acc = [0f64; 8];
+    let mut chunks = r.chunks_exact(8);
+    for ch in &mut chunks {
+        for l in 0..8 {
+            acc[l] += f(ch[l]);
+        }
+    }
+    for (l, &v) in chunks.remainder().iter().enumerate() {
+        acc[l] += f(v);
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 }
 
 /// LayerNorm of one row in place: `r` → normalised x̂ (kept for the backward pass) and
@@ -260,8 +325,8 @@ impl Dropout {
 #[inline]
 fn layer_norm_row(r: &mut [f32], gamma: &[f32], beta: &[f32], y: &mut [f32]) -> f32 {
     let k = r.len() as f64;
-    let mean = r.iter().map(|&v| v as f64).sum::<f64>() / k;
-    let var = r.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / k;
+    let mean = sum_f64(r, |v| v as f64) / k;
+    let var = sum_f64(r, |v| (v as f64 - mean) * (v as f64 - mean)) / k;
     let rstd = (1.0 / (var + LN_EPS as f64).sqrt()) as f32;
     let mean = mean as f32;
     for (((v, yv), g), b) in r.iter_mut().zip(y.iter_mut()).zip(gamma).zip(beta) {
@@ -299,11 +364,13 @@ pub fn residual_gelu_ln_forward(
                 .zip(rs.iter_mut())
                 .enumerate()
             {
-                let row = t * ROWS_PER_TASK + r;
-                let base = row * k;
-                for c in 0..k {
-                    let i = base + c;
-                    xr[c] = x[i] + gelu(a[i]) * drop.factor(i as u64);
+                let base = (t * ROWS_PER_TASK + r) * k;
+                for (o, &v) in xr.iter_mut().zip(&a[base..base + k]) {
+                    *o = gelu(v);
+                }
+                drop.apply(base, xr);
+                for (o, &v) in xr.iter_mut().zip(&x[base..base + k]) {
+                    *o += v;
                 }
                 *s = layer_norm_row(xr, gamma, beta, yr);
             }
@@ -338,9 +405,10 @@ pub fn residual_ln_forward(
                 .enumerate()
             {
                 let base = (t * ROWS_PER_TASK + r) * k;
-                for c in 0..k {
-                    let i = base + c;
-                    xr[c] = p[i] + a[i] * drop.factor(i as u64);
+                xr.copy_from_slice(&a[base..base + k]);
+                drop.apply(base, xr);
+                for (o, &v) in xr.iter_mut().zip(&p[base..base + k]) {
+                    *o += v;
                 }
                 *s = layer_norm_row(xr, gamma, beta, yr);
             }
@@ -357,15 +425,23 @@ pub fn gelu_forward(p: &[f32], g: &mut [f32]) {
 /// LayerNorm backward of one row: dr = (1/σ)(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)), dx̂ = dy·γ.
 #[inline]
 fn layer_norm_row_backward(dy: &[f32], xhat: &[f32], rstd: f32, gamma: &[f32], dr: &mut [f32]) {
-    let k = dy.len() as f32;
-    let mut s1 = 0.0f32;
-    let mut s2 = 0.0f32;
-    for ((d, g), x) in dy.iter().zip(gamma).zip(xhat) {
-        let dx = d * g;
-        s1 += dx;
-        s2 += dx * x;
+    let k = dy.len();
+    // Σ dx̂ and Σ dx̂·x̂ over 8 interleaved partial sums (vectorises; fixed order).
+    let (mut s1, mut s2) = ([0f32; 8], [0f32; 8]);
+    for c0 in (0..k - k % 8).step_by(8) {
+        for l in 0..8 {
+            let dx = dy[c0 + l] * gamma[c0 + l];
+            s1[l] += dx;
+            s2[l] += dx * xhat[c0 + l];
+        }
     }
-    let (m1, m2) = (s1 / k, s2 / k);
+    for c in k - k % 8..k {
+        let dx = dy[c] * gamma[c];
+        s1[c % 8] += dx;
+        s2[c % 8] += dx * xhat[c];
+    }
+    let total = |s: [f32; 8]| ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+    let (m1, m2) = (total(s1) / k as f32, total(s2) / k as f32);
     for (((o, d), g), x) in dr.iter_mut().zip(dy).zip(gamma).zip(xhat) {
         *o = rstd * (d * g - m1 - x * m2);
     }
@@ -422,10 +498,10 @@ pub fn residual_gelu_ln_backward(
                     gamma,
                     drr,
                 );
-                for c in 0..k {
-                    let i = base + c;
-                    dd[c] = drr[c] * drop.factor(i as u64) * gelu_grad(a[i]);
+                for ((o, &v), &g) in dd.iter_mut().zip(&a[base..base + k]).zip(drr.iter()) {
+                    *o = g * gelu_grad(v);
                 }
+                drop.apply(base, dd);
             }
         });
 }
@@ -464,9 +540,8 @@ pub fn residual_ln_backward(
                     gamma,
                     drr,
                 );
-                for c in 0..k {
-                    dd[c] = drr[c] * drop.factor((base + c) as u64);
-                }
+                dd.copy_from_slice(drr);
+                drop.apply(base, dd);
             }
         });
 }
@@ -582,6 +657,27 @@ mod tests {
             let fd = (gelu(x + h) as f64 - gelu(x - h) as f64) / (2.0 * h as f64);
             assert!((fd - gelu_grad(x) as f64).abs() < 1e-3, "{x}");
         }
+    }
+
+    #[test]
+    fn vectorisable_exp_and_erf_match_libm() {
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (a, b) = (exp_f32(x) as f64, (x as f64).exp());
+            assert!(((a - b) / b).abs() < 3e-7, "exp({x}): {a} vs {b}");
+            x += 0.0137;
+        }
+        let mut x = -6.0f32;
+        while x < 6.0 {
+            let (a, b) = (erf(x), libm::erff(x));
+            // A&S's 1.5e-7 plus the f32 rounding of 1 − r·t·e^(−x²); relative near 0.
+            let tol = if x.abs() < 0.5 { 4e-7 * b.abs() } else { 4e-7 };
+            assert!((a - b).abs() <= tol, "erf({x}): {a} vs {b}");
+            x += 0.000_97;
+        }
+        assert_eq!(erf(0.0), 0.0);
+        assert_eq!(erf(9.0), 1.0);
+        assert_eq!(erf(-9.0), -1.0);
     }
 
     #[test]
