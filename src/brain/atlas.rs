@@ -115,18 +115,32 @@ impl Atlas {
         if let Some(x) = vol.iter().find(|x| x.fract() != 0.0) {
             return Err(Error::input(path, format!("label atlas holds a non-integer value {x}; is it a probability map? drop --labels")));
         }
-        let mut labels: Vec<i64> = vol
-            .iter()
-            .filter(|&&x| x != 0.0)
-            .map(|&x| x as i64)
-            .collect();
-        labels.sort_unstable();
-        labels.dedup();
+        let labels = distinct_labels(vol);
+        if labels.is_empty() {
+            return Err(Error::input(
+                path,
+                "the label atlas is all zeros; give an atlas with labelled voxels",
+            ));
+        }
         let count: Vec<u32> = vol.iter().map(|&x| (x != 0.0) as u32).collect();
         let mut atlas = Atlas::with_support(img.grid.clone(), labels.len(), Some(labels), &count);
         let labels = atlas.labels.as_ref().unwrap();
+        let lo = labels[0];
+        // Label → column through a table when the labels are a compact range (they always
+        // are in practice), else by binary search.
+        let table: Option<Vec<u32>> = (labels[labels.len() - 1] - lo < 1 << 20).then(|| {
+            let mut t = vec![u32::MAX; (labels[labels.len() - 1] - lo + 1) as usize];
+            for (c, &l) in labels.iter().enumerate() {
+                t[(l - lo) as usize] = c as u32;
+            }
+            t
+        });
         for (r, &v) in atlas.support.iter().enumerate() {
-            atlas.cols[r] = labels.binary_search(&(vol[v as usize] as i64)).unwrap() as u32;
+            let l = vol[v as usize] as i64;
+            atlas.cols[r] = match &table {
+                Some(t) => t[(l - lo) as usize],
+                None => labels.binary_search(&l).unwrap() as u32,
+            };
             atlas.vals[r] = 1.0;
         }
         atlas.factor(path)?;
@@ -168,6 +182,27 @@ impl Atlas {
             ));
         }
         let rows = self.support.len();
+        // One map per voxel (every label atlas, any disjoint maps): XᵀX is diagonal, Σ x² per
+        // map, and its inverse exact; no k×k accumulation (the Cholesky route costs O(k³),
+        // ~40 ms at k = 426).
+        if self.row_ptr.windows(2).all(|w| w[1] - w[0] == 1) {
+            let mut diag = vec![0.0f64; k];
+            for (&c, &v) in self.cols.iter().zip(&self.vals) {
+                diag[c as usize] += v as f64 * v as f64;
+            }
+            if let Some(m) = diag.iter().position(|&d| d == 0.0) {
+                return Err(Error::input(
+                    path,
+                    format!("atlas map {m} (0-based) is all zeros; remove it from the atlas"),
+                ));
+            }
+            let mut inv = vec![0.0f64; k * k];
+            for (i, d) in diag.iter().enumerate() {
+                inv[i * k + i] = 1.0 / d;
+            }
+            self.gram_inv = inv;
+            return Ok(());
+        }
         let chunk = rows.div_ceil(rayon::current_num_threads() * 4).max(1024);
         let gram = (0..rows.div_ceil(chunk))
             .into_par_iter()
@@ -205,8 +240,7 @@ impl Atlas {
                 format!("atlas map {m} (0-based) is all zeros; remove it from the atlas"),
             ));
         }
-        // Disjoint maps (every label atlas) have a diagonal XᵀX: its inverse is exact and
-        // O(k), where the Cholesky route costs O(k³) (~40 ms at k = 426).
+        // Maps that overlap nowhere but share voxels with zeros still give a diagonal XᵀX.
         let diagonal = (0..k).all(|i| (0..k).all(|j| i == j || gram[i * k + j] == 0.0));
         if diagonal {
             let mut inv = vec![0.0f64; k * k];
@@ -288,6 +322,27 @@ impl Atlas {
             .for_each(|(out, vol)| self.xty_dense(vol, out));
         self.solve(&xty, img.n_vols)
     }
+}
+
+/// The distinct non-zero labels of a volume, ascending: through a presence table over their
+/// range when it is compact, else by sorting.
+fn distinct_labels(vol: &[f32]) -> Vec<i64> {
+    let nonzero = || vol.iter().filter(|&&x| x != 0.0).map(|&x| x as i64);
+    let (lo, hi) = nonzero().fold((i64::MAX, i64::MIN), |(a, b), l| (a.min(l), b.max(l)));
+    if lo > hi {
+        return Vec::new();
+    }
+    if hi - lo < 1 << 20 {
+        let mut seen = vec![false; (hi - lo + 1) as usize];
+        for l in nonzero() {
+            seen[(l - lo) as usize] = true;
+        }
+        return (lo..=hi).filter(|l| seen[(l - lo) as usize]).collect();
+    }
+    let mut labels: Vec<i64> = nonzero().collect();
+    labels.sort_unstable();
+    labels.dedup();
+    labels
 }
 
 /// Inverse of a symmetric positive-definite matrix through its Cholesky factor, in f64.

@@ -81,6 +81,16 @@ pub struct Workspace {
 
 impl Workspace {
     pub fn new(layout: &Layout, cap: usize) -> Workspace {
+        Workspace::with_towers(layout, cap, true, true, true)
+    }
+
+    /// Buffers for the forward pass of one tower only (encoding: no loss, no gradient).
+    pub fn forward_only(layout: &Layout, cap: usize, tower: Tower) -> Workspace {
+        let text = tower == Tower::Text;
+        Workspace::with_towers(layout, cap, text, !text, false)
+    }
+
+    fn with_towers(layout: &Layout, cap: usize, text: bool, image: bool, grad: bool) -> Workspace {
         let k = layout.k;
         let nk = cap * k;
         let tower = |proj: bool| {
@@ -98,14 +108,15 @@ impl Workspace {
                 norms: vec![0.0; cap],
             }
         };
+        let pair = if grad { cap * cap } else { 0 };
         Workspace {
             cap,
-            text: tower(true),
-            image: tower(false),
-            sim: vec![0.0; cap * cap],
-            dlogits: vec![0.0; cap * cap],
-            text_grad: Scratch::new(nk),
-            image_grad: Scratch::new(nk),
+            text: if text { tower(true) } else { TowerBuf::default() },
+            image: if image { tower(false) } else { TowerBuf::default() },
+            sim: vec![0.0; pair],
+            dlogits: vec![0.0; pair],
+            text_grad: Scratch::new(if grad { nk } else { 0 }),
+            image_grad: Scratch::new(if grad { nk } else { 0 }),
         }
     }
 

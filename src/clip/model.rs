@@ -177,7 +177,10 @@ impl Clip {
     /// d and k come from `text_model.model.0.projection.weight` (k×d); every other tensor must be
     /// present with its shape. f32, f64, f16 and bf16 are accepted; other keys are ignored.
     pub fn load(path: &Path) -> Result<Clip> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the map is read-only and dropped before this returns; a file truncated
+        // meanwhile by another process is the only hazard, as with any mmap reader.
+        let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| {
             Error::input(path, format!("not a readable .safetensors file ({e}); save the model with safetensors.torch.save_file"))
         })?;
@@ -261,9 +264,10 @@ impl Clip {
         let din = self.layout.tower(tower)[0].din;
         assert_eq!(x.len(), n * din, "encode: input is not n × {din}");
         let k = self.layout.k;
-        const CHUNK: usize = 1024;
+        // Chunks small enough that the activations stay in cache between heads.
+        const CHUNK: usize = 256;
         let mut out = vec![0.0f32; n * k];
-        let mut ws = Workspace::new(&self.layout, CHUNK.min(n.max(1)));
+        let mut ws = Workspace::forward_only(&self.layout, CHUNK.min(n.max(1)), tower);
         let mut xin = vec![0.0f32; CHUNK.min(n.max(1)) * din];
         for (c, o) in out.chunks_mut(CHUNK * k).enumerate() {
             let rows = o.len() / k;

@@ -291,9 +291,21 @@ impl Ontology {
             .as_deref()
             .ok_or_else(|| missing(dir, "concept file"))?;
         let mut warnings = Vec::new();
+        // The three files parse at once (they are most of a decode's start-up).
+        let assertions_path = found.assertions.as_deref().filter(|_| !reduced);
+        let (task_entries, (concept_entries, assertion_entries)) = rayon::join(
+            || read_json_entries(tasks_path),
+            || {
+                rayon::join(
+                    || read_json_entries(concepts_path),
+                    || assertions_path.map(read_json_entries).transpose(),
+                )
+            },
+        );
+        let (task_entries, concept_entries) = (task_entries?, concept_entries?);
+        let assertion_entries = assertion_entries?;
 
         // Tasks with a name and a definition, in file order.
-        let task_entries = read_json_entries(tasks_path)?;
         let mut tasks = Vec::new();
         let mut task_asserts = Vec::new();
         let mut no_definition = 0;
@@ -326,7 +338,6 @@ impl Ontology {
         }
 
         // Concepts with a name and a definition; domain from the class id.
-        let concept_entries = read_json_entries(concepts_path)?;
         let mut concepts = Vec::new();
         let mut dropped_concepts = 0;
         for e in &concept_entries {
@@ -449,13 +460,13 @@ impl Ontology {
                     }
                 }
             }
-            if let Some(path) = &found.assertions {
+            if let Some(assertions) = assertion_entries {
                 let task_by_id: HashMap<&str, usize> = tasks
                     .iter()
                     .enumerate()
                     .map(|(i, t)| (t.id.as_str(), i))
                     .collect();
-                for a in read_json_entries(path)? {
+                for a in assertions {
                     for s in ids(&a.subject) {
                         for p in ids(&a.predicate) {
                             if let (Some(&c), Some(&t)) = (concept_by_id.get(s), task_by_id.get(p))
