@@ -111,8 +111,16 @@ impl Workspace {
         let pair = if grad { cap * cap } else { 0 };
         Workspace {
             cap,
-            text: if text { tower(true) } else { TowerBuf::default() },
-            image: if image { tower(false) } else { TowerBuf::default() },
+            text: if text {
+                tower(true)
+            } else {
+                TowerBuf::default()
+            },
+            image: if image {
+                tower(false)
+            } else {
+                TowerBuf::default()
+            },
             sim: vec![0.0; pair],
             dlogits: vec![0.0; pair],
             text_grad: Scratch::new(if grad { nk } else { 0 }),
@@ -250,8 +258,34 @@ impl Workspace {
         let (text, image) = (&self.text, &self.image);
         let (tg, ig) = (&mut self.text_grad, &mut self.image_grad);
         rayon::join(
-            || backward(text, tg, layout, params, text_grads, 0, Tower::Text, xt, n, drops),
-            || backward(image, ig, layout, params, image_grads, image_base, Tower::Image, xi, n, drops),
+            || {
+                backward(
+                    text,
+                    tg,
+                    layout,
+                    params,
+                    text_grads,
+                    0,
+                    Tower::Text,
+                    xt,
+                    n,
+                    drops,
+                )
+            },
+            || {
+                backward(
+                    image,
+                    ig,
+                    layout,
+                    params,
+                    image_grads,
+                    image_base,
+                    Tower::Image,
+                    xi,
+                    n,
+                    drops,
+                )
+            },
         );
         loss
     }
