@@ -5,6 +5,7 @@
 
 use super::model::{Head, Layout};
 use super::ops::{self, Dropout};
+use super::train::adamw_step;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tower {
@@ -209,13 +210,17 @@ impl Workspace {
         ops::info_nce(&self.sim, n, params[layout.logit_scale], &mut self.dlogits).0
     }
 
-    /// Loss of a batch and the gradient of every parameter into `grads` (overwritten).
+    /// One training step: the loss of a batch, the gradient of every parameter into `grads`
+    /// (overwritten), then AdamW on the parameters. Each tower's parameters are updated as
+    /// soon as its own backward pass is done, while the other tower's may still run (AdamW is
+    /// memory-bound: it fills the gap the lighter tower leaves).
     #[allow(clippy::too_many_arguments)]
-    pub fn loss_and_grad(
+    pub fn train_step(
         &mut self,
         layout: &Layout,
-        params: &[f32],
+        params: &mut [f32],
         grads: &mut [f32],
+        adam: AdamW,
         xt: &[f32],
         xi: &[f32],
         n: usize,
@@ -252,48 +257,61 @@ impl Workspace {
             &mut self.text_grad.d_out,
             false,
         );
-        // The text tower's tensors come first in the flat layout, then the image tower's.
+        // The text tower's tensors come first in the flat layout, then the image tower's,
+        // then the logit scale.
         let image_base = layout.image[0].fc_w;
-        let (text_grads, image_grads) = grads[..layout.logit_scale].split_at_mut(image_base);
+        fn split(v: &mut [f32], image_base: usize, scale: usize) -> [&mut [f32]; 3] {
+            let (towers, scale) = v.split_at_mut(scale);
+            let (text, image) = towers.split_at_mut(image_base);
+            [text, image, scale]
+        }
+        let split = |v| split(v, image_base, layout.logit_scale);
+        let [pt, pi, ps] = split(params);
+        let [gt, gi, gs] = split(grads);
         let (text, image) = (&self.text, &self.image);
         let (tg, ig) = (&mut self.text_grad, &mut self.image_grad);
+        let [mt, mi, ms] = split(adam.m);
+        let [vt, vi, vs] = split(adam.v);
+        let (t, lr, wd) = (adam.t, adam.lr, adam.wd);
         rayon::join(
             || {
-                backward(
-                    text,
-                    tg,
-                    layout,
-                    params,
-                    text_grads,
-                    0,
-                    Tower::Text,
-                    xt,
-                    n,
-                    drops,
-                )
+                backward(text, tg, layout, pt, gt, 0, Tower::Text, xt, n, drops);
+                adamw_step(pt, gt, mt, vt, t, lr, wd);
             },
             || {
                 backward(
                     image,
                     ig,
                     layout,
-                    params,
-                    image_grads,
+                    pi,
+                    gi,
                     image_base,
                     Tower::Image,
                     xi,
                     n,
                     drops,
-                )
+                );
+                adamw_step(pi, gi, mi, vi, t, lr, wd);
             },
         );
+        adamw_step(ps, gs, ms, vs, t, lr, wd);
         loss
     }
 }
 
+/// The optimizer state and constants of one AdamW step (`train::adamw_step`).
+pub struct AdamW<'a> {
+    pub m: &'a mut [f32],
+    pub v: &'a mut [f32],
+    /// The step, 1-based.
+    pub t: u64,
+    pub lr: f32,
+    pub wd: f32,
+}
+
 /// Backward of one tower from `sc.d_out` (the gradient of its normalised embeddings) into
-/// `grads`, the tower's part of the flat gradient, which starts at offset `base` (every
-/// tensor of it is overwritten).
+/// `grads`, the tower's part of the flat gradient (every tensor of it is overwritten);
+/// `params` is the tower's part of the parameters; both start at flat offset `base`.
 #[allow(clippy::too_many_arguments)]
 fn backward(
     buf: &TowerBuf,
@@ -323,7 +341,7 @@ fn backward(
         let hb = &buf.heads[i];
         let input: &[f32] = if i == 0 { x } else { &buf.heads[i - 1].y[..nk] };
         let drop = drops[site(tower, i)];
-        let gamma = &params[h.ln_w..h.ln_w + k];
+        let gamma = &params[at(h.ln_w)..at(h.ln_w) + k];
         {
             let (lo, hi) = grads.split_at_mut(at(h.ln_b));
             let (dgamma, dbeta) = (&mut lo[at(h.ln_w)..at(h.ln_w) + k], &mut hi[..k]);
@@ -362,7 +380,7 @@ fn backward(
                         k,
                         k,
                         &sc.delta,
-                        &params[h.fc_w..h.fc_w + k * k],
+                        &params[at(h.fc_w)..at(h.fc_w) + k * k],
                         &mut sc.d_next,
                         true,
                     );
@@ -396,7 +414,7 @@ fn backward(
                     k,
                     k,
                     &sc.delta,
-                    &params[h.fc_w..h.fc_w + k * k],
+                    &params[at(h.fc_w)..at(h.fc_w) + k * k],
                     &mut sc.tmp,
                     false,
                 );

@@ -8,7 +8,7 @@
 //! CUDA trainer, therefore draw exactly what an uninterrupted CPU run draws.
 
 use super::data::Pairs;
-use super::engine::{Dropouts, Workspace, NO_DROPOUT};
+use super::engine::{AdamW, Dropouts, Workspace, NO_DROPOUT};
 use super::model::{safetensors_bytes, Clip, Layout, SplitMix64};
 use super::ops::{mix64, Dropout};
 use crate::error::{Error, Result};
@@ -539,10 +539,19 @@ pub fn train_cpu(
             let n = chunk.len();
             pairs.gather(chunk, &mut xt, &mut xi);
             let drops = cfg.dropouts(job.model_id, st.step);
-            let loss = ws.loss_and_grad(
+            st.step += 1;
+            let adam = AdamW {
+                m: &mut st.m,
+                v: &mut st.v,
+                t: st.step,
+                lr: cfg.lr,
+                wd: cfg.weight_decay,
+            };
+            let loss = ws.train_step(
                 layout,
-                &st.params,
+                &mut st.params,
                 &mut grads,
+                adam,
                 &xt[..n * pairs.d],
                 &xi[..n * pairs.k],
                 n,
@@ -554,16 +563,6 @@ pub fn train_cpu(
                     st.epoch + 1
                 )));
             }
-            st.step += 1;
-            adamw_step(
-                &mut st.params,
-                &grads,
-                &mut st.m,
-                &mut st.v,
-                st.step,
-                cfg.lr,
-                cfg.weight_decay,
-            );
             sum += loss as f64;
             batch_losses.push(loss);
             progress.batch()?;
