@@ -162,29 +162,6 @@ impl Workspace {
         forward(buf, layout, params, tower, x, n, drops);
     }
 
-    /// Both towers' forward passes at once.
-    #[allow(clippy::too_many_arguments)]
-    fn forward_both(
-        &mut self,
-        layout: &Layout,
-        params: &[f32],
-        xt: &[f32],
-        xi: &[f32],
-        n: usize,
-        drops: &Dropouts,
-    ) {
-        assert!(
-            n <= self.cap,
-            "batch of {n} rows in a workspace for {}",
-            self.cap
-        );
-        let (text, image) = (&mut self.text, &mut self.image);
-        rayon::join(
-            || forward(text, layout, params, Tower::Text, xt, n, drops),
-            || forward(image, layout, params, Tower::Image, xi, n, drops),
-        );
-    }
-
     /// Symmetric InfoNCE loss of a batch (no gradient): texts `xt` (n × d) and images `xi`
     /// (n × k), both already L2-normalised.
     pub fn loss(
@@ -196,7 +173,17 @@ impl Workspace {
         n: usize,
         drops: &Dropouts,
     ) -> f32 {
-        self.forward_both(layout, params, xt, xi, n, drops);
+        assert!(
+            n <= self.cap,
+            "batch of {n} rows in a workspace for {}",
+            self.cap
+        );
+        // The two towers at once.
+        let (text, image) = (&mut self.text, &mut self.image);
+        rayon::join(
+            || forward(text, layout, params, Tower::Text, xt, n, drops),
+            || forward(image, layout, params, Tower::Image, xi, n, drops),
+        );
         let k = layout.k;
         ops::matmul_nt(
             n,
