@@ -24,7 +24,7 @@ fn site(tower: Tower, i: usize) -> usize {
     }
 }
 
-/// Activations of one head kept for the backward pass (all n × k, `rstd` n).
+/// Activations of one head kept for the backward pass (all n × k).
 #[derive(Default)]
 struct HeadBuf {
     /// Residual head: fc(x). Projection head: p = projection(x).
@@ -32,9 +32,31 @@ struct HeadBuf {
     /// Projection head only: GELU(p) and fc(GELU(p)).
     g: Vec<f32>,
     a2: Vec<f32>,
+    kept: Kept,
+}
+
+/// The buffers behind `ops::Saved` (`rstd` n, the others n × k).
+#[derive(Default)]
+struct Kept {
     xhat: Vec<f32>,
     rstd: Vec<f32>,
     y: Vec<f32>,
+    /// The dropout factors drawn in the forward pass, reused by the backward pass.
+    mask: Vec<f32>,
+    /// GELU′ of the pre-activation (`a`), for the backward pass.
+    dgelu: Vec<f32>,
+}
+
+impl Kept {
+    fn rows(&mut self, n: usize, k: usize) -> ops::Saved<'_> {
+        ops::Saved {
+            xhat: &mut self.xhat[..n * k],
+            rstd: &mut self.rstd[..n],
+            y: &mut self.y[..n * k],
+            mask: &mut self.mask[..n * k],
+            dgelu: &mut self.dgelu[..n * k],
+        }
+    }
 }
 
 /// One tower's activations; `out` holds the L2-normalised embeddings.
@@ -72,6 +94,8 @@ impl Scratch {
 /// idle threads steal the other tower's GEMM blocks).
 pub struct Workspace {
     cap: usize,
+    /// Buffers for the backward pass too (the forward pass then keeps what it needs).
+    grad: bool,
     text: TowerBuf,
     image: TowerBuf,
     sim: Vec<f32>,
@@ -99,9 +123,13 @@ impl Workspace {
                 a: vec![0.0; nk],
                 g: if p { vec![0.0; nk] } else { Vec::new() },
                 a2: if p { vec![0.0; nk] } else { Vec::new() },
-                xhat: vec![0.0; nk],
-                rstd: vec![0.0; cap],
-                y: vec![0.0; nk],
+                kept: Kept {
+                    xhat: vec![0.0; nk],
+                    rstd: vec![0.0; cap],
+                    y: vec![0.0; nk],
+                    mask: vec![0.0; nk],
+                    dgelu: vec![0.0; nk],
+                },
             };
             TowerBuf {
                 heads: [head(proj), head(false), head(false)],
@@ -112,6 +140,7 @@ impl Workspace {
         let pair = if grad { cap * cap } else { 0 };
         Workspace {
             cap,
+            grad,
             text: if text {
                 tower(true)
             } else {
@@ -159,7 +188,7 @@ impl Workspace {
             Tower::Text => &mut self.text,
             Tower::Image => &mut self.image,
         };
-        forward(buf, layout, params, tower, x, n, drops);
+        forward(buf, layout, params, tower, x, n, drops, false);
     }
 
     /// Symmetric InfoNCE loss of a batch (no gradient): texts `xt` (n × d) and images `xi`
@@ -179,10 +208,10 @@ impl Workspace {
             self.cap
         );
         // The two towers at once.
-        let (text, image) = (&mut self.text, &mut self.image);
+        let (text, image, train) = (&mut self.text, &mut self.image, self.grad);
         rayon::join(
-            || forward(text, layout, params, Tower::Text, xt, n, drops),
-            || forward(image, layout, params, Tower::Image, xi, n, drops),
+            || forward(text, layout, params, Tower::Text, xt, n, drops, train),
+            || forward(image, layout, params, Tower::Image, xi, n, drops, train),
         );
         let k = layout.k;
         ops::matmul_nt(
@@ -326,7 +355,11 @@ fn backward(
     for i in (0..3).rev() {
         let h = &heads[i];
         let hb = &buf.heads[i];
-        let input: &[f32] = if i == 0 { x } else { &buf.heads[i - 1].y[..nk] };
+        let input: &[f32] = if i == 0 {
+            x
+        } else {
+            &buf.heads[i - 1].kept.y[..nk]
+        };
         let drop = drops[site(tower, i)];
         let gamma = &params[at(h.ln_w)..at(h.ln_w) + k];
         {
@@ -334,7 +367,7 @@ fn backward(
             let (dgamma, dbeta) = (&mut lo[at(h.ln_w)..at(h.ln_w) + k], &mut hi[..k]);
             dgamma.fill(0.0);
             dbeta.fill(0.0);
-            ops::layer_norm_param_grads(&sc.d_cur[..nk], &hb.xhat[..nk], k, dgamma, dbeta);
+            ops::layer_norm_param_grads(&sc.d_cur[..nk], &hb.kept.xhat[..nk], k, dgamma, dbeta);
         }
         let fc_b = &mut grads[at(h.fc_b)..at(h.fc_b) + k];
         fc_b.fill(0.0);
@@ -342,11 +375,12 @@ fn backward(
             None => {
                 ops::residual_gelu_ln_backward(
                     &sc.d_cur,
-                    &hb.xhat,
-                    &hb.rstd[..n],
-                    &hb.a,
+                    &hb.kept.xhat,
+                    &hb.kept.rstd[..n],
+                    &hb.kept.dgelu,
                     k,
                     drop,
+                    &hb.kept.mask,
                     gamma,
                     &mut sc.d_next,
                     &mut sc.delta,
@@ -378,10 +412,11 @@ fn backward(
                 // d_next ← dr (gradient reaching p through the residual), delta ← dL/dfc_out.
                 ops::residual_ln_backward(
                     &sc.d_cur,
-                    &hb.xhat,
-                    &hb.rstd[..n],
+                    &hb.kept.xhat,
+                    &hb.kept.rstd[..n],
                     k,
                     drop,
+                    &hb.kept.mask,
                     gamma,
                     &mut sc.d_next,
                     &mut sc.delta,
@@ -405,7 +440,7 @@ fn backward(
                     &mut sc.tmp,
                     false,
                 );
-                ops::gelu_backward_add(&sc.tmp[..nk], &hb.a[..nk], &mut sc.d_next[..nk]);
+                ops::gelu_backward_add(&sc.tmp[..nk], &hb.kept.dgelu[..nk], &mut sc.d_next[..nk]);
                 ops::matmul_tn(
                     k,
                     h.din,
@@ -423,7 +458,9 @@ fn backward(
     }
 }
 
-/// Forward of one tower on `x` (n × din, already L2-normalised) into `buf`.
+/// Forward of one tower on `x` (n × din, already L2-normalised) into `buf`; `train` keeps
+/// what the backward pass needs.
+#[allow(clippy::too_many_arguments)]
 fn forward(
     buf: &mut TowerBuf,
     layout: &Layout,
@@ -432,6 +469,7 @@ fn forward(
     x: &[f32],
     n: usize,
     drops: &Dropouts,
+    train: bool,
 ) {
     let k = layout.k;
     let heads = layout.tower(tower);
@@ -439,7 +477,7 @@ fn forward(
     for (i, h) in heads.iter().enumerate() {
         let (done, rest) = buf.heads.split_at_mut(i);
         let hb = &mut rest[0];
-        let input: &[f32] = if i == 0 { x } else { &done[i - 1].y[..nk] };
+        let input: &[f32] = if i == 0 { x } else { &done[i - 1].kept.y[..nk] };
         let drop = drops[site(tower, i)];
         let gamma = &params[h.ln_w..h.ln_w + k];
         let beta = &params[h.ln_b..h.ln_b + k];
@@ -462,9 +500,8 @@ fn forward(
                     drop,
                     gamma,
                     beta,
-                    &mut hb.xhat,
-                    &mut hb.rstd[..n],
-                    &mut hb.y,
+                    hb.kept.rows(n, k),
+                    train,
                 );
             }
             Some((pw, pb)) => {
@@ -478,7 +515,7 @@ fn forward(
                     &mut hb.a,
                     true,
                 );
-                ops::gelu_forward(&hb.a[..nk], &mut hb.g[..nk]);
+                ops::gelu_forward(&hb.a[..nk], &mut hb.g[..nk], &mut hb.kept.dgelu, train);
                 ops::fill_rows(&mut hb.a2[..nk], &params[h.fc_b..h.fc_b + k]);
                 ops::matmul_nt(
                     n,
@@ -489,20 +526,10 @@ fn forward(
                     &mut hb.a2,
                     true,
                 );
-                ops::residual_ln_forward(
-                    &hb.a,
-                    &hb.a2,
-                    k,
-                    drop,
-                    gamma,
-                    beta,
-                    &mut hb.xhat,
-                    &mut hb.rstd[..n],
-                    &mut hb.y,
-                );
+                ops::residual_ln_forward(&hb.a, &hb.a2, k, drop, gamma, beta, hb.kept.rows(n, k));
             }
         }
     }
-    let norms = ops::l2_normalize_rows(&buf.heads[2].y[..nk], k, &mut buf.out[..nk]);
+    let norms = ops::l2_normalize_rows(&buf.heads[2].kept.y[..nk], k, &mut buf.out[..nk]);
     buf.norms[..n].copy_from_slice(&norms);
 }

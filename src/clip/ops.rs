@@ -17,6 +17,26 @@ const PAR_GEMM: usize = 1 << 18;
 /// Rows per rayon task in the row-wise kernels.
 const ROWS_PER_TASK: usize = 16;
 
+/// Runs `f` compiled for AVX2 and FMA when the CPU has them, so the row loops inside run 8
+/// lanes wide instead of baseline x86-64's 4. Rust never contracts `a * b + c` into an FMA and
+/// never reorders float sums, so both paths give the same bits.
+#[inline(always)]
+pub fn wide<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has the features `avx2` is compiled for.
+            return unsafe { avx2(f) };
+        }
+    }
+    f()
+}
+
 fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
     if m * n * k >= PAR_GEMM && rayon::current_num_threads() > 1 {
         gemm::Parallelism::Rayon(0)
@@ -178,11 +198,16 @@ pub fn fill_rows(dst: &mut [f32], bias: &[f32]) {
 
 /// Column sums of an n×k matrix, added to `out` (bias gradients). Rows are summed in order.
 pub fn add_col_sums(m: &[f32], k: usize, out: &mut [f32]) {
-    for row in m.chunks_exact(k) {
-        for (o, v) in out.iter_mut().zip(row) {
-            *o += v;
-        }
-    }
+    wide(
+        #[inline(always)]
+        || {
+            for row in m.chunks_exact(k) {
+                for (o, v) in out.iter_mut().zip(row) {
+                    *o += v;
+                }
+            }
+        },
+    )
 }
 
 /// e^x in f32 without a libm call, so loops over it vectorise: Cody–Waite reduction by ln 2 and
@@ -190,16 +215,19 @@ pub fn add_col_sums(m: &[f32], k: usize, out: &mut [f32]) {
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
-    // Round x/ln2 to the nearest integer by the 1.5·2²³ trick (vectorises, unlike round()).
+    // Round x/ln2 to the nearest integer n by the 1.5·2²³ trick (vectorises, unlike round()):
+    // the sum's low mantissa bits then hold n itself, from which 2ⁿ is built with integer ops
+    // (`n as i32` would be a saturating cast, done lane by lane).
     const SHIFTER: f32 = 12_582_912.0;
-    let n = (x * std::f32::consts::LOG2_E + SHIFTER) - SHIFTER;
+    let shifted = x * std::f32::consts::LOG2_E + SHIFTER;
+    let n = shifted - SHIFTER;
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
         + 0.5;
     let e = p * r * r + r + 1.0;
-    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    e * f32::from_bits(shifted.to_bits().wrapping_sub(SHIFTER.to_bits() - 127) << 23)
 }
 
 /// erf without a libm call (vectorises): Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7,
@@ -245,11 +273,18 @@ pub fn gelu(x: f32) -> f32 {
 /// d GELU / dx = Φ(x) + x·φ(x).
 #[inline(always)]
 pub fn gelu_grad(x: f32) -> f32 {
-    normal_cdf(x) + x * INV_SQRT_2PI * exp_f32(-0.5 * x * x)
+    gelu_and_grad(x).1
+}
+
+/// (GELU(x), GELU′(x)) with Φ(x) computed once; the same bits as `gelu` and `gelu_grad`.
+#[inline(always)]
+pub fn gelu_and_grad(x: f32) -> (f32, f32) {
+    let cdf = normal_cdf(x);
+    (x * cdf, cdf + x * INV_SQRT_2PI * exp_f32(-0.5 * x * x))
 }
 
 /// SplitMix64's output function: a bijective 64-bit mix.
-#[inline]
+#[inline(always)]
 pub fn mix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -281,10 +316,11 @@ impl Dropout {
     /// The factor element `i` is multiplied by: 0 when dropped, 1/(1−p) when kept.
     #[inline(always)]
     pub fn factor(&self, i: u64) -> f32 {
+        // The top 24 bits, through i32 (exact; u64 → f32 has no vector instruction before AVX-512).
         let u = (mix64(
             self.stream
                 .wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
-        ) >> 40) as f32
+        ) >> 40) as i32 as f32
             * (1.0 / (1u64 << 24) as f32);
         if u < self.p {
             0.0
@@ -293,20 +329,33 @@ impl Dropout {
         }
     }
 
-    /// `row[c] *= factor(base + c)`; nothing when dropout is off.
-    #[inline]
-    pub fn apply(&self, base: usize, row: &mut [f32]) {
+    /// `row[c] *= factor(base + c)`, the factors kept in `mask` for the backward pass (the
+    /// hash costs more than the rest of a row); nothing when dropout is off.
+    #[inline(always)]
+    pub fn apply(&self, base: usize, row: &mut [f32], mask: &mut [f32]) {
         if self.p <= 0.0 {
             return;
         }
-        for (c, v) in row.iter_mut().enumerate() {
-            *v *= self.factor((base + c) as u64);
+        for (c, (v, m)) in row.iter_mut().zip(mask.iter_mut()).enumerate() {
+            *m = self.factor((base + c) as u64);
+            *v *= *m;
+        }
+    }
+
+    /// `row *= mask`, the factors `apply` kept; nothing when dropout is off.
+    #[inline(always)]
+    pub fn reapply(&self, row: &mut [f32], mask: &[f32]) {
+        if self.p <= 0.0 {
+            return;
+        }
+        for (v, m) in row.iter_mut().zip(mask) {
+            *v *= m;
         }
     }
 }
 
 /// Σ of a row in f64 over 8 interleaved partial sums (a fixed order that vectorises).
-#[inline]
+#[inline(always)]
 fn sum_f64(r: &[f32], f: impl Fn(f32) -> f64) -> f64 {
     let mut acc = [0f64; 8];
     let mut chunks = r.chunks_exact(8);
@@ -323,7 +372,7 @@ fn sum_f64(r: &[f32], f: impl Fn(f32) -> f64) -> f64 {
 
 /// LayerNorm of one row in place: `r` → normalised x̂ (kept for the backward pass) and
 /// `y = x̂·γ + β`; returns 1/σ. Statistics in f64 (two passes), as exact as it gets in f32 out.
-#[inline]
+#[inline(always)]
 fn layer_norm_row(r: &mut [f32], gamma: &[f32], beta: &[f32], y: &mut [f32]) -> f32 {
     let k = r.len() as f64;
     let mean = sum_f64(r, |v| v as f64) / k;
@@ -337,9 +386,20 @@ fn layer_norm_row(r: &mut [f32], gamma: &[f32], beta: &[f32], y: &mut [f32]) -> 
     rstd
 }
 
+/// What a head's forward pass keeps for the backward pass (n × k each, `rstd` n): the
+/// normalised x̂ and 1/σ of its LayerNorm, the output y, the dropout factors, and GELU′ of the
+/// pre-activation (residual heads).
+pub struct Saved<'a> {
+    pub xhat: &'a mut [f32],
+    pub rstd: &'a mut [f32],
+    pub y: &'a mut [f32],
+    pub mask: &'a mut [f32],
+    pub dgelu: &'a mut [f32],
+}
+
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 /// Residual head after its GEMM: y = LN(x + dropout(GELU(a))). Writes x̂ and 1/σ for the
-/// backward pass; `a` keeps the pre-activation.
+/// backward pass, and with `train` GELU′(a) too (erf and exp cost more than the rest of a row).
 pub fn residual_gelu_ln_forward(
     x: &[f32],
     a: &[f32],
@@ -347,34 +407,53 @@ pub fn residual_gelu_ln_forward(
     drop: Dropout,
     gamma: &[f32],
     beta: &[f32],
-    xhat: &mut [f32],
-    rstd: &mut [f32],
-    y: &mut [f32],
+    saved: Saved,
+    train: bool,
 ) {
+    let Saved {
+        xhat,
+        rstd,
+        y,
+        mask,
+        dgelu,
+    } = saved;
     let rows = rstd.len();
     let task = ROWS_PER_TASK * k;
     xhat[..rows * k]
         .par_chunks_mut(task)
         .zip(y[..rows * k].par_chunks_mut(task))
+        .zip(mask[..rows * k].par_chunks_mut(task))
+        .zip(dgelu[..rows * k].par_chunks_mut(task))
         .zip(rstd.par_chunks_mut(ROWS_PER_TASK))
         .enumerate()
-        .for_each(|(t, ((xh, yy), rs))| {
-            for (r, ((xr, yr), s)) in xh
-                .chunks_exact_mut(k)
-                .zip(yy.chunks_exact_mut(k))
-                .zip(rs.iter_mut())
-                .enumerate()
-            {
-                let base = (t * ROWS_PER_TASK + r) * k;
-                for (o, &v) in xr.iter_mut().zip(&a[base..base + k]) {
-                    *o = gelu(v);
-                }
-                drop.apply(base, xr);
-                for (o, &v) in xr.iter_mut().zip(&x[base..base + k]) {
-                    *o += v;
-                }
-                *s = layer_norm_row(xr, gamma, beta, yr);
-            }
+        .for_each(|(t, ((((xh, yy), mk), dg), rs))| {
+            wide(
+                #[inline(always)]
+                || {
+                    let rows = xh.chunks_exact_mut(k).zip(yy.chunks_exact_mut(k));
+                    let saved = mk.chunks_exact_mut(k).zip(dg.chunks_exact_mut(k));
+                    for (r, ((xr, yr), ((mr, dr), s))) in
+                        rows.zip(saved.zip(rs.iter_mut())).enumerate()
+                    {
+                        let base = (t * ROWS_PER_TASK + r) * k;
+                        let ar = &a[base..base + k];
+                        if train {
+                            for ((o, d), &v) in xr.iter_mut().zip(dr.iter_mut()).zip(ar) {
+                                (*o, *d) = gelu_and_grad(v);
+                            }
+                        } else {
+                            for (o, &v) in xr.iter_mut().zip(ar) {
+                                *o = gelu(v);
+                            }
+                        }
+                        drop.apply(base, xr, mr);
+                        for (o, &v) in xr.iter_mut().zip(&x[base..base + k]) {
+                            *o += v;
+                        }
+                        *s = layer_norm_row(xr, gamma, beta, yr);
+                    }
+                },
+            )
         });
 }
 
@@ -387,44 +466,73 @@ pub fn residual_ln_forward(
     drop: Dropout,
     gamma: &[f32],
     beta: &[f32],
-    xhat: &mut [f32],
-    rstd: &mut [f32],
-    y: &mut [f32],
+    saved: Saved,
 ) {
+    let Saved {
+        xhat,
+        rstd,
+        y,
+        mask,
+        ..
+    } = saved;
     let rows = rstd.len();
     let task = ROWS_PER_TASK * k;
     xhat[..rows * k]
         .par_chunks_mut(task)
         .zip(y[..rows * k].par_chunks_mut(task))
+        .zip(mask[..rows * k].par_chunks_mut(task))
         .zip(rstd.par_chunks_mut(ROWS_PER_TASK))
         .enumerate()
-        .for_each(|(t, ((xh, yy), rs))| {
-            for (r, ((xr, yr), s)) in xh
-                .chunks_exact_mut(k)
-                .zip(yy.chunks_exact_mut(k))
-                .zip(rs.iter_mut())
-                .enumerate()
-            {
-                let base = (t * ROWS_PER_TASK + r) * k;
-                xr.copy_from_slice(&a[base..base + k]);
-                drop.apply(base, xr);
-                for (o, &v) in xr.iter_mut().zip(&p[base..base + k]) {
-                    *o += v;
-                }
-                *s = layer_norm_row(xr, gamma, beta, yr);
-            }
+        .for_each(|(t, (((xh, yy), mk), rs))| {
+            wide(
+                #[inline(always)]
+                || {
+                    let rows = xh.chunks_exact_mut(k).zip(yy.chunks_exact_mut(k));
+                    for (r, ((xr, yr), (mr, s))) in rows
+                        .zip(mk.chunks_exact_mut(k).zip(rs.iter_mut()))
+                        .enumerate()
+                    {
+                        let base = (t * ROWS_PER_TASK + r) * k;
+                        xr.copy_from_slice(&a[base..base + k]);
+                        drop.apply(base, xr, mr);
+                        for (o, &v) in xr.iter_mut().zip(&p[base..base + k]) {
+                            *o += v;
+                        }
+                        *s = layer_norm_row(xr, gamma, beta, yr);
+                    }
+                },
+            )
         });
 }
 
-/// GELU elementwise (the projection head's activation), in parallel.
-pub fn gelu_forward(p: &[f32], g: &mut [f32]) {
+/// GELU elementwise (the projection head's activation), in parallel; with `train`, GELU′ into
+/// `dgelu` for the backward pass.
+pub fn gelu_forward(p: &[f32], g: &mut [f32], dgelu: &mut [f32], train: bool) {
     g.par_chunks_mut(4096)
-        .zip(p.par_chunks(4096))
-        .for_each(|(g, p)| g.iter_mut().zip(p).for_each(|(g, &p)| *g = gelu(p)));
+        .zip(
+            p.par_chunks(4096)
+                .zip(dgelu[..p.len()].par_chunks_mut(4096)),
+        )
+        .for_each(|(g, (p, dg))| {
+            wide(
+                #[inline(always)]
+                || {
+                    if train {
+                        for ((g, d), &p) in g.iter_mut().zip(dg.iter_mut()).zip(p) {
+                            (*g, *d) = gelu_and_grad(p);
+                        }
+                    } else {
+                        for (g, &p) in g.iter_mut().zip(p) {
+                            *g = gelu(p);
+                        }
+                    }
+                },
+            )
+        });
 }
 
 /// LayerNorm backward of one row: dr = (1/σ)(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)), dx̂ = dy·γ.
-#[inline]
+#[inline(always)]
 fn layer_norm_row_backward(dy: &[f32], xhat: &[f32], rstd: f32, gamma: &[f32], dr: &mut [f32]) {
     let k = dy.len();
     // Σ dx̂ and Σ dx̂·x̂ over 8 interleaved partial sums (vectorises; fixed order).
@@ -456,24 +564,31 @@ pub fn layer_norm_param_grads(
     dgamma: &mut [f32],
     dbeta: &mut [f32],
 ) {
-    for (d, x) in dy.chunks_exact(k).zip(xhat.chunks_exact(k)) {
-        for c in 0..k {
-            dgamma[c] += d[c] * x[c];
-            dbeta[c] += d[c];
-        }
-    }
+    wide(
+        #[inline(always)]
+        || {
+            for (d, x) in dy.chunks_exact(k).zip(xhat.chunks_exact(k)) {
+                for c in 0..k {
+                    dgamma[c] += d[c] * x[c];
+                    dbeta[c] += d[c];
+                }
+            }
+        },
+    )
 }
 
 /// Residual head backward up to its GEMMs: from dy, writes dr (= the residual path's dx, to
-/// which δW is added later) and δ = dr·dropout·GELU′(a), the pre-activation gradient.
+/// which δW is added later) and δ = dr·dropout·GELU′(a), the pre-activation gradient, with the
+/// GELU′(a) the forward pass kept.
 #[allow(clippy::too_many_arguments)]
 pub fn residual_gelu_ln_backward(
     dy: &[f32],
     xhat: &[f32],
     rstd: &[f32],
-    a: &[f32],
+    dgelu: &[f32],
     k: usize,
     drop: Dropout,
+    mask: &[f32],
     gamma: &[f32],
     dr: &mut [f32],
     delta: &mut [f32],
@@ -485,25 +600,32 @@ pub fn residual_gelu_ln_backward(
         .zip(delta[..rows * k].par_chunks_mut(task))
         .enumerate()
         .for_each(|(t, (drt, dt))| {
-            for (r, (drr, dd)) in drt
-                .chunks_exact_mut(k)
-                .zip(dt.chunks_exact_mut(k))
-                .enumerate()
-            {
-                let row = t * ROWS_PER_TASK + r;
-                let base = row * k;
-                layer_norm_row_backward(
-                    &dy[base..base + k],
-                    &xhat[base..base + k],
-                    rstd[row],
-                    gamma,
-                    drr,
-                );
-                for ((o, &v), &g) in dd.iter_mut().zip(&a[base..base + k]).zip(drr.iter()) {
-                    *o = g * gelu_grad(v);
-                }
-                drop.apply(base, dd);
-            }
+            wide(
+                #[inline(always)]
+                || {
+                    for (r, (drr, dd)) in drt
+                        .chunks_exact_mut(k)
+                        .zip(dt.chunks_exact_mut(k))
+                        .enumerate()
+                    {
+                        let row = t * ROWS_PER_TASK + r;
+                        let base = row * k;
+                        layer_norm_row_backward(
+                            &dy[base..base + k],
+                            &xhat[base..base + k],
+                            rstd[row],
+                            gamma,
+                            drr,
+                        );
+                        for ((o, &d), &g) in
+                            dd.iter_mut().zip(&dgelu[base..base + k]).zip(drr.iter())
+                        {
+                            *o = g * d;
+                        }
+                        drop.reapply(dd, &mask[base..base + k]);
+                    }
+                },
+            )
         });
 }
 
@@ -516,6 +638,7 @@ pub fn residual_ln_backward(
     rstd: &[f32],
     k: usize,
     drop: Dropout,
+    mask: &[f32],
     gamma: &[f32],
     dr: &mut [f32],
     delta: &mut [f32],
@@ -527,34 +650,45 @@ pub fn residual_ln_backward(
         .zip(delta[..rows * k].par_chunks_mut(task))
         .enumerate()
         .for_each(|(t, (drt, dt))| {
-            for (r, (drr, dd)) in drt
-                .chunks_exact_mut(k)
-                .zip(dt.chunks_exact_mut(k))
-                .enumerate()
-            {
-                let row = t * ROWS_PER_TASK + r;
-                let base = row * k;
-                layer_norm_row_backward(
-                    &dy[base..base + k],
-                    &xhat[base..base + k],
-                    rstd[row],
-                    gamma,
-                    drr,
-                );
-                dd.copy_from_slice(drr);
-                drop.apply(base, dd);
-            }
+            wide(
+                #[inline(always)]
+                || {
+                    for (r, (drr, dd)) in drt
+                        .chunks_exact_mut(k)
+                        .zip(dt.chunks_exact_mut(k))
+                        .enumerate()
+                    {
+                        let row = t * ROWS_PER_TASK + r;
+                        let base = row * k;
+                        layer_norm_row_backward(
+                            &dy[base..base + k],
+                            &xhat[base..base + k],
+                            rstd[row],
+                            gamma,
+                            drr,
+                        );
+                        dd.copy_from_slice(drr);
+                        drop.reapply(dd, &mask[base..base + k]);
+                    }
+                },
+            )
         });
 }
 
-/// dp += dg·GELU′(p): the gradient through the projection head's activation.
-pub fn gelu_backward_add(dg: &[f32], p: &[f32], dp: &mut [f32]) {
+/// dp += dg·GELU′(p): the gradient through the projection head's activation (GELU′(p) as
+/// `gelu_forward` kept it).
+pub fn gelu_backward_add(dg: &[f32], dgelu: &[f32], dp: &mut [f32]) {
     dp.par_chunks_mut(4096)
-        .zip(dg.par_chunks(4096).zip(p.par_chunks(4096)))
-        .for_each(|(o, (g, p))| {
-            for ((o, g), p) in o.iter_mut().zip(g).zip(p) {
-                *o += g * gelu_grad(*p);
-            }
+        .zip(dg.par_chunks(4096).zip(dgelu.par_chunks(4096)))
+        .for_each(|(o, (g, d))| {
+            wide(
+                #[inline(always)]
+                || {
+                    for ((o, g), d) in o.iter_mut().zip(g).zip(d) {
+                        *o += g * d;
+                    }
+                },
+            )
         });
 }
 
@@ -564,12 +698,17 @@ pub fn l2_normalize_rows(z: &[f32], k: usize, out: &mut [f32]) -> Vec<f32> {
     out.par_chunks_mut(k)
         .zip(z.par_chunks(k))
         .map(|(o, r)| {
-            let norm =
-                (r.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt() as f32).max(L2_EPS);
-            for (o, v) in o.iter_mut().zip(r) {
-                *o = v / norm;
-            }
-            norm
+            wide(
+                #[inline(always)]
+                || {
+                    let norm = (r.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt() as f32)
+                        .max(L2_EPS);
+                    for (o, v) in o.iter_mut().zip(r) {
+                        *o = v / norm;
+                    }
+                    norm
+                },
+            )
         })
         .collect()
 }
@@ -580,10 +719,15 @@ pub fn l2_normalize_backward(out: &[f32], dout: &[f32], norms: &[f32], k: usize,
         .zip(out.par_chunks(k).zip(dout.par_chunks(k)))
         .zip(norms.par_iter())
         .for_each(|((dz, (o, d)), &norm)| {
-            let dot: f32 = o.iter().zip(d).map(|(a, b)| a * b).sum();
-            for ((z, o), d) in dz.iter_mut().zip(o).zip(d) {
-                *z = (d - o * dot) / norm;
-            }
+            wide(
+                #[inline(always)]
+                || {
+                    let dot: f32 = o.iter().zip(d).map(|(a, b)| a * b).sum();
+                    for ((z, o), d) in dz.iter_mut().zip(o).zip(d) {
+                        *z = (d - o * dot) / norm;
+                    }
+                },
+            )
         });
 }
 

@@ -10,7 +10,7 @@
 use super::data::Pairs;
 use super::engine::{AdamW, Dropouts, Workspace, NO_DROPOUT};
 use super::model::{safetensors_bytes, Clip, Layout, SplitMix64};
-use super::ops::{mix64, Dropout};
+use super::ops::{self, mix64, Dropout};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 use safetensors::SafeTensors;
@@ -109,14 +109,19 @@ pub fn adamw_step(
         .zip(grads.par_chunks(CHUNK))
         .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
         .for_each(|((p, g), (m, v))| {
-            for i in 0..p.len() {
-                let gi = g[i];
-                p[i] *= decay;
-                m[i] += (1.0 - BETA1) * (gi - m[i]);
-                v[i] = v[i] * BETA2 + (1.0 - BETA2) * gi * gi;
-                let denom = v[i].sqrt() / bc2_sqrt + ADAM_EPS;
-                p[i] -= step * (m[i] / denom);
-            }
+            ops::wide(
+                #[inline(always)]
+                || {
+                    for i in 0..p.len() {
+                        let gi = g[i];
+                        p[i] *= decay;
+                        m[i] += (1.0 - BETA1) * (gi - m[i]);
+                        v[i] = v[i] * BETA2 + (1.0 - BETA2) * gi * gi;
+                        let denom = v[i].sqrt() / bc2_sqrt + ADAM_EPS;
+                        p[i] -= step * (m[i] / denom);
+                    }
+                },
+            )
         });
 }
 
