@@ -102,6 +102,9 @@ pub struct Workspace {
     dlogits: Vec<f32>,
     text_grad: Scratch,
     image_grad: Scratch,
+    /// The text tower's AdamW step (t, lr, wd) that the last `train_step` left to run beside
+    /// the next step's image forward pass; `flush` applies it.
+    deferred: Option<(u64, f32, f32)>,
 }
 
 impl Workspace {
@@ -155,6 +158,7 @@ impl Workspace {
             dlogits: vec![0.0; pair],
             text_grad: Scratch::new(if grad { nk } else { 0 }),
             image_grad: Scratch::new(if grad { nk } else { 0 }),
+            deferred: None,
         }
     }
 
@@ -188,7 +192,7 @@ impl Workspace {
             Tower::Text => &mut self.text,
             Tower::Image => &mut self.image,
         };
-        forward(buf, layout, params, tower, x, n, drops, false);
+        forward(buf, layout, params, 0, tower, x, n, drops, false);
     }
 
     /// Symmetric InfoNCE loss of a batch (no gradient): texts `xt` (n × d) and images `xi`
@@ -207,29 +211,56 @@ impl Workspace {
             "batch of {n} rows in a workspace for {}",
             self.cap
         );
+        assert!(
+            self.deferred.is_none(),
+            "Workspace::loss with a text-tower update pending: call flush first"
+        );
         // The two towers at once.
         let (text, image, train) = (&mut self.text, &mut self.image, self.grad);
         rayon::join(
-            || forward(text, layout, params, Tower::Text, xt, n, drops, train),
-            || forward(image, layout, params, Tower::Image, xi, n, drops, train),
+            || forward(text, layout, params, 0, Tower::Text, xt, n, drops, train),
+            || forward(image, layout, params, 0, Tower::Image, xi, n, drops, train),
         );
-        let k = layout.k;
+        self.info_nce(layout, params[layout.logit_scale], n)
+    }
+
+    /// The loss of the embeddings both towers hold; dL/dlogits into `dlogits`.
+    fn info_nce(&mut self, layout: &Layout, scale: f32, n: usize) -> f32 {
         ops::matmul_nt(
             n,
             n,
-            k,
+            layout.k,
             &self.image.out,
             &self.text.out,
             &mut self.sim,
             false,
         );
-        ops::info_nce(&self.sim, n, params[layout.logit_scale], &mut self.dlogits).0
+        ops::info_nce(&self.sim, n, scale, &mut self.dlogits).0
+    }
+
+    /// Applies the text tower's AdamW step that the last `train_step` deferred (nothing when
+    /// none is pending). Call it before the parameters are read outside `train_step`.
+    /// `m` and `v` are the optimizer moments `train_step` was given.
+    pub fn flush(
+        &mut self,
+        layout: &Layout,
+        params: &mut [f32],
+        grads: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+    ) {
+        if let Some((t, lr, wd)) = self.deferred.take() {
+            let end = layout.image[0].fc_w;
+            let (m, v) = (&mut m[..end], &mut v[..end]);
+            adamw_step(&mut params[..end], &grads[..end], m, v, t, lr, wd);
+        }
     }
 
     /// One training step: the loss of a batch, the gradient of every parameter into `grads`
-    /// (overwritten), then AdamW on the parameters. Each tower's parameters are updated as
-    /// soon as its own backward pass is done, while the other tower's may still run (AdamW is
-    /// memory-bound: it fills the gap the lighter tower leaves).
+    /// (overwritten), then AdamW on the parameters. AdamW is memory-bound, so it runs beside
+    /// compute-bound work: the image tower's right after its backward pass, while the text
+    /// tower's may still run; the text tower's at the start of the next step, beside the image
+    /// forward pass (which does not read it). `flush` applies that last one.
     #[allow(clippy::too_many_arguments)]
     pub fn train_step(
         &mut self,
@@ -242,9 +273,55 @@ impl Workspace {
         n: usize,
         drops: &Dropouts,
     ) -> f32 {
+        assert!(
+            n <= self.cap,
+            "batch of {n} rows in a workspace for {}",
+            self.cap
+        );
         let k = layout.k;
-        let loss = self.loss(layout, params, xt, xi, n, drops);
+        let image_base = layout.image[0].fc_w;
+        {
+            let (pt, rest) = params.split_at_mut(image_base);
+            let (gt, mt, vt) = (
+                &grads[..image_base],
+                &mut adam.m[..image_base],
+                &mut adam.v[..image_base],
+            );
+            let (deferred, image) = (self.deferred.take(), &mut self.image);
+            rayon::join(
+                || {
+                    if let Some((t, lr, wd)) = deferred {
+                        adamw_step(pt, gt, mt, vt, t, lr, wd);
+                    }
+                },
+                || {
+                    forward(
+                        image,
+                        layout,
+                        rest,
+                        image_base,
+                        Tower::Image,
+                        xi,
+                        n,
+                        drops,
+                        true,
+                    )
+                },
+            );
+        }
+        forward(
+            &mut self.text,
+            layout,
+            params,
+            0,
+            Tower::Text,
+            xt,
+            n,
+            drops,
+            true,
+        );
         let s = params[layout.logit_scale];
+        let loss = self.info_nce(layout, s, n);
         // dL/ds = Σ dlogits ∘ sim; then dlogits ← s·dlogits = dL/dsim.
         grads[layout.logit_scale] = self.dlogits[..n * n]
             .iter()
@@ -275,7 +352,6 @@ impl Workspace {
         );
         // The text tower's tensors come first in the flat layout, then the image tower's,
         // then the logit scale.
-        let image_base = layout.image[0].fc_w;
         fn split(v: &mut [f32], image_base: usize, scale: usize) -> [&mut [f32]; 3] {
             let (towers, scale) = v.split_at_mut(scale);
             let (text, image) = towers.split_at_mut(image_base);
@@ -286,14 +362,11 @@ impl Workspace {
         let [gt, gi, gs] = split(grads);
         let (text, image) = (&self.text, &self.image);
         let (tg, ig) = (&mut self.text_grad, &mut self.image_grad);
-        let [mt, mi, ms] = split(adam.m);
-        let [vt, vi, vs] = split(adam.v);
+        let [_, mi, ms] = split(adam.m);
+        let [_, vi, vs] = split(adam.v);
         let (t, lr, wd) = (adam.t, adam.lr, adam.wd);
         rayon::join(
-            || {
-                backward(text, tg, layout, pt, gt, 0, Tower::Text, xt, n, drops);
-                adamw_step(pt, gt, mt, vt, t, lr, wd);
-            },
+            || backward(text, tg, layout, pt, gt, 0, Tower::Text, xt, n, drops),
             || {
                 backward(
                     image,
@@ -311,6 +384,7 @@ impl Workspace {
             },
         );
         adamw_step(ps, gs, ms, vs, t, lr, wd);
+        self.deferred = Some((t, lr, wd));
         loss
     }
 }
@@ -459,12 +533,13 @@ fn backward(
 }
 
 /// Forward of one tower on `x` (n × din, already L2-normalised) into `buf`; `train` keeps
-/// what the backward pass needs.
+/// what the backward pass needs. `params` starts at flat offset `base`.
 #[allow(clippy::too_many_arguments)]
 fn forward(
     buf: &mut TowerBuf,
     layout: &Layout,
     params: &[f32],
+    base: usize,
     tower: Tower,
     x: &[f32],
     n: usize,
@@ -474,22 +549,23 @@ fn forward(
     let k = layout.k;
     let heads = layout.tower(tower);
     let nk = n * k;
+    let at = |offset: usize| offset - base;
     for (i, h) in heads.iter().enumerate() {
         let (done, rest) = buf.heads.split_at_mut(i);
         let hb = &mut rest[0];
         let input: &[f32] = if i == 0 { x } else { &done[i - 1].kept.y[..nk] };
         let drop = drops[site(tower, i)];
-        let gamma = &params[h.ln_w..h.ln_w + k];
-        let beta = &params[h.ln_b..h.ln_b + k];
+        let gamma = &params[at(h.ln_w)..at(h.ln_w) + k];
+        let beta = &params[at(h.ln_b)..at(h.ln_b) + k];
         match h.proj {
             None => {
-                ops::fill_rows(&mut hb.a[..nk], &params[h.fc_b..h.fc_b + k]);
+                ops::fill_rows(&mut hb.a[..nk], &params[at(h.fc_b)..at(h.fc_b) + k]);
                 ops::matmul_nt(
                     n,
                     k,
                     h.din,
                     input,
-                    &params[h.fc_w..h.fc_w + k * h.din],
+                    &params[at(h.fc_w)..at(h.fc_w) + k * h.din],
                     &mut hb.a,
                     true,
                 );
@@ -505,24 +581,24 @@ fn forward(
                 );
             }
             Some((pw, pb)) => {
-                ops::fill_rows(&mut hb.a[..nk], &params[pb..pb + k]);
+                ops::fill_rows(&mut hb.a[..nk], &params[at(pb)..at(pb) + k]);
                 ops::matmul_nt(
                     n,
                     k,
                     h.din,
                     input,
-                    &params[pw..pw + k * h.din],
+                    &params[at(pw)..at(pw) + k * h.din],
                     &mut hb.a,
                     true,
                 );
                 ops::gelu_forward(&hb.a[..nk], &mut hb.g[..nk], &mut hb.kept.dgelu, train);
-                ops::fill_rows(&mut hb.a2[..nk], &params[h.fc_b..h.fc_b + k]);
+                ops::fill_rows(&mut hb.a2[..nk], &params[at(h.fc_b)..at(h.fc_b) + k]);
                 ops::matmul_nt(
                     n,
                     k,
                     k,
                     &hb.g,
-                    &params[h.fc_w..h.fc_w + k * k],
+                    &params[at(h.fc_w)..at(h.fc_w) + k * k],
                     &mut hb.a2,
                     true,
                 );

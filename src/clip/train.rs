@@ -572,6 +572,7 @@ pub fn train_cpu(
             batch_losses.push(loss);
             progress.batch()?;
         }
+        ws.flush(layout, &mut st.params, &grads, &mut st.m, &mut st.v);
         let train_loss = (sum / n_batches(order.len(), b).max(1) as f64) as f32;
         let val_loss = job.val.as_ref().map(|rows| {
             let m = Clip {
