@@ -581,15 +581,16 @@ fn forward(
                 );
             }
             Some((pw, pb)) => {
-                ops::fill_rows(&mut hb.a[..nk], &params[at(pb)..at(pb) + k]);
-                ops::matmul_nt(
+                // g is free until GELU(p) goes into it: the projection's scratch.
+                ops::linear_forward(
                     n,
                     k,
                     h.din,
                     input,
                     &params[at(pw)..at(pw) + k * h.din],
+                    &params[at(pb)..at(pb) + k],
                     &mut hb.a,
-                    true,
+                    &mut hb.g,
                 );
                 ops::gelu_forward(&hb.a[..nk], &mut hb.g[..nk], &mut hb.kept.dgelu, train);
                 ops::fill_rows(&mut hb.a2[..nk], &params[at(h.fc_b)..at(h.fc_b) + k]);

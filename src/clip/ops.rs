@@ -189,6 +189,70 @@ pub fn matmul_nn(
     );
 }
 
+/// A Linear layer's forward: out (n×k) = bias + x (n×din) · wᵀ, w stored k×din (PyTorch's
+/// layout). gemm packs whichever operand is not laid out for its kernel, here w; when w is
+/// much larger than x (a wide projection, din ≥ 2k) and `scratch` holds n×k, the product is
+/// taken as its transpose into `scratch` instead, so that x is packed, and then transposed
+/// into `out`. Both ways add the same products in the same order: the same bits.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_forward(
+    n: usize,
+    k: usize,
+    din: usize,
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
+    if din < 2 * k || scratch.len() < n * k {
+        fill_rows(&mut out[..n * k], bias);
+        matmul_nt(n, k, din, x, w, out, true);
+        return;
+    }
+    let t = &mut scratch[..n * k];
+    for (row, &b) in t.chunks_exact_mut(n).zip(bias) {
+        row.fill(b);
+    }
+    assert!(x.len() >= n * din && w.len() >= k * din && out.len() >= n * k);
+    // SAFETY: the assert bounds x and w; t is n×k, written column-major (element (i, j) at
+    // t[j·n + i]).
+    unsafe {
+        gemm::gemm(
+            n,
+            k,
+            din,
+            t.as_mut_ptr(),
+            n as isize,
+            1,
+            true,
+            x.as_ptr(),
+            1,
+            din as isize,
+            w.as_ptr(),
+            din as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(n, k, din),
+        );
+    }
+    // out = tᵀ, in 32 × 32 tiles.
+    const TILE: usize = 32;
+    for j0 in (0..k).step_by(TILE) {
+        for i0 in (0..n).step_by(TILE) {
+            for j in j0..(j0 + TILE).min(k) {
+                for i in i0..(i0 + TILE).min(n) {
+                    out[i * k + j] = t[j * n + i];
+                }
+            }
+        }
+    }
+}
+
 /// Each row of `dst` (n×k) set to `bias`: the start of `y = b + x Wᵀ`.
 pub fn fill_rows(dst: &mut [f32], bias: &[f32]) {
     for row in dst.chunks_exact_mut(bias.len()) {
@@ -823,6 +887,35 @@ mod tests {
         assert_eq!(erf(0.0), 0.0);
         assert_eq!(erf(9.0), 1.0);
         assert_eq!(erf(-9.0), -1.0);
+    }
+
+    #[test]
+    fn wide_linear_forward_gives_the_same_bits_as_the_plain_one() {
+        let (n, k, din) = (128, 64, 1100);
+        let wave = |len: usize, s: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| ((i * 7919 + s) % 2003) as f32 / 1001.0 - 1.0)
+                .collect()
+        };
+        let (x, w, bias) = (wave(n * din, 1), wave(k * din, 2), wave(k, 3));
+        let (mut plain, mut wide, mut scratch) =
+            (vec![0.0; n * k], vec![0.0; n * k], vec![0.0; n * k]);
+        linear_forward(n, k, din, &x, &w, &bias, &mut plain, &mut []);
+        linear_forward(n, k, din, &x, &w, &bias, &mut wide, &mut scratch);
+        assert!(plain
+            .iter()
+            .zip(&wide)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        let i = 77 * k + 5;
+        let exact: f64 = bias[5] as f64
+            + (0..din)
+                .map(|l| x[77 * din + l] as f64 * w[5 * din + l] as f64)
+                .sum::<f64>();
+        assert!(
+            (plain[i] as f64 - exact).abs() < 1e-4,
+            "{} vs {exact}",
+            plain[i]
+        );
     }
 
     #[test]
