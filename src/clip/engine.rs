@@ -94,8 +94,6 @@ impl Scratch {
 /// idle threads steal the other tower's GEMM blocks).
 pub struct Workspace {
     cap: usize,
-    /// Buffers for the backward pass too (the forward pass then keeps what it needs).
-    grad: bool,
     text: TowerBuf,
     image: TowerBuf,
     sim: Vec<f32>,
@@ -143,7 +141,6 @@ impl Workspace {
         let pair = if grad { cap * cap } else { 0 };
         Workspace {
             cap,
-            grad,
             text: if text {
                 tower(true)
             } else {
@@ -166,6 +163,14 @@ impl Workspace {
         self.cap
     }
 
+    fn check_rows(&self, n: usize) {
+        assert!(
+            n <= self.cap,
+            "batch of {n} rows in a workspace for {}",
+            self.cap
+        );
+    }
+
     pub fn tower(&self, tower: Tower) -> &TowerBuf {
         match tower {
             Tower::Text => &self.text,
@@ -183,11 +188,7 @@ impl Workspace {
         n: usize,
         drops: &Dropouts,
     ) {
-        assert!(
-            n <= self.cap,
-            "batch of {n} rows in a workspace for {}",
-            self.cap
-        );
+        self.check_rows(n);
         let buf = match tower {
             Tower::Text => &mut self.text,
             Tower::Image => &mut self.image,
@@ -206,20 +207,17 @@ impl Workspace {
         n: usize,
         drops: &Dropouts,
     ) -> f32 {
-        assert!(
-            n <= self.cap,
-            "batch of {n} rows in a workspace for {}",
-            self.cap
-        );
+        self.check_rows(n);
         assert!(
             self.deferred.is_none(),
             "Workspace::loss with a text-tower update pending: call flush first"
         );
         // The two towers at once.
-        let (text, image, train) = (&mut self.text, &mut self.image, self.grad);
+        // No backward pass follows (`train_step` runs its own forward), so nothing is kept.
+        let (text, image) = (&mut self.text, &mut self.image);
         rayon::join(
-            || forward(text, layout, params, 0, Tower::Text, xt, n, drops, train),
-            || forward(image, layout, params, 0, Tower::Image, xi, n, drops, train),
+            || forward(text, layout, params, 0, Tower::Text, xt, n, drops, false),
+            || forward(image, layout, params, 0, Tower::Image, xi, n, drops, false),
         );
         self.info_nce(layout, params[layout.logit_scale], n)
     }
@@ -273,11 +271,7 @@ impl Workspace {
         n: usize,
         drops: &Dropouts,
     ) -> f32 {
-        assert!(
-            n <= self.cap,
-            "batch of {n} rows in a workspace for {}",
-            self.cap
-        );
+        self.check_rows(n);
         let k = layout.k;
         let image_base = layout.image[0].fc_w;
         {
@@ -443,23 +437,26 @@ fn backward(
             dbeta.fill(0.0);
             ops::layer_norm_param_grads(&sc.d_cur[..nk], &hb.kept.xhat[..nk], k, dgamma, dbeta);
         }
+        // d_next ← dr (the gradient through LayerNorm: the residual path's), delta ← the
+        // gradient of the Linear's output (through GELU′ in a residual head).
+        let dgelu = h.proj.is_none().then_some(&hb.kept.dgelu[..nk]);
+        ops::residual_ln_backward(
+            &sc.d_cur,
+            &hb.kept.xhat,
+            &hb.kept.rstd[..n],
+            dgelu,
+            k,
+            drop,
+            &hb.kept.mask,
+            gamma,
+            &mut sc.d_next,
+            &mut sc.delta,
+        );
         let fc_b = &mut grads[at(h.fc_b)..at(h.fc_b) + k];
         fc_b.fill(0.0);
+        ops::add_col_sums(&sc.delta[..nk], k, fc_b);
         match h.proj {
             None => {
-                ops::residual_gelu_ln_backward(
-                    &sc.d_cur,
-                    &hb.kept.xhat,
-                    &hb.kept.rstd[..n],
-                    &hb.kept.dgelu,
-                    k,
-                    drop,
-                    &hb.kept.mask,
-                    gamma,
-                    &mut sc.d_next,
-                    &mut sc.delta,
-                );
-                ops::add_col_sums(&sc.delta[..nk], k, fc_b);
                 ops::matmul_tn(
                     k,
                     h.din,
@@ -483,19 +480,6 @@ fn backward(
                 }
             }
             Some((pw, pb)) => {
-                // d_next ← dr (gradient reaching p through the residual), delta ← dL/dfc_out.
-                ops::residual_ln_backward(
-                    &sc.d_cur,
-                    &hb.kept.xhat,
-                    &hb.kept.rstd[..n],
-                    k,
-                    drop,
-                    &hb.kept.mask,
-                    gamma,
-                    &mut sc.d_next,
-                    &mut sc.delta,
-                );
-                ops::add_col_sums(&sc.delta[..nk], k, fc_b);
                 ops::matmul_tn(
                     k,
                     k,

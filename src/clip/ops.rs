@@ -334,13 +334,8 @@ pub fn gelu(x: f32) -> f32 {
     x * normal_cdf(x)
 }
 
-/// d GELU / dx = Φ(x) + x·φ(x).
-#[inline(always)]
-pub fn gelu_grad(x: f32) -> f32 {
-    gelu_and_grad(x).1
-}
-
-/// (GELU(x), GELU′(x)) with Φ(x) computed once; the same bits as `gelu` and `gelu_grad`.
+/// (GELU(x), GELU′(x)) with Φ(x) computed once: GELU′(x) = Φ(x) + x·φ(x); GELU(x) has the
+/// same bits as `gelu`.
 #[inline(always)]
 pub fn gelu_and_grad(x: f32) -> (f32, f32) {
     let cdf = normal_cdf(x);
@@ -641,65 +636,16 @@ pub fn layer_norm_param_grads(
     )
 }
 
-/// Residual head backward up to its GEMMs: from dy, writes dr (= the residual path's dx, to
-/// which δW is added later) and δ = dr·dropout·GELU′(a), the pre-activation gradient, with the
-/// GELU′(a) the forward pass kept.
+/// A head's backward pass up to its GEMMs, from dy: dr, the gradient through LayerNorm (the
+/// residual path's dx, to which δW is added later), and δ = dr·GELU′(a)·dropout, the gradient
+/// of the Linear's output, with the GELU′(a) (residual heads; `None` for the projection head,
+/// whose Linear is not followed by a GELU) and the dropout factors the forward pass kept.
 #[allow(clippy::too_many_arguments)]
-pub fn residual_gelu_ln_backward(
-    dy: &[f32],
-    xhat: &[f32],
-    rstd: &[f32],
-    dgelu: &[f32],
-    k: usize,
-    drop: Dropout,
-    mask: &[f32],
-    gamma: &[f32],
-    dr: &mut [f32],
-    delta: &mut [f32],
-) {
-    let rows = rstd.len();
-    let task = ROWS_PER_TASK * k;
-    dr[..rows * k]
-        .par_chunks_mut(task)
-        .zip(delta[..rows * k].par_chunks_mut(task))
-        .enumerate()
-        .for_each(|(t, (drt, dt))| {
-            wide(
-                #[inline(always)]
-                || {
-                    for (r, (drr, dd)) in drt
-                        .chunks_exact_mut(k)
-                        .zip(dt.chunks_exact_mut(k))
-                        .enumerate()
-                    {
-                        let row = t * ROWS_PER_TASK + r;
-                        let base = row * k;
-                        layer_norm_row_backward(
-                            &dy[base..base + k],
-                            &xhat[base..base + k],
-                            rstd[row],
-                            gamma,
-                            drr,
-                        );
-                        for ((o, &d), &g) in
-                            dd.iter_mut().zip(&dgelu[base..base + k]).zip(drr.iter())
-                        {
-                            *o = g * d;
-                        }
-                        drop.reapply(dd, &mask[base..base + k]);
-                    }
-                },
-            )
-        });
-}
-
-#[allow(clippy::too_many_arguments)]
-/// Projection head backward up to its GEMMs: dr (the gradient reaching p through the
-/// residual) and δ = dr·dropout, the gradient of the second Linear's output.
 pub fn residual_ln_backward(
     dy: &[f32],
     xhat: &[f32],
     rstd: &[f32],
+    dgelu: Option<&[f32]>,
     k: usize,
     drop: Dropout,
     mask: &[f32],
@@ -731,7 +677,16 @@ pub fn residual_ln_backward(
                             gamma,
                             drr,
                         );
-                        dd.copy_from_slice(drr);
+                        match dgelu {
+                            Some(dgelu) => {
+                                for ((o, &d), &g) in
+                                    dd.iter_mut().zip(&dgelu[base..base + k]).zip(drr.iter())
+                                {
+                                    *o = g * d;
+                                }
+                            }
+                            None => dd.copy_from_slice(drr),
+                        }
                         drop.reapply(dd, &mask[base..base + k]);
                     }
                 },
@@ -864,7 +819,7 @@ mod tests {
         for &x in &[-3.0f32, -1.0, -0.2, 0.0, 0.3, 1.5, 4.0] {
             let h = 1e-3f32;
             let fd = (gelu(x + h) as f64 - gelu(x - h) as f64) / (2.0 * h as f64);
-            assert!((fd - gelu_grad(x) as f64).abs() < 1e-3, "{x}");
+            assert!((fd - gelu_and_grad(x).1 as f64).abs() < 1e-3, "{x}");
         }
     }
 
