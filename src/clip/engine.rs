@@ -212,8 +212,8 @@ impl Workspace {
             self.deferred.is_none(),
             "Workspace::loss with a text-tower update pending: call flush first"
         );
-        // The two towers at once.
-        // No backward pass follows (`train_step` runs its own forward), so nothing is kept.
+        // The two towers at once. No backward pass follows (`train_step` runs its own
+        // forward), so nothing is kept.
         let (text, image) = (&mut self.text, &mut self.image);
         rayon::join(
             || forward(text, layout, params, 0, Tower::Text, xt, n, drops, false),
