@@ -94,7 +94,8 @@ fn cuda_benches(
 }
 
 /// The row kernels of one residual head on a batch (128 × 512, dropout 0.5), forward and
-/// backward, and AdamW over a model's parameters (text width 576).
+/// backward, the InfoNCE loss and gradient of a batch, and AdamW over a model's parameters
+/// (text width 576).
 fn ops(c: &mut Criterion) {
     use niclip::clip::ops::{self, Dropout, Saved};
     let (n, k) = (128, K);
@@ -138,6 +139,13 @@ fn ops(c: &mut Criterion) {
                 &mut delta,
             )
         })
+    });
+    let sim: Vec<f32> = (0..n * n)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
+    let mut dlogits = vec![0.0f32; n * n];
+    g.bench_function("info_nce/128x128", |b| {
+        b.iter(|| ops::info_nce(&sim, n, 10.0, &mut dlogits))
     });
     let params = Clip::init(576, K, 0).params.len();
     let (mut p, grad, mut m, mut v) = (

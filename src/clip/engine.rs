@@ -219,11 +219,11 @@ impl Workspace {
             || forward(text, layout, params, 0, Tower::Text, xt, n, drops, false),
             || forward(image, layout, params, 0, Tower::Image, xi, n, drops, false),
         );
-        self.info_nce(layout, params[layout.logit_scale], n)
+        self.info_nce(layout, params[layout.logit_scale], n).0
     }
 
-    /// The loss of the embeddings both towers hold; dL/dlogits into `dlogits`.
-    fn info_nce(&mut self, layout: &Layout, scale: f32, n: usize) -> f32 {
+    /// The loss of the embeddings both towers hold and dL/ds; dL/dlogits into `dlogits`.
+    fn info_nce(&mut self, layout: &Layout, scale: f32, n: usize) -> (f32, f32) {
         ops::matmul_nt(
             n,
             n,
@@ -233,7 +233,7 @@ impl Workspace {
             &mut self.sim,
             false,
         );
-        ops::info_nce(&self.sim, n, scale, &mut self.dlogits).0
+        ops::info_nce(&self.sim, n, scale, &mut self.dlogits)
     }
 
     /// Applies the text tower's AdamW step that the last `train_step` deferred (nothing when
@@ -315,13 +315,9 @@ impl Workspace {
             true,
         );
         let s = params[layout.logit_scale];
-        let loss = self.info_nce(layout, s, n);
-        // dL/ds = Σ dlogits ∘ sim; then dlogits ← s·dlogits = dL/dsim.
-        grads[layout.logit_scale] = self.dlogits[..n * n]
-            .iter()
-            .zip(&self.sim[..n * n])
-            .map(|(&g, &v)| g as f64 * v as f64)
-            .sum::<f64>() as f32;
+        let (loss, ds) = self.info_nce(layout, s, n);
+        grads[layout.logit_scale] = ds;
+        // dlogits ← s·dlogits = dL/dsim.
         for g in &mut self.dlogits[..n * n] {
             *g *= s;
         }

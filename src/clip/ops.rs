@@ -413,6 +413,22 @@ impl Dropout {
     }
 }
 
+/// Σ a·b in f64, in 8 lanes as `sum_f64`.
+#[inline(always)]
+fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
+    let mut acc = [0f64; 8];
+    let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..8 {
+            acc[l] += x[l] as f64 * y[l] as f64;
+        }
+    }
+    for (l, (&x, &y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
+        acc[l] += x as f64 * y as f64;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+}
+
 /// Σ of a row in f64 over 8 interleaved partial sums (a fixed order that vectorises).
 #[inline(always)]
 fn sum_f64(r: &[f32], f: impl Fn(f32) -> f64) -> f64 {
@@ -757,57 +773,70 @@ pub fn info_nce(sim: &[f32], n: usize, s: f32, dlogits: &mut [f32]) -> (f32, f32
     if n == 0 {
         return (0.0, 0.0);
     }
-    let logit = |i: usize, j: usize| s * sim[i * n + j];
-    // Row softmax.
-    let row_stats: Vec<(f32, f32)> = (0..n)
-        .into_par_iter()
-        .map(|i| {
-            let m = (0..n)
-                .map(|j| logit(i, j))
-                .fold(f32::NEG_INFINITY, f32::max);
-            let sum: f64 = (0..n).map(|j| ((logit(i, j) - m) as f64).exp()).sum();
-            (m, sum as f32)
-        })
-        .collect();
-    let col_stats: Vec<(f32, f32)> = (0..n)
-        .into_par_iter()
-        .map(|j| {
-            let m = (0..n)
-                .map(|i| logit(i, j))
-                .fold(f32::NEG_INFINITY, f32::max);
-            let sum: f64 = (0..n).map(|i| ((logit(i, j) - m) as f64).exp()).sum();
-            (m, sum as f32)
-        })
-        .collect();
-    let mut loss = 0.0f64;
-    for i in 0..n {
-        let d = logit(i, i) as f64;
-        loss += row_stats[i].0 as f64 + (row_stats[i].1 as f64).ln() - d;
-        loss += col_stats[i].0 as f64 + (col_stats[i].1 as f64).ln() - d;
-    }
-    let loss = loss / (2 * n) as f64;
-    let w = 0.5 / n as f32;
-    dlogits[..n * n]
-        .par_chunks_mut(n)
-        .enumerate()
-        .for_each(|(i, row)| {
-            let (mr, sr) = row_stats[i];
-            for (j, o) in row.iter_mut().enumerate() {
-                let l = logit(i, j);
-                let (mc, sc) = col_stats[j];
-                let mut g = ((l - mr).exp() / sr) + ((l - mc).exp() / sc);
-                if i == j {
-                    g -= 2.0;
+    let (sim, dlogits) = (&sim[..n * n], &mut dlogits[..n * n]);
+    // A batch is at most a few hundred rows: one thread, 8 lanes, no rayon round trips.
+    wide(
+        #[inline(always)]
+        || {
+            let mut row_max = vec![f32::NEG_INFINITY; n];
+            let mut col_max = vec![f32::NEG_INFINITY; n];
+            for (r, mr) in sim.chunks_exact(n).zip(&mut row_max) {
+                // max is exact, so 8 running maxima give the sequential one, 8 lanes wide.
+                let mut lanes = [f32::NEG_INFINITY; 8];
+                let mut chunks = r.chunks_exact(8);
+                for c in &mut chunks {
+                    for (l, &v) in lanes.iter_mut().zip(c) {
+                        *l = l.max(s * v);
+                    }
                 }
-                *o = w * g;
+                let tail = chunks.remainder().iter().map(|&v| s * v);
+                *mr = lanes.into_iter().chain(tail).fold(f32::NEG_INFINITY, f32::max);
+                for (&v, mc) in r.iter().zip(&mut col_max) {
+                    *mc = mc.max(s * v);
+                }
             }
-        });
-    let ds: f64 = dlogits[..n * n]
-        .iter()
-        .zip(&sim[..n * n])
-        .map(|(&g, &v)| g as f64 * v as f64)
-        .sum();
-    (loss as f32, ds as f32)
+            // Softmax denominators, summed in f64 in index order; the row softmax's
+            // numerators wait in dlogits.
+            let mut row_sum = vec![0.0f32; n];
+            let mut col_sum = vec![0.0f64; n];
+            for ((r, e), (&mr, sr)) in sim
+                .chunks_exact(n)
+                .zip(dlogits.chunks_exact_mut(n))
+                .zip(row_max.iter().zip(&mut row_sum))
+            {
+                for (e, &v) in e.iter_mut().zip(r) {
+                    *e = exp_f32(s * v - mr);
+                }
+                *sr = sum_f64(e, |e| e as f64) as f32;
+                for ((&v, &mc), sc) in r.iter().zip(&col_max).zip(&mut col_sum) {
+                    *sc += exp_f32(s * v - mc) as f64;
+                }
+            }
+            let col_sum: Vec<f32> = col_sum.iter().map(|&c| c as f32).collect();
+            let mut loss = 0.0f64;
+            for i in 0..n {
+                let d = (s * sim[i * n + i]) as f64;
+                loss += row_max[i] as f64 + (row_sum[i] as f64).ln() - d;
+                loss += col_max[i] as f64 + (col_sum[i] as f64).ln() - d;
+            }
+            // dL/dlogit_ij = (row softmax + column softmax − 2·[i = j]) / 2n.
+            let w = 0.5 / n as f32;
+            for (i, (r, g)) in sim.chunks_exact(n).zip(dlogits.chunks_exact_mut(n)).enumerate() {
+                let (sr, e_ii) = (row_sum[i], g[i]);
+                for (((g, &v), &mc), &sc) in g.iter_mut().zip(r).zip(&col_max).zip(&col_sum) {
+                    *g = w * (*g / sr + exp_f32(s * v - mc) / sc);
+                }
+                let c_ii = exp_f32(s * r[i] - col_max[i]) / col_sum[i];
+                g[i] = w * (e_ii / sr + c_ii - 2.0);
+            }
+            let ds: f64 = dlogits
+                .chunks_exact(n)
+                .zip(sim.chunks_exact(n))
+                .map(|(g, r)| dot_f64(g, r))
+                .sum();
+            ((loss / (2 * n) as f64) as f32, ds as f32)
+        },
+    )
 }
 
 #[cfg(test)]
