@@ -37,14 +37,6 @@ pub fn wide<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
-    if m * n * k >= PAR_GEMM && rayon::current_num_threads() > 1 {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    }
-}
-
 /// A strided view of a matrix operand: element (i, j) is `ptr[i·rs + j·cs]`.
 #[derive(Clone, Copy)]
 struct Op<'a> {
@@ -53,18 +45,39 @@ struct Op<'a> {
     cs: isize,
 }
 
-/// dst (m×n, row-major) = [dst +] A·B.
-fn gemm_into(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, a: Op, b: Op) {
-    assert!(dst.len() >= m * n, "gemm: destination too small");
-    let span = |o: &Op, r: usize, c: usize| {
-        if r == 0 || c == 0 {
-            0
-        } else {
-            ((r - 1) as isize * o.rs + (c - 1) as isize * o.cs) as usize + 1
-        }
-    };
+/// The length a strided r × c matrix spans.
+fn span(r: usize, c: usize, rs: isize, cs: isize) -> usize {
+    if r == 0 || c == 0 {
+        0
+    } else {
+        ((r - 1) as isize * rs + (c - 1) as isize * cs) as usize + 1
+    }
+}
+
+/// dst (m×n, element (i, j) at dst[i·rs + j·cs]) = [dst +] A·B.
+///
+/// A large product on a multi-core pool runs as two column halves side by side, each on one
+/// thread (`rayon::join`): on this crate's 128-row batches that beats gemm's own split over
+/// threads, and when the other core is busy with the other tower, the second half simply runs
+/// after the first. The halves add the same products in the same order whichever thread runs
+/// them, so the bits depend only on whether the pool has more than one thread.
+#[allow(clippy::too_many_arguments)]
+fn gemm_into(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    (rs, cs): (usize, usize),
+    accumulate: bool,
+    a: Op,
+    b: Op,
+) {
     assert!(
-        a.data.len() >= span(&a, m, k) && b.data.len() >= span(&b, k, n),
+        dst.len() >= span(m, n, rs as isize, cs as isize),
+        "gemm: destination too small"
+    );
+    assert!(
+        a.data.len() >= span(m, k, a.rs, a.cs) && b.data.len() >= span(k, n, b.rs, b.cs),
         "gemm: operand too small"
     );
     if m == 0 || n == 0 {
@@ -72,33 +85,50 @@ fn gemm_into(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, a:
     }
     if k == 0 {
         if !accumulate {
-            dst[..m * n].fill(0.0);
+            for i in 0..m {
+                for j in 0..n {
+                    dst[i * rs + j * cs] = 0.0;
+                }
+            }
         }
         return;
     }
-    // SAFETY: the asserts above bound every index the product touches.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.cs,
-            a.rs,
-            b.data.as_ptr(),
-            b.cs,
-            b.rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism(m, n, k),
-        );
+    struct Dst(*mut f32);
+    // SAFETY: the halves below write disjoint columns of dst.
+    unsafe impl Sync for Dst {}
+    let d = Dst(dst.as_mut_ptr());
+    let columns = |c0: usize, c1: usize| {
+        let d = &d;
+        // SAFETY: the asserts above bound every index the product touches.
+        unsafe {
+            gemm::gemm(
+                m,
+                c1 - c0,
+                k,
+                d.0.add(c0 * cs),
+                cs as isize,
+                rs as isize,
+                accumulate,
+                a.data.as_ptr(),
+                a.cs,
+                a.rs,
+                b.data.as_ptr().offset(c0 as isize * b.cs),
+                b.cs,
+                b.rs,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    };
+    if m * n * k >= PAR_GEMM && n >= 32 && rayon::current_num_threads() > 1 {
+        let h = (n / 2).next_multiple_of(16);
+        rayon::join(|| columns(0, h), || columns(h, n));
+    } else {
+        columns(0, n);
     }
 }
 
@@ -117,6 +147,7 @@ pub fn matmul_nt(
         n,
         k,
         dst,
+        (n, 1),
         accumulate,
         Op {
             data: a,
@@ -146,6 +177,7 @@ pub fn matmul_tn(
         n,
         k,
         dst,
+        (n, 1),
         accumulate,
         Op {
             data: a,
@@ -175,6 +207,7 @@ pub fn matmul_nn(
         n,
         k,
         dst,
+        (n, 1),
         accumulate,
         Op {
             data: a,
@@ -214,32 +247,18 @@ pub fn linear_forward(
     for (row, &b) in t.chunks_exact_mut(n).zip(bias) {
         row.fill(b);
     }
-    assert!(x.len() >= n * din && w.len() >= k * din && out.len() >= n * k);
-    // SAFETY: the assert bounds x and w; t is n×k, written column-major (element (i, j) at
-    // t[j·n + i]).
-    unsafe {
-        gemm::gemm(
-            n,
-            k,
-            din,
-            t.as_mut_ptr(),
-            n as isize,
-            1,
-            true,
-            x.as_ptr(),
-            1,
-            din as isize,
-            w.as_ptr(),
-            din as isize,
-            1,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism(n, k, din),
-        );
-    }
+    // t is n×k column-major: element (i, j) at t[j·n + i].
+    let x = Op {
+        data: x,
+        rs: din as isize,
+        cs: 1,
+    };
+    let w = Op {
+        data: w,
+        rs: 1,
+        cs: din as isize,
+    };
+    gemm_into(n, k, din, t, (1, n), true, x, w);
     // out = tᵀ, in 32 × 32 tiles.
     const TILE: usize = 32;
     for j0 in (0..k).step_by(TILE) {
@@ -790,7 +809,10 @@ pub fn info_nce(sim: &[f32], n: usize, s: f32, dlogits: &mut [f32]) -> (f32, f32
                     }
                 }
                 let tail = chunks.remainder().iter().map(|&v| s * v);
-                *mr = lanes.into_iter().chain(tail).fold(f32::NEG_INFINITY, f32::max);
+                *mr = lanes
+                    .into_iter()
+                    .chain(tail)
+                    .fold(f32::NEG_INFINITY, f32::max);
                 for (&v, mc) in r.iter().zip(&mut col_max) {
                     *mc = mc.max(s * v);
                 }
@@ -821,7 +843,11 @@ pub fn info_nce(sim: &[f32], n: usize, s: f32, dlogits: &mut [f32]) -> (f32, f32
             }
             // dL/dlogit_ij = (row softmax + column softmax − 2·[i = j]) / 2n.
             let w = 0.5 / n as f32;
-            for (i, (r, g)) in sim.chunks_exact(n).zip(dlogits.chunks_exact_mut(n)).enumerate() {
+            for (i, (r, g)) in sim
+                .chunks_exact(n)
+                .zip(dlogits.chunks_exact_mut(n))
+                .enumerate()
+            {
                 let (sr, e_ii) = (row_sum[i], g[i]);
                 for (((g, &v), &mc), &sc) in g.iter_mut().zip(r).zip(&col_max).zip(&col_sum) {
                     *g = w * (*g / sr + exp_f32(s * v - mc) / sc);
