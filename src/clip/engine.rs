@@ -248,7 +248,7 @@ impl Workspace {
         v: &mut [f32],
     ) {
         if let Some((t, lr, wd)) = self.deferred.take() {
-            let end = layout.image[0].fc_w;
+            let end = layout.image_base();
             let (m, v) = (&mut m[..end], &mut v[..end]);
             adamw_step(&mut params[..end], &grads[..end], m, v, t, lr, wd);
         }
@@ -273,7 +273,7 @@ impl Workspace {
     ) -> f32 {
         self.check_rows(n);
         let k = layout.k;
-        let image_base = layout.image[0].fc_w;
+        let image_base = layout.image_base();
         {
             let (pt, rest) = params.split_at_mut(image_base);
             let (gt, mt, vt) = (

@@ -111,6 +111,11 @@ impl Layout {
         }
     }
 
+    /// Where the image tower's tensors start in the flat vector: the text tower's come first.
+    pub fn image_base(&self) -> usize {
+        self.image[0].fc_w
+    }
+
     pub fn tower(&self, tower: Tower) -> &[Head; 3] {
         match tower {
             Tower::Text => &self.text,
