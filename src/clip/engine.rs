@@ -275,12 +275,10 @@ impl Workspace {
         let k = layout.k;
         let image_base = layout.image_base();
         {
-            let (pt, rest) = params.split_at_mut(image_base);
-            let (gt, mt, vt) = (
-                &grads[..image_base],
-                &mut adam.m[..image_base],
-                &mut adam.v[..image_base],
-            );
+            let [pt, pi, _] = by_tower(params, layout);
+            let [gt, _, _] = by_tower(grads, layout);
+            let [mt, _, _] = by_tower(adam.m, layout);
+            let [vt, _, _] = by_tower(adam.v, layout);
             let (deferred, image) = (self.deferred.take(), &mut self.image);
             rayon::join(
                 || {
@@ -289,17 +287,8 @@ impl Workspace {
                     }
                 },
                 || {
-                    forward(
-                        image,
-                        layout,
-                        rest,
-                        image_base,
-                        Tower::Image,
-                        xi,
-                        n,
-                        drops,
-                        true,
-                    )
+                    let base = image_base;
+                    forward(image, layout, pi, base, Tower::Image, xi, n, drops, true)
                 },
             );
         }
@@ -340,20 +329,12 @@ impl Workspace {
             &mut self.text_grad.d_out,
             false,
         );
-        // The text tower's tensors come first in the flat layout, then the image tower's,
-        // then the logit scale.
-        fn split(v: &mut [f32], image_base: usize, scale: usize) -> [&mut [f32]; 3] {
-            let (towers, scale) = v.split_at_mut(scale);
-            let (text, image) = towers.split_at_mut(image_base);
-            [text, image, scale]
-        }
-        let split = |v| split(v, image_base, layout.logit_scale);
-        let [pt, pi, ps] = split(params);
-        let [gt, gi, gs] = split(grads);
+        let [pt, pi, ps] = by_tower(params, layout);
+        let [gt, gi, gs] = by_tower(grads, layout);
         let (text, image) = (&self.text, &self.image);
         let (tg, ig) = (&mut self.text_grad, &mut self.image_grad);
-        let [_, mi, ms] = split(adam.m);
-        let [_, vi, vs] = split(adam.v);
+        let [_, mi, ms] = by_tower(adam.m, layout);
+        let [_, vi, vs] = by_tower(adam.v, layout);
         let (t, lr, wd) = (adam.t, adam.lr, adam.wd);
         rayon::join(
             || backward(text, tg, layout, pt, gt, 0, Tower::Text, xt, n, drops),
@@ -377,6 +358,14 @@ impl Workspace {
         self.deferred = Some((t, lr, wd));
         loss
     }
+}
+
+/// A flat vector (parameters, gradients, moments) as its text tower's tensors, its image
+/// tower's, and the logit scale, in the layout's order.
+fn by_tower<'a>(v: &'a mut [f32], layout: &Layout) -> [&'a mut [f32]; 3] {
+    let (towers, scale) = v.split_at_mut(layout.logit_scale);
+    let (text, image) = towers.split_at_mut(layout.image_base());
+    [text, image, scale]
 }
 
 /// The optimizer state and constants of one AdamW step (`train::adamw_step`).

@@ -432,6 +432,12 @@ impl Dropout {
     }
 }
 
+/// The 8 partial sums of `sum_f64` and `dot_f64`, added pairwise in a fixed order.
+#[inline(always)]
+fn sum_lanes(acc: [f64; 8]) -> f64 {
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+}
+
 /// Σ a·b in f64, in 8 lanes as `sum_f64`.
 #[inline(always)]
 fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
@@ -445,7 +451,7 @@ fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
     for (l, (&x, &y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
         acc[l] += x as f64 * y as f64;
     }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+    sum_lanes(acc)
 }
 
 /// Σ of a row in f64 over 8 interleaved partial sums (a fixed order that vectorises).
@@ -461,7 +467,7 @@ fn sum_f64(r: &[f32], f: impl Fn(f32) -> f64) -> f64 {
     for (l, &v) in chunks.remainder().iter().enumerate() {
         acc[l] += f(v);
     }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+    sum_lanes(acc)
 }
 
 /// LayerNorm of one row in place: `r` → normalised x̂ (kept for the backward pass) and
