@@ -5,7 +5,8 @@
 
 use super::model::{Head, Layout};
 use super::ops::{self, Dropout};
-use super::train::adamw_step;
+use super::train::{adamw_update, AdamStep};
+use super::wgrad::{weight_grad_adamw, Packed};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tower {
@@ -75,16 +76,21 @@ struct Scratch {
     d_next: Vec<f32>,
     delta: Vec<f32>,
     tmp: Vec<f32>,
+    /// For the weight gradients fused with AdamW.
+    packed: Packed,
 }
 
 impl Scratch {
-    fn new(nk: usize) -> Scratch {
+    /// For batches of up to `n` rows, `k` wide, with inputs of up to `din`.
+    fn new(n: usize, k: usize, din: usize) -> Scratch {
+        let nk = n * k;
         Scratch {
             d_out: vec![0.0; nk],
             d_cur: vec![0.0; nk],
             d_next: vec![0.0; nk],
             delta: vec![0.0; nk],
             tmp: vec![0.0; nk],
+            packed: Packed::new(n, k, din),
         }
     }
 }
@@ -100,9 +106,6 @@ pub struct Workspace {
     dlogits: Vec<f32>,
     text_grad: Scratch,
     image_grad: Scratch,
-    /// The text tower's AdamW step (t, lr, wd) that the last `train_step` left to run beside
-    /// the next step's image forward pass; `flush` applies it.
-    deferred: Option<(u64, f32, f32)>,
 }
 
 impl Workspace {
@@ -153,9 +156,8 @@ impl Workspace {
             },
             sim: vec![0.0; pair],
             dlogits: vec![0.0; pair],
-            text_grad: Scratch::new(if grad { nk } else { 0 }),
-            image_grad: Scratch::new(if grad { nk } else { 0 }),
-            deferred: None,
+            text_grad: Scratch::new(if grad { cap } else { 0 }, k, k.max(layout.d)),
+            image_grad: Scratch::new(if grad { cap } else { 0 }, k, k),
         }
     }
 
@@ -208,10 +210,6 @@ impl Workspace {
         drops: &Dropouts,
     ) -> f32 {
         self.check_rows(n);
-        assert!(
-            self.deferred.is_none(),
-            "Workspace::loss with a text-tower update pending: call flush first"
-        );
         // The two towers at once. No backward pass follows (`train_step` runs its own
         // forward), so nothing is kept.
         let (text, image) = (&mut self.text, &mut self.image);
@@ -236,29 +234,10 @@ impl Workspace {
         ops::info_nce(&self.sim, n, scale, &mut self.dlogits)
     }
 
-    /// Applies the text tower's AdamW step that the last `train_step` deferred (nothing when
-    /// none is pending). Call it before the parameters are read outside `train_step`.
-    /// `m` and `v` are the optimizer moments `train_step` was given.
-    pub fn flush(
-        &mut self,
-        layout: &Layout,
-        params: &mut [f32],
-        grads: &[f32],
-        m: &mut [f32],
-        v: &mut [f32],
-    ) {
-        if let Some((t, lr, wd)) = self.deferred.take() {
-            let end = layout.image_base();
-            let (m, v) = (&mut m[..end], &mut v[..end]);
-            adamw_step(&mut params[..end], &grads[..end], m, v, t, lr, wd);
-        }
-    }
-
-    /// One training step: the loss of a batch, the gradient of every parameter into `grads`
-    /// (overwritten), then AdamW on the parameters. AdamW is memory-bound, so it runs beside
-    /// compute-bound work: the image tower's right after its backward pass, while the text
-    /// tower's may still run; the text tower's at the start of the next step, beside the image
-    /// forward pass (which does not read it). `flush` applies that last one.
+    /// One training step: the loss of a batch, its gradient, and AdamW on the parameters.
+    /// Each weight matrix is updated inside its gradient's product (`wgrad`), once the
+    /// backward pass no longer reads it; the other tensors' gradients go into `grads`
+    /// (overwritten; the weights' too where the CPU lacks AVX2), then their update.
     #[allow(clippy::too_many_arguments)]
     pub fn train_step(
         &mut self,
@@ -275,34 +254,12 @@ impl Workspace {
         let k = layout.k;
         let image_base = layout.image_base();
         {
-            let [pt, pi, _] = by_tower(params, layout);
-            let [gt, _, _] = by_tower(grads, layout);
-            let [mt, _, _] = by_tower(adam.m, layout);
-            let [vt, _, _] = by_tower(adam.v, layout);
-            let (deferred, image) = (self.deferred.take(), &mut self.image);
+            let (text, image, p) = (&mut self.text, &mut self.image, &*params);
             rayon::join(
-                || {
-                    if let Some((t, lr, wd)) = deferred {
-                        adamw_step(pt, gt, mt, vt, t, lr, wd);
-                    }
-                },
-                || {
-                    let base = image_base;
-                    forward(image, layout, pi, base, Tower::Image, xi, n, drops, true)
-                },
+                || forward(text, layout, p, 0, Tower::Text, xt, n, drops, true),
+                || forward(image, layout, p, 0, Tower::Image, xi, n, drops, true),
             );
         }
-        forward(
-            &mut self.text,
-            layout,
-            params,
-            0,
-            Tower::Text,
-            xt,
-            n,
-            drops,
-            true,
-        );
         let s = params[layout.logit_scale];
         let (loss, ds) = self.info_nce(layout, s, n);
         grads[layout.logit_scale] = ds;
@@ -329,33 +286,44 @@ impl Workspace {
             &mut self.text_grad.d_out,
             false,
         );
+        let c = AdamStep::new(adam.lr, adam.wd, adam.t);
         let [pt, pi, ps] = by_tower(params, layout);
         let [gt, gi, gs] = by_tower(grads, layout);
+        let [mt, mi, ms] = by_tower(adam.m, layout);
+        let [vt, vi, vs] = by_tower(adam.v, layout);
         let (text, image) = (&self.text, &self.image);
         let (tg, ig) = (&mut self.text_grad, &mut self.image_grad);
-        let [_, mi, ms] = by_tower(adam.m, layout);
-        let [_, vi, vs] = by_tower(adam.v, layout);
-        let (t, lr, wd) = (adam.t, adam.lr, adam.wd);
+        let text_opt = Opt {
+            params: pt,
+            grads: gt,
+            m: mt,
+            v: vt,
+            c,
+        };
+        let image_opt = Opt {
+            params: pi,
+            grads: gi,
+            m: mi,
+            v: vi,
+            c,
+        };
         rayon::join(
-            || backward(text, tg, layout, pt, gt, 0, Tower::Text, xt, n, drops),
+            || backward(text, tg, layout, text_opt, 0, Tower::Text, xt, n, drops),
             || {
                 backward(
                     image,
                     ig,
                     layout,
-                    pi,
-                    gi,
+                    image_opt,
                     image_base,
                     Tower::Image,
                     xi,
                     n,
                     drops,
-                );
-                adamw_step(pi, gi, mi, vi, t, lr, wd);
+                )
             },
         );
-        adamw_step(ps, gs, ms, vs, t, lr, wd);
-        self.deferred = Some((t, lr, wd));
+        adamw_update(ps, gs, ms, vs, c);
         loss
     }
 }
@@ -378,16 +346,53 @@ pub struct AdamW<'a> {
     pub wd: f32,
 }
 
-/// Backward of one tower from `sc.d_out` (the gradient of its normalised embeddings) into
-/// `grads`, the tower's part of the flat gradient (every tensor of it is overwritten);
-/// `params` is the tower's part of the parameters; both start at flat offset `base`.
+/// One tower's part of the flat parameters, gradients and AdamW moments, all starting at the
+/// same flat offset, and the constants of this step's update.
+struct Opt<'a> {
+    params: &'a mut [f32],
+    grads: &'a mut [f32],
+    m: &'a mut [f32],
+    v: &'a mut [f32],
+    c: AdamStep,
+}
+
+impl Opt<'_> {
+    /// AdamW on the tensor at `range` (relative offsets) from its gradient in `grads`.
+    fn update(&mut self, range: std::ops::Range<usize>) {
+        let r = range;
+        let (p, g) = (&mut self.params[r.clone()], &self.grads[r.clone()]);
+        adamw_update(p, g, &mut self.m[r.clone()], &mut self.v[r], self.c);
+    }
+
+    /// AdamW on the k × din weight at `at` with the gradient δᵀ x, fused with its product.
+    #[allow(clippy::too_many_arguments)]
+    fn update_weight(
+        &mut self,
+        at: usize,
+        n: usize,
+        k: usize,
+        din: usize,
+        delta: &[f32],
+        x: &[f32],
+        packed: &mut Packed,
+    ) {
+        let r = at..at + k * din;
+        let (w, g) = (&mut self.params[r.clone()], &mut self.grads[r.clone()]);
+        let (m, v) = (&mut self.m[r.clone()], &mut self.v[r]);
+        weight_grad_adamw(n, k, din, delta, x, w, m, v, self.c, packed, g);
+    }
+}
+
+/// Backward of one tower from `sc.d_out` (the gradient of its normalised embeddings), with
+/// AdamW on each of its tensors as soon as the pass no longer reads it: a head's weight after
+/// the gradient of its input, its other tensors after the head. `opt` is the tower's part of
+/// the flat vectors, from flat offset `base`.
 #[allow(clippy::too_many_arguments)]
 fn backward(
     buf: &TowerBuf,
     sc: &mut Scratch,
     layout: &Layout,
-    params: &[f32],
-    grads: &mut [f32],
+    mut opt: Opt,
     base: usize,
     tower: Tower,
     x: &[f32],
@@ -414,9 +419,8 @@ fn backward(
             &buf.heads[i - 1].kept.y[..nk]
         };
         let drop = drops[site(tower, i)];
-        let gamma = &params[at(h.ln_w)..at(h.ln_w) + k];
         {
-            let (lo, hi) = grads.split_at_mut(at(h.ln_b));
+            let (lo, hi) = opt.grads.split_at_mut(at(h.ln_b));
             let (dgamma, dbeta) = (&mut lo[at(h.ln_w)..at(h.ln_w) + k], &mut hi[..k]);
             dgamma.fill(0.0);
             dbeta.fill(0.0);
@@ -433,71 +437,42 @@ fn backward(
             k,
             drop,
             &hb.kept.mask,
-            gamma,
+            &opt.params[at(h.ln_w)..at(h.ln_w) + k],
             &mut sc.d_next,
             &mut sc.delta,
         );
-        let fc_b = &mut grads[at(h.fc_b)..at(h.fc_b) + k];
+        let fc_b = &mut opt.grads[at(h.fc_b)..at(h.fc_b) + k];
         fc_b.fill(0.0);
         ops::add_col_sums(&sc.delta[..nk], k, fc_b);
+        let fc_w = at(h.fc_w)..at(h.fc_w) + k * k;
         match h.proj {
             None => {
-                ops::matmul_tn(
-                    k,
-                    h.din,
-                    n,
-                    &sc.delta,
-                    input,
-                    &mut grads[at(h.fc_w)..at(h.fc_w) + k * h.din],
-                    false,
-                );
                 if i > 0 {
-                    ops::matmul_nn(
-                        n,
-                        k,
-                        k,
-                        &sc.delta,
-                        &params[at(h.fc_w)..at(h.fc_w) + k * k],
-                        &mut sc.d_next,
-                        true,
-                    );
+                    let w = &opt.params[fc_w.clone()];
+                    ops::matmul_nn(n, k, k, &sc.delta, w, &mut sc.d_next, true);
+                }
+                let (delta, packed) = (&sc.delta[..nk], &mut sc.packed);
+                opt.update_weight(fc_w.start, n, k, h.din, delta, input, packed);
+                if i > 0 {
                     std::mem::swap(&mut sc.d_cur, &mut sc.d_next);
                 }
             }
             Some((pw, pb)) => {
-                ops::matmul_tn(
-                    k,
-                    k,
-                    n,
-                    &sc.delta,
-                    &hb.g,
-                    &mut grads[at(h.fc_w)..at(h.fc_w) + k * k],
-                    false,
-                );
-                ops::matmul_nn(
-                    n,
-                    k,
-                    k,
-                    &sc.delta,
-                    &params[at(h.fc_w)..at(h.fc_w) + k * k],
-                    &mut sc.tmp,
-                    false,
-                );
+                let w = &opt.params[fc_w.clone()];
+                ops::matmul_nn(n, k, k, &sc.delta, w, &mut sc.tmp, false);
+                let (delta, packed) = (&sc.delta[..nk], &mut sc.packed);
+                opt.update_weight(fc_w.start, n, k, k, delta, &hb.g[..nk], packed);
                 ops::gelu_backward_add(&sc.tmp[..nk], &hb.kept.dgelu[..nk], &mut sc.d_next[..nk]);
-                ops::matmul_tn(
-                    k,
-                    h.din,
-                    n,
-                    &sc.d_next,
-                    input,
-                    &mut grads[at(pw)..at(pw) + k * h.din],
-                    false,
-                );
-                let pb = &mut grads[at(pb)..at(pb) + k];
-                pb.fill(0.0);
-                ops::add_col_sums(&sc.d_next[..nk], k, pb);
+                let (dp, packed) = (&sc.d_next[..nk], &mut sc.packed);
+                opt.update_weight(at(pw), n, k, h.din, dp, input, packed);
+                let pb = at(pb)..at(pb) + k;
+                opt.grads[pb.clone()].fill(0.0);
+                ops::add_col_sums(&sc.d_next[..nk], k, &mut opt.grads[pb.clone()]);
+                opt.update(pb);
             }
         }
+        // fc.bias, layer_norm.weight and layer_norm.bias follow fc.weight in the layout.
+        opt.update(at(h.fc_b)..at(h.ln_b) + k);
     }
 }
 
@@ -550,7 +525,6 @@ fn forward(
                 );
             }
             Some((pw, pb)) => {
-                // g is free until GELU(p) goes into it: the projection's scratch.
                 ops::linear_forward(
                     n,
                     k,
@@ -559,7 +533,6 @@ fn forward(
                     &params[at(pw)..at(pw) + k * h.din],
                     &params[at(pb)..at(pb) + k],
                     &mut hb.a,
-                    &mut hb.g,
                 );
                 ops::gelu_forward(&hb.a[..nk], &mut hb.g[..nk], &mut hb.kept.dgelu, train);
                 ops::fill_rows(&mut hb.a2[..nk], &params[at(h.fc_b)..at(h.fc_b) + k]);

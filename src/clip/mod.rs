@@ -10,5 +10,6 @@ pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod train;
+pub mod wgrad;
 
 pub use model::Clip;

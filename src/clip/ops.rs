@@ -98,37 +98,65 @@ fn gemm_into(
     unsafe impl Sync for Dst {}
     let d = Dst(dst.as_mut_ptr());
     let columns = |c0: usize, c1: usize| {
-        let d = &d;
+        let (d, b) = (&d, b.offset(c0));
         // SAFETY: the asserts above bound every index the product touches.
-        unsafe {
-            gemm::gemm(
-                m,
-                c1 - c0,
-                k,
-                d.0.add(c0 * cs),
-                cs as isize,
-                rs as isize,
-                accumulate,
-                a.data.as_ptr(),
-                a.cs,
-                a.rs,
-                b.data.as_ptr().offset(c0 as isize * b.cs),
-                b.cs,
-                b.rs,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
+        unsafe { gemm_serial(m, c1 - c0, k, d.0.add(c0 * cs), (rs, cs), accumulate, a, b) }
     };
     if m * n * k >= PAR_GEMM && n >= 32 && rayon::current_num_threads() > 1 {
         let h = (n / 2).next_multiple_of(16);
         rayon::join(|| columns(0, h), || columns(h, n));
     } else {
         columns(0, n);
+    }
+}
+
+/// dst = [dst +] A·B on this thread, as `gemm_into` without its checks.
+///
+/// # Safety
+/// Every element of the m×n destination at `dst` (strides `rs`, `cs`) must be writable and
+/// no one else's, and `a`, `b` must span m×k and k×n.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_serial(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    (rs, cs): (usize, usize),
+    accumulate: bool,
+    a: Op,
+    b: Op,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        cs as isize,
+        rs as isize,
+        accumulate,
+        a.data.as_ptr(),
+        a.cs,
+        a.rs,
+        b.data.as_ptr(),
+        b.cs,
+        b.rs,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    );
+}
+
+impl<'a> Op<'a> {
+    /// The operand from column `c` on.
+    fn offset(self, c: usize) -> Op<'a> {
+        let at = (c as isize * self.cs) as usize;
+        Op {
+            data: &self.data[at.min(self.data.len())..],
+            ..self
+        }
     }
 }
 
@@ -222,12 +250,18 @@ pub fn matmul_nn(
     );
 }
 
+/// Rows of the weight per block of a wide projection's forward (`wide_linear_forward`).
+pub const PROJECTION_ROWS: usize = 32;
+
+/// Whether a Linear layer from `din` to `k` takes `wide_linear_forward`: its weight is much
+/// larger than a batch of its input.
+pub fn is_wide(k: usize, din: usize) -> bool {
+    din >= 2 * k
+}
+
 /// A Linear layer's forward: out (n×k) = bias + x (n×din) · wᵀ, w stored k×din (PyTorch's
-/// layout). gemm packs whichever operand is not laid out for its kernel, here w; when w is
-/// much larger than x (a wide projection, din ≥ 2k) and `scratch` holds n×k, the product is
-/// taken as its transpose into `scratch` instead, so that x is packed, and then transposed
-/// into `out`. Both ways add the same products in the same order: the same bits.
-#[allow(clippy::too_many_arguments)]
+/// layout); a wide one (`is_wide`) through `wide_linear_forward`. Both ways add the same
+/// products in the same order: the same bits.
 pub fn linear_forward(
     n: usize,
     k: usize,
@@ -236,40 +270,68 @@ pub fn linear_forward(
     w: &[f32],
     bias: &[f32],
     out: &mut [f32],
-    scratch: &mut [f32],
 ) {
-    if din < 2 * k || scratch.len() < n * k {
+    if is_wide(k, din) {
+        let rows = w[..k * din].par_chunks(PROJECTION_ROWS * din);
+        wide_linear_forward(n, k, din, x, rows, bias, out);
+    } else {
         fill_rows(&mut out[..n * k], bias);
         matmul_nt(n, k, din, x, w, out, true);
-        return;
     }
-    let t = &mut scratch[..n * k];
-    for (row, &b) in t.chunks_exact_mut(n).zip(bias) {
-        row.fill(b);
-    }
-    // t is n×k column-major: element (i, j) at t[j·n + i].
-    let x = Op {
-        data: x,
-        rs: din as isize,
-        cs: 1,
-    };
-    let w = Op {
-        data: w,
+}
+
+/// A wide Linear layer's forward, out (n×k) = bias + x (n×din) · wᵀ, in blocks of
+/// `PROJECTION_ROWS` rows of w (`w_rows`, in order), each on one thread: the block's columns of
+/// out, taken as their transpose (w's rows times xᵀ) so that gemm packs only the block, never
+/// the whole batch. A block's rows are read only when its product starts, so the caller can
+/// update them just before (the optimizer step fused with the forward), and the product then
+/// packs them from cache.
+pub fn wide_linear_forward<W>(
+    n: usize,
+    k: usize,
+    din: usize,
+    x: &[f32],
+    w_rows: impl IndexedParallelIterator<Item = W>,
+    bias: &[f32],
+    out: &mut [f32],
+) where
+    W: std::ops::Deref<Target = [f32]> + Send,
+{
+    assert!(
+        x.len() >= n * din && bias.len() >= k && out.len() >= n * k,
+        "wide_linear_forward: buffer too small"
+    );
+    assert_eq!(
+        w_rows.len(),
+        k.div_ceil(PROJECTION_ROWS),
+        "wide_linear_forward: blocks"
+    );
+    fill_rows(&mut out[..n * k], &bias[..k]);
+    struct Out(*mut f32);
+    // SAFETY: the blocks write disjoint columns of out.
+    unsafe impl Sync for Out {}
+    let dst = Out(out.as_mut_ptr());
+    let xt = Op {
+        data: &x[..n * din],
         rs: 1,
         cs: din as isize,
     };
-    gemm_into(n, k, din, t, (1, n), true, x, w);
-    // out = tᵀ, in 32 × 32 tiles.
-    const TILE: usize = 32;
-    for j0 in (0..k).step_by(TILE) {
-        for i0 in (0..n).step_by(TILE) {
-            for j in j0..(j0 + TILE).min(k) {
-                for i in i0..(i0 + TILE).min(n) {
-                    out[i * k + j] = t[j * n + i];
-                }
-            }
-        }
-    }
+    w_rows.enumerate().for_each(|(block, w)| {
+        let j0 = block * PROJECTION_ROWS;
+        let rows = PROJECTION_ROWS.min(k - j0);
+        assert!(
+            w.len() >= rows * din,
+            "wide_linear_forward: weight block too small"
+        );
+        let w = Op {
+            data: &w,
+            rs: din as isize,
+            cs: 1,
+        };
+        let dst = &dst;
+        // SAFETY: columns j0..j0 + rows of the n×k out, rows × din of w, din × n of xᵀ.
+        unsafe { gemm_serial(rows, n, din, dst.0.add(j0), (1, k), true, w, xt) }
+    });
 }
 
 /// Each row of `dst` (n×k) set to `bias`: the start of `y = b + x Wᵀ`.
@@ -907,17 +969,19 @@ mod tests {
 
     #[test]
     fn wide_linear_forward_gives_the_same_bits_as_the_plain_one() {
-        let (n, k, din) = (128, 64, 1100);
+        // Three blocks of w's rows, the last one short.
+        let (n, k, din) = (100, 72, 1100);
         let wave = |len: usize, s: usize| -> Vec<f32> {
             (0..len)
                 .map(|i| ((i * 7919 + s) % 2003) as f32 / 1001.0 - 1.0)
                 .collect()
         };
         let (x, w, bias) = (wave(n * din, 1), wave(k * din, 2), wave(k, 3));
-        let (mut plain, mut wide, mut scratch) =
-            (vec![0.0; n * k], vec![0.0; n * k], vec![0.0; n * k]);
-        linear_forward(n, k, din, &x, &w, &bias, &mut plain, &mut []);
-        linear_forward(n, k, din, &x, &w, &bias, &mut wide, &mut scratch);
+        let (mut plain, mut wide) = (vec![0.0; n * k], vec![0.0; n * k]);
+        assert!(is_wide(k, din));
+        fill_rows(&mut plain, &bias);
+        matmul_nt(n, k, din, &x, &w, &mut plain, true);
+        linear_forward(n, k, din, &x, &w, &bias, &mut wide);
         assert!(plain
             .iter()
             .zip(&wide)

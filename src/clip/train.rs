@@ -90,6 +90,28 @@ pub fn adam_scalars(lr: f32, t: u64) -> (f32, f32) {
     ((lr as f64 / bc1) as f32, bc2.sqrt() as f32)
 }
 
+/// The constants of AdamW step t (1-based).
+#[derive(Clone, Copy, Debug)]
+pub struct AdamStep {
+    /// lr / (1 − β1ᵗ).
+    pub step: f32,
+    /// √(1 − β2ᵗ).
+    pub bc2_sqrt: f32,
+    /// 1 − lr·wd.
+    pub decay: f32,
+}
+
+impl AdamStep {
+    pub fn new(lr: f32, wd: f32, t: u64) -> AdamStep {
+        let (step, bc2_sqrt) = adam_scalars(lr, t);
+        AdamStep {
+            step,
+            bc2_sqrt,
+            decay: 1.0 - lr * wd,
+        }
+    }
+}
+
 /// One AdamW step over the flat parameters, PyTorch's single-tensor update: p ← p(1 − lr·wd);
 /// m ← m + (1−β1)(g − m); v ← β2 v + (1−β2) g²; p ← p − step·m / (√v / √bc2 + eps).
 pub fn adamw_step(
@@ -101,28 +123,50 @@ pub fn adamw_step(
     lr: f32,
     wd: f32,
 ) {
-    let (step, bc2_sqrt) = adam_scalars(lr, t);
-    let decay = 1.0 - lr * wd;
+    adamw_step_with(params, grads, m, v, AdamStep::new(lr, wd, t));
+}
+
+/// `adamw_step` with its constants, over chunks in parallel.
+pub fn adamw_step_with(
+    params: &mut [f32],
+    grads: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    c: AdamStep,
+) {
     const CHUNK: usize = 1 << 14;
     params
         .par_chunks_mut(CHUNK)
         .zip(grads.par_chunks(CHUNK))
         .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
-        .for_each(|((p, g), (m, v))| {
-            ops::wide(
-                #[inline(always)]
-                || {
-                    for i in 0..p.len() {
-                        let gi = g[i];
-                        p[i] *= decay;
-                        m[i] += (1.0 - BETA1) * (gi - m[i]);
-                        v[i] = v[i] * BETA2 + (1.0 - BETA2) * gi * gi;
-                        let denom = v[i].sqrt() / bc2_sqrt + ADAM_EPS;
-                        p[i] -= step * (m[i] / denom);
-                    }
-                },
-            )
-        });
+        .for_each(|((p, g), (m, v))| adamw_update(p, g, m, v, c));
+}
+
+/// `adamw_step` on this thread.
+pub fn adamw_update(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], c: AdamStep) {
+    let n = params.len();
+    assert!(
+        grads.len() == n && m.len() == n && v.len() == n,
+        "AdamW: lengths differ"
+    );
+    ops::wide(
+        #[inline(always)]
+        || {
+            for i in 0..n {
+                adamw_one(&mut params[i], grads[i], &mut m[i], &mut v[i], c);
+            }
+        },
+    )
+}
+
+/// The update of one parameter.
+#[inline(always)]
+pub fn adamw_one(p: &mut f32, g: f32, m: &mut f32, v: &mut f32, c: AdamStep) {
+    *p *= c.decay;
+    *m += (1.0 - BETA1) * (g - *m);
+    *v = *v * BETA2 + (1.0 - BETA2) * g * g;
+    let denom = v.sqrt() / c.bc2_sqrt + ADAM_EPS;
+    *p -= c.step * (*m / denom);
 }
 
 /// The training rows of an epoch: in order, or a Fisher–Yates shuffle drawn from
@@ -572,7 +616,6 @@ pub fn train_cpu(
             batch_losses.push(loss);
             progress.batch()?;
         }
-        ws.flush(layout, &mut st.params, &grads, &mut st.m, &mut st.v);
         let train_loss = (sum / n_batches(order.len(), b).max(1) as f64) as f32;
         let val_loss = job.val.as_ref().map(|rows| {
             let m = Clip {
