@@ -157,6 +157,24 @@ fn ops(c: &mut Criterion) {
     g.bench_function(format!("adamw_step/{params}"), |b| {
         b.iter(|| niclip::clip::train::adamw_step(&mut p, &grad, &mut m, &mut v, 3, 5e-4, 0.1))
     });
+    // The text projection's weight gradient and AdamW step at width 4096, fused.
+    use niclip::clip::wgrad::{weight_grad_adamw, Packed};
+    let din = 4096;
+    let (delta, x) = (vec![0.01f32; n * K], vec![0.02f32; n * din]);
+    let (mut w, mut m, mut v, mut gf) = (
+        vec![0.1f32; K * din],
+        vec![0.0f32; K * din],
+        vec![0.0f32; K * din],
+        vec![0.0f32; K * din],
+    );
+    let mut packed = Packed::new(n, K, din);
+    let step = niclip::clip::train::AdamStep::new(5e-4, 0.1, 3);
+    g.bench_function(format!("weight_grad_adamw/{n}x{K}x{din}"), |b| {
+        b.iter(|| {
+            let (w, m, v) = (&mut w, &mut m, &mut v);
+            weight_grad_adamw(n, K, din, &delta, &x, w, m, v, step, &mut packed, &mut gf)
+        })
+    });
     g.finish();
 }
 

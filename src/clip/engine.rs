@@ -1,7 +1,8 @@
 //! Forward and backward passes of the whole model on the CPU, by hand: the towers head by head
 //! (GEMMs through `ops::matmul_*`, the elementwise work fused row by row), the symmetric
-//! InfoNCE loss, and the gradient of every parameter into one flat vector laid out as the
-//! parameters (so AdamW is one pass).
+//! InfoNCE loss, and AdamW on each tensor as soon as the backward pass no longer reads it: a
+//! weight inside its gradient's product (`wgrad`), the others from their gradients in a flat
+//! vector laid out as the parameters.
 
 use super::model::{Head, Layout};
 use super::ops::{self, Dropout};
