@@ -93,10 +93,7 @@ fn gemm_into(
         }
         return;
     }
-    struct Dst(*mut f32);
-    // SAFETY: the halves below write disjoint columns of dst.
-    unsafe impl Sync for Dst {}
-    let d = Dst(dst.as_mut_ptr());
+    let d = Disjoint(dst.as_mut_ptr());
     let columns = |c0: usize, c1: usize| {
         let (d, b) = (&d, b.offset(c0));
         // SAFETY: the asserts above bound every index the product touches.
@@ -109,6 +106,12 @@ fn gemm_into(
         columns(0, n);
     }
 }
+
+/// A destination that several threads write, each its own elements (the column halves of
+/// `gemm_into`, the blocks of `wide_linear_forward`).
+struct Disjoint(*mut f32);
+// SAFETY: every user writes elements no other thread writes.
+unsafe impl Sync for Disjoint {}
 
 /// dst = [dst +] A·B on this thread, as `gemm_into` without its checks.
 ///
@@ -251,11 +254,11 @@ pub fn matmul_nn(
 }
 
 /// Rows of the weight per block of a wide projection's forward (`wide_linear_forward`).
-pub const PROJECTION_ROWS: usize = 32;
+const PROJECTION_ROWS: usize = 32;
 
 /// Whether a Linear layer from `din` to `k` takes `wide_linear_forward`: its weight is much
 /// larger than a batch of its input.
-pub fn is_wide(k: usize, din: usize) -> bool {
+fn is_wide(k: usize, din: usize) -> bool {
     din >= 2 * k
 }
 
@@ -271,67 +274,43 @@ pub fn linear_forward(
     bias: &[f32],
     out: &mut [f32],
 ) {
+    fill_rows(&mut out[..n * k], bias);
     if is_wide(k, din) {
-        let rows = w[..k * din].par_chunks(PROJECTION_ROWS * din);
-        wide_linear_forward(n, k, din, x, rows, bias, out);
+        wide_linear_forward(n, k, din, x, w, out);
     } else {
-        fill_rows(&mut out[..n * k], bias);
         matmul_nt(n, k, din, x, w, out, true);
     }
 }
 
-/// A wide Linear layer's forward, out (n×k) = bias + x (n×din) · wᵀ, in blocks of
-/// `PROJECTION_ROWS` rows of w (`w_rows`, in order), each on one thread: the block's columns of
-/// out, taken as their transpose (w's rows times xᵀ) so that gemm packs only the block, never
-/// the whole batch. A block's rows are read only when its product starts, so the caller can
-/// update them just before (the optimizer step fused with the forward), and the product then
-/// packs them from cache.
-pub fn wide_linear_forward<W>(
-    n: usize,
-    k: usize,
-    din: usize,
-    x: &[f32],
-    w_rows: impl IndexedParallelIterator<Item = W>,
-    bias: &[f32],
-    out: &mut [f32],
-) where
-    W: std::ops::Deref<Target = [f32]> + Send,
-{
+/// out (n×k) += x (n×din) · wᵀ for a wide layer, in blocks of `PROJECTION_ROWS` rows of w, each
+/// on one thread: the block's columns of out, taken as their transpose (w's rows times xᵀ) so
+/// that gemm packs only the block, never the whole batch.
+fn wide_linear_forward(n: usize, k: usize, din: usize, x: &[f32], w: &[f32], out: &mut [f32]) {
     assert!(
-        x.len() >= n * din && bias.len() >= k && out.len() >= n * k,
+        x.len() >= n * din && w.len() >= k * din && out.len() >= n * k,
         "wide_linear_forward: buffer too small"
     );
-    assert_eq!(
-        w_rows.len(),
-        k.div_ceil(PROJECTION_ROWS),
-        "wide_linear_forward: blocks"
-    );
-    fill_rows(&mut out[..n * k], &bias[..k]);
-    struct Out(*mut f32);
-    // SAFETY: the blocks write disjoint columns of out.
-    unsafe impl Sync for Out {}
-    let dst = Out(out.as_mut_ptr());
+    let dst = Disjoint(out.as_mut_ptr());
     let xt = Op {
         data: &x[..n * din],
         rs: 1,
         cs: din as isize,
     };
-    w_rows.enumerate().for_each(|(block, w)| {
-        let j0 = block * PROJECTION_ROWS;
-        let rows = PROJECTION_ROWS.min(k - j0);
-        assert!(
-            w.len() >= rows * din,
-            "wide_linear_forward: weight block too small"
-        );
-        let w = Op {
-            data: &w,
-            rs: din as isize,
-            cs: 1,
-        };
-        let dst = &dst;
-        // SAFETY: columns j0..j0 + rows of the n×k out, rows × din of w, din × n of xᵀ.
-        unsafe { gemm_serial(rows, n, din, dst.0.add(j0), (1, k), true, w, xt) }
-    });
+    w[..k * din]
+        .par_chunks(PROJECTION_ROWS * din)
+        .enumerate()
+        .for_each(|(block, w)| {
+            let (j0, rows) = (block * PROJECTION_ROWS, w.len() / din);
+            let w = Op {
+                data: w,
+                rs: din as isize,
+                cs: 1,
+            };
+            let dst = &dst;
+            // SAFETY: columns j0..j0 + rows of the n×k out (no other block's), rows × din of
+            // w, din × n of xᵀ.
+            unsafe { gemm_serial(rows, n, din, dst.0.add(j0), (1, k), true, w, xt) }
+        });
 }
 
 /// Each row of `dst` (n×k) set to `bias`: the start of `y = b + x Wᵀ`.

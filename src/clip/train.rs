@@ -161,7 +161,7 @@ pub fn adamw_update(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f
 
 /// The update of one parameter.
 #[inline(always)]
-pub fn adamw_one(p: &mut f32, g: f32, m: &mut f32, v: &mut f32, c: AdamStep) {
+fn adamw_one(p: &mut f32, g: f32, m: &mut f32, v: &mut f32, c: AdamStep) {
     *p *= c.decay;
     *m += (1.0 - BETA1) * (g - *m);
     *v = *v * BETA2 + (1.0 - BETA2) * g * g;
