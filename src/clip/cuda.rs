@@ -896,7 +896,11 @@ fn train_group(
     let layout = jobs[0].init.layout.clone();
     let (mm, b, p) = (jobs.len(), cfg.batch, layout.len);
     let mut sw = Sweep::new(gpu, pairs, &layout, mm, b)?;
-    let keys: Vec<String> = jobs.iter().map(|j| j.key(pairs, cfg)).collect();
+    // Hashing the data takes a pass over it: only for the jobs with a checkpoint.
+    let keys: Vec<Option<String>> = jobs
+        .iter()
+        .map(|j| j.checkpoint.as_ref().map(|_| j.key(pairs, cfg)))
+        .collect();
     let mut states = Vec::with_capacity(mm);
     for (m, j) in jobs.iter().enumerate() {
         let mut st = j.start(pairs, cfg, resume)?;
@@ -1058,7 +1062,7 @@ fn train_group(
             || cfg.stop_after_batches.is_some()
         {
             for (m, j) in jobs.iter().enumerate() {
-                if let Some(path) = &j.checkpoint {
+                if let (Some(path), Some(key)) = (&j.checkpoint, &keys[m]) {
                     let mut st = states[m].clone();
                     st.best = sw.slice_to_host(&sw.best, m)?;
                     if !st.done {
@@ -1066,7 +1070,7 @@ fn train_group(
                         st.m = sw.slice_to_host(&sw.mom, m)?;
                         st.v = sw.slice_to_host(&sw.vel, m)?;
                     }
-                    st.save(path, &layout, &keys[m])?;
+                    st.save(path, &layout, key)?;
                 }
             }
             last_ckpt = Instant::now();

@@ -568,7 +568,8 @@ pub fn train_cpu(
             layout.d, layout.k, pairs.d, pairs.k
         )));
     }
-    let key = job.key(pairs, cfg);
+    // Hashing the data takes a pass over it: only for a checkpoint, which keeps the key.
+    let key = job.checkpoint.as_ref().map(|_| job.key(pairs, cfg));
     let mut st = job.start(pairs, cfg, resume)?;
     let skip = (st.epoch.min(cfg.epochs) * n_batches(job.train.len(), cfg.batch)) as u64;
     progress.bar.inc(skip);
@@ -630,8 +631,8 @@ pub fn train_cpu(
             st.epoch,
             val_loss.map_or(String::new(), |v| format!(" val {v:.4}"))
         ));
-        if let Some(p) = &job.checkpoint {
-            st.save(p, layout, &key)?;
+        if let (Some(p), Some(key)) = (&job.checkpoint, &key) {
+            st.save(p, layout, key)?;
         }
     }
     Ok(Outcome::from_state(
