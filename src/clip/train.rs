@@ -576,8 +576,9 @@ pub fn train_cpu(
     let b = cfg.batch;
     let mut ws = Workspace::new(layout, b);
     let mut grads = vec![0.0f32; layout.len];
-    let mut xt = vec![0.0f32; b * pairs.d];
-    let mut xi = vec![0.0f32; b * pairs.k];
+    // This batch's rows and the next one's, gathered while this one trains.
+    let (mut xt, mut xi) = (vec![0.0f32; b * pairs.d], vec![0.0f32; b * pairs.k]);
+    let (mut next_xt, mut next_xi) = (xt.clone(), xi.clone());
     let mut batch_losses = Vec::new();
     if st.epoch >= cfg.epochs {
         st.done = true;
@@ -585,9 +586,12 @@ pub fn train_cpu(
     while !st.done {
         let order = epoch_order(&job.train, cfg.shuffle, cfg.seed, job.model_id, st.epoch);
         let mut sum = 0.0f64;
-        for chunk in order.chunks(b) {
+        let mut chunks = order.chunks(b).peekable();
+        if let Some(first) = chunks.peek() {
+            pairs.gather(first, &mut xt, &mut xi);
+        }
+        while let Some(chunk) = chunks.next() {
             let n = chunk.len();
-            pairs.gather(chunk, &mut xt, &mut xi);
             let drops = cfg.dropouts(job.model_id, st.step);
             st.step += 1;
             let adam = AdamW {
@@ -597,16 +601,28 @@ pub fn train_cpu(
                 lr: cfg.lr,
                 wd: cfg.weight_decay,
             };
-            let loss = ws.train_step(
-                layout,
-                &mut st.params,
-                &mut grads,
-                adam,
-                &xt[..n * pairs.d],
-                &xi[..n * pairs.k],
-                n,
-                &drops,
+            let next = chunks.peek();
+            let (loss, ()) = rayon::join(
+                || {
+                    ws.train_step(
+                        layout,
+                        &mut st.params,
+                        &mut grads,
+                        adam,
+                        &xt[..n * pairs.d],
+                        &xi[..n * pairs.k],
+                        n,
+                        &drops,
+                    )
+                },
+                || {
+                    if let Some(next) = next {
+                        pairs.gather(next, &mut next_xt, &mut next_xi);
+                    }
+                },
             );
+            std::mem::swap(&mut xt, &mut next_xt);
+            std::mem::swap(&mut xi, &mut next_xi);
             if !loss.is_finite() {
                 return Err(Error::Usage(format!(
                     "the training loss became {loss} at epoch {}; lower --lr",
