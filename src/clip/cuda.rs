@@ -903,7 +903,7 @@ fn train_group(
         .collect();
     let mut states = Vec::with_capacity(mm);
     for (m, j) in jobs.iter().enumerate() {
-        let mut st = j.start(pairs, cfg, resume)?;
+        let mut st = j.start(keys[m].as_deref(), resume)?;
         if st.epoch >= cfg.epochs {
             st.done = true;
         }

@@ -390,11 +390,12 @@ impl Job {
         )
     }
 
-    /// The saved state when resuming from an existing checkpoint, else a fresh one.
-    pub fn start(&self, pairs: &Pairs, cfg: &TrainConfig, resume: bool) -> Result<ModelState> {
-        if let (true, Some(p)) = (resume, &self.checkpoint) {
+    /// The saved state when resuming from an existing checkpoint (whose key must be `key`,
+    /// this job's `key`), else a fresh one.
+    pub fn start(&self, key: Option<&str>, resume: bool) -> Result<ModelState> {
+        if let (true, Some(p), Some(key)) = (resume, &self.checkpoint, key) {
             if p.is_file() {
-                let st = ModelState::load(p, &self.init.layout, &self.key(pairs, cfg))?;
+                let st = ModelState::load(p, &self.init.layout, key)?;
                 eprintln!(
                     "resuming {} after epoch {}{}",
                     p.display(),
@@ -570,7 +571,7 @@ pub fn train_cpu(
     }
     // Hashing the data takes a pass over it: only for a checkpoint, which keeps the key.
     let key = job.checkpoint.as_ref().map(|_| job.key(pairs, cfg));
-    let mut st = job.start(pairs, cfg, resume)?;
+    let mut st = job.start(key.as_deref(), resume)?;
     let skip = (st.epoch.min(cfg.epochs) * n_batches(job.train.len(), cfg.batch)) as u64;
     progress.bar.inc(skip);
     let b = cfg.batch;
