@@ -2,7 +2,8 @@
 //! (GEMMs through `ops::matmul_*`, the elementwise work fused row by row), the symmetric
 //! InfoNCE loss, and AdamW on each tensor as soon as the backward pass no longer reads it: a
 //! weight inside its gradient's product (`wgrad`), the others from their gradients in a flat
-//! vector laid out as the parameters.
+//! vector laid out as the parameters. The text projection (the one wide product) runs alone on
+//! all threads; the rest of the two towers, forward and backward, side by side.
 
 use super::model::{Head, Layout};
 use super::ops::{self, Dropout};
@@ -196,6 +197,9 @@ impl Workspace {
             Tower::Text => &mut self.text,
             Tower::Image => &mut self.image,
         };
+        if tower == Tower::Text {
+            project(buf, layout, params, x, n);
+        }
         forward(buf, layout, params, 0, tower, x, n, drops, false);
     }
 
@@ -214,6 +218,7 @@ impl Workspace {
         // The two towers at once. No backward pass follows (`train_step` runs its own
         // forward), so nothing is kept.
         let (text, image) = (&mut self.text, &mut self.image);
+        project(text, layout, params, xt, n);
         rayon::join(
             || forward(text, layout, params, 0, Tower::Text, xt, n, drops, false),
             || forward(image, layout, params, 0, Tower::Image, xi, n, drops, false),
@@ -256,6 +261,7 @@ impl Workspace {
         let image_base = layout.image_base();
         {
             let (text, image, p) = (&mut self.text, &mut self.image, &*params);
+            project(text, layout, p, xt, n);
             rayon::join(
                 || forward(text, layout, p, 0, Tower::Text, xt, n, drops, true),
                 || forward(image, layout, p, 0, Tower::Image, xi, n, drops, true),
@@ -294,14 +300,14 @@ impl Workspace {
         let [vt, vi, vs] = by_tower(adam.v, layout);
         let (text, image) = (&self.text, &self.image);
         let (tg, ig) = (&mut self.text_grad, &mut self.image_grad);
-        let text_opt = Opt {
+        let mut text_opt = Opt {
             params: pt,
             grads: gt,
             m: mt,
             v: vt,
             c,
         };
-        let image_opt = Opt {
+        let mut image_opt = Opt {
             params: pi,
             grads: gi,
             m: mi,
@@ -309,13 +315,25 @@ impl Workspace {
             c,
         };
         rayon::join(
-            || backward(text, tg, layout, text_opt, 0, Tower::Text, xt, n, drops),
+            || {
+                backward(
+                    text,
+                    tg,
+                    layout,
+                    &mut text_opt,
+                    0,
+                    Tower::Text,
+                    xt,
+                    n,
+                    drops,
+                )
+            },
             || {
                 backward(
                     image,
                     ig,
                     layout,
-                    image_opt,
+                    &mut image_opt,
                     image_base,
                     Tower::Image,
                     xi,
@@ -324,6 +342,7 @@ impl Workspace {
                 )
             },
         );
+        update_projection(&mut text_opt, tg, layout, xt, n);
         adamw_update(ps, gs, ms, vs, c);
         loss
     }
@@ -386,14 +405,15 @@ impl Opt<'_> {
 
 /// Backward of one tower from `sc.d_out` (the gradient of its normalised embeddings), with
 /// AdamW on each of its tensors as soon as the pass no longer reads it: a head's weight after
-/// the gradient of its input, its other tensors after the head. `opt` is the tower's part of
-/// the flat vectors, from flat offset `base`.
+/// the gradient of its input, its other tensors after the head. The text projection's weight
+/// and bias are left to `update_projection`. `opt` is the tower's part of the flat vectors,
+/// from flat offset `base`.
 #[allow(clippy::too_many_arguments)]
 fn backward(
     buf: &TowerBuf,
     sc: &mut Scratch,
     layout: &Layout,
-    mut opt: Opt,
+    opt: &mut Opt,
     base: usize,
     tower: Tower,
     x: &[f32],
@@ -458,23 +478,48 @@ fn backward(
                     std::mem::swap(&mut sc.d_cur, &mut sc.d_next);
                 }
             }
-            Some((pw, pb)) => {
+            Some(_) => {
                 let w = &opt.params[fc_w.clone()];
                 ops::matmul_nn(n, k, k, &sc.delta, w, &mut sc.tmp, false);
                 let (delta, packed) = (&sc.delta[..nk], &mut sc.packed);
                 opt.update_weight(fc_w.start, n, k, k, delta, &hb.g[..nk], packed);
+                // d_next ← dp, for `update_projection`.
                 ops::gelu_backward_add(&sc.tmp[..nk], &hb.kept.dgelu[..nk], &mut sc.d_next[..nk]);
-                let (dp, packed) = (&sc.d_next[..nk], &mut sc.packed);
-                opt.update_weight(at(pw), n, k, h.din, dp, input, packed);
-                let pb = at(pb)..at(pb) + k;
-                opt.grads[pb.clone()].fill(0.0);
-                ops::add_col_sums(&sc.d_next[..nk], k, &mut opt.grads[pb.clone()]);
-                opt.update(pb);
             }
         }
         // fc.bias, layer_norm.weight and layer_norm.bias follow fc.weight in the layout.
         opt.update(at(h.fc_b)..at(h.ln_b) + k);
     }
+}
+
+/// The flat offsets of the text projection's weight and bias, and its input width.
+fn projection(layout: &Layout) -> (usize, usize, usize) {
+    let h = &layout.text[0];
+    let (pw, pb) = h
+        .proj
+        .expect("the text tower starts with the projection head");
+    (pw, pb, h.din)
+}
+
+/// The text tower's projection Linear, p = b + x Wᵀ, into its first head's `a`. It runs on
+/// its own, on all threads, before the rest of both towers side by side: those are two
+/// chains of small products that balance each other, one per core.
+fn project(buf: &mut TowerBuf, layout: &Layout, params: &[f32], x: &[f32], n: usize) {
+    let (k, (pw, pb, d)) = (layout.k, projection(layout));
+    let w = &params[pw..pw + k * d];
+    ops::linear_forward(n, k, d, x, w, &params[pb..pb + k], &mut buf.heads[0].a);
+}
+
+/// AdamW on the text projection's weight and bias from dp (left in `sc.d_next` by `backward`):
+/// like `project`, on all threads once both towers' backward passes are done.
+fn update_projection(opt: &mut Opt, sc: &mut Scratch, layout: &Layout, x: &[f32], n: usize) {
+    let (k, (pw, pb, d)) = (layout.k, projection(layout));
+    let (dp, packed) = (&sc.d_next[..n * k], &mut sc.packed);
+    opt.update_weight(pw, n, k, d, dp, x, packed);
+    let pb = pb..pb + k;
+    opt.grads[pb.clone()].fill(0.0);
+    ops::add_col_sums(dp, k, &mut opt.grads[pb.clone()]);
+    opt.update(pb);
 }
 
 /// Forward of one tower on `x` (n × din, already L2-normalised) into `buf`; `train` keeps
@@ -525,16 +570,8 @@ fn forward(
                     train,
                 );
             }
-            Some((pw, pb)) => {
-                ops::linear_forward(
-                    n,
-                    k,
-                    h.din,
-                    input,
-                    &params[at(pw)..at(pw) + k * h.din],
-                    &params[at(pb)..at(pb) + k],
-                    &mut hb.a,
-                );
+            Some(_) => {
+                // hb.a holds p (`project`).
                 ops::gelu_forward(&hb.a[..nk], &mut hb.g[..nk], &mut hb.kept.dgelu, train);
                 ops::fill_rows(&mut hb.a2[..nk], &params[at(h.fc_b)..at(h.fc_b) + k]);
                 ops::matmul_nt(
