@@ -215,7 +215,7 @@ impl Workspace {
         drops: &Dropouts,
     ) -> f32 {
         self.check_rows(n);
-        // The two towers at once. No backward pass follows (`train_step` runs its own
+        // The projection, then the two towers at once. No backward pass follows (`train_step` runs its own
         // forward), so nothing is kept.
         let (text, image) = (&mut self.text, &mut self.image);
         project(text, layout, params, xt, n);
@@ -523,7 +523,8 @@ fn update_projection(opt: &mut Opt, sc: &mut Scratch, layout: &Layout, x: &[f32]
 }
 
 /// Forward of one tower on `x` (n × din, already L2-normalised) into `buf`; `train` keeps
-/// what the backward pass needs. `params` starts at flat offset `base`.
+/// what the backward pass needs. `params` starts at flat offset `base`. The text tower's
+/// projection must have run first (`project`).
 #[allow(clippy::too_many_arguments)]
 fn forward(
     buf: &mut TowerBuf,
