@@ -34,11 +34,57 @@ impl Packed {
     }
 }
 
+/// Which kernel takes the weight gradient: tiles for the CPU's widest vectors, or gemm into a
+/// full gradient then AdamW where there are neither AVX2 nor FMA.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Tiles {
+    Avx512,
+    Avx2,
+    Gemm,
+}
+
+impl Tiles {
+    fn detect() -> Tiles {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") {
+                return if has!("avx512f") {
+                    Tiles::Avx512
+                } else {
+                    Tiles::Avx2
+                };
+            }
+        }
+        Tiles::Gemm
+    }
+}
+
 /// AdamW on the weights `w` (k × din) of a Linear layer with the gradient g = δᵀ x, δ the
 /// gradient of its output (n × k) and x its input (n × din); `m`, `v` the moments of `w`.
 /// Without AVX2 and FMA, g is taken by gemm into `g_fallback` (k × din) and then applied.
 #[allow(clippy::too_many_arguments)]
 pub fn weight_grad_adamw(
+    n: usize,
+    k: usize,
+    din: usize,
+    delta: &[f32],
+    x: &[f32],
+    w: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    c: AdamStep,
+    packed: &mut Packed,
+    g_fallback: &mut [f32],
+) {
+    let tiles = Tiles::detect();
+    weight_grad_adamw_on(tiles, n, k, din, delta, x, w, m, v, c, packed, g_fallback)
+}
+
+/// `weight_grad_adamw` with the kernel chosen (`tiles` must be one the CPU has).
+#[allow(clippy::too_many_arguments)]
+fn weight_grad_adamw_on(
+    tiles: Tiles,
     n: usize,
     k: usize,
     din: usize,
@@ -61,7 +107,7 @@ pub fn weight_grad_adamw(
         "weight_grad_adamw: moments"
     );
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if tiles != Tiles::Gemm {
         let rows = k.next_multiple_of(TILE_ROWS);
         assert!(
             packed.delta.len() >= n * rows && packed.x.len() >= n * din,
@@ -75,8 +121,14 @@ pub fn weight_grad_adamw(
             .zip(v.par_chunks_mut(TASK_ROWS * din))
             .enumerate()
             .for_each(|(task, ((w, m), v))| {
-                // SAFETY: the CPU has AVX2 and FMA; the slices hold what `task_avx2` reads.
-                unsafe { task_avx2(n, k, din, task * TASK_ROWS, delta, x, dp, xp, w, m, v, c) }
+                let r0 = task * TASK_ROWS;
+                if tiles == Tiles::Avx512 {
+                    // SAFETY: the CPU has AVX-512F; the slices hold what `task_avx512` reads.
+                    unsafe { task_avx512(n, k, din, r0, delta, x, dp, xp, w, m, v, c) }
+                } else {
+                    // SAFETY: the CPU has AVX2 and FMA; the slices hold what `task_avx2` reads.
+                    unsafe { task_avx2(n, k, din, r0, delta, x, dp, xp, w, m, v, c) }
+                }
             });
         return;
     }
@@ -114,8 +166,8 @@ fn pack(n: usize, k: usize, din: usize, delta: &[f32], x: &[f32], dp: &mut [f32]
         });
 }
 
-/// The rows `r0..` of one task (`w`, `m`, `v` hold them, din wide): full column panels by
-/// tiles, then the last `din % 16` columns one element at a time.
+/// The rows `r0..` of one task (`w`, `m`, `v` hold them, din wide) with AVX2: each full
+/// column panel by 6 × 16 tiles.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -133,18 +185,11 @@ unsafe fn task_avx2(
     v: &mut [f32],
     c: AdamStep,
 ) {
-    let rows = w.len() / din;
-    thread_local! {
-        static G: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    G.with_borrow_mut(|g| {
-        g.resize(rows * din, 0.0);
-        let g = &mut g[..rows * din];
+    task(n, k, din, r0, delta, x, w, m, v, c, |g, rows| {
         for panel in 0..din / TILE_COLS {
             let xs = &xp[panel * n * TILE_COLS..(panel + 1) * n * TILE_COLS];
             for t0 in (0..rows).step_by(TILE_ROWS) {
-                let q = (r0 + t0) / TILE_ROWS;
-                let ds = &dp[q * n * TILE_ROWS..(q + 1) * n * TILE_ROWS];
+                let ds = delta_panel(n, dp, r0 + t0);
                 let g = &mut g[t0 * din + panel * TILE_COLS..];
                 match rows - t0 {
                     1 => tile::<1>(n, din, ds, xs, g),
@@ -156,6 +201,79 @@ unsafe fn task_avx2(
                 }
             }
         }
+    })
+}
+
+/// As `task_avx2` with AVX-512: 6 × 64 tiles (24 of the 32 registers accumulate) over four
+/// column panels at a time, then the last one to three panels.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn task_avx512(
+    n: usize,
+    k: usize,
+    din: usize,
+    r0: usize,
+    delta: &[f32],
+    x: &[f32],
+    dp: &[f32],
+    xp: &[f32],
+    w: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    c: AdamStep,
+) {
+    task(n, k, din, r0, delta, x, w, m, v, c, |g, rows| {
+        let panels = din / TILE_COLS;
+        for p0 in (0..panels).step_by(4) {
+            let xs = &xp[p0 * n * TILE_COLS..];
+            for t0 in (0..rows).step_by(TILE_ROWS) {
+                let ds = delta_panel(n, dp, r0 + t0);
+                let g = &mut g[t0 * din + p0 * TILE_COLS..];
+                let r = (rows - t0).min(TILE_ROWS);
+                match panels - p0 {
+                    1 => tile512_rows::<1>(r, n, din, ds, xs, g),
+                    2 => tile512_rows::<2>(r, n, din, ds, xs, g),
+                    3 => tile512_rows::<3>(r, n, din, ds, xs, g),
+                    _ => tile512_rows::<4>(r, n, din, ds, xs, g),
+                }
+            }
+        }
+    })
+}
+
+/// The packed δ of the 6 weight rows from `r` (a multiple of 6).
+#[inline(always)]
+fn delta_panel(n: usize, dp: &[f32], r: usize) -> &[f32] {
+    let q = r / TILE_ROWS;
+    &dp[q * n * TILE_ROWS..(q + 1) * n * TILE_ROWS]
+}
+
+/// What both tasks share: `full_panels(g, rows)` fills g's full column panels, then the last
+/// `din % 16` columns are summed one element at a time, and the rows get their update.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn task(
+    n: usize,
+    k: usize,
+    din: usize,
+    r0: usize,
+    delta: &[f32],
+    x: &[f32],
+    w: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    c: AdamStep,
+    full_panels: impl FnOnce(&mut [f32], usize),
+) {
+    let rows = w.len() / din;
+    thread_local! {
+        static G: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    G.with_borrow_mut(|g| {
+        g.resize(rows * din, 0.0);
+        let g = &mut g[..rows * din];
+        full_panels(g, rows);
         for j in din / TILE_COLS * TILE_COLS..din {
             for r in 0..rows {
                 let mut s = 0.0f32;
@@ -194,6 +312,62 @@ unsafe fn tile<const R: usize>(n: usize, din: usize, ds: &[f32], xs: &[f32], g: 
     }
 }
 
+/// `tile512::<R, V>` for the run-time row count `r` (1 to 6).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile512_rows<const V: usize>(
+    r: usize,
+    n: usize,
+    din: usize,
+    ds: &[f32],
+    xs: &[f32],
+    g: &mut [f32],
+) {
+    match r {
+        1 => tile512::<1, V>(n, din, ds, xs, g),
+        2 => tile512::<2, V>(n, din, ds, xs, g),
+        3 => tile512::<3, V>(n, din, ds, xs, g),
+        4 => tile512::<4, V>(n, din, ds, xs, g),
+        5 => tile512::<5, V>(n, din, ds, xs, g),
+        _ => tile512::<TILE_ROWS, V>(n, din, ds, xs, g),
+    }
+}
+
+/// One R × 16V tile of g = δᵀ x over V consecutive 16-column panels of the packed x (each
+/// n × 16, one 16-lane vector a row), the same fused multiply-adds in the same order as `tile`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile512<const R: usize, const V: usize>(
+    n: usize,
+    din: usize,
+    ds: &[f32],
+    xs: &[f32],
+    g: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    assert!(ds.len() >= n * TILE_ROWS && xs.len() >= V * n * TILE_COLS);
+    assert!(g.len() >= (R - 1) * din + V * TILE_COLS);
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
+    let (dptr, xptr) = (ds.as_ptr(), xs.as_ptr());
+    for p in 0..n {
+        let mut xv = [_mm512_setzero_ps(); V];
+        for (c, xv) in xv.iter_mut().enumerate() {
+            *xv = _mm512_loadu_ps(xptr.add((c * n + p) * TILE_COLS));
+        }
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let d = _mm512_set1_ps(*dptr.add(p * TILE_ROWS + r));
+            for (acc, xv) in acc.iter_mut().zip(&xv) {
+                *acc = _mm512_fmadd_ps(d, *xv, *acc);
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        for (c, acc) in acc.iter().enumerate() {
+            _mm512_storeu_ps(g.as_mut_ptr().add(r * din + c * TILE_COLS), *acc);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,7 +383,17 @@ mod tests {
     fn fused_update_gives_the_bits_of_gemm_then_adamw() {
         // Row and column tails (k % 6, din % 16), a batch shorter than a tile's depth, and
         // a task boundary (k > 48).
-        for (n, k, din) in [(50, 13, 37), (128, 20, 64), (7, 55, 16)] {
+        // Widths of 1, 2, 4 and 4 + 3 full 16-column panels, for AVX-512's 1 to 4 at a time.
+        let mut kernels = vec![Tiles::Gemm];
+        match Tiles::detect() {
+            Tiles::Avx512 => kernels.extend([Tiles::Avx2, Tiles::Avx512]),
+            Tiles::Avx2 => kernels.push(Tiles::Avx2),
+            Tiles::Gemm => {}
+        }
+        for (tiles, (n, k, din)) in kernels
+            .into_iter()
+            .flat_map(|t| [(50, 13, 37), (128, 20, 64), (7, 55, 16), (33, 8, 112)].map(|s| (t, s)))
+        {
             let (delta, x) = (wave(n * k, 1), wave(n * din, 2));
             let mut delta = delta;
             // Dropped activations leave exact zeros in δ.
@@ -223,7 +407,8 @@ mod tests {
             let (mut w, mut m, mut v) = (w0.clone(), m0.clone(), v0.clone());
             let mut g = vec![0.0; k * din];
             let mut packed = Packed::new(n, k, din);
-            weight_grad_adamw(
+            weight_grad_adamw_on(
+                tiles,
                 n,
                 k,
                 din,
@@ -244,7 +429,7 @@ mod tests {
                 |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(
                 same(&w, &we) && same(&m, &me) && same(&v, &ve),
-                "{n}×{k}×{din}"
+                "{tiles:?} {n}×{k}×{din}"
             );
             // And the update moved the weights (the gradient was not zero).
             assert!(w.iter().zip(&wave(k * din, 3)).any(|(a, b)| a != b));
