@@ -251,7 +251,7 @@ impl Gguf {
                         ),
                     )
                 })?;
-                if n % be != 0 {
+                if !n.is_multiple_of(be) {
                     return Err(Error::input(path, format!("tensor {} has {n} elements, not a whole number of blocks", t.name)));
                 }
                 let start = self.data_start + t.offset;
