@@ -117,7 +117,7 @@ fn gemm_into(
 }
 
 /// A destination that several threads write, each its own elements (the column halves of
-/// `gemm_into`, the blocks of `wide_linear_forward`).
+/// `gemm_into`, the row blocks of `transpose`).
 struct Disjoint(*mut f32);
 // SAFETY: every user writes elements no other thread writes.
 unsafe impl Sync for Disjoint {}
@@ -262,9 +262,6 @@ pub fn matmul_nn(
     );
 }
 
-/// Rows of the weight per block of a wide projection's forward (`wide_linear_forward`).
-const PROJECTION_ROWS: usize = 32;
-
 /// Whether a Linear layer from `din` to `k` takes `wide_linear_forward`: its weight is much
 /// larger than a batch of its input.
 fn is_wide(k: usize, din: usize) -> bool {
@@ -283,43 +280,82 @@ pub fn linear_forward(
     bias: &[f32],
     out: &mut [f32],
 ) {
-    fill_rows(&mut out[..n * k], bias);
     if is_wide(k, din) {
-        wide_linear_forward(n, k, din, x, w, out);
+        wide_linear_forward(n, k, din, x, w, bias, out);
     } else {
+        fill_rows(&mut out[..n * k], bias);
         matmul_nt(n, k, din, x, w, out, true);
     }
 }
 
-/// out (n×k) += x (n×din) · wᵀ for a wide layer, in blocks of `PROJECTION_ROWS` rows of w, each
-/// on one thread: the block's columns of out, taken as their transpose (w's rows times xᵀ) so
-/// that gemm packs only the block, never the whole batch.
-fn wide_linear_forward(n: usize, k: usize, din: usize, x: &[f32], w: &[f32], out: &mut [f32]) {
+/// `linear_forward` for a wide layer, taken column-major: outᵀ = bias + (xᵀ as the left
+/// operand) · wᵀ. As x · wᵀ, gemm would pack the row-major w (8 MB at 4096 → 512) element by
+/// element every step; this way it reads w's rows in place and packs nothing, and only the
+/// batch is transposed in (vectors) and the output back out. The column halves of outᵀ run
+/// side by side, as `gemm_into`'s.
+fn wide_linear_forward(
+    n: usize,
+    k: usize,
+    din: usize,
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    out: &mut [f32],
+) {
     assert!(
-        x.len() >= n * din && w.len() >= k * din && out.len() >= n * k,
+        x.len() >= n * din && w.len() >= k * din && bias.len() == k && out.len() >= n * k,
         "wide_linear_forward: buffer too small"
     );
-    let dst = Disjoint(out.as_mut_ptr());
-    let xt = Op {
-        data: &x[..n * din],
-        rs: 1,
-        cs: din as isize,
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+            const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    }
+    let mut run = |(xt, ot): &mut (Vec<f32>, Vec<f32>)| {
+        xt.resize(n * din, 0.0);
+        ot.resize(n * k, 0.0);
+        transpose(n, din, &x[..n * din], xt);
+        for (row, &b) in ot.chunks_exact_mut(n).zip(bias) {
+            row.fill(b);
+        }
+        let xt = Op {
+            data: xt,
+            rs: 1,
+            cs: n as isize,
+        };
+        let wt = Op {
+            data: &w[..k * din],
+            rs: 1,
+            cs: din as isize,
+        };
+        gemm_into(n, k, din, ot, (1, n), true, xt, wt);
+        transpose(k, n, ot, &mut out[..n * k]);
     };
-    w[..k * din]
-        .par_chunks(PROJECTION_ROWS * din)
-        .enumerate()
-        .for_each(|(block, w)| {
-            let (j0, rows) = (block * PROJECTION_ROWS, w.len() / din);
-            let w = Op {
-                data: w,
-                rs: din as isize,
-                cs: 1,
-            };
-            let dst = &dst;
-            // SAFETY: columns j0..j0 + rows of the n×k out (no other block's), rows × din of
-            // w, din × n of xᵀ.
-            unsafe { gemm_serial(rows, n, din, dst.0.add(j0), (1, k), true, w, xt) }
-        });
+    // A thread that steals a job while it waits inside `run` may come back here: it then
+    // takes fresh scratch rather than the borrowed one.
+    SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut s) => run(&mut s),
+        Err(_) => run(&mut Default::default()),
+    });
+}
+
+/// at (c×r) = aᵀ for a (r×c), by 16 × 16 blocks (both sides' lines stay in cache), the
+/// blocks' rows split over the pool.
+fn transpose(r: usize, c: usize, a: &[f32], at: &mut [f32]) {
+    const B: usize = 16;
+    let at = Disjoint(at.as_mut_ptr());
+    (0..r.div_ceil(B)).into_par_iter().for_each(|bi| {
+        let at = &at;
+        let rows = bi * B..(bi * B + B).min(r);
+        for j0 in (0..c).step_by(B) {
+            for i in rows.clone() {
+                for j in j0..(j0 + B).min(c) {
+                    // SAFETY: (j, i) lies in the c × r destination, and only this block's
+                    // rows i write it.
+                    unsafe { *at.0.add(j * r + i) = a[i * c + j] };
+                }
+            }
+        }
+    });
 }
 
 /// Each row of `dst` (n×k) set to `bias`: the start of `y = b + x Wᵀ`.
@@ -957,7 +993,7 @@ mod tests {
 
     #[test]
     fn wide_linear_forward_gives_the_same_bits_as_the_plain_one() {
-        // Three blocks of w's rows, the last one short.
+        // A batch and widths that are not multiples of 16 (transpose blocks, gemm lanes).
         let (n, k, din) = (100, 72, 1100);
         let wave = |len: usize, s: usize| -> Vec<f32> {
             (0..len)
