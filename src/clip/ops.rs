@@ -291,8 +291,8 @@ pub fn linear_forward(
 /// `linear_forward` for a wide layer, taken column-major: outᵀ = bias + (xᵀ as the left
 /// operand) · wᵀ. As x · wᵀ, gemm would pack the row-major w (8 MB at 4096 → 512) element by
 /// element every step; this way it reads w's rows in place and packs nothing, and only the
-/// batch is transposed in (vectors) and the output back out. The column halves of outᵀ run
-/// side by side, as `gemm_into`'s.
+/// batch is transposed in (2 MB at 4096) and the output back out. The column halves of outᵀ
+/// run side by side, as `gemm_into`'s.
 fn wide_linear_forward(
     n: usize,
     k: usize,
@@ -342,6 +342,10 @@ fn wide_linear_forward(
 /// blocks' rows split over the pool.
 fn transpose(r: usize, c: usize, a: &[f32], at: &mut [f32]) {
     const B: usize = 16;
+    assert!(
+        a.len() >= r * c && at.len() >= r * c,
+        "transpose: buffer too small"
+    );
     let at = Disjoint(at.as_mut_ptr());
     (0..r.div_ceil(B)).into_par_iter().for_each(|bi| {
         let at = &at;
