@@ -17,6 +17,32 @@ const PAR_GEMM: usize = 1 << 18;
 /// Rows per rayon task in the row-wise kernels.
 const ROWS_PER_TASK: usize = 16;
 
+/// The widest vectors of this CPU that the CLIP kernels have a path for: AVX-512F, AVX2 with
+/// FMA, or baseline x86-64 (and other architectures).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Vectors {
+    Avx512,
+    Avx2,
+    Baseline,
+}
+
+impl Vectors {
+    pub fn detect() -> Vectors {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") {
+                return if has!("avx512f") {
+                    Vectors::Avx512
+                } else {
+                    Vectors::Avx2
+                };
+            }
+        }
+        Vectors::Baseline
+    }
+}
+
 /// Runs `f` compiled for AVX-512 or AVX2 and FMA when the CPU has them, so the row loops
 /// inside run 16 or 8 lanes wide instead of baseline x86-64's 4. Rust never contracts
 /// `a * b + c` into an FMA and never reorders float sums, so every path gives the same bits.
@@ -24,7 +50,6 @@ const ROWS_PER_TASK: usize = 16;
 pub fn wide<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::arch::is_x86_feature_detected as has;
         #[target_feature(enable = "avx512f,avx2,fma")]
         unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
             f()
@@ -33,14 +58,12 @@ pub fn wide<R>(f: impl FnOnce() -> R) -> R {
         unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
             f()
         }
-        if has!("avx2") && has!("fma") {
-            return if has!("avx512f") {
-                // SAFETY: the CPU has the features `avx512` is compiled for.
-                unsafe { avx512(f) }
-            } else {
-                // SAFETY: the CPU has the features `avx2` is compiled for.
-                unsafe { avx2(f) }
-            };
+        match Vectors::detect() {
+            // SAFETY: the CPU has the features `avx512` is compiled for.
+            Vectors::Avx512 => return unsafe { avx512(f) },
+            // SAFETY: the CPU has the features `avx2` is compiled for.
+            Vectors::Avx2 => return unsafe { avx2(f) },
+            Vectors::Baseline => {}
         }
     }
     f()

@@ -5,7 +5,7 @@
 //! and v stream in order. The sums are the same fused multiply-adds in the same order as
 //! gemm's, and the update is `train::adamw_update`, so the bits are those of the two run apart.
 
-use super::ops;
+use super::ops::{self, Vectors};
 use super::train::AdamStep;
 use rayon::prelude::*;
 
@@ -34,32 +34,6 @@ impl Packed {
     }
 }
 
-/// Which kernel takes the weight gradient: tiles for the CPU's widest vectors, or gemm into a
-/// full gradient then AdamW where there are neither AVX2 nor FMA.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Tiles {
-    Avx512,
-    Avx2,
-    Gemm,
-}
-
-impl Tiles {
-    fn detect() -> Tiles {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            if has!("avx2") && has!("fma") {
-                return if has!("avx512f") {
-                    Tiles::Avx512
-                } else {
-                    Tiles::Avx2
-                };
-            }
-        }
-        Tiles::Gemm
-    }
-}
-
 /// AdamW on the weights `w` (k × din) of a Linear layer with the gradient g = δᵀ x, δ the
 /// gradient of its output (n × k) and x its input (n × din); `m`, `v` the moments of `w`.
 /// Without AVX2 and FMA, g is taken by gemm into `g_fallback` (k × din) and then applied.
@@ -77,14 +51,14 @@ pub fn weight_grad_adamw(
     packed: &mut Packed,
     g_fallback: &mut [f32],
 ) {
-    let tiles = Tiles::detect();
-    weight_grad_adamw_on(tiles, n, k, din, delta, x, w, m, v, c, packed, g_fallback)
+    let vectors = Vectors::detect();
+    weight_grad_adamw_on(vectors, n, k, din, delta, x, w, m, v, c, packed, g_fallback)
 }
 
-/// `weight_grad_adamw` with the kernel chosen (`tiles` must be one the CPU has).
+/// `weight_grad_adamw` on the tiles for `vectors` (ones the CPU has), gemm on `Baseline`.
 #[allow(clippy::too_many_arguments)]
 fn weight_grad_adamw_on(
-    tiles: Tiles,
+    vectors: Vectors,
     n: usize,
     k: usize,
     din: usize,
@@ -107,7 +81,7 @@ fn weight_grad_adamw_on(
         "weight_grad_adamw: moments"
     );
     #[cfg(target_arch = "x86_64")]
-    if tiles != Tiles::Gemm {
+    if vectors != Vectors::Baseline {
         let rows = k.next_multiple_of(TILE_ROWS);
         assert!(
             packed.delta.len() >= n * rows && packed.x.len() >= n * din,
@@ -122,7 +96,7 @@ fn weight_grad_adamw_on(
             .enumerate()
             .for_each(|(task, ((w, m), v))| {
                 let r0 = task * TASK_ROWS;
-                if tiles == Tiles::Avx512 {
+                if vectors == Vectors::Avx512 {
                     // SAFETY: the CPU has AVX-512F; the slices hold what `task_avx512` reads.
                     unsafe { task_avx512(n, k, din, r0, delta, x, dp, xp, w, m, v, c) }
                 } else {
@@ -384,13 +358,13 @@ mod tests {
         // Row and column tails (k % 6, din % 16), a batch shorter than a tile's depth, and
         // a task boundary (k > 48).
         // Widths of 1, 2, 4 and 4 + 3 full 16-column panels, for AVX-512's 1 to 4 at a time.
-        let mut kernels = vec![Tiles::Gemm];
-        match Tiles::detect() {
-            Tiles::Avx512 => kernels.extend([Tiles::Avx2, Tiles::Avx512]),
-            Tiles::Avx2 => kernels.push(Tiles::Avx2),
-            Tiles::Gemm => {}
+        let mut kernels = vec![Vectors::Baseline];
+        match Vectors::detect() {
+            Vectors::Avx512 => kernels.extend([Vectors::Avx2, Vectors::Avx512]),
+            Vectors::Avx2 => kernels.push(Vectors::Avx2),
+            Vectors::Baseline => {}
         }
-        for (tiles, (n, k, din)) in kernels
+        for (vectors, (n, k, din)) in kernels
             .into_iter()
             .flat_map(|t| [(50, 13, 37), (128, 20, 64), (7, 55, 16), (33, 8, 112)].map(|s| (t, s)))
         {
@@ -408,7 +382,7 @@ mod tests {
             let mut g = vec![0.0; k * din];
             let mut packed = Packed::new(n, k, din);
             weight_grad_adamw_on(
-                tiles,
+                vectors,
                 n,
                 k,
                 din,
@@ -429,7 +403,7 @@ mod tests {
                 |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(
                 same(&w, &we) && same(&m, &me) && same(&v, &ve),
-                "{tiles:?} {n}×{k}×{din}"
+                "{vectors:?} {n}×{k}×{din}"
             );
             // And the update moved the weights (the gradient was not zero).
             assert!(w.iter().zip(&wave(k * din, 3)).any(|(a, b)| a != b));
