@@ -89,7 +89,15 @@ fn weight_grad_adamw_on(
         );
         let (dp, xp) = (&mut packed.delta[..n * rows], &mut packed.x[..n * din]);
         pack(n, k, din, delta, x, dp, xp);
-        let (dp, xp) = (&*dp, &*xp);
+        let b = Batch {
+            n,
+            k,
+            din,
+            delta,
+            x,
+            dp,
+            xp,
+        };
         w.par_chunks_mut(TASK_ROWS * din)
             .zip(m.par_chunks_mut(TASK_ROWS * din))
             .zip(v.par_chunks_mut(TASK_ROWS * din))
@@ -98,10 +106,10 @@ fn weight_grad_adamw_on(
                 let r0 = task * TASK_ROWS;
                 if vectors == Vectors::Avx512 {
                     // SAFETY: the CPU has AVX-512F; the slices hold what `task_avx512` reads.
-                    unsafe { task_avx512(n, k, din, r0, delta, x, dp, xp, w, m, v, c) }
+                    unsafe { task_avx512(&b, r0, w, m, v, c) }
                 } else {
                     // SAFETY: the CPU has AVX2 and FMA; the slices hold what `task_avx2` reads.
-                    unsafe { task_avx2(n, k, din, r0, delta, x, dp, xp, w, m, v, c) }
+                    unsafe { task_avx2(&b, r0, w, m, v, c) }
                 }
             });
         return;
@@ -140,26 +148,31 @@ fn pack(n: usize, k: usize, din: usize, delta: &[f32], x: &[f32], dp: &mut [f32]
         });
 }
 
+/// A batch's δ (n × k) and x (n × din), and both packed (`pack`): what every task reads.
+struct Batch<'a> {
+    n: usize,
+    k: usize,
+    din: usize,
+    delta: &'a [f32],
+    x: &'a [f32],
+    dp: &'a [f32],
+    xp: &'a [f32],
+}
+
 /// The rows `r0..` of one task (`w`, `m`, `v` hold them, din wide) with AVX2: each full
 /// column panel by 6 × 16 tiles.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn task_avx2(
-    n: usize,
-    k: usize,
-    din: usize,
+    b: &Batch,
     r0: usize,
-    delta: &[f32],
-    x: &[f32],
-    dp: &[f32],
-    xp: &[f32],
     w: &mut [f32],
     m: &mut [f32],
     v: &mut [f32],
     c: AdamStep,
 ) {
-    task(n, k, din, r0, delta, x, w, m, v, c, |g, rows| {
+    let (n, din, dp, xp) = (b.n, b.din, b.dp, b.xp);
+    task(b, r0, w, m, v, c, |g, rows| {
         for panel in 0..din / TILE_COLS {
             let xs = &xp[panel * n * TILE_COLS..(panel + 1) * n * TILE_COLS];
             for t0 in (0..rows).step_by(TILE_ROWS) {
@@ -182,22 +195,16 @@ unsafe fn task_avx2(
 /// column panels at a time, then the last one to three panels.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn task_avx512(
-    n: usize,
-    k: usize,
-    din: usize,
+    b: &Batch,
     r0: usize,
-    delta: &[f32],
-    x: &[f32],
-    dp: &[f32],
-    xp: &[f32],
     w: &mut [f32],
     m: &mut [f32],
     v: &mut [f32],
     c: AdamStep,
 ) {
-    task(n, k, din, r0, delta, x, w, m, v, c, |g, rows| {
+    let (n, din, dp, xp) = (b.n, b.din, b.dp, b.xp);
+    task(b, r0, w, m, v, c, |g, rows| {
         let panels = din / TILE_COLS;
         for p0 in (0..panels).step_by(4) {
             let xs = &xp[p0 * n * TILE_COLS..];
@@ -226,20 +233,23 @@ fn delta_panel(n: usize, dp: &[f32], r: usize) -> &[f32] {
 /// What both tasks share: `full_panels(g, rows)` fills g's full column panels, then the last
 /// `din % 16` columns are summed one element at a time, and the rows get their update.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn task(
-    n: usize,
-    k: usize,
-    din: usize,
+    b: &Batch,
     r0: usize,
-    delta: &[f32],
-    x: &[f32],
     w: &mut [f32],
     m: &mut [f32],
     v: &mut [f32],
     c: AdamStep,
     full_panels: impl FnOnce(&mut [f32], usize),
 ) {
+    let Batch {
+        n,
+        k,
+        din,
+        delta,
+        x,
+        ..
+    } = *b;
     let rows = w.len() / din;
     thread_local! {
         static G: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
