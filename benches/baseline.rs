@@ -78,7 +78,7 @@ fn baseline(c: &mut Criterion) {
         b.iter(|| correlate(&rows, mask.len(), &map))
     });
     if cuda::device_count() > 0 {
-        let gpu = cuda::Gpu::new(0).unwrap();
+        let gpu = cuda::Gpu::open(0).unwrap();
         use niclip::baseline::cuda::{correlate_cuda, z_maps_cuda};
         g.bench_function("z_maps_40_terms_cuda", |b| {
             b.iter(|| z_maps_cuda(&gpu, &ma, &total, &sel, mask.len()).unwrap())

@@ -87,7 +87,7 @@ fn brain(c: &mut Criterion) {
     if niclip::device::cuda::device_count() == 0 {
         eprintln!("skipped CUDA benches: no CUDA device");
     } else {
-        let gpu = niclip::device::cuda::Gpu::new(0).unwrap();
+        let gpu = niclip::device::cuda::Gpu::open(0).unwrap();
         g.bench_function(
             format!("image_features/neurosynth_{n}_gauss512/cuda"),
             |b| {

@@ -15,7 +15,7 @@ fn random_pairs(d: usize) -> Pairs {
     let mut s = 1u64;
     let mut next = || {
         s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        (niclip::clip::ops::mix64(s) >> 11) as f32 / (1u64 << 53) as f32 - 0.5
+        (niclip::rng::mix64(s) >> 11) as f32 / (1u64 << 53) as f32 - 0.5
     };
     let text = (0..N * d).map(|_| next()).collect();
     let images = (0..N * K).map(|_| next()).collect();
@@ -67,7 +67,7 @@ fn cuda_benches(
         eprintln!("skipped CUDA clip benches: no CUDA device");
         return;
     }
-    let gpu = Gpu::new(0).unwrap();
+    let gpu = Gpu::open(0).unwrap();
     let d = pairs.d;
     for models in [1usize, 16] {
         let jobs: Vec<Job> = (0..models as u64)

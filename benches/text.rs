@@ -204,7 +204,7 @@ fn text_cuda(c: &mut Criterion) {
         if !selected(&format!("text_cuda/{id}")) {
             continue;
         }
-        let m = CudaText::random_decoder(0, cfg, 7).unwrap();
+        let m = CudaText::random_decoder(&Gpu::open(0).unwrap(), cfg, 7).unwrap();
         let chunks = [(0usize, &ids[..])];
         g.bench_function(id, |b| {
             b.iter(|| m.pooled_sums(&chunks, 1, 1, &|_| {}).unwrap())
@@ -214,7 +214,7 @@ fn text_cuda(c: &mut Criterion) {
     // One layer's attention at Mistral-7B's shapes: its share of the forward pass.
     let id = format!("attention/causal_{CHUNK}_gqa32x8_hd128_window4096_mistral7b/cuda_bf16");
     if selected(&format!("text_cuda/{id}")) {
-        let gpu = Gpu::new(0).unwrap();
+        let gpu = Gpu::open(0).unwrap();
         let heads = Heads {
             nh: 32,
             nkv: 8,
@@ -254,7 +254,7 @@ fn text_cuda(c: &mut Criterion) {
     let id = "smollm2_135m_q4_1/forward_2x512_tokens/cuda";
     if selected(&format!("text_cuda/{id}")) {
         if let Some(gguf) = model_path("NICLIP_SMOLLM_GGUF", "SmolLM2-135M-Instruct.Q4_1.gguf") {
-            let m = TextModel::load(&gguf, None, &Device::Cuda(Gpu::new(0).unwrap())).unwrap();
+            let m = TextModel::load(&gguf, None, &Device::Cuda(Gpu::open(0).unwrap())).unwrap();
             let all: Vec<u32> = m
                 .tokenize(
                     &fixture_lines("smollm_abstracts.txt")

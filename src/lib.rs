@@ -12,6 +12,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod io;
+pub mod rng;
 pub mod text;
 
 pub use error::{Error, Result};

@@ -14,7 +14,7 @@ fn pairs(dir: &Path, name: &str, n: usize, d: usize, k: usize, seed: u64) -> (Pa
     let mut s = seed;
     let mut next = || {
         s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let z = niclip::clip::ops::mix64(s);
+        let z = niclip::rng::mix64(s);
         (z >> 11) as f32 / (1u64 << 53) as f32 * 2.0 - 1.0
     };
     let text: Vec<f32> = (0..n * d).map(|_| next()).collect();

@@ -6,12 +6,12 @@ use niclip::baseline::cuda::{correlate_cuda, z_maps_cuda};
 use niclip::baseline::neurosynth::{active_totals, correlate, standardize_rows, z_maps};
 use niclip::device::cuda::{self, Gpu};
 
-fn gpu() -> Option<Gpu> {
+fn gpu() -> Option<std::sync::Arc<Gpu>> {
     if cuda::device_count() == 0 {
         eprintln!("skipped: no CUDA device");
         return None;
     }
-    Some(Gpu::new(0).expect("CUDA device 0 opens"))
+    Some(Gpu::open(0).expect("CUDA device 0 opens"))
 }
 
 /// Random sparse MA maps and term selections, seeded.

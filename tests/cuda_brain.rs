@@ -13,12 +13,12 @@ use niclip::device::cuda::{self, Gpu};
 use std::path::{Path, PathBuf};
 
 /// The device, or None after printing why the test is skipped.
-fn gpu() -> Option<Gpu> {
+fn gpu() -> Option<std::sync::Arc<Gpu>> {
     if cuda::device_count() == 0 {
         eprintln!("skipped: no CUDA device");
         return None;
     }
-    Some(Gpu::new(0).expect("CUDA device 0 opens"))
+    Some(Gpu::open(0).expect("CUDA device 0 opens"))
 }
 
 /// SplitMix64: small, seeded, no dependency.

@@ -10,12 +10,12 @@ use niclip::clip::Clip;
 use niclip::device::cuda::{self, Gpu};
 use niclip::io::read_npy_f32;
 
-fn gpu() -> Option<Gpu> {
+fn gpu() -> Option<std::sync::Arc<Gpu>> {
     if cuda::device_count() == 0 {
         eprintln!("skipped: no CUDA device");
         return None;
     }
-    Some(Gpu::new(0).expect("CUDA device 0 opens"))
+    Some(Gpu::open(0).expect("CUDA device 0 opens"))
 }
 
 fn fixture_pairs() -> Pairs {

@@ -20,12 +20,12 @@ use niclip::text::{EmbedOptions, TextModel};
 use std::path::{Path, PathBuf};
 
 /// The device, or None after printing why the test is skipped.
-fn gpu() -> Option<Gpu> {
+fn gpu() -> Option<std::sync::Arc<Gpu>> {
     if cuda::device_count() == 0 {
         eprintln!("skipped: no CUDA device");
         return None;
     }
-    Some(Gpu::new(0).expect("CUDA device 0 opens"))
+    Some(Gpu::open(0).expect("CUDA device 0 opens"))
 }
 
 /// SplitMix64: small, seeded, no dependency.
@@ -669,7 +669,7 @@ fn tiny_texts() -> Vec<String> {
 /// The model on cuda:0 against the model on the CPU: hidden states of the packed texts, and
 /// pooled embeddings (whole texts and 16-token chunks, several per batch) by cosine.
 fn model_case(
-    g: Gpu,
+    g: std::sync::Arc<Gpu>,
     model: &Path,
     lora: Option<&Path>,
     texts: &[String],
@@ -748,7 +748,7 @@ fn tiny_llama_bf16_lora_on_cuda_matches_cpu() {
         16,
         3e-2,
     );
-    let g = Gpu::new(0).unwrap();
+    let g = Gpu::open(0).unwrap();
     let lora = fixtures().join("tiny_llama_lora");
     model_case(
         g,
@@ -771,7 +771,7 @@ fn tiny_mistral_sliding_window_on_cuda_matches_cpu() {
         16,
         3e-2,
     );
-    let g = Gpu::new(0).unwrap();
+    let g = Gpu::open(0).unwrap();
     let lora = fixtures().join("tiny_mistral_lora");
     model_case(
         g,
@@ -884,7 +884,7 @@ fn random_decoder_runs() {
         attention_bias: false,
         mlp_bias: false,
     };
-    let m = CudaText::random_decoder(0, cfg, 9).unwrap();
+    let m = CudaText::random_decoder(&Gpu::open(0).unwrap(), cfg, 9).unwrap();
     let mut rng = Rng(8);
     let a: Vec<u32> = (0..300).map(|_| rng.below(1000) as u32).collect();
     let b: Vec<u32> = (0..77).map(|_| rng.below(1000) as u32).collect();

@@ -3,17 +3,13 @@
 //! [`super::neurosynth::correlate`]: counts are exact (u32 atomics), z is computed in f64 and
 //! stored f32, so z-maps equal the CPU's bit for bit; r sums in f64 in another order.
 
-use crate::device::cuda::Gpu;
+use crate::device::cuda::{launch, launch_err, Gpu};
 use crate::error::{Error, Result};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::PushKernelArg;
 
 const MODULE: &str = "baseline";
 /// `NICLIP_BLOCK` in kernels/common.cuh.
 const BLOCK: u32 = 256;
-
-fn launch_err(name: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
-    move |e| Error::Cuda(format!("launch of {name} failed: {e:?}"))
-}
 
 /// Association z-maps of `selected` (see `neurosynth::z_maps`), terms in batches that fit.
 pub fn z_maps_cuda(
@@ -74,11 +70,7 @@ pub fn z_maps_cuda(
         let mut d_counts = gpu.zeros::<u32>(t * n_voxels)?;
         let mut d_z = gpu.zeros::<f32>(t * n_voxels)?;
         let nv = n_voxels as i64;
-        let cfg = LaunchConfig {
-            grid_dim: (64, t as u32, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = launch::grid((64, t as u32, 1), BLOCK, 0);
         let mut b = gpu.stream.launch_builder(&count);
         b.arg(&d_ma_start)
             .arg(&d_ma_vox)
@@ -91,11 +83,7 @@ pub fn z_maps_cuda(
         unsafe { b.launch(cfg) }.map_err(launch_err("baseline_count"))?;
         let (ns, nt) = (n as u32, t as i32);
         let blocks = ((t * n_voxels).div_ceil(BLOCK as usize)).min(65535 * 8) as u32;
-        let cfg = LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = launch::grid((blocks, 1, 1), BLOCK, 0);
         let mut b = gpu.stream.launch_builder(&zf);
         b.arg(&d_counts)
             .arg(&d_total)
@@ -123,11 +111,7 @@ pub fn correlate_cuda(gpu: &Gpu, rows: &[f32], n_voxels: usize, map: &[f32]) -> 
     let mut d_r = gpu.zeros::<f32>(t)?;
     let f = gpu.function(MODULE, "baseline_correlate")?;
     let nv = n_voxels as i64;
-    let cfg = LaunchConfig {
-        grid_dim: (t as u32, 1, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = launch::grid((t as u32, 1, 1), BLOCK, 0);
     let mut b = gpu.stream.launch_builder(&f);
     b.arg(&d_rows).arg(&d_map).arg(&nv).arg(&mut d_r);
     // SAFETY: arguments match baseline_correlate; rows holds t × n_voxels, map n_voxels, r t.

@@ -15,6 +15,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
 use rayon::prelude::*;
 
 /// NiMARE's defaults, with the authors' topic count, regions, symmetry and iterations.
@@ -56,14 +57,8 @@ pub struct Rng([u64; 4]);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        let mut x = seed;
-        let mut next = || {
-            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        };
+        let mut sm = SplitMix64(seed);
+        let mut next = || sm.next_u64();
         Rng([next(), next(), next(), next()])
     }
     #[inline]

@@ -7,7 +7,7 @@ use super::{Kind, ModelFile};
 use crate::brain::mkda::{ma_map, MkdaKernel, Rounding, Scratch};
 use crate::brain::Mask;
 use crate::corpus::{Corpus, Section};
-use crate::device::{Device, DeviceArg};
+use crate::device::Device;
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -24,7 +24,7 @@ pub struct TrainOptions {
     pub rounding: Rounding,
     pub gclda: Params,
     /// Where the correlation decoder's counting and z-maps run.
-    pub device: DeviceArg,
+    pub device: Device,
 }
 
 impl Default for TrainOptions {
@@ -35,7 +35,7 @@ impl Default for TrainOptions {
             radius: 10.0,
             rounding: Rounding::Round,
             gclda: Params::default(),
-            device: DeviceArg::Cpu,
+            device: Device::Cpu,
         }
     }
 }
@@ -196,10 +196,7 @@ pub fn train_neurosynth(
     }
     report.terms_kept = kept.len();
     let total = neurosynth::active_totals(&ma, mask.len());
-    let z = match Device::select(&opts.device)? {
-        Device::Cpu => neurosynth::z_maps(&ma, &total, &selected, mask.len()),
-        Device::Cuda(gpu) => super::cuda::z_maps_cuda(&gpu, &ma, &total, &selected, mask.len())?,
-    };
+    let z = opts.device.z_maps(&ma, &total, &selected, mask.len())?;
     let params = serde_json::json!({
         "frequency_threshold": FREQUENCY_THRESHOLD,
         "match": opts.matching.name(),

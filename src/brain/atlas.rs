@@ -5,6 +5,7 @@
 
 use super::resample::{resample, Interp};
 use super::{Grid, Image};
+use crate::device::cpu::{self, Parallelism, Strided};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 use std::path::Path;
@@ -280,30 +281,9 @@ impl Atlas {
         let k = self.k;
         let mut beta = vec![0.0f64; n * k];
         if n > 0 {
-            // SAFETY: all three are dense row-major buffers of the stated shapes.
-            unsafe {
-                gemm::gemm(
-                    n,
-                    k,
-                    k,
-                    beta.as_mut_ptr(),
-                    1,
-                    k as isize,
-                    false,
-                    xty.as_ptr(),
-                    1,
-                    k as isize,
-                    self.gram_inv.as_ptr(),
-                    1,
-                    k as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::Rayon(0),
-                );
-            }
+            let (y, g) = (Strided::rows(xty, k), Strided::rows(&self.gram_inv, k));
+            let par = Parallelism::Rayon(0);
+            cpu::gemm((n, k, k), &mut beta, (k as isize, 1), None, y, g, 1.0, par);
         }
         beta.into_iter().map(|b| b as f32).collect()
     }

@@ -10,9 +10,10 @@
 use super::features::{check_grids, Peaks};
 use super::mkda::{peak_voxels, MkdaKernel};
 use super::{Atlas, Grid, Mask};
-use crate::device::cuda::Gpu;
+use crate::device::cuda::{launch, launch_err, Gpu};
 use crate::error::{Error, Result};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
+use cudarc::driver::{CudaSlice, PushKernelArg};
 use rayon::prelude::*;
 
 const MODULE: &str = "mkda";
@@ -77,10 +78,6 @@ fn too_big(what: &str) -> Error {
     Error::Usage(format!(
         "{what} is too large for the CUDA kernel (32-bit indices); split the corpus into batches or use --device cpu"
     ))
-}
-
-fn launch_err(name: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
-    move |e| Error::Cuda(format!("launch of {name} failed: {e:?}"))
 }
 
 /// What the kernel reads besides the peaks, prepared on the host (shared by the GPU path and
@@ -307,11 +304,7 @@ impl<'g> CudaMkda<'g> {
         let [rx, ry, rz] = self.reach;
         let [nx, ny, nz] = self.shape;
         let k = self.k as i32;
-        let cfg = LaunchConfig {
-            grid_dim: (n as u32, 1, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: shared,
-        };
+        let cfg = launch::grid((n as u32, 1, 1), BLOCK, shared);
         let mut b = self.gpu.stream.launch_builder(&func);
         b.arg(&d_peaks)
             .arg(&d_start)
@@ -399,11 +392,7 @@ impl<'g> CudaMkda<'g> {
                 let func = self.gpu.function(MODULE, "f64_to_f32")?;
                 let len = nk as i64;
                 let blocks = nk.div_ceil(BLOCK as usize).clamp(1, 1 << 16) as u32;
-                let cfg = LaunchConfig {
-                    grid_dim: (blocks, 1, 1),
-                    block_dim: (BLOCK, 1, 1),
-                    shared_mem_bytes: 0,
-                };
+                let cfg = launch::grid((blocks, 1, 1), BLOCK, 0);
                 let mut b = self.gpu.stream.launch_builder(&func);
                 b.arg(&beta64).arg(&mut *out).arg(&len);
                 // SAFETY: f64_to_f32(const double*, float*, long long); both hold ≥ nk elements.

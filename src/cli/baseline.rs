@@ -9,6 +9,7 @@ use crate::brain::mkda::Rounding;
 use crate::brain::resample::{resample, Interp};
 use crate::brain::{Image, Mask};
 use crate::corpus::Section;
+use crate::device::Device;
 use crate::error::{Error, IoContext, Result};
 use clap::{Subcommand, ValueEnum};
 use std::io::Write;
@@ -137,7 +138,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
             n_iters: a.iterations,
             seed: a.seed,
         },
-        device: a.compute.device.clone(),
+        device: Device::select(&a.compute.device)?,
     };
     let bar = (a.kind == Kind::Gclda).then(|| {
         let b = indicatif::ProgressBar::new(a.iterations as u64);

@@ -1,7 +1,7 @@
 //! `niclip ma-map`, `niclip project`, `niclip images`
 
 use super::Compute;
-use crate::brain::features::{image_features_cpu, Peaks};
+use crate::brain::features::Peaks;
 use crate::brain::mkda::{ma_map as draw_ma_map, MkdaKernel, Rounding, Scratch};
 use crate::brain::resample::Interp;
 use crate::brain::{Atlas, Image, Mask};
@@ -194,12 +194,7 @@ pub fn images(a: ImagesArgs) -> Result<()> {
             Some(done) => done,
             None => {
                 let sub = peaks.slice(range.clone());
-                let rows = match &device {
-                    Device::Cpu => image_features_cpu(&kernel, &mask, &atlas, &sub)?,
-                    Device::Cuda(gpu) => crate::brain::features_cuda::image_features_cuda(
-                        gpu, &kernel, &mask, &atlas, &sub,
-                    )?,
-                };
+                let rows = device.image_features(&kernel, &mask, &atlas, &sub)?;
                 partial.save(c, &rows, range.len(), k)?;
                 rows
             }

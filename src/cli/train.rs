@@ -4,7 +4,7 @@
 use super::Compute;
 use crate::clip::cv::{self, CvOptions, CvReport};
 use crate::clip::data::{load_pairs, Pairs};
-use crate::clip::train::{n_batches, train_cpu, Job, Outcome, Progress, TrainConfig};
+use crate::clip::train::{n_batches, Job, Outcome, Progress, TrainConfig};
 use crate::clip::Clip;
 use crate::device::Device;
 use crate::error::{Error, IoContext, Result};
@@ -269,15 +269,7 @@ pub fn train_jobs(
         .map(|j| (cfg.epochs * n_batches(j.train.len(), cfg.batch)) as u64)
         .sum();
     let mut progress = Progress::new(total, cfg.stop_after_batches, true);
-    let out = match device {
-        Device::Cpu => jobs
-            .iter()
-            .map(|j| train_cpu(pairs, cfg, j, resume, &mut progress))
-            .collect::<Result<Vec<_>>>(),
-        Device::Cuda(gpu) => {
-            crate::clip::cuda::train_many(gpu, pairs, cfg, jobs, resume, &mut progress)
-        }
-    }?;
+    let out = device.train_clip(pairs, cfg, jobs, resume, &mut progress)?;
     progress.bar.finish_and_clear();
     Ok(out)
 }

@@ -15,11 +15,11 @@ use super::train::{
     adam_scalars, epoch_order, finish_epoch, n_batches, Job, ModelState, Outcome, Progress,
     TrainConfig, ADAM_EPS, BETA1, BETA2,
 };
-use crate::device::cuda::Gpu;
+use crate::device::cuda::{cuda_err, launch, launch_err, Gpu};
 use crate::error::{Error, Result};
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, StridedBatchedConfig};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, PushKernelArg};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,10 +28,6 @@ const MODULE: &str = "clip";
 const ROW_THREADS: u32 = 128;
 /// Checkpoints of a GPU sweep are written when this long has passed since the last one.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(60);
-
-fn cuda_err(what: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
-    move |e| Error::Cuda(format!("{what}: {e:?}"))
-}
 
 /// Activations of one head for all models (each M·B·k floats, rstd M·B).
 struct HeadDev {
@@ -245,8 +241,8 @@ impl<'g> Sweep<'g> {
                         .arg(&bi)
                         .arg(&ki);
                     // SAFETY: argument list of residual_gelu_ln_forward; buffers sized M·B·k.
-                    unsafe { l.launch(rows_cfg(b, m)) }
-                        .map_err(cuda_err("residual_gelu_ln_forward"))?;
+                    unsafe { l.launch(launch::rows(b, m, ROW_THREADS)) }
+                        .map_err(launch_err("residual_gelu_ln_forward"))?;
                 }
                 Some((pw, pbias)) => {
                     gemm(
@@ -282,8 +278,8 @@ impl<'g> Sweep<'g> {
                         .arg(&ki)
                         .arg(&mi);
                     // SAFETY: bias_gelu_forward over M·B·k elements.
-                    unsafe { l.launch(flat_cfg(m * b * k)) }
-                        .map_err(cuda_err("bias_gelu_forward"))?;
+                    unsafe { l.launch(launch::flat(m * b * k, 256, 65535 * 4)) }
+                        .map_err(launch_err("bias_gelu_forward"))?;
                     gemm(
                         blas,
                         m,
@@ -328,7 +324,8 @@ impl<'g> Sweep<'g> {
                         .arg(&bi)
                         .arg(&ki);
                     // SAFETY: argument list of residual_ln_forward.
-                    unsafe { l.launch(rows_cfg(b, m)) }.map_err(cuda_err("residual_ln_forward"))?;
+                    unsafe { l.launch(launch::rows(b, m, ROW_THREADS)) }
+                        .map_err(launch_err("residual_ln_forward"))?;
                 }
             }
         }
@@ -340,7 +337,8 @@ impl<'g> Sweep<'g> {
             .arg(&bi)
             .arg(&ki);
         // SAFETY: l2_normalize_forward on M·B rows of k.
-        unsafe { l.launch(rows_cfg(b, m)) }.map_err(cuda_err("l2_normalize_forward"))?;
+        unsafe { l.launch(launch::rows(b, m, ROW_THREADS)) }
+            .map_err(launch_err("l2_normalize_forward"))?;
         Ok(())
     }
 
@@ -406,7 +404,8 @@ impl<'g> Sweep<'g> {
             .arg(&mut *stats)
             .arg(&bi);
         // SAFETY: info_nce_stats, one block per (row, model).
-        unsafe { l.launch(rows_cfg(b, m)) }.map_err(cuda_err("info_nce_stats"))?;
+        unsafe { l.launch(launch::rows(b, m, ROW_THREADS)) }
+            .map_err(launch_err("info_nce_stats"))?;
         let f = gpu.function(MODULE, "info_nce_grad")?;
         let mut l = gpu.stream.launch_builder(&f);
         l.arg(&*sim)
@@ -419,7 +418,8 @@ impl<'g> Sweep<'g> {
             .arg(&mut *row_terms)
             .arg(&bi);
         // SAFETY: info_nce_grad, one block per (row, model).
-        unsafe { l.launch(rows_cfg(b, m)) }.map_err(cuda_err("info_nce_grad"))?;
+        unsafe { l.launch(launch::rows(b, m, ROW_THREADS)) }
+            .map_err(launch_err("info_nce_grad"))?;
         let f = gpu.function(MODULE, "info_nce_reduce")?;
         let mut l = gpu.stream.launch_builder(&f);
         l.arg(&*row_terms)
@@ -429,13 +429,9 @@ impl<'g> Sweep<'g> {
             .arg(&ls)
             .arg(&mut *loss_acc)
             .arg(&bi);
-        let cfg = LaunchConfig {
-            grid_dim: (m as u32, 1, 1),
-            block_dim: (ROW_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = launch::grid((m as u32, 1, 1), ROW_THREADS, 0);
         // SAFETY: info_nce_reduce, one block per model.
-        unsafe { l.launch(cfg) }.map_err(cuda_err("info_nce_reduce"))?;
+        unsafe { l.launch(cfg) }.map_err(launch_err("info_nce_reduce"))?;
         Ok(())
     }
 
@@ -479,8 +475,9 @@ impl<'g> Sweep<'g> {
             .arg(&bi)
             .arg(&ki);
         // SAFETY: l2_normalize_backward on M·B rows.
-        unsafe { l.launch(rows_cfg(b, m)) }.map_err(cuda_err("l2_normalize_backward"))?;
-        let col = flat_cfg(m * k);
+        unsafe { l.launch(launch::rows(b, m, ROW_THREADS)) }
+            .map_err(launch_err("l2_normalize_backward"))?;
+        let col = launch::flat(m * k, 256, 65535 * 4);
         let bias_grad =
             |src: &CudaSlice<f32>, grads: &mut CudaSlice<f32>, off: usize| -> Result<()> {
                 let f = gpu.function(MODULE, "bias_grad")?;
@@ -494,7 +491,7 @@ impl<'g> Sweep<'g> {
                     .arg(&ki)
                     .arg(&mi);
                 // SAFETY: bias_grad over M·k columns.
-                unsafe { l.launch(col) }.map_err(cuda_err("bias_grad"))?;
+                unsafe { l.launch(col) }.map_err(launch_err("bias_grad"))?;
                 Ok(())
             };
         for i in (0..3).rev() {
@@ -514,7 +511,7 @@ impl<'g> Sweep<'g> {
                 .arg(&ki)
                 .arg(&mi);
             // SAFETY: layer_norm_param_grad over M·k columns.
-            unsafe { l.launch(col) }.map_err(cuda_err("layer_norm_param_grad"))?;
+            unsafe { l.launch(col) }.map_err(launch_err("layer_norm_param_grad"))?;
             let x = if i == 0 { x0 } else { &tower.heads[i - 1].y };
             let input = Mat {
                 buf: x,
@@ -547,8 +544,8 @@ impl<'g> Sweep<'g> {
                         .arg(&bi)
                         .arg(&ki);
                     // SAFETY: residual_gelu_ln_backward, one block per (row, model).
-                    unsafe { l.launch(rows_cfg(b, m)) }
-                        .map_err(cuda_err("residual_gelu_ln_backward"))?;
+                    unsafe { l.launch(launch::rows(b, m, ROW_THREADS)) }
+                        .map_err(launch_err("residual_gelu_ln_backward"))?;
                     gemm(
                         blas,
                         m,
@@ -608,8 +605,8 @@ impl<'g> Sweep<'g> {
                         .arg(&bi)
                         .arg(&ki);
                     // SAFETY: residual_ln_backward, one block per (row, model).
-                    unsafe { l.launch(rows_cfg(b, m)) }
-                        .map_err(cuda_err("residual_ln_backward"))?;
+                    unsafe { l.launch(launch::rows(b, m, ROW_THREADS)) }
+                        .map_err(launch_err("residual_ln_backward"))?;
                     gemm(
                         blas,
                         m,
@@ -653,8 +650,8 @@ impl<'g> Sweep<'g> {
                     let mut l = gpu.stream.launch_builder(&f);
                     l.arg(&*tmp).arg(&hb.a).arg(&mut *d_next).arg(&count);
                     // SAFETY: gelu_backward_add over M·B·k elements.
-                    unsafe { l.launch(flat_cfg(m * b * k)) }
-                        .map_err(cuda_err("gelu_backward_add"))?;
+                    unsafe { l.launch(launch::flat(m * b * k, 256, 65535 * 4)) }
+                        .map_err(launch_err("gelu_backward_add"))?;
                     gemm(
                         blas,
                         m,
@@ -753,7 +750,8 @@ impl<'g> Sweep<'g> {
             .arg(&BETA2)
             .arg(&ADAM_EPS);
         // SAFETY: adamw over M·P elements.
-        unsafe { l.launch(flat_cfg(m * self.p)) }.map_err(cuda_err("adamw"))?;
+        unsafe { l.launch(launch::flat(m * self.p, 256, 65535 * 4)) }
+            .map_err(launch_err("adamw"))?;
         Ok(())
     }
 
@@ -771,8 +769,8 @@ impl<'g> Sweep<'g> {
             let mut l = self.gpu.stream.launch_builder(&f);
             l.arg(src).arg(&w).arg(&self.idx).arg(dst).arg(&rows);
             // SAFETY: gather_rows of M·B rows of `width`.
-            unsafe { l.launch(flat_cfg(self.m * self.b * width)) }
-                .map_err(cuda_err("gather_rows"))?;
+            unsafe { l.launch(launch::flat(self.m * self.b * width, 256, 65535 * 4)) }
+                .map_err(launch_err("gather_rows"))?;
         }
         Ok(())
     }
@@ -785,22 +783,6 @@ impl<'g> Sweep<'g> {
             .map_err(cuda_err("device-to-host copy failed"))?;
         self.gpu.sync()?;
         Ok(out)
-    }
-}
-
-fn rows_cfg(b: usize, m: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (b as u32, m as u32, 1),
-        block_dim: (ROW_THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-fn flat_cfg(count: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (count.div_ceil(256).clamp(1, 65535 * 4) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
     }
 }
 

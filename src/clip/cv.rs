@@ -181,7 +181,7 @@ pub fn cv_jobs(
                     super::Clip::init(
                         pairs.d,
                         pairs.k,
-                        super::ops::mix64(cfg.seed ^ id.wrapping_mul(0x2545_F491_4F6C_DD1D)),
+                        crate::rng::mix64(cfg.seed ^ id.wrapping_mul(0x2545_F491_4F6C_DD1D)),
                     )
                 }),
                 checkpoint: ckpt_dir.map(|d| {

@@ -9,6 +9,7 @@
 
 use super::engine::{Tower, Workspace};
 use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -121,25 +122,6 @@ impl Layout {
             Tower::Text => &self.text,
             Tower::Image => &self.image,
         }
-    }
-}
-
-/// A seeded SplitMix64 stream (initialisation and shuffling; dropout uses `ops::Dropout`).
-#[derive(Clone, Debug)]
-pub struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        super::ops::mix64(self.0)
-    }
-    /// Uniform in [0, 1) with 53 random bits.
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// Uniform in [0, n) (Lemire's multiply-shift; n ≤ 2³²).
-    pub fn below(&mut self, n: usize) -> usize {
-        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
     }
 }
 

@@ -5,6 +5,8 @@
 //! All matrices are row-major. Every reduction has a fixed order (no work-stealing sums), so a
 //! run is bit-reproducible for a given thread count.
 
+use crate::device::cpu::{self, Parallelism, Strided};
+use crate::rng::{mix64, GOLDEN};
 use rayon::prelude::*;
 
 /// LayerNorm epsilon (PyTorch's default).
@@ -69,23 +71,6 @@ pub fn wide<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// A strided view of a matrix operand: element (i, j) is `ptr[i·rs + j·cs]`.
-#[derive(Clone, Copy)]
-struct Op<'a> {
-    data: &'a [f32],
-    rs: isize,
-    cs: isize,
-}
-
-/// The length a strided r × c matrix spans.
-fn span(r: usize, c: usize, rs: isize, cs: isize) -> usize {
-    if r == 0 || c == 0 {
-        0
-    } else {
-        ((r - 1) as isize * rs + (c - 1) as isize * cs) as usize + 1
-    }
-}
-
 /// dst (m×n, element (i, j) at dst[i·rs + j·cs]) = [dst +] A·B.
 ///
 /// A large product on a multi-core pool runs as two column halves side by side, each on one
@@ -101,15 +86,15 @@ fn gemm_into(
     dst: &mut [f32],
     (rs, cs): (usize, usize),
     accumulate: bool,
-    a: Op,
-    b: Op,
+    a: Strided,
+    b: Strided,
 ) {
     assert!(
-        dst.len() >= span(m, n, rs as isize, cs as isize),
+        dst.len() >= cpu::span(m, n, rs as isize, cs as isize),
         "gemm: destination too small"
     );
     assert!(
-        a.data.len() >= span(m, k, a.rs, a.cs) && b.data.len() >= span(k, n, b.rs, b.cs),
+        a.data.len() >= cpu::span(m, k, a.rs, a.cs) && b.data.len() >= cpu::span(k, n, b.rs, b.cs),
         "gemm: operand too small"
     );
     if m == 0 || n == 0 {
@@ -127,9 +112,23 @@ fn gemm_into(
     }
     let d = Disjoint(dst.as_mut_ptr());
     let columns = |c0: usize, c1: usize| {
-        let (d, b) = (&d, b.offset(c0));
-        // SAFETY: the asserts above bound every index the product touches.
-        unsafe { gemm_serial(m, c1 - c0, k, d.0.add(c0 * cs), (rs, cs), accumulate, a, b) }
+        let (d, b) = (&d, b.from_column(c0));
+        let strides = (rs as isize, cs as isize);
+        let alpha = accumulate.then_some(1.0);
+        // SAFETY: the asserts above bound every index the product touches, and the two
+        // halves write disjoint columns.
+        unsafe {
+            cpu::gemm_unchecked(
+                (m, c1 - c0, k),
+                d.0.add(c0 * cs),
+                strides,
+                alpha,
+                a,
+                b,
+                1.0,
+                Parallelism::None,
+            )
+        }
     };
     if m * n * k >= PAR_GEMM && n >= 32 && rayon::current_num_threads() > 1 {
         let h = (n / 2).next_multiple_of(16);
@@ -144,56 +143,6 @@ fn gemm_into(
 struct Disjoint(*mut f32);
 // SAFETY: every user writes elements no other thread writes.
 unsafe impl Sync for Disjoint {}
-
-/// dst = [dst +] A·B on this thread, as `gemm_into` without its checks.
-///
-/// # Safety
-/// Every element of the m×n destination at `dst` (strides `rs`, `cs`) must be writable and
-/// no one else's, and `a`, `b` must span m×k and k×n.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_serial(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    (rs, cs): (usize, usize),
-    accumulate: bool,
-    a: Op,
-    b: Op,
-) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        cs as isize,
-        rs as isize,
-        accumulate,
-        a.data.as_ptr(),
-        a.cs,
-        a.rs,
-        b.data.as_ptr(),
-        b.cs,
-        b.rs,
-        1.0,
-        1.0,
-        false,
-        false,
-        false,
-        gemm::Parallelism::None,
-    );
-}
-
-impl<'a> Op<'a> {
-    /// The operand from column `c` on.
-    fn offset(self, c: usize) -> Op<'a> {
-        let at = (c as isize * self.cs) as usize;
-        Op {
-            data: &self.data[at.min(self.data.len())..],
-            ..self
-        }
-    }
-}
 
 /// dst (m×n) = [dst +] a (m×k) · bᵀ, with b stored n×k: a Linear layer's forward (b = W).
 pub fn matmul_nt(
@@ -212,12 +161,12 @@ pub fn matmul_nt(
         dst,
         (n, 1),
         accumulate,
-        Op {
+        Strided {
             data: a,
             rs: k as isize,
             cs: 1,
         },
-        Op {
+        Strided {
             data: b,
             rs: 1,
             cs: k as isize,
@@ -242,12 +191,12 @@ pub fn matmul_tn(
         dst,
         (n, 1),
         accumulate,
-        Op {
+        Strided {
             data: a,
             rs: 1,
             cs: m as isize,
         },
-        Op {
+        Strided {
             data: b,
             rs: n as isize,
             cs: 1,
@@ -272,12 +221,12 @@ pub fn matmul_nn(
         dst,
         (n, 1),
         accumulate,
-        Op {
+        Strided {
             data: a,
             rs: k as isize,
             cs: 1,
         },
-        Op {
+        Strided {
             data: b,
             rs: n as isize,
             cs: 1,
@@ -340,12 +289,12 @@ fn wide_linear_forward(
         for (row, &b) in ot.chunks_exact_mut(n).zip(bias) {
             row.fill(b);
         }
-        let xt = Op {
+        let xt = Strided {
             data: xt,
             rs: 1,
             cs: n as isize,
         };
-        let wt = Op {
+        let wt = Strided {
             data: &w[..k * din],
             rs: 1,
             cs: din as isize,
@@ -474,14 +423,6 @@ pub fn gelu_and_grad(x: f32) -> (f32, f32) {
     (x * cdf, cdf + x * INV_SQRT_2PI * exp_f32(-0.5 * x * x))
 }
 
-/// SplitMix64's output function: a bijective 64-bit mix.
-#[inline(always)]
-pub fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// Dropout of one layer at one optimizer step: element `i` of the batch activations is kept
 /// when a hash of (stream, i) is at least `p`. Counter-based, so the CPU and the CUDA kernels
 /// draw the same mask, and the backward pass recomputes it instead of storing it.
@@ -499,7 +440,7 @@ impl Dropout {
     pub fn new(p: f32, seed: u64, model: u64, step: u64, site: u64) -> Dropout {
         let stream = mix64(
             mix64(seed ^ 0x6a09_e667_f3bc_c909)
-                ^ mix64(model.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (step << 4) ^ site),
+                ^ mix64(model.wrapping_mul(GOLDEN) ^ (step << 4) ^ site),
         );
         Dropout { p, stream }
     }
@@ -508,10 +449,7 @@ impl Dropout {
     #[inline(always)]
     pub fn factor(&self, i: u64) -> f32 {
         // The top 24 bits, through i32 (exact; u64 → f32 has no vector instruction before AVX-512).
-        let u = (mix64(
-            self.stream
-                .wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
-        ) >> 40) as i32 as f32
+        let u = (mix64(self.stream.wrapping_add(i.wrapping_mul(GOLDEN))) >> 40) as i32 as f32
             * (1.0 / (1u64 << 24) as f32);
         if u < self.p {
             0.0

@@ -9,9 +9,10 @@
 
 use super::data::Pairs;
 use super::engine::{AdamW, Dropouts, Workspace, NO_DROPOUT};
-use super::model::{safetensors_bytes, Clip, Layout, SplitMix64};
-use super::ops::{self, mix64, Dropout};
+use super::model::{safetensors_bytes, Clip, Layout};
+use super::ops::{self, Dropout};
 use crate::error::{Error, Result};
+use crate::rng::{mix64, SplitMix64};
 use rayon::prelude::*;
 use safetensors::SafeTensors;
 use std::path::{Path, PathBuf};

@@ -6,6 +6,7 @@ use super::ontology::{Ontology, DOMAINS};
 use super::posterior::{noisy_or, task_posteriors, TaskPosterior};
 use super::vocabulary::Vocabulary;
 use crate::brain::{Atlas, Image};
+use crate::device::cpu::{self, Parallelism, Strided};
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -219,30 +220,21 @@ impl Decoder {
         // logits = s · I Tᵀ (n × T)
         let mut logits = vec![0.0f32; n * t];
         if n > 0 {
-            // SAFETY: dense row-major buffers of the stated shapes.
-            unsafe {
-                gemm::gemm(
-                    n,
-                    t,
-                    k,
-                    logits.as_mut_ptr(),
-                    1,
-                    t as isize,
-                    false,
-                    images.as_ptr(),
-                    1,
-                    k as isize,
-                    self.text_features.as_ptr(),
-                    k as isize,
-                    1,
-                    0.0,
-                    self.logit_scale,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::Rayon(0),
-                );
-            }
+            let (im, tt) = (
+                Strided::rows(&images, k),
+                Strided::transposed(&self.text_features, k),
+            );
+            let par = Parallelism::Rayon(0);
+            cpu::gemm(
+                (n, t, k),
+                &mut logits,
+                (t as isize, 1),
+                None,
+                im,
+                tt,
+                self.logit_scale,
+                par,
+            );
         }
         task_posteriors(&logits, n, &self.vocabulary.prior)
             .into_iter()

@@ -136,8 +136,39 @@ fn parse_arch(arch: &str) -> Option<(u32, bool)> {
         .map(|v| (v, specific))
 }
 
-fn cuda_err(what: &str) -> impl FnOnce(cudarc::driver::DriverError) -> Error + '_ {
+/// A driver error as niclip's, saying what was being done.
+pub(crate) fn cuda_err(what: &str) -> impl FnOnce(cudarc::driver::DriverError) -> Error + '_ {
     move |e| Error::Cuda(format!("{what}: {e:?}"))
+}
+
+/// A failed kernel launch as niclip's error, naming the kernel.
+pub(crate) fn launch_err(kernel: &str) -> impl FnOnce(cudarc::driver::DriverError) -> Error + '_ {
+    move |e| Error::Cuda(format!("launch of {kernel} failed: {e:?}"))
+}
+
+/// The launch shapes the kernel families use.
+pub mod launch {
+    use cudarc::driver::LaunchConfig;
+
+    /// A grid-stride loop over `count` elements: blocks of `threads`, at most `max_blocks`.
+    pub fn flat(count: usize, threads: u32, max_blocks: usize) -> LaunchConfig {
+        let blocks = count.div_ceil(threads as usize).clamp(1, max_blocks);
+        grid((blocks as u32, 1, 1), threads, 0)
+    }
+
+    /// One block of `threads` per row, `models` rows of blocks (the many-models kernels).
+    pub fn rows(rows: usize, models: usize, threads: u32) -> LaunchConfig {
+        grid((rows as u32, models as u32, 1), threads, 0)
+    }
+
+    /// Any grid of one-dimensional blocks, with `shared` bytes of dynamic shared memory.
+    pub fn grid(grid_dim: (u32, u32, u32), threads: u32, shared: u32) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim,
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: shared,
+        }
+    }
 }
 
 pub struct Gpu {
@@ -149,7 +180,22 @@ pub struct Gpu {
 }
 
 impl Gpu {
-    pub fn new(ordinal: usize) -> Result<Gpu> {
+    /// Device `ordinal`, opened once per process and shared by every caller: one context,
+    /// stream, kernel-module cache and cuBLAS handle.
+    pub fn open(ordinal: usize) -> Result<Arc<Gpu>> {
+        static OPEN: Mutex<Vec<Arc<Gpu>>> = Mutex::new(Vec::new());
+        let mut open = OPEN
+            .lock()
+            .map_err(|_| Error::Cuda("device table poisoned by an earlier panic".into()))?;
+        if let Some(g) = open.iter().find(|g| g.ordinal == ordinal) {
+            return Ok(g.clone());
+        }
+        let g = Arc::new(Gpu::new(ordinal)?);
+        open.push(g.clone());
+        Ok(g)
+    }
+
+    fn new(ordinal: usize) -> Result<Gpu> {
         // Creating a context without a driver panics: check first.
         let count = device_count();
         if ordinal >= count {

@@ -1,6 +1,7 @@
 //! Recall@k, hit@k and the permutation null of decoding evaluations.
 
 use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
 use std::path::{Path, PathBuf};
 
 /// What a map is known to reflect: `truth.tsv` rows (path, task; optional concepts, domains,
@@ -144,7 +145,7 @@ pub fn score_level(
     let (mut null_sum, mut at_least) = (0.0, 0usize);
     for _ in 0..n_perm {
         for i in (1..order.len()).rev() {
-            let j = (rng.next() % (i as u64 + 1)) as usize;
+            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
             order.swap(i, j);
         }
         let r = mean_recall(&order);
@@ -170,19 +171,6 @@ pub fn score_level(
             f64::NAN
         },
         p: (at_least + 1) as f64 / (n_perm + 1) as f64,
-    }
-}
-
-/// A small deterministic generator for the shuffles (SplitMix64).
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
     }
 }
 

@@ -17,13 +17,12 @@
 use super::bert::{Bert, BertConfig};
 use super::decoder::{Decoder, DecoderConfig};
 use super::ops::{AttnMask, Heads, Linear, RopeTable};
-use crate::device::cuda::Gpu;
+use crate::device::cuda::{launch, launch_err, Gpu};
 use crate::error::{Error, Result};
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{
-    CudaSlice, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
-    ValidAsZeroBits,
+    CudaSlice, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, PushKernelArg, ValidAsZeroBits,
 };
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
@@ -36,10 +35,6 @@ pub const ATT_BQ: usize = 16;
 const ATT_THREADS: u32 = 128;
 /// Widest head the attention kernels take (`attention_*_d128`).
 pub const MAX_HEAD_DIM: usize = 128;
-
-fn cuda_err(what: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
-    move |e| Error::Cuda(format!("{what}: {e:?}"))
-}
 
 /// Element types of the kernels with an `_f32` and a `_bf16` entry. bf16 values are held as
 /// their `u16` bits (see [`to_bf16`]).
@@ -74,22 +69,6 @@ pub fn from_bf16(x: &[u16]) -> Vec<f32> {
     x.iter()
         .map(|b| half::bf16::from_bits(*b).to_f32())
         .collect()
-}
-
-fn flat_cfg(count: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (count.div_ceil(256).clamp(1, 1 << 20) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-fn rows_cfg(rows: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (rows as u32, 1, 1),
-        block_dim: (ROW_THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    }
 }
 
 /// Sizes the kernels index with `int` must stay below 2³¹.
@@ -132,7 +111,7 @@ pub fn embed_gather(
     let mut l = gpu.stream.launch_builder(&f);
     l.arg(table).arg(ids).arg(&ni).arg(&di).arg(out);
     // SAFETY: embed_gather(table, ids, n, d, out); ids < vocab checked by the caller, out n·d.
-    unsafe { l.launch(flat_cfg(n * d)) }.map_err(cuda_err("embed_gather"))?;
+    unsafe { l.launch(launch::flat(n * d, 256, 1 << 20)) }.map_err(launch_err("embed_gather"))?;
     Ok(())
 }
 
@@ -165,7 +144,7 @@ pub fn bert_embed(
         .arg(&di)
         .arg(out);
     // SAFETY: bert_embed's argument list; ids < vocab and positions < max_positions checked.
-    unsafe { l.launch(flat_cfg(n * d)) }.map_err(cuda_err("bert_embed"))?;
+    unsafe { l.launch(launch::flat(n * d, 256, 1 << 20)) }.map_err(launch_err("bert_embed"))?;
     Ok(())
 }
 
@@ -190,7 +169,7 @@ pub fn rms_norm<T: Elem>(
     let mut l = gpu.stream.launch_builder(&f);
     l.arg(x).arg(w).arg(&eps).arg(&di).arg(out);
     // SAFETY: rms_norm_T(x, w, eps, d, out), one block per row of d.
-    unsafe { l.launch(rows_cfg(rows)) }.map_err(cuda_err("rms_norm"))?;
+    unsafe { l.launch(launch::rows(rows, 1, ROW_THREADS)) }.map_err(launch_err("rms_norm"))?;
     Ok(())
 }
 
@@ -237,7 +216,8 @@ pub fn residual_layer_norm(
     };
     // SAFETY: residual_layer_norm(x, y?, bias?, w, b, eps, d, xb?); the optional ones are null
     // or rows·d (bias d), one block per row.
-    unsafe { l.launch(rows_cfg(rows)) }.map_err(cuda_err("residual_layer_norm"))?;
+    unsafe { l.launch(launch::rows(rows, 1, ROW_THREADS)) }
+        .map_err(launch_err("residual_layer_norm"))?;
     Ok(())
 }
 
@@ -259,7 +239,7 @@ pub fn add_bias<T: Elem>(
     let mut l = gpu.stream.launch_builder(&f);
     l.arg(x).arg(b).arg(&n).arg(&di);
     // SAFETY: add_bias_T(x, b, n, d) over rows·d elements.
-    unsafe { l.launch(flat_cfg(rows * d)) }.map_err(cuda_err("add_bias"))?;
+    unsafe { l.launch(launch::flat(rows * d, 256, 1 << 20)) }.map_err(launch_err("add_bias"))?;
     Ok(())
 }
 
@@ -285,7 +265,7 @@ pub fn gelu_bias<T: Elem>(
     };
     l.arg(&n).arg(&di);
     // SAFETY: gelu_bias_T(x, b?, n, d) over rows·d elements.
-    unsafe { l.launch(flat_cfg(rows * d)) }.map_err(cuda_err("gelu_bias"))?;
+    unsafe { l.launch(launch::flat(rows * d, 256, 1 << 20)) }.map_err(launch_err("gelu_bias"))?;
     Ok(())
 }
 
@@ -307,7 +287,7 @@ pub fn swiglu<T: Elem>(
     let mut l = gpu.stream.launch_builder(&f);
     l.arg(gate_up).arg(&r).arg(&ffi).arg(out);
     // SAFETY: swiglu_T(gate_up, rows, ff, out) over rows·ff elements.
-    unsafe { l.launch(flat_cfg(rows * ff)) }.map_err(cuda_err("swiglu"))?;
+    unsafe { l.launch(launch::flat(rows * ff, 256, 1 << 20)) }.map_err(launch_err("swiglu"))?;
     Ok(())
 }
 
@@ -371,7 +351,8 @@ pub fn rope<T: Elem>(
         .arg(&table.sin)
         .arg(&ni);
     // SAFETY: rope_T(x, stride, heads, hd, positions, cos, sin, n) over n·heads·hd/2 pairs.
-    unsafe { l.launch(flat_cfg(n * heads * hd / 2)) }.map_err(cuda_err("rope"))?;
+    unsafe { l.launch(launch::flat(n * heads * hd / 2, 256, 1 << 20)) }
+        .map_err(launch_err("rope"))?;
     Ok(())
 }
 
@@ -495,14 +476,10 @@ pub fn attention<T: Elem>(
         .arg(&scale_log2)
         .arg(&causal)
         .arg(&window);
-    let cfg = LaunchConfig {
-        grid_dim: (plan.n_tiles as u32, nh as u32, 1),
-        block_dim: (ATT_THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = launch::grid((plan.n_tiles as u32, nh as u32, 1), ATT_THREADS, 0);
     // SAFETY: attention_T_dW's argument list; the tiles index rows < plan.total, which every
     // operand holds (checked above), and hd <= the kernel's width.
-    unsafe { l.launch(cfg) }.map_err(cuda_err("attention"))?;
+    unsafe { l.launch(cfg) }.map_err(launch_err("attention"))?;
     Ok(())
 }
 
@@ -538,13 +515,9 @@ pub fn pool_rows(
     let di = int(d, "width")?;
     let mut l = gpu.stream.launch_builder(&f);
     l.arg(h).arg(&di).arg(&starts).arg(&text).arg(sums);
-    let cfg = LaunchConfig {
-        grid_dim: (chunks as u32, d.div_ceil(128) as u32, 1),
-        block_dim: (128, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = launch::grid((chunks as u32, d.div_ceil(128) as u32, 1), 128, 0);
     // SAFETY: pool_rows(h, d, chunk_start, chunk_text, sums): rows and texts in range (checked).
-    unsafe { l.launch(cfg) }.map_err(cuda_err("pool_rows"))?;
+    unsafe { l.launch(cfg) }.map_err(launch_err("pool_rows"))?;
     Ok(())
 }
 
@@ -565,7 +538,7 @@ pub fn fill_uniform_bf16(
     let mut l = gpu.stream.launch_builder(&f);
     l.arg(x).arg(&ni).arg(&seed).arg(&amp);
     // SAFETY: fill_uniform_bf16(x, n, seed, amp) writes n elements.
-    unsafe { l.launch(flat_cfg(n)) }.map_err(cuda_err("fill_uniform_bf16"))?;
+    unsafe { l.launch(launch::flat(n, 256, 1 << 20)) }.map_err(launch_err("fill_uniform_bf16"))?;
     Ok(())
 }
 
@@ -725,13 +698,13 @@ enum DevNet {
 
 /// The device and its cuBLAS handle.
 struct Engine {
-    gpu: Gpu,
+    gpu: Arc<Gpu>,
     blas: Arc<CudaBlas>,
 }
 
 impl Engine {
-    fn new(ordinal: usize) -> Result<Engine> {
-        let gpu = Gpu::new(ordinal)?;
+    fn new(gpu: &Arc<Gpu>) -> Result<Engine> {
+        let gpu = gpu.clone();
         let blas = gpu.blas()?.ok_or_else(|| {
             Error::Cuda("cuBLAS (libcublas.so) cannot be loaded: add the CUDA toolkit's lib directory to LD_LIBRARY_PATH, or use --device cpu".into())
         })?;
@@ -762,8 +735,8 @@ fn pack(seqs: &[&[u32]]) -> (Vec<i32>, Vec<i32>, Vec<usize>) {
 
 impl CudaText {
     /// Uploads a CPU decoder (its f32 weights become bf16 matrices; the host copy is dropped).
-    pub(super) fn from_decoder(ordinal: usize, m: Decoder) -> Result<CudaText> {
-        let e = Engine::new(ordinal)?;
+    pub(super) fn from_decoder(gpu: &Arc<Gpu>, m: Decoder) -> Result<CudaText> {
+        let e = Engine::new(gpu)?;
         let g = &e.gpu;
         let layers = m
             .layers
@@ -790,8 +763,8 @@ impl CudaText {
     }
 
     /// Uploads a CPU BERT encoder.
-    pub(super) fn from_bert(ordinal: usize, m: Bert) -> Result<CudaText> {
-        let e = Engine::new(ordinal)?;
+    pub(super) fn from_bert(gpu: &Arc<Gpu>, m: Bert) -> Result<CudaText> {
+        let e = Engine::new(gpu)?;
         let g = &e.gpu;
         let norm = |n: &super::bert::Norm| -> Result<DevNorm> {
             Ok(DevNorm {
@@ -827,15 +800,15 @@ impl CudaText {
     /// A decoder of `cfg`'s shape with random bf16 weights drawn on the device (benches of
     /// model sizes with no checkpoint at hand, e.g. Mistral-7B): every matrix uniform with
     /// variance 1/fan-in, norm weights 1, no biases.
-    pub fn random_decoder(ordinal: usize, cfg: DecoderConfig, seed: u64) -> Result<CudaText> {
-        let e = Engine::new(ordinal)?;
+    pub fn random_decoder(gpu: &Arc<Gpu>, cfg: DecoderConfig, seed: u64) -> Result<CudaText> {
+        let e = Engine::new(gpu)?;
         let g = &e.gpu;
         let d = cfg.hidden;
         let Heads { nh, nkv, hd } = cfg.heads;
         let ones = vec![1.0f32; d];
         let mut s = seed;
         let mut next = || {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            s = s.wrapping_add(crate::rng::GOLDEN);
             s
         };
         let layers = (0..cfg.layers)

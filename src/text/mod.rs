@@ -34,11 +34,13 @@ pub mod ops;
 pub mod tokenizer;
 pub mod weights;
 
+use crate::device::cuda::Gpu;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use bert::{Bert, BertConfig};
 use decoder::{Decoder, DecoderConfig};
 use std::path::Path;
+use std::sync::Arc;
 use tokenizer::TextTokenizer;
 use weights::{Config, TensorMap};
 
@@ -63,10 +65,21 @@ impl Default for EmbedOptions {
     }
 }
 
-enum Net {
+pub(crate) enum Net {
     Decoder(Decoder),
     Bert(Bert),
     Cuda(Box<cuda::CudaText>),
+}
+
+impl Net {
+    /// The network on a CUDA device (bf16 weights); the host copies are dropped.
+    pub(crate) fn to_cuda(self, gpu: &Arc<Gpu>) -> Result<Net> {
+        Ok(match self {
+            Net::Decoder(d) => Net::Cuda(Box::new(cuda::CudaText::from_decoder(gpu, d)?)),
+            Net::Bert(b) => Net::Cuda(Box::new(cuda::CudaText::from_bert(gpu, b)?)),
+            Net::Cuda(c) => Net::Cuda(c),
+        })
+    }
 }
 
 pub struct TextModel {
@@ -255,15 +268,7 @@ impl TextModel {
         let model_type = c.str_opt("model_type").unwrap_or("").to_string();
         let (net, vocab) = build(&model_type, &c, &mut tensors)?;
         drop(tensors);
-        let net = match (device, net) {
-            (Device::Cuda(g), Net::Decoder(d)) => {
-                Net::Cuda(Box::new(cuda::CudaText::from_decoder(g.ordinal, d)?))
-            }
-            (Device::Cuda(g), Net::Bert(b)) => {
-                Net::Cuda(Box::new(cuda::CudaText::from_bert(g.ordinal, b)?))
-            }
-            (_, net) => net,
-        };
+        let net = device.place_text_net(net)?;
         Ok(TextModel {
             net,
             tokenizer,

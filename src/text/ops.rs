@@ -2,6 +2,7 @@
 //! the CPU path itself (fast enough: gemm + rayon) and the reference the CUDA kernels are tested
 //! against. Activations are `[tokens, width]`; a weight is `[out, in]` as PyTorch stores it.
 
+use crate::device::cpu::{self, Parallelism, Strided};
 use rayon::prelude::*;
 
 /// A dense layer `y = x Wᵀ + b` with W `[out, inp]` (PyTorch's `nn.Linear` layout).
@@ -47,31 +48,18 @@ pub fn matmul_t(
             row.copy_from_slice(b);
         }
     }
-    // SAFETY: the three buffers have the asserted sizes and the strides below stay inside them:
-    // lhs x (rows × k, row stride k), rhs wᵀ (k × n: element (kk, j) = w[j·k + kk]), dst y (rows × n).
-    unsafe {
-        gemm::gemm(
-            rows,
-            n,
-            k,
-            y.as_mut_ptr(),
-            1,
-            n as isize,
-            bias.is_some(),
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(0),
-        );
-    }
+    let alpha = bias.map(|_| 1.0);
+    let (a, wt) = (Strided::rows(x, k), Strided::transposed(w, k));
+    cpu::gemm(
+        (rows, n, k),
+        y,
+        (n as isize, 1),
+        alpha,
+        a,
+        wt,
+        1.0,
+        Parallelism::Rayon(0),
+    );
 }
 
 /// LlamaRMSNorm: `w · x / sqrt(mean(x²) + eps)`, per row of width `w.len()`.
@@ -232,31 +220,29 @@ pub fn attention_batch(
             };
             let nk = k1 - k0;
             let mut s = vec![0.0f32; bq * nk];
-            // SAFETY: q rows q0..q1 of head h (row stride nh·hd), keys k0..k1 of kv head kvh
-            // read as kᵀ (column stride nkv·hd), scores bq × nk contiguous; all inside the slices.
-            unsafe {
-                gemm::gemm(
-                    bq,
-                    nk,
-                    hd,
-                    s.as_mut_ptr(),
-                    1,
-                    nk as isize,
-                    false,
-                    q.as_ptr().add(q0 * qs + h * hd),
-                    1,
-                    qs as isize,
-                    k.as_ptr().add(k0 * ks + kvh * hd),
-                    ks as isize,
-                    1,
-                    0.0,
-                    scale,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
+            // q rows q0..q1 of head h (row stride nh·hd) times the keys k0..k1 of kv head
+            // kvh read as kᵀ (column stride nkv·hd).
+            let qh = Strided {
+                data: &q[q0 * qs + h * hd..],
+                rs: qs as isize,
+                cs: 1,
+            };
+            let kt = Strided {
+                data: &k[k0 * ks + kvh * hd..],
+                rs: 1,
+                cs: ks as isize,
+            };
+            let par = Parallelism::None;
+            cpu::gemm(
+                (bq, nk, hd),
+                &mut s,
+                (nk as isize, 1),
+                None,
+                qh,
+                kt,
+                scale,
+                par,
+            );
             for (r, row) in s.chunks_exact_mut(nk).enumerate() {
                 let i = q0 + r;
                 let hi = if mask.causal { i + 1 } else { s1 } - k0;
@@ -278,30 +264,23 @@ pub fn attention_batch(
                 row[lo..hi].iter_mut().for_each(|x| *x *= inv);
             }
             let mut o = vec![0.0f32; bq * hd];
-            // SAFETY: probabilities bq × nk, values rows k0..k1 of kv head kvh, out bq × hd.
-            unsafe {
-                gemm::gemm(
-                    bq,
-                    hd,
-                    nk,
-                    o.as_mut_ptr(),
-                    1,
-                    hd as isize,
-                    false,
-                    s.as_ptr(),
-                    1,
-                    nk as isize,
-                    v.as_ptr().add(k0 * ks + kvh * hd),
-                    1,
-                    ks as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
+            // probabilities bq × nk times the values rows k0..k1 of kv head kvh.
+            let vh = Strided {
+                data: &v[k0 * ks + kvh * hd..],
+                rs: ks as isize,
+                cs: 1,
+            };
+            let (p, par) = (Strided::rows(&s, nk), Parallelism::None);
+            cpu::gemm(
+                (bq, hd, nk),
+                &mut o,
+                (hd as isize, 1),
+                None,
+                p,
+                vh,
+                1.0,
+                par,
+            );
             o
         })
         .collect();

@@ -1,0 +1,72 @@
+//! One method per op family: the only place that dispatches on the device. Each arm calls the
+//! family's CPU function or its CUDA launch, which live beside the rest of the family.
+
+use super::Device;
+use crate::baseline;
+use crate::brain::mkda::MkdaKernel;
+use crate::brain::{self, Atlas, Mask, Peaks};
+use crate::clip::data::Pairs;
+use crate::clip::train::{Job, Outcome, Progress, TrainConfig};
+use crate::error::Result;
+
+impl Device {
+    /// Image features of studies: MKDA maps of their peaks projected on the atlas, n × k
+    /// (`kernels/mkda.cu` on CUDA).
+    pub fn image_features(
+        &self,
+        kernel: &MkdaKernel,
+        mask: &Mask,
+        atlas: &Atlas,
+        peaks: &Peaks,
+    ) -> Result<Vec<f32>> {
+        match self {
+            Device::Cpu => brain::features::image_features_cpu(kernel, mask, atlas, peaks),
+            Device::Cuda(g) => {
+                brain::features_cuda::image_features_cuda(g, kernel, mask, atlas, peaks)
+            }
+        }
+    }
+
+    /// The Neurosynth correlation decoder's z-maps, one per selected term
+    /// (`kernels/baseline.cu` on CUDA).
+    pub fn z_maps(
+        &self,
+        ma: &[Vec<u32>],
+        total: &[u32],
+        selected: &[Vec<u32>],
+        n_voxels: usize,
+    ) -> Result<Vec<f32>> {
+        match self {
+            Device::Cpu => Ok(baseline::neurosynth::z_maps(ma, total, selected, n_voxels)),
+            Device::Cuda(g) => baseline::cuda::z_maps_cuda(g, ma, total, selected, n_voxels),
+        }
+    }
+
+    /// A text model's network placed on this device: the CPU's f32 network as it is, or its
+    /// weights uploaded as bf16 (`kernels/llm.cu` and cuBLAS on CUDA).
+    pub(crate) fn place_text_net(&self, net: crate::text::Net) -> Result<crate::text::Net> {
+        match self {
+            Device::Cpu => Ok(net),
+            Device::Cuda(g) => net.to_cuda(g),
+        }
+    }
+
+    /// Trains CLIP models: one after the other on the CPU, as many at once as fit on CUDA
+    /// (`kernels/clip.cu` and cuBLAS).
+    pub fn train_clip(
+        &self,
+        pairs: &Pairs,
+        cfg: &TrainConfig,
+        jobs: &[Job],
+        resume: bool,
+        progress: &mut Progress,
+    ) -> Result<Vec<Outcome>> {
+        match self {
+            Device::Cpu => jobs
+                .iter()
+                .map(|j| crate::clip::train::train_cpu(pairs, cfg, j, resume, progress))
+                .collect(),
+            Device::Cuda(g) => crate::clip::cuda::train_many(g, pairs, cfg, jobs, resume, progress),
+        }
+    }
+}
