@@ -47,7 +47,7 @@ impl Device {
     pub(crate) fn place_text_net(&self, net: crate::text::Net) -> Result<crate::text::Net> {
         match self {
             Device::Cpu => Ok(net),
-            Device::Cuda(g) => net.to_cuda(g),
+            Device::Cuda(g) => net.into_cuda(g),
         }
     }
 

@@ -73,7 +73,7 @@ pub(crate) enum Net {
 
 impl Net {
     /// The network on a CUDA device (bf16 weights); the host copies are dropped.
-    pub(crate) fn to_cuda(self, gpu: &Arc<Gpu>) -> Result<Net> {
+    pub(crate) fn into_cuda(self, gpu: &Arc<Gpu>) -> Result<Net> {
         Ok(match self {
             Net::Decoder(d) => Net::Cuda(Box::new(cuda::CudaText::from_decoder(gpu, d)?)),
             Net::Bert(b) => Net::Cuda(Box::new(cuda::CudaText::from_bert(gpu, b)?)),
