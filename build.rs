@@ -6,6 +6,10 @@
 //! No fast math: the kernels are checked for parity with the CPU reference in IEEE arithmetic.
 //! Without nvcc, or when it fails, the build goes on with a warning (the NVRTC path remains);
 //! `cfg(niclip_ptx)` is set only when every kernel compiled.
+//!
+//! The integer constants the kernels `#define` (block sizes, tiles) are written there too, as
+//! `consts::<family>::NAME` (`common` for `common.cuh`), so the host launches with the very
+//! numbers the kernels were compiled with and never declares them a second time.
 
 use std::env;
 use std::fmt::Write as _;
@@ -102,10 +106,108 @@ fn main() {
         writeln!(gen, "    ({name:?}, include_str!({})),", lit(p)).unwrap();
     }
     gen.push_str("];\n");
+    gen.push_str("pub mod consts {\n");
+    let mut families = vec![("common".to_string(), common.clone())];
+    families.extend(sources.iter().cloned());
+    for (name, p) in &families {
+        let text = std::fs::read_to_string(p).unwrap_or_default();
+        writeln!(gen, "    pub mod {name} {{").unwrap();
+        for (c, value) in int_defines(&text) {
+            writeln!(gen, "        pub const {c}: u32 = {value};").unwrap();
+        }
+        gen.push_str("    }\n");
+    }
+    gen.push_str("}\n");
     let dst = out.join("kernels.rs");
     if std::fs::read_to_string(&dst).ok().as_deref() != Some(gen.as_str()) {
         std::fs::write(&dst, gen).expect("write $OUT_DIR/kernels.rs");
     }
+}
+
+/// The object-like `#define NAME value` of a kernel source whose value is an integer expression
+/// (decimal literals, names defined before it in the same file, `+ - * / % << >>`, parentheses),
+/// as (NAME, the value as a Rust constant expression). Other defines (function-like macros,
+/// floats, casts) are not constants the host shares and are passed over.
+fn int_defines(src: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in src.lines() {
+        let Some(rest) = line.trim_start().strip_prefix("#define") else {
+            continue;
+        };
+        if !rest.starts_with([' ', '\t']) {
+            continue;
+        }
+        let rest = rest.trim_start();
+        let name_len = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        let (name, body) = rest.split_at(name_len);
+        // `NAME(` is a function-like macro.
+        if name.is_empty() || !body.starts_with([' ', '\t']) {
+            continue;
+        }
+        let body = body.split("//").next().unwrap_or("").trim();
+        let known = |w: &str| out.iter().any(|(n, _)| n == w);
+        let tokens: Option<Vec<String>> = tokenize(body)
+            .into_iter()
+            .map(|t| {
+                let ok = t.chars().all(|c| c.is_ascii_digit())
+                    || ["+", "-", "*", "/", "%", "<<", ">>", "(", ")"].contains(&t.as_str())
+                    || known(&t);
+                ok.then_some(t)
+            })
+            .collect();
+        match tokens {
+            Some(t) if !t.is_empty() => {
+                let value = strip_outer_parens(&t).join(" ");
+                out.push((name.to_string(), value));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// `( a * b )` → `a * b`, when the first parenthesis closes at the end (Rust warns otherwise).
+fn strip_outer_parens(t: &[String]) -> &[String] {
+    let n = t.len();
+    if n < 2 || t[0] != "(" || t[n - 1] != ")" {
+        return t;
+    }
+    let mut depth = 0;
+    for (i, tok) in t.iter().enumerate() {
+        depth += (tok == "(") as i32 - (tok == ")") as i32;
+        if depth == 0 && i < n - 1 {
+            return t;
+        }
+    }
+    &t[1..n - 1]
+}
+
+/// Words, numbers and operators of a `#define` body (a word is a name or a number, suffix included).
+fn tokenize(body: &str) -> Vec<String> {
+    let mut tokens = Vec::new();
+    let mut chars = body.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_whitespace() {
+            continue;
+        }
+        let mut t = c.to_string();
+        if c.is_ascii_alphanumeric() || c == '_' {
+            while let Some(&n) = chars
+                .peek()
+                .filter(|n| n.is_ascii_alphanumeric() || **n == '_')
+            {
+                t.push(n);
+                chars.next();
+            }
+        } else if (c == '<' || c == '>') && chars.peek() == Some(&c) {
+            t.push(c);
+            chars.next();
+        }
+        tokens.push(t);
+    }
+    tokens
 }
 
 fn find_nvcc() -> Option<PathBuf> {

@@ -31,18 +31,6 @@ __device__ __forceinline__ float gelu_grad(float x) {
     return normal_cdf(x) + x * 0.3989422804014327f * expf(-0.5f * x * x);
 }
 
-// Sum of `v` over the block (ROW_THREADS threads); every thread gets the result.
-__device__ double block_sum(double v) {
-    __shared__ double part[ROW_THREADS / 32];
-    __syncthreads();  // part may still be read by a previous call
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
-    __syncthreads();
-    double s = 0.0;
-    for (int w = 0; w < ROW_THREADS / 32; ++w) s += part[w];
-    return s;
-}
-
 // dst[m][r][:] = src[idx[m*B + r]][:], zero rows where idx < 0.
 extern "C" __global__ void gather_rows(const float* __restrict__ src, int width, const int* __restrict__ idx,
                                        float* __restrict__ dst, int rows_total) {
@@ -71,13 +59,13 @@ extern "C" __global__ void bias_gelu_forward(float* __restrict__ p, float* __res
 __device__ void layer_norm_row(float* xh, float* y, float* rstd, const float* gamma, const float* beta, int k) {
     double s = 0.0;
     for (int c = threadIdx.x; c < k; c += ROW_THREADS) s += (double)xh[c];
-    double mean = block_sum(s) / k;
+    double mean = block_sum<ROW_THREADS>(s) / k;
     double q = 0.0;
     for (int c = threadIdx.x; c < k; c += ROW_THREADS) {
         double d = (double)xh[c] - mean;
         q += d * d;
     }
-    double var = block_sum(q) / k;
+    double var = block_sum<ROW_THREADS>(q) / k;
     float rs = (float)(1.0 / sqrt(var + 1e-5));
     float mf = (float)mean;
     for (int c = threadIdx.x; c < k; c += ROW_THREADS) {
@@ -132,7 +120,7 @@ extern "C" __global__ void l2_normalize_forward(const float* __restrict__ z, flo
     const float* zr = z + row * k;
     double s = 0.0;
     for (int c = threadIdx.x; c < k; c += ROW_THREADS) s += (double)zr[c] * zr[c];
-    float norm = fmaxf((float)sqrt(block_sum(s)), 1e-12f);
+    float norm = fmaxf((float)sqrt(block_sum<ROW_THREADS>(s)), 1e-12f);
     for (int c = threadIdx.x; c < k; c += ROW_THREADS) out[row * k + c] = zr[c] / norm;
     if (threadIdx.x == 0) norms[row] = norm;
 }
@@ -144,7 +132,7 @@ extern "C" __global__ void l2_normalize_backward(const float* __restrict__ out, 
     long long row = (long long)blockIdx.y * B + blockIdx.x;
     double s = 0.0;
     for (int c = threadIdx.x; c < k; c += ROW_THREADS) s += (double)out[row * k + c] * dout[row * k + c];
-    float dot = (float)block_sum(s);
+    float dot = (float)block_sum<ROW_THREADS>(s);
     float norm = norms[row];
     for (int c = threadIdx.x; c < k; c += ROW_THREADS)
         dz[row * k + c] = (dout[row * k + c] - out[row * k + c] * dot) / norm;
@@ -187,8 +175,8 @@ extern "C" __global__ void info_nce_stats(const float* __restrict__ sim, const f
         sr += exp((double)(s * S[i * B + j] - mr));
         sc += exp((double)(s * S[j * B + i] - mc));
     }
-    sr = block_sum(sr);
-    sc = block_sum(sc);
+    sr = block_sum<ROW_THREADS>(sr);
+    sc = block_sum<ROW_THREADS>(sc);
     if (threadIdx.x == 0) {
         st[0] = mr;
         st[1] = (float)sr;
@@ -234,7 +222,7 @@ extern "C" __global__ void info_nce_grad(const float* __restrict__ sim, const fl
         ds += (double)g * S[i * B + j];
         D[j] = s * g;
     }
-    ds = block_sum(ds);
+    ds = block_sum<ROW_THREADS>(ds);
     if (threadIdx.x == 0) {
         float d = s * S[i * B + i];
         // Row i's and column i's cross-entropy terms.
@@ -254,8 +242,8 @@ extern "C" __global__ void info_nce_reduce(const double* __restrict__ row_terms,
         l += row_terms[((long long)m * B + i) * 2];
         ds += row_terms[((long long)m * B + i) * 2 + 1];
     }
-    l = block_sum(l);
-    ds = block_sum(ds);
+    l = block_sum<ROW_THREADS>(l);
+    ds = block_sum<ROW_THREADS>(ds);
     if (threadIdx.x == 0) {
         grads[m * P + logit_scale] = nm > 0 ? (float)ds : 0.0f;
         if (nm > 0) loss_acc[m] += (float)(l / (2.0 * nm));
@@ -271,8 +259,8 @@ __device__ void layer_norm_row_backward(const float* dy, const float* xh, float 
         s1 += d;
         s2 += (double)d * xh[c];
     }
-    float m1 = (float)(block_sum(s1) / k);
-    float m2 = (float)(block_sum(s2) / k);
+    float m1 = (float)(block_sum<ROW_THREADS>(s1) / k);
+    float m2 = (float)(block_sum<ROW_THREADS>(s2) / k);
     for (int c = threadIdx.x; c < k; c += ROW_THREADS) dr[c] = rs * (dy[c] * gamma[c] - m1 - xh[c] * m2);
 }
 

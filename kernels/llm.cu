@@ -14,6 +14,8 @@
 // memory, and keeps an online softmax per query, so no L×L score matrix exists.
 #include "common.cuh"
 
+// The integer #defines of this file are the host's too: build.rs exports them as
+// device::cuda::consts::llm::NAME.
 #define ROW_THREADS 256
 
 typedef unsigned short bf16;
@@ -33,26 +35,9 @@ __device__ __forceinline__ float load(const bf16* p, long long i) { return bf16_
 __device__ __forceinline__ void store(float* p, long long i, float v) { p[i] = v; }
 __device__ __forceinline__ void store(bf16* p, long long i, float v) { p[i] = f32_to_bf16(v); }
 
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
 __device__ __forceinline__ float warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
-}
-
-// Sum of `v` over a block of ROW_THREADS threads; every thread gets the result.
-__device__ float block_sum(float v) {
-    __shared__ float part[ROW_THREADS / 32];
-    __syncthreads();  // `part` may still be read by the previous call
-    v = warp_sum(v);
-    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
-    __syncthreads();
-    float s = 0.0f;
-    for (int w = 0; w < ROW_THREADS / 32; ++w) s += part[w];
-    return s;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -94,7 +79,7 @@ __device__ void rms_norm_row(const float* __restrict__ x, const float* __restric
         float v = x[base + c];
         ss += v * v;
     }
-    float inv = 1.0f / sqrtf(block_sum(ss) / (float)d + eps);
+    float inv = 1.0f / sqrtf(block_sum<ROW_THREADS>(ss) / (float)d + eps);
     for (int c = threadIdx.x; c < d; c += ROW_THREADS) store(out, base + c, w[c] * (x[base + c] * inv));
 }
 
@@ -121,13 +106,13 @@ extern "C" __global__ void residual_layer_norm(float* __restrict__ x, const floa
         x[base + c] = v;
         s += v;
     }
-    float mean = block_sum(s) / (float)d;
+    float mean = block_sum<ROW_THREADS>(s) / (float)d;
     float q = 0.0f;
     for (int c = threadIdx.x; c < d; c += ROW_THREADS) {
         float e = x[base + c] - mean;
         q += e * e;
     }
-    float inv = 1.0f / sqrtf(block_sum(q) / (float)d + eps);
+    float inv = 1.0f / sqrtf(block_sum<ROW_THREADS>(q) / (float)d + eps);
     for (int c = threadIdx.x; c < d; c += ROW_THREADS) {
         float o = (x[base + c] - mean) * inv * w[c] + b[c];
         x[base + c] = o;

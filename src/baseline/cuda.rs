@@ -3,13 +3,13 @@
 //! [`super::neurosynth::correlate`]: counts are exact (u32 atomics), z is computed in f64 and
 //! stored f32, so z-maps equal the CPU's bit for bit; r sums in f64 in another order.
 
-use crate::device::cuda::{launch, launch_err, Gpu};
+use crate::device::cuda::{consts, launch, launch_err, Gpu};
 use crate::error::{Error, Result};
 use cudarc::driver::PushKernelArg;
 
 const MODULE: &str = "baseline";
-/// `NICLIP_BLOCK` in kernels/common.cuh.
-const BLOCK: u32 = 256;
+/// Threads per block (`baseline_correlate` reduces over this many).
+const BLOCK: u32 = consts::common::NICLIP_BLOCK;
 
 /// Association z-maps of `selected` (see `neurosynth::z_maps`), terms in batches that fit.
 pub fn z_maps_cuda(

@@ -10,17 +10,17 @@
 use super::features::{check_grids, Peaks};
 use super::mkda::{peak_voxels, MkdaKernel};
 use super::{Atlas, Grid, Mask};
-use crate::device::cuda::{launch, launch_err, Gpu};
+use crate::device::cuda::{consts, launch, launch_err, Gpu};
 use crate::error::{Error, Result};
 use cudarc::driver::LaunchConfig;
 use cudarc::driver::{CudaSlice, PushKernelArg};
 use rayon::prelude::*;
 
 const MODULE: &str = "mkda";
-/// Threads per block of the per-study kernels: `NICLIP_BLOCK` in kernels/common.cuh.
-const BLOCK: u32 = 256;
-/// Tile edge of `solve_rows_f64`: `SOLVE_TILE` in kernels/mkda.cu.
-const SOLVE_TILE: usize = 16;
+/// Threads per block of the per-study kernels.
+const BLOCK: u32 = consts::common::NICLIP_BLOCK;
+/// Tile edge of `solve_rows_f64`.
+const SOLVE_TILE: usize = consts::mkda::SOLVE_TILE as usize;
 /// Largest count the kernels index with 32-bit ints, with headroom for `i += blockDim.x` past the end.
 const INDEX_LIMIT: usize = i32::MAX as usize - 65536;
 

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 const MODULE: &str = "clip";
 /// `ROW_THREADS` in kernels/clip.cu.
-const ROW_THREADS: u32 = 128;
+const ROW_THREADS: u32 = crate::device::cuda::consts::clip::ROW_THREADS;
 /// Checkpoints of a GPU sweep are written when this long has passed since the last one.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(60);
 

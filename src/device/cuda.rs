@@ -15,10 +15,16 @@ use cudarc::nvrtc::{CompileOptions, Ptx};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// What build.rs wrote: `COMMON`, `SOURCES` (name, .cu text), `PTX_ARCH`, `PTX` (name, PTX text).
+/// What build.rs wrote: `COMMON`, `SOURCES` (name, .cu text), `PTX_ARCH`, `PTX` (name, PTX text)
+/// and `consts`.
 mod built {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 }
+
+/// The integer constants the kernels `#define` (block sizes, tiles), read from the sources by
+/// build.rs: `consts::<family>::NAME` for `kernels/<family>.cu`, `consts::common` for
+/// `kernels/common.cuh`. The host launches with these, so the two sides cannot drift apart.
+pub use built::consts;
 
 /// Number of CUDA devices; 0 when the driver library is absent (checked before any context,
 /// since creating one without a driver panics).
@@ -398,5 +404,41 @@ mod tests {
             assert!(!src.contains("#include \"common.cuh\""), "{name}");
         }
         assert!(kernel_source("mkda").unwrap().contains("niclip_in_range"));
+    }
+
+    #[test]
+    fn host_constants_are_the_kernels_defines() {
+        let defines = |family: &str, pairs: &[(&str, u32)]| {
+            let src = kernel_source(family).unwrap();
+            for (name, value) in pairs {
+                let line = format!("#define {name} {value}");
+                assert!(
+                    src.lines().any(|l| l.starts_with(&line)),
+                    "{family}: {line}"
+                );
+            }
+        };
+        use consts::llm::{ATT_BK, ATT_BQ, ATT_QW, ATT_THREADS, ATT_WARPS};
+        defines(
+            "llm",
+            &[
+                ("ROW_THREADS", consts::llm::ROW_THREADS),
+                ("ATT_WARPS", ATT_WARPS),
+                ("ATT_QW", ATT_QW),
+                ("ATT_BK", ATT_BK),
+            ],
+        );
+        // Expressions over earlier defines: `(ATT_WARPS * ATT_QW)`, `(ATT_WARPS * 32)`.
+        assert_eq!(ATT_BQ, ATT_WARPS * ATT_QW);
+        assert_eq!(ATT_THREADS, ATT_WARPS * 32);
+        defines("clip", &[("ROW_THREADS", consts::clip::ROW_THREADS)]);
+        defines(
+            "mkda",
+            &[
+                ("NICLIP_BLOCK", consts::common::NICLIP_BLOCK),
+                ("SOLVE_TILE", consts::mkda::SOLVE_TILE),
+                ("MKDA_PEAK_CACHE", consts::mkda::MKDA_PEAK_CACHE),
+            ],
+        );
     }
 }

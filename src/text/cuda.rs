@@ -11,12 +11,13 @@
 //!   attention over the packed sequences, and token-weighted pooling into f64 sums.
 //!
 //! Sequences are packed back to back without padding, as on the CPU; attention runs on tiles
-//! of [`ATT_BQ`] queries that never cross a sequence. The kernel wrappers below are public so
+//! of `ATT_BQ` queries that never cross a sequence. The kernel wrappers below are public so
 //! that tests/cuda_text.rs can check each against its CPU op in [`super::ops`].
 
 use super::bert::{Bert, BertConfig};
 use super::decoder::{Decoder, DecoderConfig};
 use super::ops::{AttnMask, Heads, Linear, RopeTable};
+use crate::device::cuda::consts::llm::{ATT_BQ, ATT_THREADS, ROW_THREADS};
 use crate::device::cuda::{launch, launch_err, Gpu};
 use crate::error::{Error, Result};
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
@@ -28,11 +29,6 @@ use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
 const MODULE: &str = "llm";
-/// `ROW_THREADS` in kernels/llm.cu.
-const ROW_THREADS: u32 = 256;
-/// `ATT_BQ` (queries per attention block) and `ATT_THREADS` in kernels/llm.cu.
-pub const ATT_BQ: usize = 16;
-const ATT_THREADS: u32 = 128;
 /// Widest head the attention kernels take (`attention_*_d128`).
 pub const MAX_HEAD_DIM: usize = 128;
 
@@ -356,7 +352,7 @@ pub fn rope<T: Elem>(
     Ok(())
 }
 
-/// The attention tiles of packed sequences: {q0, q1, s0, s1} per block of at most [`ATT_BQ`]
+/// The attention tiles of packed sequences: {q0, q1, s0, s1} per block of at most `ATT_BQ`
 /// queries of one sequence, the tiles with the most keys first (they finish last).
 pub struct AttnPlan {
     tiles: CudaSlice<i32>,
@@ -367,10 +363,11 @@ pub struct AttnPlan {
 impl AttnPlan {
     /// `starts`: sequence s holds rows `starts[s]..starts[s + 1]` (as `ops::attention_batch`).
     pub fn new(gpu: &Gpu, starts: &[usize], mask: AttnMask) -> Result<AttnPlan> {
+        let bq = ATT_BQ as usize;
         let mut tiles: Vec<[usize; 4]> = Vec::new();
         for w in starts.windows(2) {
-            for q0 in (w[0]..w[1]).step_by(ATT_BQ) {
-                tiles.push([q0, (q0 + ATT_BQ).min(w[1]), w[0], w[1]]);
+            for q0 in (w[0]..w[1]).step_by(bq) {
+                tiles.push([q0, (q0 + bq).min(w[1]), w[0], w[1]]);
             }
         }
         let keys = |t: &[usize; 4]| {
