@@ -22,6 +22,25 @@
 // Peaks of a study staged in shared memory when it has at most this many (else read from global).
 #define MKDA_PEAK_CACHE 512
 
+// The arguments of mkda_xty_*, passed by value as one struct: the #[repr(C)] MkdaParams of
+// src/brain/features_cuda.rs, field for field (pointers first, so neither side pads inside).
+struct MkdaParams {
+    const int* peaks;                // 3 per peak: i, j, k voxel indices (clamped)
+    const int* start;                // n_studies + 1: study s owns peaks [start[s], start[s+1])
+    const int* offsets;              // 3 per sphere offset
+    const unsigned char* in_sphere;  // (2rx+1)(2ry+1)(2rz+1), x fastest
+    const int* row;                  // per grid voxel: atlas support row, or -1 (off mask/support)
+    const unsigned int* row_ptr;     // the atlas CSR: rows → (cols, vals)
+    const unsigned int* cols;
+    const float* vals;
+    double* xty;                     // n_studies * k, row-major
+    int n_studies, n_off;
+    int rx, ry, rz;                  // the sphere's reach per axis
+    int nx, ny, nz;                  // the grid
+    int k;                           // atlas maps
+};
+static_assert(sizeof(MkdaParams) == 112, "MkdaParams must match its Rust mirror");
+
 template <bool SMEM>
 __device__ __forceinline__ void mkda_xty_impl(
     const int* __restrict__ peaks,        // 3 per peak: i, j, k voxel indices (clamped)
@@ -93,29 +112,23 @@ __device__ __forceinline__ void mkda_xty_impl(
     }
 }
 
+template <bool SMEM>
+__device__ __forceinline__ void mkda_xty(const MkdaParams& p, double* smem_acc) {
+    mkda_xty_impl<SMEM>(p.peaks, p.start, p.n_studies, p.offsets, p.n_off, p.in_sphere, p.rx, p.ry, p.rz,
+                        p.nx, p.ny, p.nz, p.row, p.row_ptr, p.cols, p.vals, p.k, p.xty, smem_acc);
+}
+
 // Accumulates in k doubles of dynamic shared memory (launch with k * 8 bytes).
-extern "C" __global__ void __launch_bounds__(NICLIP_BLOCK) mkda_xty_smem(
-    const int* __restrict__ peaks, const int* __restrict__ start, int n_studies,
-    const int* __restrict__ offsets, int n_off, const unsigned char* __restrict__ in_sphere,
-    int rx, int ry, int rz, int nx, int ny, int nz, const int* __restrict__ row,
-    const unsigned int* __restrict__ row_ptr, const unsigned int* __restrict__ cols,
-    const float* __restrict__ vals, int k, double* __restrict__ xty)
+extern "C" __global__ void __launch_bounds__(NICLIP_BLOCK) mkda_xty_smem(const MkdaParams p)
 {
     extern __shared__ double mkda_acc[];
-    mkda_xty_impl<true>(peaks, start, n_studies, offsets, n_off, in_sphere, rx, ry, rz, nx, ny, nz,
-                        row, row_ptr, cols, vals, k, xty, mkda_acc);
+    mkda_xty<true>(p, mkda_acc);
 }
 
 // Accumulates with f64 atomics straight into the study's row of xty (no dynamic shared memory).
-extern "C" __global__ void __launch_bounds__(NICLIP_BLOCK) mkda_xty_global(
-    const int* __restrict__ peaks, const int* __restrict__ start, int n_studies,
-    const int* __restrict__ offsets, int n_off, const unsigned char* __restrict__ in_sphere,
-    int rx, int ry, int rz, int nx, int ny, int nz, const int* __restrict__ row,
-    const unsigned int* __restrict__ row_ptr, const unsigned int* __restrict__ cols,
-    const float* __restrict__ vals, int k, double* __restrict__ xty)
+extern "C" __global__ void __launch_bounds__(NICLIP_BLOCK) mkda_xty_global(const MkdaParams p)
 {
-    mkda_xty_impl<false>(peaks, start, n_studies, offsets, n_off, in_sphere, rx, ry, rz, nx, ny, nz,
-                         row, row_ptr, cols, vals, k, xty, nullptr);
+    mkda_xty<false>(p, nullptr);
 }
 
 // β (n×k, float32) = xty (n×k) · gram_inv (k×k), all row-major, f64 sums: the solve when cuBLAS

@@ -12,8 +12,8 @@ use super::mkda::{peak_voxels, MkdaKernel};
 use super::{Atlas, Grid, Mask};
 use crate::device::cuda::{consts, launch, launch_err, Gpu};
 use crate::error::{Error, Result};
-use cudarc::driver::LaunchConfig;
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::sys::CUdeviceptr;
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
 use rayon::prelude::*;
 
 const MODULE: &str = "mkda";
@@ -65,6 +65,31 @@ pub struct CudaMkda<'g> {
     vals: CudaSlice<f32>,
     gram_inv: CudaSlice<f64>,
 }
+
+/// The arguments of `mkda_xty_smem` / `mkda_xty_global`: `MkdaParams` in kernels/mkda.cu, field
+/// for field (device pointers, then ints; 112 bytes on both sides).
+#[repr(C)]
+struct MkdaParams {
+    peaks: CUdeviceptr,
+    start: CUdeviceptr,
+    offsets: CUdeviceptr,
+    in_sphere: CUdeviceptr,
+    row: CUdeviceptr,
+    row_ptr: CUdeviceptr,
+    cols: CUdeviceptr,
+    vals: CUdeviceptr,
+    xty: CUdeviceptr,
+    n_studies: i32,
+    n_off: i32,
+    reach: [i32; 3],
+    shape: [i32; 3],
+    k: i32,
+}
+
+const _: () = assert!(std::mem::size_of::<MkdaParams>() == 112);
+
+// SAFETY: plain old data of the layout the kernels read (repr(C), no references).
+unsafe impl DeviceRepr for MkdaParams {}
 
 /// Peaks of a batch of studies as the kernel reads them.
 struct PeakTable {
@@ -299,34 +324,40 @@ impl<'g> CudaMkda<'g> {
                 0,
             )
         };
-        let n_studies = n as i32;
-        let n_off = self.n_off as i32;
-        let [rx, ry, rz] = self.reach;
-        let [nx, ny, nz] = self.shape;
-        let k = self.k as i32;
+        // The device pointers' guards order the stream's later work after this launch: they
+        // live until it is queued.
+        let s = &self.gpu.stream;
+        let (peaks, _g1) = d_peaks.device_ptr(s);
+        let (start, _g2) = d_start.device_ptr(s);
+        let (offsets, _g3) = self.offsets.device_ptr(s);
+        let (in_sphere, _g4) = self.in_sphere.device_ptr(s);
+        let (row, _g5) = self.row.device_ptr(s);
+        let (row_ptr, _g6) = self.row_ptr.device_ptr(s);
+        let (cols, _g7) = self.cols.device_ptr(s);
+        let (vals, _g8) = self.vals.device_ptr(s);
+        let (xty, _g9) = out.device_ptr_mut(s);
+        let params = MkdaParams {
+            peaks,
+            start,
+            offsets,
+            in_sphere,
+            row,
+            row_ptr,
+            cols,
+            vals,
+            xty,
+            n_studies: n as i32,
+            n_off: self.n_off as i32,
+            reach: self.reach,
+            shape: self.shape,
+            k: self.k as i32,
+        };
         let cfg = launch::grid((n as u32, 1, 1), BLOCK, shared);
-        let mut b = self.gpu.stream.launch_builder(&func);
-        b.arg(&d_peaks)
-            .arg(&d_start)
-            .arg(&n_studies)
-            .arg(&self.offsets)
-            .arg(&n_off)
-            .arg(&self.in_sphere)
-            .arg(&rx)
-            .arg(&ry)
-            .arg(&rz)
-            .arg(&nx)
-            .arg(&ny)
-            .arg(&nz)
-            .arg(&self.row)
-            .arg(&self.row_ptr)
-            .arg(&self.cols)
-            .arg(&self.vals)
-            .arg(&k)
-            .arg(out);
-        // SAFETY: the arguments match mkda_xty_{smem,global}'s signature in kernels/mkda.cu in
-        // order and type; every index the kernel forms was bounds-checked above (grid < 2^31,
-        // peaks clamped, study size × offsets < 2^31, CSR cols < k, out ≥ n×k).
+        let mut b = s.launch_builder(&func);
+        b.arg(&params);
+        // SAFETY: MkdaParams mirrors the kernels' struct field for field; every index the kernel
+        // forms was bounds-checked above (grid < 2^31, peaks clamped, study size × offsets
+        // < 2^31, CSR cols < k, out ≥ n×k).
         unsafe { b.launch(cfg) }.map_err(launch_err(name))?;
         Ok(chosen)
     }
