@@ -8,11 +8,11 @@
 
 mod common;
 
-use niclip::device::cuda::{self, Gpu};
+use niclip::device::cuda::{self, from_bf16, to_bf16, Elem, Gpu, RowMajorGemm};
 use niclip::device::Device;
 use niclip::text::cuda::{
-    add_bias, attention, bert_embed, embed_gather, from_bf16, gelu_bias, gemm_bf16, pool_rows,
-    residual_layer_norm, rms_norm, rope, swiglu, to_bf16, AttnPlan, CudaText, Elem, RopeDev,
+    add_bias, attention, bert_embed, embed_gather, gelu_bias, pool_rows, residual_layer_norm,
+    rms_norm, rope, swiglu, AttnPlan, CudaText, RopeDev,
 };
 use niclip::text::decoder::DecoderConfig;
 use niclip::text::ops::{self, AttnMask, Heads, RopeTable};
@@ -569,7 +569,9 @@ fn gemm_matches_cpu() {
         ops::matmul_t(&x, rows, inp, &w, out, &mut want, None);
         let (xd, wd) = (g.htod(&to_bf16(&x)).unwrap(), g.htod(&to_bf16(&w)).unwrap());
         let mut y = poisoned::<f32>(&g, rows * out);
-        gemm_bf16(&g, &blas, &xd, rows, &wd, out, inp, &mut y, false).unwrap();
+        RowMajorGemm::linear(rows, out, inp, false)
+            .run_bf16(&g.stream, &blas, &xd, &wd, &mut y)
+            .unwrap();
         check(
             &format!("gemm f32 out {rows}x{out}x{inp}"),
             &down_f32(&g, &y, rows * out),
@@ -578,7 +580,9 @@ fn gemm_matches_cpu() {
             1e-5,
         );
         let mut yb = poisoned::<u16>(&g, rows * out);
-        gemm_bf16(&g, &blas, &xd, rows, &wd, out, inp, &mut yb, false).unwrap();
+        RowMajorGemm::linear(rows, out, inp, false)
+            .run_bf16(&g.stream, &blas, &xd, &wd, &mut yb)
+            .unwrap();
         check(
             &format!("gemm bf16 out {rows}x{out}x{inp}"),
             &down_bf16(&g, &yb, rows * out),
@@ -587,7 +591,9 @@ fn gemm_matches_cpu() {
             4e-3,
         );
         let mut y = g.htod(&y0).unwrap();
-        gemm_bf16(&g, &blas, &xd, rows, &wd, out, inp, &mut y, true).unwrap();
+        RowMajorGemm::linear(rows, out, inp, true)
+            .run_bf16(&g.stream, &blas, &xd, &wd, &mut y)
+            .unwrap();
         let acc: Vec<f32> = want.iter().zip(&y0).map(|(a, b)| a + b).collect();
         check(
             &format!("gemm accumulate {rows}x{out}x{inp}"),
@@ -595,6 +601,101 @@ fn gemm_matches_cpu() {
             &acc,
             out,
             1e-5,
+        );
+    }
+}
+
+/// The row-major cuBLAS wrapper's other forms against a triple loop: f32 strided-batched with
+/// every transpose, padded row strides and β = 1 (CLIP training's form), plain f64 (the atlas
+/// solve's). The padding between rows and matrices must come back untouched.
+#[test]
+fn row_major_gemm_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let blas = g
+        .blas()
+        .unwrap()
+        .expect("cuBLAS loads where a device exists");
+    let mut rng = Rng(10);
+    let (rows, cols, inner, batch) = (13, 7, 5, 3);
+    for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+        let (ar, ac) = if ta { (inner, rows) } else { (rows, inner) };
+        let (br, bc) = if tb { (cols, inner) } else { (inner, cols) };
+        let (lda, ldb, ldc) = (ac + 2, bc + 1, cols + 3);
+        let (sa, sb, sc) = (ar * lda + 3, br * ldb + 1, rows * ldc + 2);
+        let (a, b) = (rng.vec(batch * sa, 1.0), rng.vec(batch * sb, 1.0));
+        let c0 = rng.vec(batch * sc, 1.0);
+        // op(A)[i][p] and op(B)[p][j] of matrix m.
+        let opa = |m: usize, i: usize, p: usize| match ta {
+            false => a[m * sa + i * lda + p],
+            true => a[m * sa + p * lda + i],
+        };
+        let opb = |m: usize, p: usize, j: usize| match tb {
+            false => b[m * sb + p * ldb + j],
+            true => b[m * sb + j * ldb + p],
+        };
+        let mut want = c0.clone();
+        for m in 0..batch {
+            for i in 0..rows {
+                for j in 0..cols {
+                    let dot: f32 = (0..inner).map(|p| opa(m, i, p) * opb(m, p, j)).sum();
+                    want[m * sc + i * ldc + j] += dot;
+                }
+            }
+        }
+        let gemm = RowMajorGemm {
+            rows,
+            cols,
+            inner,
+            ta,
+            tb,
+            lda,
+            ldb,
+            ldc,
+            accumulate: true,
+        };
+        let (ad, bd) = (g.htod(&a).unwrap(), g.htod(&b).unwrap());
+        let mut cd = g.htod(&c0).unwrap();
+        gemm.run_batched(&blas, batch, (&ad, sa), (&bd, sb), (&mut cd, sc))
+            .unwrap();
+        check(
+            &format!("f32 strided-batched ta {ta} tb {tb}"),
+            &down_f32(&g, &cd, batch * sc),
+            &want,
+            sc,
+            1e-5,
+        );
+    }
+
+    let (n, k) = (9, 6);
+    let x: Vec<f64> = rng.vec(n * k, 1.0).iter().map(|&v| v as f64).collect();
+    let gram: Vec<f64> = rng.vec(k * k, 1.0).iter().map(|&v| v as f64).collect();
+    let want: Vec<f64> = (0..n * k)
+        .map(|e| (0..k).map(|p| x[e / k * k + p] * gram[p * k + e % k]).sum())
+        .collect();
+    let solve = RowMajorGemm {
+        rows: n,
+        cols: k,
+        inner: k,
+        ta: false,
+        tb: false,
+        lda: k,
+        ldb: k,
+        ldc: k,
+        accumulate: false,
+    };
+    let mut out = g.htod(&vec![f64::NAN; n * k]).unwrap();
+    solve
+        .run(
+            &blas,
+            &g.htod(&x).unwrap(),
+            &g.htod(&gram).unwrap(),
+            &mut out,
+        )
+        .unwrap();
+    for (got, want) in g.dtoh(&out, n * k).unwrap().iter().zip(&want) {
+        assert!(
+            (got - want).abs() <= 1e-12 * want.abs().max(1.0),
+            "f64: {got} vs {want}"
         );
     }
 }

@@ -10,7 +10,7 @@
 use super::features::{check_grids, Peaks};
 use super::mkda::{peak_voxels, MkdaKernel};
 use super::{Atlas, Grid, Mask};
-use crate::device::cuda::{consts, launch, launch_err, Gpu};
+use crate::device::cuda::{consts, launch, launch_err, Gpu, RowMajorGemm};
 use crate::error::{Error, Result};
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
@@ -398,28 +398,22 @@ impl<'g> CudaMkda<'g> {
         if n == 0 {
             return Ok(chosen);
         }
-        let (n_i, k_i) = (n as i32, k as i32);
         match blas {
             Some(blas) => {
-                use cudarc::cublas::{sys::cublasOperation_t::CUBLAS_OP_N, Gemm, GemmConfig};
-                // Row-major β(n×k) = X(n×k)·G(k×k) is column-major βᵀ(k×n) = Gᵀ(k×k)·Xᵀ(k×n):
-                // the row-major buffers read column-major are exactly Gᵀ and Xᵀ.
+                // β(n×k) = X(n×k)·G(k×k), row-major, in f64.
                 let mut beta64 = self.gpu.zeros::<f64>(nk)?;
-                let cfg = GemmConfig {
-                    transa: CUBLAS_OP_N,
-                    transb: CUBLAS_OP_N,
-                    m: k_i,
-                    n: n_i,
-                    k: k_i,
-                    alpha: 1.0f64,
-                    lda: k_i,
-                    ldb: k_i,
-                    beta: 0.0f64,
-                    ldc: k_i,
+                let product = RowMajorGemm {
+                    rows: n,
+                    cols: k,
+                    inner: k,
+                    ta: false,
+                    tb: false,
+                    lda: k,
+                    ldb: k,
+                    ldc: k,
+                    accumulate: false,
                 };
-                // SAFETY: G is k×k (ld k), X holds ≥ n×k (ld k), β64 holds n×k (ld k).
-                unsafe { blas.gemm(cfg, &self.gram_inv, xty, &mut beta64) }
-                    .map_err(|e| Error::Cuda(format!("cuBLAS DGEMM failed: {e:?}")))?;
+                product.run(&blas, xty, &self.gram_inv, &mut beta64)?;
                 let func = self.gpu.function(MODULE, "f64_to_f32")?;
                 let len = nk as i64;
                 let blocks = nk.div_ceil(BLOCK as usize).clamp(1, 1 << 16) as u32;
@@ -431,6 +425,7 @@ impl<'g> CudaMkda<'g> {
                 // beta64 is freed when dropped; cudarc orders the free after the kernel on the stream.
             }
             None => {
+                let (n_i, k_i) = (n as i32, k as i32);
                 let func = self.gpu.function(MODULE, "solve_rows_f64")?;
                 let cfg = LaunchConfig {
                     grid_dim: (

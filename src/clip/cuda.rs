@@ -15,10 +15,9 @@ use super::train::{
     adam_scalars, epoch_order, finish_epoch, n_batches, Job, ModelState, Outcome, Progress,
     TrainConfig, ADAM_EPS, BETA1, BETA2,
 };
-use crate::device::cuda::{cuda_err, launch, launch_err, Gpu};
+use crate::device::cuda::{cuda_err, launch, launch_err, Gpu, RowMajorGemm};
 use crate::error::{Error, Result};
-use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
-use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, StridedBatchedConfig};
+use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaSlice, PushKernelArg};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -806,32 +805,24 @@ fn gemm(
     c_stride: usize,
     accumulate: bool,
 ) -> Result<()> {
-    let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
-    let cfg = StridedBatchedConfig {
-        gemm: GemmConfig {
-            transa: op(tb),
-            transb: op(ta),
-            m: cols as i32,
-            n: rows as i32,
-            k: inner as i32,
-            alpha: 1.0f32,
-            lda: b.ld as i32,
-            ldb: a.ld as i32,
-            beta: if accumulate { 1.0 } else { 0.0 },
-            ldc: ldc as i32,
-        },
-        batch_size: models as i32,
-        stride_a: b.stride as i64,
-        stride_b: a.stride as i64,
-        stride_c: c_stride as i64,
+    let g = RowMajorGemm {
+        rows,
+        cols,
+        inner,
+        ta,
+        tb,
+        lda: a.ld,
+        ldb: b.ld,
+        ldc,
+        accumulate,
     };
-    let bv = b.buf.slice(b.off..);
-    let av = a.buf.slice(a.off..);
-    let mut cv = c.slice_mut(c_off..);
-    // SAFETY: every operand holds `models` strided matrices of the stated shapes (buffers sized
-    // models × stride from the same layout), and C aliases neither A nor B.
-    unsafe { blas.gemm_strided_batched(cfg, &bv, &av, &mut cv) }
-        .map_err(|e| Error::Cuda(format!("cuBLAS SGEMM: {e:?}")))
+    g.run_batched(
+        blas,
+        models,
+        (&a.buf.slice(a.off..), a.stride),
+        (&b.buf.slice(b.off..), b.stride),
+        (&mut c.slice_mut(c_off..), c_stride),
+    )
 }
 
 /// Trains every job on the GPU, as many at once as fit in device memory.

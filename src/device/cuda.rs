@@ -7,12 +7,16 @@
 //! for the device, with `kernels/common.cuh` pasted in place of its `#include`.
 
 use crate::error::{Error, Result};
-use cudarc::cublas::CudaBlas;
+use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType};
+use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, StridedBatchedConfig};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
+    DeviceRepr, ValidAsZeroBits,
 };
 use cudarc::nvrtc::{CompileOptions, Ptx};
 use std::collections::HashMap;
+use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
 /// What build.rs wrote: `COMMON`, `SOURCES` (name, .cu text), `PTX_ARCH`, `PTX` (name, PTX text)
@@ -174,6 +178,279 @@ pub mod launch {
             block_dim: (threads, 1, 1),
             shared_mem_bytes: shared,
         }
+    }
+}
+
+/// Element types of the kernels with an `_f32` and a `_bf16` entry, and of GEMM outputs. bf16
+/// values are held as their `u16` bits (see [`to_bf16`]).
+pub trait Elem: DeviceRepr + ValidAsZeroBits + Default + Clone + Copy + Unpin {
+    const SUFFIX: &'static str;
+    const CUDA_TYPE: cudaDataType;
+    /// A quiet NaN (tests poison outputs with it).
+    const NAN: Self;
+}
+
+impl Elem for f32 {
+    const SUFFIX: &'static str = "f32";
+    const CUDA_TYPE: cudaDataType = cudaDataType::CUDA_R_32F;
+    const NAN: f32 = f32::NAN;
+}
+
+impl Elem for u16 {
+    const SUFFIX: &'static str = "bf16";
+    const CUDA_TYPE: cudaDataType = cudaDataType::CUDA_R_16BF;
+    const NAN: u16 = 0x7FC0;
+}
+
+/// bf16 bits of each value, rounded to nearest even (as the kernels round).
+pub fn to_bf16(x: &[f32]) -> Vec<u16> {
+    x.iter()
+        .map(|v| half::bf16::from_f32(*v).to_bits())
+        .collect()
+}
+
+/// f32 values of bf16 bits.
+pub fn from_bf16(x: &[u16]) -> Vec<f32> {
+    x.iter()
+        .map(|b| half::bf16::from_bits(*b).to_f32())
+        .collect()
+}
+
+/// The real types cuBLAS multiplies in their own precision (SGEMM, DGEMM).
+pub trait GemmReal: DeviceRepr + Copy {
+    const ONE: Self;
+    const ZERO: Self;
+}
+
+impl GemmReal for f32 {
+    const ONE: f32 = 1.0;
+    const ZERO: f32 = 0.0;
+}
+
+impl GemmReal for f64 {
+    const ONE: f64 = 1.0;
+    const ZERO: f64 = 0.0;
+}
+
+/// One row-major matrix product on cuBLAS: `C = op(A)·op(B)`, or `C += op(A)·op(B)` when
+/// `accumulate`. C is `rows × cols` and the inner dimension `inner`; `ta` / `tb` say that A / B
+/// are stored transposed; `lda`, `ldb`, `ldc` are the stored matrices' row strides (elements).
+///
+/// cuBLAS is column-major, where a row-major X reads as Xᵀ: it computes Cᵀ = op(B)ᵀ·op(A)ᵀ, so
+/// the operands go in swapped. Every operand's extent is checked before the call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowMajorGemm {
+    pub rows: usize,
+    pub cols: usize,
+    pub inner: usize,
+    pub ta: bool,
+    pub tb: bool,
+    pub lda: usize,
+    pub ldb: usize,
+    pub ldc: usize,
+    pub accumulate: bool,
+}
+
+/// One operand of a strided batch: the buffer (from the first matrix on) and the elements
+/// between consecutive matrices.
+pub type Batched<'a, B> = (&'a B, usize);
+
+impl RowMajorGemm {
+    /// A dense layer, `y[rows, out] = x[rows, inp] · w[out, inp]ᵀ` (+ y when `accumulate`): A = x,
+    /// B = w as PyTorch stores it.
+    pub fn linear(rows: usize, out: usize, inp: usize, accumulate: bool) -> RowMajorGemm {
+        RowMajorGemm {
+            rows,
+            cols: out,
+            inner: inp,
+            ta: false,
+            tb: true,
+            lda: inp,
+            ldb: inp,
+            ldc: out,
+            accumulate,
+        }
+    }
+
+    /// The elements A, B and C span (0 for an empty product).
+    fn spans(&self) -> [usize; 3] {
+        let span = |r: usize, c: usize, ld: usize| {
+            if self.rows == 0 || self.cols == 0 || r == 0 || c == 0 {
+                0
+            } else {
+                (r - 1) * ld + c
+            }
+        };
+        // op(A) is rows × inner: stored transposed, inner rows of `rows`.
+        let a = match self.ta {
+            false => span(self.rows, self.inner, self.lda),
+            true => span(self.inner, self.rows, self.lda),
+        };
+        let b = match self.tb {
+            false => span(self.inner, self.cols, self.ldb),
+            true => span(self.cols, self.inner, self.ldb),
+        };
+        [a, b, span(self.rows, self.cols, self.ldc)]
+    }
+
+    /// Checks that `batch` matrices `stride` apart fit in each operand (len, stride).
+    fn check(&self, batch: usize, operands: [(usize, usize); 3]) -> Result<()> {
+        for ((len, stride), (span, name)) in operands
+            .into_iter()
+            .zip(self.spans().into_iter().zip(["A", "B", "C"]))
+        {
+            let need = if span == 0 {
+                0
+            } else {
+                (batch - 1) * stride + span
+            };
+            if len < need {
+                return Err(Error::Cuda(format!(
+                    "GEMM {}x{}x{}: {name} holds {len} elements, {need} needed",
+                    self.rows, self.cols, self.inner
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The column-major call (A and B swapped), its sizes checked against cuBLAS's `int`.
+    fn config<T: Copy>(&self, one: T, zero: T) -> Result<GemmConfig<T>> {
+        let int = |n: usize| {
+            i32::try_from(n).map_err(|_| {
+                Error::Cuda(format!(
+                    "GEMM size {n} exceeds cuBLAS's 32-bit int; use a smaller batch"
+                ))
+            })
+        };
+        let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
+        Ok(GemmConfig {
+            transa: op(self.tb),
+            transb: op(self.ta),
+            m: int(self.cols)?,
+            n: int(self.rows)?,
+            k: int(self.inner)?,
+            alpha: one,
+            lda: int(self.ldb)?,
+            ldb: int(self.lda)?,
+            beta: if self.accumulate { one } else { zero },
+            ldc: int(self.ldc)?,
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rows == 0 || self.cols == 0
+    }
+
+    /// In the operands' own precision (cuBLAS SGEMM / DGEMM).
+    pub fn run<T: GemmReal, A: DevicePtr<T>, B: DevicePtr<T>, C: DevicePtrMut<T>>(
+        &self,
+        blas: &CudaBlas,
+        a: &A,
+        b: &B,
+        c: &mut C,
+    ) -> Result<()>
+    where
+        CudaBlas: Gemm<T>,
+    {
+        self.check(1, [(a.len(), 0), (b.len(), 0), (c.len(), 0)])?;
+        if self.is_empty() {
+            return Ok(());
+        }
+        let cfg = self.config(T::ONE, T::ZERO)?;
+        // SAFETY: every operand spans what the sizes and strides reach (checked above); C
+        // aliases neither A nor B (it is borrowed mutably).
+        unsafe { blas.gemm(cfg, b, a, c) }.map_err(|e| Error::Cuda(format!("cuBLAS GEMM: {e:?}")))
+    }
+
+    /// `batch` independent products in the operands' own precision (cuBLAS
+    /// S/DgemmStridedBatched): matrix i of each operand starts `i · stride` elements in.
+    pub fn run_batched<T: GemmReal, A: DevicePtr<T>, B: DevicePtr<T>, C: DevicePtrMut<T>>(
+        &self,
+        blas: &CudaBlas,
+        batch: usize,
+        (a, stride_a): Batched<A>,
+        (b, stride_b): Batched<B>,
+        (c, stride_c): (&mut C, usize),
+    ) -> Result<()>
+    where
+        CudaBlas: Gemm<T>,
+    {
+        if batch == 0 {
+            return Ok(());
+        }
+        self.check(
+            batch,
+            [
+                (a.len(), stride_a),
+                (b.len(), stride_b),
+                (c.len(), stride_c),
+            ],
+        )?;
+        if self.is_empty() {
+            return Ok(());
+        }
+        let int = |n: usize| {
+            i32::try_from(n)
+                .map_err(|_| Error::Cuda(format!("{n} GEMMs are too many for one cuBLAS call")))
+        };
+        let cfg = StridedBatchedConfig {
+            gemm: self.config(T::ONE, T::ZERO)?,
+            batch_size: int(batch)?,
+            stride_a: stride_b as i64,
+            stride_b: stride_a as i64,
+            stride_c: stride_c as i64,
+        };
+        // SAFETY: every operand holds `batch` matrices `stride` apart of the extents the sizes
+        // reach (checked above); C aliases neither A nor B.
+        unsafe { blas.gemm_strided_batched(cfg, b, a, c) }
+            .map_err(|e| Error::Cuda(format!("cuBLAS strided-batched GEMM: {e:?}")))
+    }
+
+    /// bf16 A and B with f32 compute (cublasGemmEx), C bf16 or f32. `stream` is `blas`'s.
+    pub fn run_bf16<T: Elem, A: DevicePtr<u16>, B: DevicePtr<u16>, C: DevicePtrMut<T>>(
+        &self,
+        stream: &CudaStream,
+        blas: &CudaBlas,
+        a: &A,
+        b: &B,
+        c: &mut C,
+    ) -> Result<()> {
+        self.check(1, [(a.len(), 0), (b.len(), 0), (c.len(), 0)])?;
+        if self.is_empty() {
+            return Ok(());
+        }
+        let cfg = self.config(1.0f32, 0.0f32)?;
+        let (ap, _ga) = a.device_ptr(stream);
+        let (bp, _gb) = b.device_ptr(stream);
+        let (cp, _gc) = c.device_ptr_mut(stream);
+        // SAFETY: the operands span what the sizes reach (checked above); alpha and beta are
+        // host f32 (the handle's default pointer mode) that outlive the call, which is queued on
+        // the handle's stream; the guards keep the buffers ordered until it is.
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *blas.handle(),
+                cfg.transa,
+                cfg.transb,
+                cfg.m,
+                cfg.n,
+                cfg.k,
+                &cfg.alpha as *const f32 as *const c_void,
+                bp as *const c_void,
+                cudaDataType::CUDA_R_16BF,
+                cfg.lda,
+                ap as *const c_void,
+                cudaDataType::CUDA_R_16BF,
+                cfg.ldb,
+                &cfg.beta as *const f32 as *const c_void,
+                cp as *mut c_void,
+                T::CUDA_TYPE,
+                cfg.ldc,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| Error::Cuda(format!("cuBLAS GemmEx (bf16): {e:?}")))
     }
 }
 
@@ -404,6 +681,47 @@ mod tests {
             assert!(!src.contains("#include \"common.cuh\""), "{name}");
         }
         assert!(kernel_source("mkda").unwrap().contains("niclip_in_range"));
+    }
+
+    /// The column-major calls text/cuda.rs and clip/cuda.rs made by hand before the wrapper.
+    #[test]
+    fn row_major_gemms_map_onto_column_major_cublas() {
+        let (rows, out, inp) = (7, 5, 3);
+        let c = RowMajorGemm::linear(rows, out, inp, true)
+            .config(1.0f32, 0.0)
+            .unwrap();
+        assert_eq!((c.transa, c.transb), (CUBLAS_OP_T, CUBLAS_OP_N));
+        assert_eq!((c.m, c.n, c.k, c.lda, c.ldb, c.ldc), (5, 7, 3, 3, 3, 5));
+        assert_eq!((c.alpha, c.beta), (1.0, 1.0));
+        assert_eq!(
+            RowMajorGemm::linear(rows, out, inp, false).spans(),
+            [21, 15, 35]
+        );
+
+        // dW[k × din] = δᵀ[k × b] · x[b × din] with δ stored b × k: ta, lda = k.
+        let g = RowMajorGemm {
+            rows: 4,
+            cols: 6,
+            inner: 9,
+            ta: true,
+            tb: false,
+            lda: 4,
+            ldb: 6,
+            ldc: 6,
+            accumulate: false,
+        };
+        let c = g.config(1.0f64, 0.0).unwrap();
+        assert_eq!((c.transa, c.transb), (CUBLAS_OP_N, CUBLAS_OP_T));
+        assert_eq!((c.m, c.n, c.k, c.lda, c.ldb, c.ldc), (6, 4, 9, 6, 4, 6));
+        assert_eq!(c.beta, 0.0);
+        assert_eq!(g.spans(), [8 * 4 + 4, 8 * 6 + 6, 3 * 6 + 6]);
+        assert!(g.check(2, [(36 + 10, 10), (54, 0), (24, 0)]).is_ok());
+        assert!(g.check(2, [(36 + 9, 10), (54, 0), (24, 0)]).is_err());
+        assert_eq!(
+            RowMajorGemm { rows: 0, ..g }.spans(),
+            [0, 0, 0],
+            "an empty product reads nothing"
+        );
     }
 
     #[test]

@@ -18,54 +18,15 @@ use super::bert::{Bert, BertConfig};
 use super::decoder::{Decoder, DecoderConfig};
 use super::ops::{AttnMask, Heads, Linear, RopeTable};
 use crate::device::cuda::consts::llm::{ATT_BQ, ATT_THREADS, ROW_THREADS};
-use crate::device::cuda::{launch, launch_err, Gpu};
+use crate::device::cuda::{launch, launch_err, to_bf16, Elem, Gpu, RowMajorGemm};
 use crate::error::{Error, Result};
-use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{
-    CudaSlice, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, PushKernelArg, ValidAsZeroBits,
-};
-use std::ffi::c_void;
+use cudarc::driver::{CudaSlice, CudaView, PushKernelArg};
 use std::sync::{Arc, Mutex};
 
 const MODULE: &str = "llm";
 /// Widest head the attention kernels take (`attention_*_d128`).
 pub const MAX_HEAD_DIM: usize = 128;
-
-/// Element types of the kernels with an `_f32` and a `_bf16` entry. bf16 values are held as
-/// their `u16` bits (see [`to_bf16`]).
-pub trait Elem: DeviceRepr + ValidAsZeroBits + Default + Clone + Copy + Unpin {
-    const SUFFIX: &'static str;
-    const CUDA_TYPE: cudaDataType;
-    /// A quiet NaN (tests poison outputs with it).
-    const NAN: Self;
-}
-
-impl Elem for f32 {
-    const SUFFIX: &'static str = "f32";
-    const CUDA_TYPE: cudaDataType = cudaDataType::CUDA_R_32F;
-    const NAN: f32 = f32::NAN;
-}
-
-impl Elem for u16 {
-    const SUFFIX: &'static str = "bf16";
-    const CUDA_TYPE: cudaDataType = cudaDataType::CUDA_R_16BF;
-    const NAN: u16 = 0x7FC0;
-}
-
-/// bf16 bits of each value, rounded to nearest even (as the kernels round).
-pub fn to_bf16(x: &[f32]) -> Vec<u16> {
-    x.iter()
-        .map(|v| half::bf16::from_f32(*v).to_bits())
-        .collect()
-}
-
-/// f32 values of bf16 bits.
-pub fn from_bf16(x: &[u16]) -> Vec<f32> {
-    x.iter()
-        .map(|b| half::bf16::from_bits(*b).to_f32())
-        .collect()
-}
 
 /// Sizes the kernels index with `int` must stay below 2³¹.
 fn int(n: usize, what: &str) -> Result<i32> {
@@ -539,62 +500,6 @@ pub fn fill_uniform_bf16(
     Ok(())
 }
 
-/// `y[rows, out] = x[rows, inp] · w[out, inp]ᵀ` (+ y when `accumulate`), bf16 operands, f32
-/// compute, y bf16 or f32. Row-major operands are column-major transposes, so cuBLAS computes
-/// yᵀ = w · xᵀ: op(A) = wᵀᵀ (A = w, lda = inp, transposed), B = x (ldb = inp), C = y (ldc = out).
-#[allow(clippy::too_many_arguments)]
-pub fn gemm_bf16<T: Elem>(
-    gpu: &Gpu,
-    blas: &CudaBlas,
-    x: &CudaSlice<u16>,
-    rows: usize,
-    w: &CudaSlice<u16>,
-    out: usize,
-    inp: usize,
-    y: &mut CudaSlice<T>,
-    accumulate: bool,
-) -> Result<()> {
-    need(x, rows * inp, "gemm x")?;
-    need(w, out * inp, "gemm w")?;
-    need(y, rows * out, "gemm y")?;
-    if rows == 0 || out == 0 {
-        return Ok(());
-    }
-    let (m, n, k) = (int(out, "width")?, int(rows, "tokens")?, int(inp, "width")?);
-    let alpha = 1.0f32;
-    let beta = if accumulate { 1.0f32 } else { 0.0 };
-    let (wp, _gw) = w.device_ptr(&gpu.stream);
-    let (xp, _gx) = x.device_ptr(&gpu.stream);
-    let (yp, _gy) = y.device_ptr_mut(&gpu.stream);
-    // SAFETY: the three device buffers hold the sizes checked above; alpha and beta are host
-    // f32 (the handle's default pointer mode) and outlive the call, which is queued on the
-    // handle's stream (gpu.stream).
-    unsafe {
-        cudarc::cublas::result::gemm_ex(
-            *blas.handle(),
-            cublasOperation_t::CUBLAS_OP_T,
-            cublasOperation_t::CUBLAS_OP_N,
-            m,
-            n,
-            k,
-            &alpha as *const f32 as *const c_void,
-            wp as *const c_void,
-            cudaDataType::CUDA_R_16BF,
-            k,
-            xp as *const c_void,
-            cudaDataType::CUDA_R_16BF,
-            k,
-            &beta as *const f32 as *const c_void,
-            yp as *mut c_void,
-            T::CUDA_TYPE,
-            m,
-            cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-        )
-    }
-    .map_err(|e| Error::Cuda(format!("cuBLAS GemmEx (bf16): {e:?}")))
-}
-
 /// A dense layer on the device: bf16 weight `[out, inp]`, optional f32 bias.
 struct DevLinear {
     w: CudaSlice<u16>,
@@ -633,8 +538,12 @@ impl DevLinear {
         y: &mut CudaSlice<T>,
         accumulate: bool,
     ) -> Result<()> {
-        gemm_bf16(
-            &e.gpu, &e.blas, x, rows, &self.w, self.out, self.inp, y, accumulate,
+        RowMajorGemm::linear(rows, self.out, self.inp, accumulate).run_bf16(
+            &e.gpu.stream,
+            &e.blas,
+            x,
+            &self.w,
+            y,
         )
     }
 
