@@ -21,7 +21,7 @@ use niclip::device::Device;
 use niclip::text::cuda::{self as text_cuda, AttnPlan, CudaText};
 use niclip::text::decoder::{rope_inv_freq, DecoderConfig};
 use niclip::text::ops::{attention, AttnMask, Heads};
-use niclip::text::{EmbedOptions, TextModel};
+use niclip::text::{EmbedOptions, TextModel, TextNet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -92,7 +92,7 @@ fn text(c: &mut Criterion) {
         let seqs: Vec<&[u32]> = all.chunks(512).take(2).collect();
         g.throughput(Throughput::Elements(1024));
         g.bench_function("smollm2_135m_q4_1/forward_2x512_tokens/cpu", |b| {
-            b.iter(|| m.hidden_states(&seqs))
+            b.iter(|| m.hidden_states(&seqs).unwrap())
         });
     }
     if let Some(dir) = model_path("NICLIP_MINILM_DIR", "all-MiniLM-L6-v2") {
@@ -266,7 +266,7 @@ fn text_cuda(c: &mut Criterion) {
                 .concat();
             let seqs: Vec<&[u32]> = all.chunks(512).take(2).collect();
             g.throughput(Throughput::Elements(1024));
-            g.bench_function(id, |b| b.iter(|| m.try_hidden_states(&seqs).unwrap()));
+            g.bench_function(id, |b| b.iter(|| m.hidden_states(&seqs).unwrap()));
         }
     }
     g.finish();

@@ -16,7 +16,7 @@ use niclip::text::cuda::{
 };
 use niclip::text::decoder::DecoderConfig;
 use niclip::text::ops::{self, AttnMask, Heads, RopeTable};
-use niclip::text::{EmbedOptions, TextModel};
+use niclip::text::{EmbedOptions, TextModel, TextNet};
 use std::path::{Path, PathBuf};
 
 /// The device, or None after printing why the test is skipped.
@@ -789,8 +789,8 @@ fn model_case(
         .iter()
         .map(|s| &s[..s.len().min(cpu.default_max_length())])
         .collect();
-    let want = cpu.hidden_states(&seqs);
-    let got = dev.try_hidden_states(&seqs).unwrap();
+    let want = cpu.hidden_states(&seqs).unwrap();
+    let got = dev.hidden_states(&seqs).unwrap();
     check(
         &format!("{name}: hidden states"),
         &got,

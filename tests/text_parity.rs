@@ -123,7 +123,7 @@ fn tiny_case(model_dir: &str, lora: Option<&str>, expected: &str) {
     let d = m.dim();
 
     let seqs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
-    let hidden = m.hidden_states(&seqs);
+    let hidden = m.hidden_states(&seqs).unwrap();
     let err = rel_err(&hidden, &npy(&format!("{expected}_hidden.npy")), d);
     eprintln!("{expected}: hidden states max row relative error {err:.2e}");
     assert!(err < 1e-5, "{expected}: hidden states differ by {err:.2e}");
@@ -328,7 +328,7 @@ fn tiny_llama_gguf_matches_transformers_gguf_loader() {
     );
     let seqs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
     let err = rel_err(
-        &m.hidden_states(&seqs),
+        &m.hidden_states(&seqs).unwrap(),
         &npy("tiny_llama_gguf_hidden.npy"),
         m.dim(),
     );

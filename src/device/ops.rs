@@ -44,9 +44,12 @@ impl Device {
 
     /// A text model's network placed on this device: the CPU's f32 network as it is, or its
     /// weights uploaded as bf16 (`kernels/llm.cu` and cuBLAS on CUDA).
-    pub(crate) fn place_text_net(&self, net: crate::text::Net) -> Result<crate::text::Net> {
+    pub(crate) fn place_text_net(
+        &self,
+        net: crate::text::Model,
+    ) -> Result<Box<dyn crate::text::TextNet>> {
         match self {
-            Device::Cpu => Ok(net),
+            Device::Cpu => Ok(net.on_cpu()),
             Device::Cuda(g) => net.into_cuda(g),
         }
     }

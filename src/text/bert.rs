@@ -2,8 +2,9 @@
 //! type embeddings → LayerNorm, then per layer bidirectional self-attention → residual →
 //! LayerNorm → GELU MLP → residual → LayerNorm. Output: the last hidden state.
 
-use super::decoder::add;
-use super::ops::{self, AttnMask, Heads, Linear};
+use super::backend::{Norm, TextOps};
+use super::cpu::Cpu;
+use super::ops::{AttnMask, Heads, Linear};
 use super::weights::{Config, TensorMap};
 use crate::error::{Error, Result};
 
@@ -58,35 +59,31 @@ impl BertConfig {
     }
 }
 
-// Fields visible to the CUDA path (cuda.rs), which converts them to bf16 device weights.
-pub(super) struct Norm {
-    pub(super) w: Vec<f32>,
-    pub(super) b: Vec<f32>,
+/// One encoder layer's weights (query, key and value stacked into one matrix).
+pub struct Layer<B: TextOps> {
+    pub(super) qkv: B::Linear,
+    pub(super) o: B::Linear,
+    pub(super) attn_norm: Norm<B>,
+    pub(super) inter: B::Linear,
+    pub(super) out: B::Linear,
+    pub(super) out_norm: Norm<B>,
 }
 
-pub(super) struct Layer {
-    pub(super) qkv: Linear,
-    pub(super) o: Linear,
-    pub(super) attn_norm: Norm,
-    pub(super) inter: Linear,
-    pub(super) out: Linear,
-    pub(super) out_norm: Norm,
-}
-
-pub struct Bert {
+/// A BERT encoder on backend `B` (built on the CPU, then placed where it runs).
+pub struct Bert<B: TextOps = Cpu> {
     pub cfg: BertConfig,
-    pub(super) word: Vec<f32>,
-    pub(super) position: Vec<f32>,
-    pub(super) token_type0: Vec<f32>,
-    pub(super) emb_norm: Norm,
-    pub(super) layers: Vec<Layer>,
+    pub(super) word: B::Table,
+    pub(super) position: B::Table,
+    pub(super) token_type0: B::Vector,
+    pub(super) emb_norm: Norm<B>,
+    pub(super) layers: Vec<Layer<B>>,
 }
 
 impl Bert {
     /// Takes the tensors (names without the `bert.` prefix) with their shapes checked.
     pub fn build(cfg: BertConfig, t: &mut TensorMap) -> Result<Bert> {
         let d = cfg.hidden;
-        let norm = |t: &mut TensorMap, p: &str| -> Result<Norm> {
+        let norm = |t: &mut TensorMap, p: &str| -> Result<Norm<Cpu>> {
             Ok(Norm {
                 w: t.take(&format!("{p}.weight"), &[d])?,
                 b: t.take(&format!("{p}.bias"), &[d])?,
@@ -147,55 +144,39 @@ impl Bert {
             layers,
         })
     }
+}
 
-    /// Last hidden states of sequences packed without padding: `[Σ len, hidden]`. Each
-    /// sequence attends only to itself, as a padded batch with an attention mask does.
-    pub fn forward(&self, seqs: &[&[u32]]) -> Vec<f32> {
-        let d = self.cfg.hidden;
-        let heads = Heads {
-            nh: self.cfg.heads,
-            nkv: self.cfg.heads,
-            hd: d / self.cfg.heads,
-        };
-        let mut starts = vec![0usize];
-        let mut x = Vec::new();
-        for s in seqs {
-            starts.push(starts.last().unwrap() + s.len());
-            for (p, &id) in s.iter().enumerate() {
-                let (w, pe) = (
-                    &self.word[id as usize * d..][..d],
-                    &self.position[p * d..][..d],
-                );
-                x.extend((0..d).map(|j| w[j] + self.token_type0[j] + pe[j]));
-            }
-        }
-        let total = *starts.last().unwrap();
-        ops::layer_norm(&mut x, &self.emb_norm.w, &self.emb_norm.b, self.cfg.eps);
-        let mask = AttnMask {
+impl<B: TextOps> Bert<B> {
+    /// Bidirectional attention, each sequence over itself.
+    pub(super) fn mask(&self) -> AttnMask {
+        AttnMask {
             causal: false,
             window: None,
-        };
-        let mut h = vec![0.0f32; total * d];
-        for l in &self.layers {
-            let qkv = l.qkv.forward(&x, total);
-            let mut q = Vec::with_capacity(total * d);
-            let mut k = Vec::with_capacity(total * d);
-            let mut v = Vec::with_capacity(total * d);
-            for row in qkv.chunks_exact(3 * d) {
-                q.extend_from_slice(&row[..d]);
-                k.extend_from_slice(&row[d..2 * d]);
-                v.extend_from_slice(&row[2 * d..]);
-            }
-            let attn = ops::attention_batch(&q, &k, &v, &starts, heads, mask);
-            l.o.forward_into(&attn, total, &mut h);
-            add(&mut x, &h);
-            ops::layer_norm(&mut x, &l.attn_norm.w, &l.attn_norm.b, self.cfg.eps);
-            let mut inter = l.inter.forward(&x, total);
-            ops::gelu(&mut inter);
-            l.out.forward_into(&inter, total, &mut h);
-            add(&mut x, &h);
-            ops::layer_norm(&mut x, &l.out_norm.w, &l.out_norm.b, self.cfg.eps);
         }
-        x
+    }
+
+    /// Last hidden states of a packed batch: `[t, hidden]`. Each sequence attends only to
+    /// itself, as a padded batch with an attention mask does.
+    pub(super) fn forward(&self, b: &B, bt: &B::Batch) -> Result<B::Stream> {
+        let cfg = &self.cfg;
+        let (d, eps) = (cfg.hidden, cfg.eps);
+        let heads = Heads {
+            nh: cfg.heads,
+            nkv: cfg.heads,
+            hd: d / cfg.heads,
+        };
+        let mut x = b.bert_embed(bt, &self.word, &self.position, &self.token_type0, d)?;
+        b.layer_norm(bt, &mut x, &self.emb_norm, eps)?;
+        let mut qkv = b.qkv_buffer(bt, heads)?;
+        let mut attn = b.act(bt, d)?;
+        let mut inter = b.act(bt, cfg.ff)?;
+        for l in &self.layers {
+            b.qkv(bt, b.normed(&x), &l.qkv, heads, &mut qkv)?;
+            b.attention(bt, &qkv, heads, &mut attn)?;
+            b.add_linear_norm(bt, &mut x, &attn, &l.o, &l.attn_norm, eps)?;
+            b.linear_gelu(bt, b.normed(&x), &l.inter, &mut inter)?;
+            b.add_linear_norm(bt, &mut x, &inter, &l.out, &l.out_norm, eps)?;
+        }
+        Ok(x)
     }
 }

@@ -1,11 +1,12 @@
-//! The text engine on a CUDA device: the same Llama/Mistral decoders and BERT encoders as the
-//! CPU path ([`super::decoder`], [`super::bert`]), with bf16 weights and GEMM operands, f32
+//! The text ops ([`TextOps`]) on a CUDA device, which run the very graphs of
+//! [`super::decoder`] and [`super::bert`] with bf16 weights and GEMM operands, f32
 //! accumulation and an f32 residual stream.
 //!
 //! - weights: converted once at load from the CPU loader's f32 tensors (LoRA already merged) to
 //!   bf16 matrices on the device; norm weights and biases stay f32. The host copies are dropped.
-//! - GEMMs: cuBLAS `cublasGemmEx`, bf16 × bf16 with f32 compute, output bf16 (when a kernel
-//!   reads it next) or f32 (accumulated straight into the residual stream, β = 1).
+//! - GEMMs: cuBLAS `cublasGemmEx` ([`RowMajorGemm`]), bf16 × bf16 with f32 compute, output
+//!   bf16 (when a kernel reads it next) or f32 (accumulated straight into the residual stream,
+//!   β = 1).
 //! - everything else: `kernels/llm.cu` — embeddings, RMSNorm, residual + LayerNorm, bias,
 //!   GELU, SwiGLU, RoPE (the host's [`RopeTable`], so theta and scaling are the CPU's), flash
 //!   attention over the packed sequences, and token-weighted pooling into f64 sums.
@@ -14,9 +15,12 @@
 //! of `ATT_BQ` queries that never cross a sequence. The kernel wrappers below are public so
 //! that tests/cuda_text.rs can check each against its CPU op in [`super::ops`].
 
-use super::bert::{Bert, BertConfig};
-use super::decoder::{Decoder, DecoderConfig};
+use super::backend::{Norm, Packed, Rope, TextOps};
+use super::bert::{Bert, Layer as BertLayer};
+use super::cpu::Cpu;
+use super::decoder::{Decoder, DecoderConfig, Layer as DecoderLayer};
 use super::ops::{AttnMask, Heads, Linear, RopeTable};
+use super::{Engine, Model, TextNet};
 use crate::device::cuda::consts::llm::{ATT_BQ, ATT_THREADS, ROW_THREADS};
 use crate::device::cuda::{launch, launch_err, to_bf16, Elem, Gpu, RowMajorGemm};
 use crate::error::{Error, Result};
@@ -501,7 +505,7 @@ pub fn fill_uniform_bf16(
 }
 
 /// A dense layer on the device: bf16 weight `[out, inp]`, optional f32 bias.
-struct DevLinear {
+pub struct DevLinear {
     w: CudaSlice<u16>,
     b: Option<CudaSlice<f32>>,
     out: usize,
@@ -530,17 +534,18 @@ impl DevLinear {
         })
     }
 
+    /// `y = x Wᵀ` (`y += x Wᵀ` when `accumulate`), bf16 operands, f32 compute.
     fn gemm<T: Elem>(
         &self,
-        e: &Engine,
+        c: &Cuda,
         x: &CudaSlice<u16>,
         rows: usize,
         y: &mut CudaSlice<T>,
         accumulate: bool,
     ) -> Result<()> {
         RowMajorGemm::linear(rows, self.out, self.inp, accumulate).run_bf16(
-            &e.gpu.stream,
-            &e.blas,
+            &c.gpu.stream,
+            &c.blas,
             x,
             &self.w,
             y,
@@ -548,102 +553,99 @@ impl DevLinear {
     }
 
     /// `y += b` when there is a bias.
-    fn bias<T: Elem>(&self, e: &Engine, y: &mut CudaSlice<T>, rows: usize) -> Result<()> {
+    fn bias<T: Elem>(&self, c: &Cuda, y: &mut CudaSlice<T>, rows: usize) -> Result<()> {
         match &self.b {
-            Some(b) => add_bias(&e.gpu, y, b, rows, self.out),
+            Some(b) => add_bias(&c.gpu, y, b, rows, self.out),
             None => Ok(()),
         }
     }
 }
 
-struct DecoderLayer {
-    attn_norm: CudaSlice<f32>,
-    qkv: DevLinear,
-    o: DevLinear,
-    mlp_norm: CudaSlice<f32>,
-    gate_up: DevLinear,
-    down: DevLinear,
-}
-
-struct DevDecoder {
-    cfg: DecoderConfig,
-    embed: CudaSlice<u16>,
-    layers: Vec<DecoderLayer>,
-    norm: CudaSlice<f32>,
-    /// RoPE table, grown to the longest sequence seen.
-    rope: Mutex<Option<RopeDev>>,
-}
-
-struct DevNorm {
-    w: CudaSlice<f32>,
-    b: CudaSlice<f32>,
-}
-
-struct BertLayer {
-    qkv: DevLinear,
-    o: DevLinear,
-    attn_norm: DevNorm,
-    inter: DevLinear,
-    out: DevLinear,
-    out_norm: DevNorm,
-}
-
-struct DevBert {
-    cfg: BertConfig,
-    word: CudaSlice<u16>,
-    position: CudaSlice<u16>,
-    type0: CudaSlice<f32>,
-    emb_norm: DevNorm,
-    layers: Vec<BertLayer>,
-}
-
-enum DevNet {
-    Decoder(DevDecoder),
-    Bert(DevBert),
-}
-
-/// The device and its cuBLAS handle.
-struct Engine {
+/// The CUDA backend of the text models: the device, its cuBLAS handle, and the RoPE table,
+/// grown to the longest sequence seen (one per model).
+pub struct Cuda {
     gpu: Arc<Gpu>,
     blas: Arc<CudaBlas>,
+    rope: Mutex<Option<Arc<RopeDev>>>,
 }
 
-impl Engine {
-    fn new(gpu: &Arc<Gpu>) -> Result<Engine> {
+/// A model on a CUDA device.
+pub type CudaText = Engine<Cuda>;
+
+/// A packed batch on the device.
+pub struct DevBatch {
+    tokens: usize,
+    ids: CudaSlice<i32>,
+    positions: CudaSlice<i32>,
+    plan: AttnPlan,
+    mask: AttnMask,
+    rope: Option<Arc<RopeDev>>,
+}
+
+/// The f32 residual stream `[rows, width]`. A BERT stream also holds the bf16 copy of it its
+/// LayerNorms write for the next GEMM, and the f32 scratch a layer's output lands in before
+/// the residual LayerNorm adds it; a decoder's holds one-element placeholders there.
+pub struct DevStream {
+    x: CudaSlice<f32>,
+    copy: CudaSlice<u16>,
+    scratch: CudaSlice<f32>,
+    rows: usize,
+    width: usize,
+}
+
+/// Per-text f64 sums on the device, and their count.
+pub struct DevSums {
+    sums: CudaSlice<f64>,
+    len: usize,
+}
+
+impl Cuda {
+    fn new(gpu: &Arc<Gpu>) -> Result<Cuda> {
         let gpu = gpu.clone();
         let blas = gpu.blas()?.ok_or_else(|| {
             Error::Cuda("cuBLAS (libcublas.so) cannot be loaded: add the CUDA toolkit's lib directory to LD_LIBRARY_PATH, or use --device cpu".into())
         })?;
         // Load the kernels now, so that a missing NVRTC shows at load time, not mid-run.
         gpu.module(MODULE)?;
-        Ok(Engine { gpu, blas })
+        Ok(Cuda {
+            gpu,
+            blas,
+            rope: Mutex::new(None),
+        })
     }
-}
 
-/// A text model on a CUDA device.
-pub struct CudaText {
-    e: Engine,
-    net: DevNet,
-}
-
-/// Token ids, in-sequence positions and sequence starts of packed sequences.
-fn pack(seqs: &[&[u32]]) -> (Vec<i32>, Vec<i32>, Vec<usize>) {
-    let mut starts = vec![0usize];
-    let mut ids = Vec::new();
-    let mut positions = Vec::new();
-    for s in seqs {
-        starts.push(starts.last().unwrap() + s.len());
-        ids.extend(s.iter().map(|&i| i as i32));
-        positions.extend((0..s.len()).map(|p| p as i32));
+    /// The RoPE table for `longest` positions: the kept one when it is long enough, else a new
+    /// one of at least `r.keep` positions, kept for the next batches.
+    fn rope_table(&self, r: Rope, longest: usize) -> Result<Arc<RopeDev>> {
+        let mut slot = self
+            .rope
+            .lock()
+            .map_err(|_| Error::Cuda("RoPE table poisoned by an earlier panic".into()))?;
+        if let Some(t) = slot.as_ref().filter(|t| t.positions >= longest) {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(RopeDev::new(&self.gpu, r.inv_freq, longest.max(r.keep))?);
+        *slot = Some(t.clone());
+        Ok(t)
     }
-    (ids, positions, starts)
-}
 
-impl CudaText {
-    /// Uploads a CPU decoder (its f32 weights become bf16 matrices; the host copy is dropped).
-    pub(super) fn from_decoder(gpu: &Arc<Gpu>, m: Decoder) -> Result<CudaText> {
-        let e = Engine::new(gpu)?;
-        let g = &e.gpu;
+    /// A zeroed stream of the batch's rows; `bert`: with its bf16 copy and scratch.
+    fn stream(&self, bt: &DevBatch, width: usize, bert: bool) -> Result<DevStream> {
+        let n = bt.tokens * width;
+        int(n, "packed tokens × width")?;
+        let extra = if bert { n } else { 1 };
+        Ok(DevStream {
+            x: self.gpu.zeros(n)?,
+            copy: self.gpu.zeros(extra)?,
+            scratch: self.gpu.zeros(extra)?,
+            rows: bt.tokens,
+            width,
+        })
+    }
+
+    /// The decoder's weights as bf16 matrices (norm weights stay f32).
+    fn upload_decoder(&self, m: Decoder) -> Result<Decoder<Cuda>> {
+        let g = &self.gpu;
         let layers = m
             .layers
             .iter()
@@ -658,22 +660,19 @@ impl CudaText {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let net = DevNet::Decoder(DevDecoder {
+        Ok(Decoder {
             embed: g.htod(&to_bf16(&m.embed))?,
             norm: g.htod(&m.norm)?,
             layers,
             cfg: m.cfg,
-            rope: Mutex::new(None),
-        });
-        Ok(CudaText { e, net })
+        })
     }
 
-    /// Uploads a CPU BERT encoder.
-    pub(super) fn from_bert(gpu: &Arc<Gpu>, m: Bert) -> Result<CudaText> {
-        let e = Engine::new(gpu)?;
-        let g = &e.gpu;
-        let norm = |n: &super::bert::Norm| -> Result<DevNorm> {
-            Ok(DevNorm {
+    /// The encoder's weights as bf16 matrices (norms, biases and the token type stay f32).
+    fn upload_bert(&self, m: Bert) -> Result<Bert<Cuda>> {
+        let g = &self.gpu;
+        let norm = |n: &Norm<Cpu>| -> Result<Norm<Cuda>> {
+            Ok(Norm {
                 w: g.htod(&n.w)?,
                 b: g.htod(&n.b)?,
             })
@@ -692,23 +691,37 @@ impl CudaText {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let net = DevNet::Bert(DevBert {
+        Ok(Bert {
             word: g.htod(&to_bf16(&m.word))?,
             position: g.htod(&to_bf16(&m.position))?,
-            type0: g.htod(&m.token_type0)?,
+            token_type0: g.htod(&m.token_type0)?,
             emb_norm: norm(&m.emb_norm)?,
             layers,
             cfg: m.cfg,
-        });
-        Ok(CudaText { e, net })
+        })
     }
+}
 
+impl Model {
+    /// The network on a CUDA device: its f32 weights become bf16 matrices there, and the host
+    /// copies are dropped.
+    pub(crate) fn into_cuda(self, gpu: &Arc<Gpu>) -> Result<Box<dyn TextNet>> {
+        let ops = Cuda::new(gpu)?;
+        let model = match self {
+            Model::Decoder(m) => Model::Decoder(ops.upload_decoder(m)?),
+            Model::Bert(m) => Model::Bert(ops.upload_bert(m)?),
+        };
+        Ok(Box::new(Engine { ops, model }))
+    }
+}
+
+impl CudaText {
     /// A decoder of `cfg`'s shape with random bf16 weights drawn on the device (benches of
     /// model sizes with no checkpoint at hand, e.g. Mistral-7B): every matrix uniform with
     /// variance 1/fan-in, norm weights 1, no biases.
     pub fn random_decoder(gpu: &Arc<Gpu>, cfg: DecoderConfig, seed: u64) -> Result<CudaText> {
-        let e = Engine::new(gpu)?;
-        let g = &e.gpu;
+        let ops = Cuda::new(gpu)?;
+        let g = &ops.gpu;
         let d = cfg.hidden;
         let Heads { nh, nkv, hd } = cfg.heads;
         let ones = vec![1.0f32; d];
@@ -731,272 +744,244 @@ impl CudaText {
             .collect::<Result<Vec<_>>>()?;
         let mut embed = g.zeros::<u16>(cfg.vocab * d)?;
         fill_uniform_bf16(g, &mut embed, cfg.vocab * d, next(), 1.0)?;
-        let net = DevNet::Decoder(DevDecoder {
+        let norm = g.htod(&ones)?;
+        g.sync()?;
+        let model = Model::Decoder(Decoder {
             embed,
-            norm: g.htod(&ones)?,
+            norm,
             layers,
             cfg,
-            rope: Mutex::new(None),
         });
-        g.sync()?;
-        Ok(CudaText { e, net })
+        Ok(Engine { ops, model })
+    }
+}
+
+impl TextOps for Cuda {
+    type Linear = DevLinear;
+    type Vector = CudaSlice<f32>;
+    type Table = CudaSlice<u16>;
+    type Stream = DevStream;
+    type Act = CudaSlice<u16>;
+    type Qkv = CudaSlice<u16>;
+    type Batch = DevBatch;
+    type Sums = DevSums;
+
+    fn batch(&self, p: &Packed, mask: AttnMask, rope: Option<Rope>) -> Result<DevBatch> {
+        let ids: Vec<i32> = p.ids.iter().map(|&i| i as i32).collect();
+        let positions: Vec<i32> = p.positions.iter().map(|&i| i as i32).collect();
+        let rope = rope.map(|r| self.rope_table(r, p.longest)).transpose()?;
+        Ok(DevBatch {
+            tokens: p.tokens(),
+            ids: self.gpu.htod(&ids)?,
+            positions: self.gpu.htod(&positions)?,
+            plan: AttnPlan::new(&self.gpu, &p.starts, mask)?,
+            mask,
+            rope,
+        })
     }
 
-    /// Width of an embedding (the hidden size).
-    pub fn dim(&self) -> usize {
-        match &self.net {
-            DevNet::Decoder(m) => m.cfg.hidden,
-            DevNet::Bert(m) => m.cfg.hidden,
-        }
+    fn act(&self, bt: &DevBatch, width: usize) -> Result<CudaSlice<u16>> {
+        self.gpu.zeros(bt.tokens * width)
     }
 
-    /// As [`super::TextModel::default_max_length`].
-    pub fn default_max_length(&self) -> usize {
-        match &self.net {
-            DevNet::Decoder(m) => m.cfg.max_positions.min(8192),
-            DevNet::Bert(m) => m.cfg.max_positions,
-        }
+    fn qkv_buffer(&self, bt: &DevBatch, heads: Heads) -> Result<CudaSlice<u16>> {
+        self.act(bt, (heads.nh + 2 * heads.nkv) * heads.hd)
     }
 
-    /// BERT's position-embedding count (the longest chunk it takes); None for decoders.
-    pub fn bert_max_positions(&self) -> Option<usize> {
-        match &self.net {
-            DevNet::Bert(m) => Some(m.cfg.max_positions),
-            DevNet::Decoder(_) => None,
-        }
+    fn embed(&self, bt: &DevBatch, table: &CudaSlice<u16>, d: usize) -> Result<DevStream> {
+        let mut s = self.stream(bt, d, false)?;
+        embed_gather(&self.gpu, table, &bt.ids, bt.tokens, d, &mut s.x)?;
+        Ok(s)
     }
 
-    /// Last hidden states of packed sequences, `[Σ len, dim]` on the host.
-    pub fn hidden_states(&self, seqs: &[&[u32]]) -> Result<Vec<f32>> {
-        let total: usize = seqs.iter().map(|s| s.len()).sum();
-        if total == 0 {
-            return Ok(Vec::new());
-        }
-        let h = self.forward(seqs)?;
-        self.e.gpu.dtoh(&h, total * self.dim())
-    }
-
-    /// Token-weighted sums over all chunks of each text: `chunks` are (text, tokens) work items
-    /// run `batch` at a time; returns `n_texts × dim` f64 sums (divide by the token counts for
-    /// the mean). `progress(tokens)` after each finished batch.
-    pub fn pooled_sums(
+    fn bert_embed(
         &self,
-        chunks: &[(usize, &[u32])],
-        n_texts: usize,
-        batch: usize,
-        progress: &dyn Fn(usize),
-    ) -> Result<Vec<f64>> {
-        let g = &self.e.gpu;
-        let d = self.dim();
-        if let Some(&(t, _)) = chunks.iter().find(|(t, _)| *t >= n_texts) {
-            return Err(Error::Cuda(format!("pooled_sums: text {t} of {n_texts}")));
-        }
-        let mut sums = g.zeros::<f64>(n_texts * d)?;
-        for b in chunks.chunks(batch.max(1)) {
-            let seqs: Vec<&[u32]> = b.iter().map(|(_, c)| *c).collect();
-            let tokens: usize = seqs.iter().map(|s| s.len()).sum();
-            if tokens == 0 {
-                continue;
-            }
-            let h = self.forward(&seqs)?;
-            let (_, _, starts) = pack(&seqs);
-            let text: Vec<usize> = b.iter().map(|(t, _)| *t).collect();
-            pool_rows(g, &h, d, &starts, &text, &mut sums)?;
-            g.sync()?;
-            progress(tokens);
-        }
-        g.dtoh(&sums, n_texts * d)
-    }
-
-    /// Hidden states of packed sequences (at least one token), left on the device.
-    fn forward(&self, seqs: &[&[u32]]) -> Result<CudaSlice<f32>> {
-        let (vocab, max_pos) = match &self.net {
-            DevNet::Decoder(m) => (m.cfg.vocab, None),
-            DevNet::Bert(m) => (m.cfg.vocab, Some(m.cfg.max_positions)),
-        };
-        if let Some(bad) = seqs
-            .iter()
-            .flat_map(|s| s.iter())
-            .find(|&&i| i as usize >= vocab)
-        {
-            return Err(Error::Usage(format!(
-                "token id {bad} is out of range for a model of {vocab} embeddings"
-            )));
-        }
-        let longest = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
-        if let Some(p) = max_pos.filter(|&p| longest > p) {
-            return Err(Error::Usage(format!(
-                "a sequence of {longest} tokens exceeds this BERT model's {p} position embeddings"
-            )));
-        }
-        let (ids, positions, starts) = pack(seqs);
-        int(ids.len() * self.dim(), "packed tokens × width")?;
-        match &self.net {
-            DevNet::Decoder(m) => self.forward_decoder(m, &ids, &positions, &starts, longest),
-            DevNet::Bert(m) => self.forward_bert(m, &ids, &positions, &starts),
-        }
-    }
-
-    fn forward_decoder(
-        &self,
-        m: &DevDecoder,
-        ids: &[i32],
-        positions: &[i32],
-        starts: &[usize],
-        longest: usize,
-    ) -> Result<CudaSlice<f32>> {
-        let e = &self.e;
-        let g = &e.gpu;
-        let cfg = &m.cfg;
-        let heads = cfg.heads;
-        let Heads { nh, nkv, hd } = heads;
-        let (d, ff, eps, t) = (cfg.hidden, cfg.ff, cfg.eps, ids.len());
-        let mask = AttnMask {
-            causal: true,
-            window: cfg.window,
-        };
-        let mut rope_slot = m
-            .rope
-            .lock()
-            .map_err(|_| Error::Cuda("RoPE table poisoned by an earlier panic".into()))?;
-        if rope_slot.as_ref().is_none_or(|r| r.positions < longest) {
-            let n = longest.max(cfg.max_positions.min(8192));
-            *rope_slot = Some(RopeDev::new(g, &cfg.inv_freq, n)?);
-        }
-        let rope_table = rope_slot.as_ref().expect("filled above");
-        let ids = g.htod(ids)?;
-        let positions = g.htod(positions)?;
-        let plan = AttnPlan::new(g, starts, mask)?;
-        let qkv_w = (nh + 2 * nkv) * hd;
-        let mut x = g.zeros::<f32>(t * d)?;
-        let mut hb = g.zeros::<u16>(t * d)?;
-        let mut qkv = g.zeros::<u16>(t * qkv_w)?;
-        let mut attn = g.zeros::<u16>(t * nh * hd)?;
-        let mut gu = g.zeros::<u16>(t * 2 * ff)?;
-        let mut act = g.zeros::<u16>(t * ff)?;
-        embed_gather(g, &m.embed, &ids, t, d, &mut x)?;
-        for l in &m.layers {
-            rms_norm(g, &x, &l.attn_norm, eps, t, d, &mut hb)?;
-            l.qkv.gemm(e, &hb, t, &mut qkv, false)?;
-            l.qkv.bias(e, &mut qkv, t)?;
-            rope(g, &mut qkv, qkv_w, nh + nkv, hd, &positions, rope_table, t)?;
-            attention(
-                g,
-                &qkv.slice(..),
-                &qkv.slice(nh * hd..),
-                &qkv.slice((nh + nkv) * hd..),
-                qkv_w,
-                qkv_w,
-                &mut attn,
-                nh * hd,
-                &plan,
-                heads,
-                mask,
-            )?;
-            // The residual add is the GEMM's β = 1.
-            l.o.gemm(e, &attn, t, &mut x, true)?;
-            l.o.bias(e, &mut x, t)?;
-            rms_norm(g, &x, &l.mlp_norm, eps, t, d, &mut hb)?;
-            l.gate_up.gemm(e, &hb, t, &mut gu, false)?;
-            l.gate_up.bias(e, &mut gu, t)?;
-            swiglu(g, &gu, t, ff, &mut act)?;
-            l.down.gemm(e, &act, t, &mut x, true)?;
-            l.down.bias(e, &mut x, t)?;
-        }
-        let mut out = g.zeros::<f32>(t * d)?;
-        rms_norm(g, &x, &m.norm, eps, t, d, &mut out)?;
-        Ok(out)
-    }
-
-    fn forward_bert(
-        &self,
-        m: &DevBert,
-        ids: &[i32],
-        positions: &[i32],
-        starts: &[usize],
-    ) -> Result<CudaSlice<f32>> {
-        let e = &self.e;
-        let g = &e.gpu;
-        let cfg = &m.cfg;
-        let (d, ff, eps, t) = (cfg.hidden, cfg.ff, cfg.eps, ids.len());
-        let heads = Heads {
-            nh: cfg.heads,
-            nkv: cfg.heads,
-            hd: d / cfg.heads,
-        };
-        let mask = AttnMask {
-            causal: false,
-            window: None,
-        };
-        let ids = g.htod(ids)?;
-        let positions = g.htod(positions)?;
-        let plan = AttnPlan::new(g, starts, mask)?;
-        let mut x = g.zeros::<f32>(t * d)?;
-        let mut xb = g.zeros::<u16>(t * d)?;
-        let mut y = g.zeros::<f32>(t * d)?;
-        let mut qkv = g.zeros::<u16>(t * 3 * d)?;
-        let mut attn = g.zeros::<u16>(t * d)?;
-        let mut inter = g.zeros::<u16>(t * ff)?;
+        bt: &DevBatch,
+        word: &CudaSlice<u16>,
+        position: &CudaSlice<u16>,
+        type0: &CudaSlice<f32>,
+        d: usize,
+    ) -> Result<DevStream> {
+        let mut s = self.stream(bt, d, true)?;
+        let (ids, pos) = (&bt.ids, &bt.positions);
         bert_embed(
-            g,
-            &m.word,
-            &m.position,
-            &m.type0,
-            &ids,
-            &positions,
-            t,
-            d,
-            &mut x,
+            &self.gpu, word, position, type0, ids, pos, bt.tokens, d, &mut s.x,
         )?;
-        let n = &m.emb_norm;
-        residual_layer_norm(g, &mut x, None, None, &n.w, &n.b, eps, t, d, Some(&mut xb))?;
-        for l in &m.layers {
-            l.qkv.gemm(e, &xb, t, &mut qkv, false)?;
-            l.qkv.bias(e, &mut qkv, t)?;
-            attention(
-                g,
-                &qkv.slice(..),
-                &qkv.slice(d..),
-                &qkv.slice(2 * d..),
-                3 * d,
-                3 * d,
-                &mut attn,
-                d,
-                &plan,
-                heads,
-                mask,
-            )?;
-            l.o.gemm(e, &attn, t, &mut y, false)?;
-            let n = &l.attn_norm;
-            residual_layer_norm(
-                g,
-                &mut x,
-                Some(&y),
-                l.o.b.as_ref(),
-                &n.w,
-                &n.b,
-                eps,
-                t,
-                d,
-                Some(&mut xb),
-            )?;
-            l.inter.gemm(e, &xb, t, &mut inter, false)?;
-            gelu_bias(g, &mut inter, l.inter.b.as_ref(), t, ff)?;
-            l.out.gemm(e, &inter, t, &mut y, false)?;
-            let n = &l.out_norm;
-            residual_layer_norm(
-                g,
-                &mut x,
-                Some(&y),
-                l.out.b.as_ref(),
-                &n.w,
-                &n.b,
-                eps,
-                t,
-                d,
-                Some(&mut xb),
-            )?;
-        }
-        Ok(x)
+        Ok(s)
+    }
+
+    fn rms_norm(
+        &self,
+        bt: &DevBatch,
+        x: &DevStream,
+        w: &CudaSlice<f32>,
+        eps: f32,
+        out: &mut CudaSlice<u16>,
+    ) -> Result<()> {
+        rms_norm(&self.gpu, &x.x, w, eps, bt.tokens, x.width, out)
+    }
+
+    fn final_rms_norm(
+        &self,
+        bt: &DevBatch,
+        x: DevStream,
+        w: &CudaSlice<f32>,
+        eps: f32,
+    ) -> Result<DevStream> {
+        let mut out = self.gpu.zeros::<f32>(bt.tokens * x.width)?;
+        rms_norm(&self.gpu, &x.x, w, eps, bt.tokens, x.width, &mut out)?;
+        Ok(DevStream { x: out, ..x })
+    }
+
+    fn layer_norm(&self, bt: &DevBatch, s: &mut DevStream, n: &Norm<Cuda>, eps: f32) -> Result<()> {
+        let (t, d) = (bt.tokens, s.width);
+        let copy = Some(&mut s.copy);
+        residual_layer_norm(&self.gpu, &mut s.x, None, None, &n.w, &n.b, eps, t, d, copy)
+    }
+
+    fn normed<'a>(&self, x: &'a DevStream) -> &'a CudaSlice<u16> {
+        &x.copy
+    }
+
+    fn qkv(
+        &self,
+        bt: &DevBatch,
+        x: &CudaSlice<u16>,
+        lin: &DevLinear,
+        _: Heads,
+        out: &mut CudaSlice<u16>,
+    ) -> Result<()> {
+        self.linear(bt, x, lin, out)
+    }
+
+    fn rope(&self, bt: &DevBatch, qkv: &mut CudaSlice<u16>, heads: Heads) -> Result<()> {
+        let Some(table) = &bt.rope else {
+            return Ok(());
+        };
+        let Heads { nh, nkv, hd } = heads;
+        // q and k are adjacent in the fused row: one call rotates both.
+        let w = (nh + 2 * nkv) * hd;
+        rope(
+            &self.gpu,
+            qkv,
+            w,
+            nh + nkv,
+            hd,
+            &bt.positions,
+            table,
+            bt.tokens,
+        )
+    }
+
+    fn attention(
+        &self,
+        bt: &DevBatch,
+        qkv: &CudaSlice<u16>,
+        heads: Heads,
+        out: &mut CudaSlice<u16>,
+    ) -> Result<()> {
+        let Heads { nh, nkv, hd } = heads;
+        let w = (nh + 2 * nkv) * hd;
+        let (q, k, v) = (
+            qkv.slice(..),
+            qkv.slice(nh * hd..),
+            qkv.slice((nh + nkv) * hd..),
+        );
+        let g = &self.gpu;
+        attention(g, &q, &k, &v, w, w, out, nh * hd, &bt.plan, heads, bt.mask)
+    }
+
+    fn linear(
+        &self,
+        bt: &DevBatch,
+        x: &CudaSlice<u16>,
+        lin: &DevLinear,
+        out: &mut CudaSlice<u16>,
+    ) -> Result<()> {
+        lin.gemm(self, x, bt.tokens, out, false)?;
+        lin.bias(self, out, bt.tokens)
+    }
+
+    fn linear_gelu(
+        &self,
+        bt: &DevBatch,
+        x: &CudaSlice<u16>,
+        lin: &DevLinear,
+        out: &mut CudaSlice<u16>,
+    ) -> Result<()> {
+        lin.gemm(self, x, bt.tokens, out, false)?;
+        gelu_bias(&self.gpu, out, lin.b.as_ref(), bt.tokens, lin.out)
+    }
+
+    fn swiglu(
+        &self,
+        bt: &DevBatch,
+        gate_up: &CudaSlice<u16>,
+        ff: usize,
+        out: &mut CudaSlice<u16>,
+    ) -> Result<()> {
+        swiglu(&self.gpu, gate_up, bt.tokens, ff, out)
+    }
+
+    fn add_linear(
+        &self,
+        bt: &DevBatch,
+        x: &mut DevStream,
+        a: &CudaSlice<u16>,
+        lin: &DevLinear,
+    ) -> Result<()> {
+        // The residual add is the GEMM's β = 1.
+        lin.gemm(self, a, bt.tokens, &mut x.x, true)?;
+        lin.bias(self, &mut x.x, bt.tokens)
+    }
+
+    fn add_linear_norm(
+        &self,
+        bt: &DevBatch,
+        s: &mut DevStream,
+        a: &CudaSlice<u16>,
+        lin: &DevLinear,
+        n: &Norm<Cuda>,
+        eps: f32,
+    ) -> Result<()> {
+        let (t, d) = (bt.tokens, s.width);
+        lin.gemm(self, a, t, &mut s.scratch, false)?;
+        let (y, b, copy) = (Some(&s.scratch), lin.b.as_ref(), Some(&mut s.copy));
+        residual_layer_norm(&self.gpu, &mut s.x, y, b, &n.w, &n.b, eps, t, d, copy)
+    }
+
+    fn sums(&self, texts: usize, width: usize) -> Result<DevSums> {
+        let len = texts * width;
+        Ok(DevSums {
+            sums: self.gpu.zeros(len)?,
+            len,
+        })
+    }
+
+    fn pool(
+        &self,
+        h: &DevStream,
+        width: usize,
+        chunk_start: &[usize],
+        chunk_text: &[usize],
+        sums: &mut DevSums,
+    ) -> Result<()> {
+        pool_rows(
+            &self.gpu,
+            &h.x,
+            width,
+            chunk_start,
+            chunk_text,
+            &mut sums.sums,
+        )?;
+        self.gpu.sync()
+    }
+
+    fn sums_to_host(&self, sums: DevSums) -> Result<Vec<f64>> {
+        self.gpu.dtoh(&sums.sums, sums.len)
+    }
+
+    fn to_host(&self, h: DevStream) -> Result<Vec<f32>> {
+        self.gpu.dtoh(&h.x, h.rows * h.width)
     }
 }

@@ -2,7 +2,9 @@
 //! per layer RMSNorm → grouped-query causal self-attention with RoPE (Mistral: sliding window)
 //! → residual → RMSNorm → SwiGLU MLP → residual; final RMSNorm. Output: the last hidden state.
 
-use super::ops::{self, AttnMask, Heads, Linear, RopeTable};
+use super::backend::{Rope, TextOps};
+use super::cpu::Cpu;
+use super::ops::{AttnMask, Heads, Linear};
 use super::weights::{Config, TensorMap};
 use crate::error::{Error, Result};
 
@@ -139,21 +141,22 @@ pub fn rope_inv_freq(
     })
 }
 
-// Fields visible to the CUDA path (cuda.rs), which converts them to bf16 device weights.
-pub(super) struct Layer {
-    pub(super) attn_norm: Vec<f32>,
-    pub(super) qkv: Linear,
-    pub(super) o: Linear,
-    pub(super) mlp_norm: Vec<f32>,
-    pub(super) gate_up: Linear,
-    pub(super) down: Linear,
+/// One decoder layer's weights (q, k, v and gate, up stacked into one matrix each).
+pub struct Layer<B: TextOps> {
+    pub(super) attn_norm: B::Vector,
+    pub(super) qkv: B::Linear,
+    pub(super) o: B::Linear,
+    pub(super) mlp_norm: B::Vector,
+    pub(super) gate_up: B::Linear,
+    pub(super) down: B::Linear,
 }
 
-pub struct Decoder {
+/// A decoder on backend `B` (built on the CPU, then placed where it runs).
+pub struct Decoder<B: TextOps = Cpu> {
     pub cfg: DecoderConfig,
-    pub(super) embed: Vec<f32>,
-    pub(super) layers: Vec<Layer>,
-    pub(super) norm: Vec<f32>,
+    pub(super) embed: B::Table,
+    pub(super) layers: Vec<Layer<B>>,
+    pub(super) norm: B::Vector,
 }
 
 /// Rows of several `[_, inp]` matrices stacked into one layer (one GEMM instead of several).
@@ -220,61 +223,46 @@ impl Decoder {
             norm,
         })
     }
-
-    /// Last hidden states of sequences packed without padding: `[Σ len, hidden]`.
-    pub fn forward(&self, seqs: &[&[u32]]) -> Vec<f32> {
-        let d = self.cfg.hidden;
-        let heads = self.cfg.heads;
-        let Heads { nh, nkv, hd } = heads;
-        let mut starts = vec![0usize];
-        let mut positions = Vec::new();
-        for s in seqs {
-            starts.push(starts.last().unwrap() + s.len());
-            positions.extend(0..s.len());
-        }
-        let total = *starts.last().unwrap();
-        let max_len = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
-        let table = RopeTable::new(&self.cfg.inv_freq, max_len);
-        let mut x = Vec::with_capacity(total * d);
-        for &id in seqs.iter().flat_map(|s| s.iter()) {
-            x.extend_from_slice(&self.embed[id as usize * d..][..d]);
-        }
-        let mask = AttnMask {
-            causal: true,
-            window: self.cfg.window,
-        };
-        let mut h = vec![0.0f32; total * d];
-        let (qw, kw) = (nh * hd, nkv * hd);
-        for l in &self.layers {
-            ops::rms_norm(&x, &l.attn_norm, self.cfg.eps, &mut h);
-            let qkv = l.qkv.forward(&h, total);
-            let mut q = Vec::with_capacity(total * qw);
-            let mut k = Vec::with_capacity(total * kw);
-            let mut v = Vec::with_capacity(total * kw);
-            for row in qkv.chunks_exact(qw + 2 * kw) {
-                q.extend_from_slice(&row[..qw]);
-                k.extend_from_slice(&row[qw..qw + kw]);
-                v.extend_from_slice(&row[qw + kw..]);
-            }
-            drop(qkv);
-            ops::rope(&mut q, nh, hd, &positions, &table);
-            ops::rope(&mut k, nkv, hd, &positions, &table);
-            let attn = ops::attention_batch(&q, &k, &v, &starts, heads, mask);
-            l.o.forward_into(&attn, total, &mut h);
-            add(&mut x, &h);
-            ops::rms_norm(&x, &l.mlp_norm, self.cfg.eps, &mut h);
-            let act = ops::swiglu(&l.gate_up.forward(&h, total), self.cfg.ff);
-            l.down.forward_into(&act, total, &mut h);
-            add(&mut x, &h);
-        }
-        ops::rms_norm(&x, &self.norm, self.cfg.eps, &mut h);
-        h
-    }
 }
 
-pub(crate) fn add(x: &mut [f32], y: &[f32]) {
-    use rayon::prelude::*;
-    x.par_chunks_mut(1 << 14)
-        .zip(y.par_chunks(1 << 14))
-        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
+impl<B: TextOps> Decoder<B> {
+    /// Causal attention, within Mistral's sliding window.
+    pub(super) fn mask(&self) -> AttnMask {
+        AttnMask {
+            causal: true,
+            window: self.cfg.window,
+        }
+    }
+
+    /// RoPE of these inverse frequencies; a kept table covers the default chunk length.
+    pub(super) fn rope(&self) -> Rope<'_> {
+        Rope {
+            inv_freq: &self.cfg.inv_freq,
+            keep: self.cfg.max_positions.min(8192),
+        }
+    }
+
+    /// Last hidden states of a packed batch: `[t, hidden]`.
+    pub(super) fn forward(&self, b: &B, bt: &B::Batch) -> Result<B::Stream> {
+        let cfg = &self.cfg;
+        let (heads, eps, ff) = (cfg.heads, cfg.eps, cfg.ff);
+        let mut x = b.embed(bt, &self.embed, cfg.hidden)?;
+        let mut h = b.act(bt, cfg.hidden)?;
+        let mut qkv = b.qkv_buffer(bt, heads)?;
+        let mut attn = b.act(bt, heads.nh * heads.hd)?;
+        let mut gate_up = b.act(bt, 2 * ff)?;
+        let mut act = b.act(bt, ff)?;
+        for l in &self.layers {
+            b.rms_norm(bt, &x, &l.attn_norm, eps, &mut h)?;
+            b.qkv(bt, &h, &l.qkv, heads, &mut qkv)?;
+            b.rope(bt, &mut qkv, heads)?;
+            b.attention(bt, &qkv, heads, &mut attn)?;
+            b.add_linear(bt, &mut x, &attn, &l.o)?;
+            b.rms_norm(bt, &x, &l.mlp_norm, eps, &mut h)?;
+            b.linear(bt, &h, &l.gate_up, &mut gate_up)?;
+            b.swiglu(bt, &gate_up, ff, &mut act)?;
+            b.add_linear(bt, &mut x, &act, &l.down)?;
+        }
+        b.final_rms_norm(bt, x, &self.norm, eps)
+    }
 }

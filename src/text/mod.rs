@@ -4,8 +4,9 @@
 //! - weights: safetensors (single or sharded, f32/f16/bf16, memory-mapped) with config.json,
 //!   or a GGUF file (dequantized; [`gguf`]); a PEFT LoRA adapter is merged in ([`lora`]).
 //! - tokenizer: the folder's tokenizer.json, or the GGUF's vocabulary ([`tokenizer`]).
-//! - models: Llama/Mistral decoders ([`decoder`]) and BERT encoders ([`bert`]), built from the
-//!   CPU reference ops in [`ops`].
+//! - models: Llama/Mistral decoders ([`decoder`]) and BERT encoders ([`bert`]), each graph
+//!   written once over the text ops of [`backend`], which run on the CPU ([`cpu`]: the f32
+//!   reference ops of [`ops`]) or on a CUDA device ([`cuda`]).
 //! - pooling: a text longer than `max_length` tokens is cut into consecutive chunks (no
 //!   overlap; special tokens only where the tokenizer put them, i.e. BOS at the start); every
 //!   chunk is run and the hidden states of all tokens of all chunks are averaged.
@@ -25,22 +26,24 @@
 //! # Ok(()) }
 //! ```
 
+pub mod backend;
 pub mod bert;
+pub mod cpu;
 pub mod cuda;
 pub mod decoder;
+mod engine;
 pub mod gguf;
 pub mod lora;
 pub mod ops;
 pub mod tokenizer;
 pub mod weights;
 
-use crate::device::cuda::Gpu;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use bert::{Bert, BertConfig};
 use decoder::{Decoder, DecoderConfig};
+pub use engine::{Engine, Model, TextNet};
 use std::path::Path;
-use std::sync::Arc;
 use tokenizer::TextTokenizer;
 use weights::{Config, TensorMap};
 
@@ -65,27 +68,13 @@ impl Default for EmbedOptions {
     }
 }
 
-pub(crate) enum Net {
-    Decoder(Decoder),
-    Bert(Bert),
-    Cuda(Box<cuda::CudaText>),
-}
-
-impl Net {
-    /// The network on a CUDA device (bf16 weights); the host copies are dropped.
-    pub(crate) fn into_cuda(self, gpu: &Arc<Gpu>) -> Result<Net> {
-        Ok(match self {
-            Net::Decoder(d) => Net::Cuda(Box::new(cuda::CudaText::from_decoder(gpu, d)?)),
-            Net::Bert(b) => Net::Cuda(Box::new(cuda::CudaText::from_bert(gpu, b)?)),
-            Net::Cuda(c) => Net::Cuda(c),
-        })
-    }
-}
-
 pub struct TextModel {
-    net: Net,
+    net: Box<dyn TextNet>,
     tokenizer: TextTokenizer,
     vocab: usize,
+    dim: usize,
+    default_max_length: usize,
+    bert_max_positions: Option<usize>,
     /// e.g. "llama", "mistral", "bert"
     pub model_type: String,
 }
@@ -266,35 +255,32 @@ impl TextModel {
             path: &config_path,
         };
         let model_type = c.str_opt("model_type").unwrap_or("").to_string();
-        let (net, vocab) = build(&model_type, &c, &mut tensors)?;
+        let model = build(&model_type, &c, &mut tensors)?;
         drop(tensors);
-        let net = device.place_text_net(net)?;
+        let (vocab, dim) = (model.vocab(), model.dim());
+        let (default_max_length, bert_max_positions) =
+            (model.default_max_length(), model.bert_max_positions());
         Ok(TextModel {
-            net,
+            net: device.place_text_net(model)?,
             tokenizer,
             vocab,
+            dim,
+            default_max_length,
+            bert_max_positions,
             model_type,
         })
     }
 
     /// Width of an embedding (the hidden size).
     pub fn dim(&self) -> usize {
-        match &self.net {
-            Net::Decoder(d) => d.cfg.hidden,
-            Net::Bert(b) => b.cfg.hidden,
-            Net::Cuda(c) => c.dim(),
-        }
+        self.dim
     }
 
     /// Tokens per chunk unless told otherwise: the paper's 8,192 for Mistral-family decoders,
     /// 4,096 for Llama-2 (max_position_embeddings 4096), i.e. min(max_position_embeddings, 8192);
     /// BERT's max_position_embeddings (512).
     pub fn default_max_length(&self) -> usize {
-        match &self.net {
-            Net::Decoder(d) => d.cfg.max_positions.min(8192),
-            Net::Bert(b) => b.cfg.max_positions,
-            Net::Cuda(c) => c.default_max_length(),
-        }
+        self.default_max_length
     }
 
     /// Token ids of each text, special tokens included, before chunking.
@@ -310,28 +296,8 @@ impl TextModel {
     }
 
     /// Last hidden states of token sequences packed without padding: `[Σ len, dim]`.
-    /// Panics when the CUDA forward pass fails; [`TextModel::try_hidden_states`] reports it.
-    pub fn hidden_states(&self, seqs: &[&[u32]]) -> Vec<f32> {
-        self.try_hidden_states(seqs)
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// As [`TextModel::hidden_states`], with the CUDA path's errors (device memory, driver) returned.
-    pub fn try_hidden_states(&self, seqs: &[&[u32]]) -> Result<Vec<f32>> {
-        Ok(match &self.net {
-            Net::Decoder(d) => d.forward(seqs),
-            Net::Bert(b) => b.forward(seqs),
-            Net::Cuda(c) => c.hidden_states(seqs)?,
-        })
-    }
-
-    /// BERT's position-embedding count, the longest chunk it takes; None for decoders.
-    fn bert_max_positions(&self) -> Option<usize> {
-        match &self.net {
-            Net::Bert(b) => Some(b.cfg.max_positions),
-            Net::Cuda(c) => c.bert_max_positions(),
-            Net::Decoder(_) => None,
-        }
+    pub fn hidden_states(&self, seqs: &[&[u32]]) -> Result<Vec<f32>> {
+        self.net.hidden_states(seqs)
     }
 
     /// Mean-pooled last hidden states, n × dim row-major, rows in input order.
@@ -350,7 +316,7 @@ impl TextModel {
         if max_len == 0 {
             return Err(Error::Usage("--max-length must be at least 1".into()));
         }
-        if let Some(p) = self.bert_max_positions() {
+        if let Some(p) = self.bert_max_positions {
             if max_len > p {
                 return Err(Error::Usage(format!(
                     "--max-length {max_len} exceeds this BERT model's {p} position embeddings"
@@ -370,25 +336,9 @@ impl TextModel {
         for (t, c) in &chunks {
             counts[*t] += c.len();
         }
-        let sums = match &self.net {
-            Net::Cuda(c) => c.pooled_sums(&chunks, texts.len(), opts.batch, progress)?,
-            _ => {
-                let mut sums = vec![0.0f64; texts.len() * d];
-                for batch in chunks.chunks(opts.batch.max(1)) {
-                    let seqs: Vec<&[u32]> = batch.iter().map(|(_, c)| *c).collect();
-                    let h = self.try_hidden_states(&seqs)?;
-                    let mut rows = h.chunks_exact(d);
-                    for (t, c) in batch {
-                        let acc = &mut sums[t * d..][..d];
-                        for row in rows.by_ref().take(c.len()) {
-                            acc.iter_mut().zip(row).for_each(|(a, v)| *a += *v as f64);
-                        }
-                    }
-                    progress(seqs.iter().map(|s| s.len()).sum());
-                }
-                sums
-            }
-        };
+        let sums = self
+            .net
+            .pooled_sums(&chunks, texts.len(), opts.batch, progress)?;
         let mut out: Vec<f32> = sums
             .chunks_exact(d)
             .zip(&counts)
@@ -413,18 +363,10 @@ fn starts_with_gguf_magic(path: &Path) -> bool {
         && &magic == b"GGUF"
 }
 
-fn build(model_type: &str, c: &Config, t: &mut TensorMap) -> Result<(Net, usize)> {
+fn build(model_type: &str, c: &Config, t: &mut TensorMap) -> Result<Model> {
     Ok(match model_type {
-        "llama" | "mistral" => {
-            let cfg = DecoderConfig::from_json(c)?;
-            let v = cfg.vocab;
-            (Net::Decoder(Decoder::build(cfg, t)?), v)
-        }
-        "bert" => {
-            let cfg = BertConfig::from_json(c)?;
-            let v = cfg.vocab;
-            (Net::Bert(Bert::build(cfg, t)?), v)
-        }
+        "llama" | "mistral" => Model::Decoder(Decoder::build(DecoderConfig::from_json(c)?, t)?),
+        "bert" => Model::Bert(Bert::build(BertConfig::from_json(c)?, t)?),
         other => {
             return Err(Error::input(
                 c.path,

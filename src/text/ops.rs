@@ -62,6 +62,13 @@ pub fn matmul_t(
     );
 }
 
+/// `x += y`, elementwise (the residual stream's update).
+pub fn add(x: &mut [f32], y: &[f32]) {
+    x.par_chunks_mut(1 << 14)
+        .zip(y.par_chunks(1 << 14))
+        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
+}
+
 /// LlamaRMSNorm: `w · x / sqrt(mean(x²) + eps)`, per row of width `w.len()`.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let d = w.len();

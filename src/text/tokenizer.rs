@@ -1,7 +1,7 @@
 //! Tokenizers: a model folder's `tokenizer.json` through the `tokenizers` crate, or the one a
 //! GGUF file describes, rebuilt as transformers' `AutoTokenizer.from_pretrained(dir,
 //! gguf_file=…)` does (byte-level BPE for `gpt2` vocabularies, sentencepiece BPE with byte
-//! fallback for `llama` ones). Special tokens (BOS, [CLS] … [SEP]) come from the tokenizer's own
+//! fallback for `llama` ones). Special tokens (BOS, \[CLS\] … \[SEP\]) come from the tokenizer's own
 //! post-processor, so a whole text is tokenized once and chunked afterwards (BOS only at the start).
 
 use super::gguf::{Gguf, Value};
