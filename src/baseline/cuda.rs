@@ -3,9 +3,9 @@
 //! [`super::neurosynth::correlate`]: counts are exact (u32 atomics), z is computed in f64 and
 //! stored f32, so z-maps equal the CPU's bit for bit; r sums in f64 in another order.
 
-use crate::device::cuda::{consts, launch, launch_err, Gpu};
+use super::neurosynth::{centred_unit, push_complement};
+use crate::device::cuda::{consts, launch, launch_kernel, Gpu};
 use crate::error::{Error, Result};
-use cudarc::driver::PushKernelArg;
 
 const MODULE: &str = "baseline";
 /// Threads per block (`baseline_correlate` reduces over this many).
@@ -36,8 +36,6 @@ pub fn z_maps_cuda(
     let d_ma_start = gpu.htod(&ma_start)?;
     let d_ma_vox = gpu.htod(&ma_vox)?;
     let d_total = gpu.htod(total)?;
-    let count = gpu.function(MODULE, "baseline_count")?;
-    let zf = gpu.function(MODULE, "baseline_z")?;
     // A batch of terms: counts (u32) + z (f32) ≤ ~1 GiB.
     let batch = ((1usize << 30) / (8 * n_voxels.max(1))).clamp(1, 65535);
     let mut out = Vec::with_capacity(selected.len() * n_voxels);
@@ -49,14 +47,7 @@ pub fn z_maps_cuda(
             if few {
                 grp_study.extend_from_slice(sel);
             } else {
-                let mut it = sel.iter().peekable();
-                for s in 0..n as u32 {
-                    if it.peek() == Some(&&s) {
-                        it.next();
-                    } else {
-                        grp_study.push(s);
-                    }
-                }
+                push_complement(sel, n, &mut grp_study);
             }
             grp_start.push(grp_study.len() as u32);
             n_sel.push(sel.len() as u32);
@@ -71,30 +62,31 @@ pub fn z_maps_cuda(
         let mut d_z = gpu.zeros::<f32>(t * n_voxels)?;
         let nv = n_voxels as i64;
         let cfg = launch::grid((64, t as u32, 1), BLOCK, 0);
-        let mut b = gpu.stream.launch_builder(&count);
-        b.arg(&d_ma_start)
-            .arg(&d_ma_vox)
-            .arg(&d_gs)
-            .arg(&d_gst)
-            .arg(&mut d_counts)
-            .arg(&nv);
-        // SAFETY: arguments match baseline_count in order and type; study indices < n, voxel
-        // indices < n_voxels (mask positions), counts holds t × n_voxels.
-        unsafe { b.launch(cfg) }.map_err(launch_err("baseline_count"))?;
+        // SAFETY: baseline_count(ma_start, ma_vox, grp_start, grp_study, counts, n_vox); study
+        // indices < n, voxel indices < n_voxels (mask positions), counts holds t × n_voxels.
+        unsafe {
+            launch_kernel!(
+                gpu,
+                MODULE,
+                "baseline_count",
+                cfg,
+                [&d_ma_start, &d_ma_vox, &d_gs, &d_gst, &mut d_counts, &nv]
+            )
+        }?;
         let (ns, nt) = (n as u32, t as i32);
         let blocks = ((t * n_voxels).div_ceil(BLOCK as usize)).min(65535 * 8) as u32;
         let cfg = launch::grid((blocks, 1, 1), BLOCK, 0);
-        let mut b = gpu.stream.launch_builder(&zf);
-        b.arg(&d_counts)
-            .arg(&d_total)
-            .arg(&d_nsel)
-            .arg(&d_cf)
-            .arg(&ns)
-            .arg(&nt)
-            .arg(&nv)
-            .arg(&mut d_z);
-        // SAFETY: arguments match baseline_z; every buffer holds what the grid-stride loop reads.
-        unsafe { b.launch(cfg) }.map_err(launch_err("baseline_z"))?;
+        // SAFETY: baseline_z(counts, total, n_sel, counted_f, n_studies, n_terms, n_vox, z);
+        // every buffer holds what the grid-stride loop reads.
+        unsafe {
+            launch_kernel!(
+                gpu,
+                MODULE,
+                "baseline_z",
+                cfg,
+                [&d_counts, &d_total, &d_nsel, &d_cf, &ns, &nt, &nv, &mut d_z]
+            )
+        }?;
         out.extend(gpu.dtoh(&d_z, t * n_voxels)?);
     }
     Ok(out)
@@ -103,18 +95,21 @@ pub fn z_maps_cuda(
 /// Pearson r of `map` with standardized rows (see `neurosynth::correlate`).
 pub fn correlate_cuda(gpu: &Gpu, rows: &[f32], n_voxels: usize, map: &[f32]) -> Result<Vec<f32>> {
     let t = rows.len() / n_voxels.max(1);
-    let mean = map.iter().map(|&x| x as f64).sum::<f64>() / n_voxels as f64;
-    let ss: f64 = map.iter().map(|&x| (x as f64 - mean).powi(2)).sum();
-    let centred: Vec<f64> = map.iter().map(|&x| (x as f64 - mean) / ss.sqrt()).collect();
     let d_rows = gpu.htod(rows)?;
-    let d_map = gpu.htod(&centred)?;
+    let d_map = gpu.htod(&centred_unit(map, n_voxels))?;
     let mut d_r = gpu.zeros::<f32>(t)?;
-    let f = gpu.function(MODULE, "baseline_correlate")?;
     let nv = n_voxels as i64;
     let cfg = launch::grid((t as u32, 1, 1), BLOCK, 0);
-    let mut b = gpu.stream.launch_builder(&f);
-    b.arg(&d_rows).arg(&d_map).arg(&nv).arg(&mut d_r);
-    // SAFETY: arguments match baseline_correlate; rows holds t × n_voxels, map n_voxels, r t.
-    unsafe { b.launch(cfg) }.map_err(launch_err("baseline_correlate"))?;
+    // SAFETY: baseline_correlate(rows, map, n_vox, r); rows holds t × n_voxels, map n_voxels,
+    // r t.
+    unsafe {
+        launch_kernel!(
+            gpu,
+            MODULE,
+            "baseline_correlate",
+            cfg,
+            [&d_rows, &d_map, &nv, &mut d_r]
+        )
+    }?;
     gpu.dtoh(&d_r, t)
 }

@@ -37,6 +37,26 @@ pub fn association_z(a: f64, b: f64, n_f: f64, n_u: f64) -> f64 {
     chi2.sqrt() * sign
 }
 
+/// Appends the studies of `0..n` that are not in `sel` (ascending) to `out`, in order.
+pub(crate) fn push_complement(sel: &[u32], n: usize, out: &mut Vec<u32>) {
+    let mut it = sel.iter().peekable();
+    for s in 0..n as u32 {
+        if it.peek() == Some(&&s) {
+            it.next();
+        } else {
+            out.push(s);
+        }
+    }
+}
+
+/// `map` centred and scaled to unit norm, in f64: Pearson r with it is a dot product.
+pub(crate) fn centred_unit(map: &[f32], n_voxels: usize) -> Vec<f64> {
+    let mean = map.iter().map(|&x| x as f64).sum::<f64>() / n_voxels as f64;
+    let ss: f64 = map.iter().map(|&x| (x as f64 - mean).powi(2)).sum();
+    let inv = 1.0 / ss.sqrt();
+    map.iter().map(|&x| (x as f64 - mean) * inv).collect()
+}
+
 /// The association z-maps of the terms. `ma[s]`: the active mask positions of study s (every
 /// study with peaks); `selected[t]`: the studies (indices into `ma`) with term t, ascending;
 /// `total[v]`: how many maps are active at v. Returns `terms × n_voxels` float32 rows.
@@ -57,14 +77,7 @@ pub fn z_maps(ma: &[Vec<u32>], total: &[u32], selected: &[Vec<u32>], n_voxels: u
                     sel
                 } else {
                     others.clear();
-                    let mut it = sel.iter().peekable();
-                    for s in 0..n as u32 {
-                        if it.peek() == Some(&&s) {
-                            it.next();
-                        } else {
-                            others.push(s);
-                        }
-                    }
+                    push_complement(sel, n, others);
                     others
                 };
                 for &s in group {
@@ -116,10 +129,7 @@ pub fn standardize_rows(z: &[f32], n_voxels: usize) -> Vec<f32> {
 
 /// Pearson r of `map` with every standardized row (`rows × n_voxels`), accumulated in f64.
 pub fn correlate(rows: &[f32], n_voxels: usize, map: &[f32]) -> Vec<f32> {
-    let mean = map.iter().map(|&x| x as f64).sum::<f64>() / n_voxels as f64;
-    let ss: f64 = map.iter().map(|&x| (x as f64 - mean).powi(2)).sum();
-    let inv = 1.0 / ss.sqrt();
-    let centred: Vec<f64> = map.iter().map(|&x| (x as f64 - mean) * inv).collect();
+    let centred = centred_unit(map, n_voxels);
     rows.par_chunks(n_voxels.max(1))
         .map(|r| {
             // Four accumulators: the compiler vectorises the f32→f64 products.

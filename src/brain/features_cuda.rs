@@ -10,7 +10,7 @@
 use super::features::{check_grids, Peaks};
 use super::mkda::{peak_voxels, MkdaKernel};
 use super::{Atlas, Grid, Mask};
-use crate::device::cuda::{consts, launch, launch_err, Gpu, RowMajorGemm};
+use crate::device::cuda::{consts, launch, launch_err, launch_kernel, Gpu, RowMajorGemm};
 use crate::error::{Error, Result};
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
@@ -258,11 +258,6 @@ impl<'g> CudaMkda<'g> {
         })
     }
 
-    /// Number of atlas maps (columns of Xᵀy and of the features).
-    pub fn k(&self) -> usize {
-        self.k
-    }
-
     /// Xᵀy of every study's MA map into `out` (n×k f64, row-major; every element is written).
     /// Returns the accumulation actually used.
     pub fn xty_into(
@@ -414,19 +409,23 @@ impl<'g> CudaMkda<'g> {
                     accumulate: false,
                 };
                 product.run(&blas, xty, &self.gram_inv, &mut beta64)?;
-                let func = self.gpu.function(MODULE, "f64_to_f32")?;
                 let len = nk as i64;
                 let blocks = nk.div_ceil(BLOCK as usize).clamp(1, 1 << 16) as u32;
                 let cfg = launch::grid((blocks, 1, 1), BLOCK, 0);
-                let mut b = self.gpu.stream.launch_builder(&func);
-                b.arg(&beta64).arg(&mut *out).arg(&len);
                 // SAFETY: f64_to_f32(const double*, float*, long long); both hold ≥ nk elements.
-                unsafe { b.launch(cfg) }.map_err(launch_err("f64_to_f32"))?;
+                unsafe {
+                    launch_kernel!(
+                        self.gpu,
+                        MODULE,
+                        "f64_to_f32",
+                        cfg,
+                        [&beta64, &mut *out, &len]
+                    )
+                }?;
                 // beta64 is freed when dropped; cudarc orders the free after the kernel on the stream.
             }
             None => {
                 let (n_i, k_i) = (n as i32, k as i32);
-                let func = self.gpu.function(MODULE, "solve_rows_f64")?;
                 let cfg = LaunchConfig {
                     grid_dim: (
                         k.div_ceil(SOLVE_TILE) as u32,
@@ -436,15 +435,17 @@ impl<'g> CudaMkda<'g> {
                     block_dim: (SOLVE_TILE as u32, SOLVE_TILE as u32, 1),
                     shared_mem_bytes: 0,
                 };
-                let mut b = self.gpu.stream.launch_builder(&func);
-                b.arg(xty)
-                    .arg(&self.gram_inv)
-                    .arg(&mut *out)
-                    .arg(&n_i)
-                    .arg(&k_i);
                 // SAFETY: solve_rows_f64(const double* xty, const double* gram_inv, float* beta,
                 // int n, int k) with buffers of ≥ n×k, k×k and n×k elements.
-                unsafe { b.launch(cfg) }.map_err(launch_err("solve_rows_f64"))?;
+                unsafe {
+                    launch_kernel!(
+                        self.gpu,
+                        MODULE,
+                        "solve_rows_f64",
+                        cfg,
+                        [xty, &self.gram_inv, &mut *out, &n_i, &k_i]
+                    )
+                }?;
             }
         }
         Ok(chosen)

@@ -156,6 +156,28 @@ pub(crate) fn launch_err(kernel: &str) -> impl FnOnce(cudarc::driver::DriverErro
     move |e| Error::Cuda(format!("launch of {kernel} failed: {e:?}"))
 }
 
+/// Launches kernel `$name` of `kernels/$module.cu` on `$gpu` (a [`Gpu`]) with launch
+/// configuration `$cfg` and the bracketed arguments, in the kernel's parameter order; evaluates
+/// to a `Result<()>` whose error names the kernel. It expands to the launch itself, so it is
+/// written inside `unsafe { }` with a SAFETY comment saying why the arguments fit the kernel.
+macro_rules! launch_kernel {
+    ($gpu:expr, $module:expr, $name:expr, $cfg:expr, [$($arg:expr),* $(,)?]) => {{
+        let gpu: &$crate::device::cuda::Gpu = $gpu;
+        let name: &str = $name;
+        match gpu.function($module, name) {
+            Ok(f) => {
+                let mut l = gpu.stream.launch_builder(&f);
+                $(::cudarc::driver::PushKernelArg::arg(&mut l, $arg);)*
+                l.launch($cfg)
+                    .map(|_| ())
+                    .map_err($crate::device::cuda::launch_err(name))
+            }
+            Err(e) => Err(e),
+        }
+    }};
+}
+pub(crate) use launch_kernel;
+
 /// The launch shapes the kernel families use.
 pub mod launch {
     use cudarc::driver::LaunchConfig;

@@ -22,10 +22,10 @@ use super::decoder::{Decoder, DecoderConfig, Layer as DecoderLayer};
 use super::ops::{AttnMask, Heads, Linear, RopeTable};
 use super::{Engine, Model, TextNet};
 use crate::device::cuda::consts::llm::{ATT_BQ, ATT_THREADS, ROW_THREADS};
-use crate::device::cuda::{launch, launch_err, to_bf16, Elem, Gpu, RowMajorGemm};
+use crate::device::cuda::{launch, launch_err, launch_kernel, to_bf16, Elem, Gpu, RowMajorGemm};
 use crate::error::{Error, Result};
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaSlice, CudaView, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 use std::sync::{Arc, Mutex};
 
 const MODULE: &str = "llm";
@@ -39,6 +39,25 @@ fn int(n: usize, what: &str) -> Result<i32> {
             "{what} = {n} is too large for one CUDA forward pass; use a smaller --batch"
         ))
     })
+}
+
+/// `out` holds `n · d` elements, and (n, d) as the kernels' ints; None when there are no tokens.
+fn tokens_by_width<T>(
+    out: &CudaSlice<T>,
+    n: usize,
+    d: usize,
+    what: &str,
+) -> Result<Option<(i32, i32)>> {
+    need(out, n * d, what)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    Ok(Some((int(n, "tokens")?, int(d, "width")?)))
+}
+
+/// The launch of an elementwise (grid-stride) kernel over `count` elements.
+fn elementwise(count: usize) -> LaunchConfig {
+    launch::flat(count, 256, 1 << 20)
 }
 
 fn need<T>(buf: &CudaSlice<T>, n: usize, what: &str) -> Result<()> {
@@ -63,17 +82,20 @@ pub fn embed_gather(
     d: usize,
     out: &mut CudaSlice<f32>,
 ) -> Result<()> {
-    need(out, n * d, "embed_gather")?;
-    if n == 0 {
+    let Some((ni, di)) = tokens_by_width(out, n, d, "embed_gather")? else {
         return Ok(());
-    }
-    let f = gpu.function(MODULE, "embed_gather")?;
-    let (ni, di) = (int(n, "tokens")?, int(d, "width")?);
-    let mut l = gpu.stream.launch_builder(&f);
-    l.arg(table).arg(ids).arg(&ni).arg(&di).arg(out);
+    };
+    let cfg = elementwise(n * d);
     // SAFETY: embed_gather(table, ids, n, d, out); ids < vocab checked by the caller, out n·d.
-    unsafe { l.launch(launch::flat(n * d, 256, 1 << 20)) }.map_err(launch_err("embed_gather"))?;
-    Ok(())
+    unsafe {
+        launch_kernel!(
+            gpu,
+            MODULE,
+            "embed_gather",
+            cfg,
+            [table, ids, &ni, &di, out]
+        )
+    }
 }
 
 /// BERT embeddings: `word[ids[t]] + type0 + position[positions[t]]`.
@@ -89,24 +111,21 @@ pub fn bert_embed(
     d: usize,
     out: &mut CudaSlice<f32>,
 ) -> Result<()> {
-    need(out, n * d, "bert_embed")?;
-    if n == 0 {
+    let Some((ni, di)) = tokens_by_width(out, n, d, "bert_embed")? else {
         return Ok(());
+    };
+    let cfg = elementwise(n * d);
+    // SAFETY: bert_embed(word, position, type0, ids, positions, n, d, out); ids < vocab and
+    // positions < max_positions checked by the caller, out n·d.
+    unsafe {
+        launch_kernel!(
+            gpu,
+            MODULE,
+            "bert_embed",
+            cfg,
+            [word, position, type0, ids, positions, &ni, &di, out]
+        )
     }
-    let f = gpu.function(MODULE, "bert_embed")?;
-    let (ni, di) = (int(n, "tokens")?, int(d, "width")?);
-    let mut l = gpu.stream.launch_builder(&f);
-    l.arg(word)
-        .arg(position)
-        .arg(type0)
-        .arg(ids)
-        .arg(positions)
-        .arg(&ni)
-        .arg(&di)
-        .arg(out);
-    // SAFETY: bert_embed's argument list; ids < vocab and positions < max_positions checked.
-    unsafe { l.launch(launch::flat(n * d, 256, 1 << 20)) }.map_err(launch_err("bert_embed"))?;
-    Ok(())
 }
 
 /// RMSNorm of `rows` rows of width `d` (= w.len()), f32 in, `T` out.
@@ -125,13 +144,10 @@ pub fn rms_norm<T: Elem>(
     if rows == 0 {
         return Ok(());
     }
-    let f = gpu.function(MODULE, &format!("rms_norm_{}", T::SUFFIX))?;
-    let di = int(d, "width")?;
-    let mut l = gpu.stream.launch_builder(&f);
-    l.arg(x).arg(w).arg(&eps).arg(&di).arg(out);
+    let (name, di) = (format!("rms_norm_{}", T::SUFFIX), int(d, "width")?);
+    let cfg = launch::rows(rows, 1, ROW_THREADS);
     // SAFETY: rms_norm_T(x, w, eps, d, out), one block per row of d.
-    unsafe { l.launch(launch::rows(rows, 1, ROW_THREADS)) }.map_err(launch_err("rms_norm"))?;
-    Ok(())
+    unsafe { launch_kernel!(gpu, MODULE, &name, cfg, [x, w, &eps, &di, out]) }
 }
 
 /// BERT's `x = LayerNorm(x + y + bias)` in place (y, bias optional), with a bf16 copy in `xb`.
@@ -160,6 +176,7 @@ pub fn residual_layer_norm(
     }
     let f = gpu.function(MODULE, "residual_layer_norm")?;
     let di = int(d, "width")?;
+    // The optional arguments are pushed one by one: a null pointer or the buffer.
     let mut l = gpu.stream.launch_builder(&f);
     l.arg(x);
     match y {
@@ -195,13 +212,14 @@ pub fn add_bias<T: Elem>(
     if rows * d == 0 {
         return Ok(());
     }
-    let f = gpu.function(MODULE, &format!("add_bias_{}", T::SUFFIX))?;
-    let (n, di) = (rows as i64, int(d, "width")?);
-    let mut l = gpu.stream.launch_builder(&f);
-    l.arg(x).arg(b).arg(&n).arg(&di);
+    let (name, n, di) = (
+        format!("add_bias_{}", T::SUFFIX),
+        rows as i64,
+        int(d, "width")?,
+    );
+    let cfg = elementwise(rows * d);
     // SAFETY: add_bias_T(x, b, n, d) over rows·d elements.
-    unsafe { l.launch(launch::flat(rows * d, 256, 1 << 20)) }.map_err(launch_err("add_bias"))?;
-    Ok(())
+    unsafe { launch_kernel!(gpu, MODULE, &name, cfg, [x, b, &n, &di]) }
 }
 
 /// `x = GELU(x + b)` in place (exact erf GELU), b optional.
@@ -216,8 +234,10 @@ pub fn gelu_bias<T: Elem>(
     if rows * d == 0 {
         return Ok(());
     }
-    let f = gpu.function(MODULE, &format!("gelu_bias_{}", T::SUFFIX))?;
+    let name = format!("gelu_bias_{}", T::SUFFIX);
+    let f = gpu.function(MODULE, &name)?;
     let (n, di) = (rows as i64, int(d, "width")?);
+    // The optional argument is pushed one by one: a null pointer or the bias.
     let mut l = gpu.stream.launch_builder(&f);
     l.arg(x);
     match b {
@@ -226,7 +246,7 @@ pub fn gelu_bias<T: Elem>(
     };
     l.arg(&n).arg(&di);
     // SAFETY: gelu_bias_T(x, b?, n, d) over rows·d elements.
-    unsafe { l.launch(launch::flat(rows * d, 256, 1 << 20)) }.map_err(launch_err("gelu_bias"))?;
+    unsafe { l.launch(elementwise(rows * d)) }.map_err(launch_err(&name))?;
     Ok(())
 }
 
@@ -243,13 +263,11 @@ pub fn swiglu<T: Elem>(
     if rows * ff == 0 {
         return Ok(());
     }
-    let f = gpu.function(MODULE, &format!("swiglu_{}", T::SUFFIX))?;
+    let name = format!("swiglu_{}", T::SUFFIX);
     let (r, ffi) = (rows as i64, int(2 * ff, "MLP width")? / 2);
-    let mut l = gpu.stream.launch_builder(&f);
-    l.arg(gate_up).arg(&r).arg(&ffi).arg(out);
+    let cfg = elementwise(rows * ff);
     // SAFETY: swiglu_T(gate_up, rows, ff, out) over rows·ff elements.
-    unsafe { l.launch(launch::flat(rows * ff, 256, 1 << 20)) }.map_err(launch_err("swiglu"))?;
-    Ok(())
+    unsafe { launch_kernel!(gpu, MODULE, &name, cfg, [gate_up, &r, &ffi, out]) }
 }
 
 /// A [`RopeTable`] on the device.
@@ -295,26 +313,24 @@ pub fn rope<T: Elem>(
         return Ok(());
     }
     need(x, (n - 1) * stride + heads * hd, "rope")?;
-    let f = gpu.function(MODULE, &format!("rope_{}", T::SUFFIX))?;
+    let name = format!("rope_{}", T::SUFFIX);
     let (si, hi, hdi, ni) = (
         int(stride, "row width")?,
         int(heads, "heads")?,
         int(hd, "head width")?,
         int(n, "tokens")?,
     );
-    let mut l = gpu.stream.launch_builder(&f);
-    l.arg(x)
-        .arg(&si)
-        .arg(&hi)
-        .arg(&hdi)
-        .arg(positions)
-        .arg(&table.cos)
-        .arg(&table.sin)
-        .arg(&ni);
+    let cfg = elementwise(n * heads * hd / 2);
     // SAFETY: rope_T(x, stride, heads, hd, positions, cos, sin, n) over n·heads·hd/2 pairs.
-    unsafe { l.launch(launch::flat(n * heads * hd / 2, 256, 1 << 20)) }
-        .map_err(launch_err("rope"))?;
-    Ok(())
+    unsafe {
+        launch_kernel!(
+            gpu,
+            MODULE,
+            &name,
+            cfg,
+            [x, &si, &hi, &hdi, positions, &table.cos, &table.sin, &ni]
+        )
+    }
 }
 
 /// The attention tiles of packed sequences: {q0, q1, s0, s1} per block of at most `ATT_BQ`
@@ -410,7 +426,7 @@ pub fn attention<T: Elem>(
     if nh > 65535 {
         return Err(Error::Usage(format!("{nh} attention heads are too many")));
     }
-    let f = gpu.function(MODULE, &format!("attention_{}_d{width}", T::SUFFIX))?;
+    let name = format!("attention_{}_d{width}", T::SUFFIX);
     let scale_log2 = std::f32::consts::LOG2_E / (hd as f32).sqrt();
     let (qs, ks, os) = (
         int(q_stride, "row width")?,
@@ -423,26 +439,34 @@ pub fn attention<T: Elem>(
         Some(w) => int(w.max(1), "sliding window").unwrap_or(i32::MAX),
         None => 0,
     };
-    let mut l = gpu.stream.launch_builder(&f);
-    l.arg(q)
-        .arg(k)
-        .arg(v)
-        .arg(&qs)
-        .arg(&ks)
-        .arg(out)
-        .arg(&os)
-        .arg(&plan.tiles)
-        .arg(&nhi)
-        .arg(&nkvi)
-        .arg(&hdi)
-        .arg(&scale_log2)
-        .arg(&causal)
-        .arg(&window);
     let cfg = launch::grid((plan.n_tiles as u32, nh as u32, 1), ATT_THREADS, 0);
-    // SAFETY: attention_T_dW's argument list; the tiles index rows < plan.total, which every
-    // operand holds (checked above), and hd <= the kernel's width.
-    unsafe { l.launch(cfg) }.map_err(launch_err("attention"))?;
-    Ok(())
+    // SAFETY: attention_T_dW(q, k, v, q_stride, kv_stride, out, out_stride, tiles, nh, nkv, hd,
+    // scale_log2, causal, window); the tiles index rows < plan.total, which every operand holds
+    // (checked above), and hd <= the kernel's width.
+    unsafe {
+        launch_kernel!(
+            gpu,
+            MODULE,
+            &name,
+            cfg,
+            [
+                q,
+                k,
+                v,
+                &qs,
+                &ks,
+                out,
+                &os,
+                &plan.tiles,
+                &nhi,
+                &nkvi,
+                &hdi,
+                &scale_log2,
+                &causal,
+                &window
+            ]
+        )
+    }
 }
 
 /// Adds the column sums (f64) of each chunk of `h` (`[rows, d]`; chunk b = rows
@@ -473,14 +497,18 @@ pub fn pool_rows(
         .collect::<Result<_>>()?;
     let text: Vec<i32> = chunk_text.iter().map(|&t| t as i32).collect();
     let (starts, text) = (gpu.htod(&starts)?, gpu.htod(&text)?);
-    let f = gpu.function(MODULE, "pool_rows")?;
     let di = int(d, "width")?;
-    let mut l = gpu.stream.launch_builder(&f);
-    l.arg(h).arg(&di).arg(&starts).arg(&text).arg(sums);
     let cfg = launch::grid((chunks as u32, d.div_ceil(128) as u32, 1), 128, 0);
     // SAFETY: pool_rows(h, d, chunk_start, chunk_text, sums): rows and texts in range (checked).
-    unsafe { l.launch(cfg) }.map_err(launch_err("pool_rows"))?;
-    Ok(())
+    unsafe {
+        launch_kernel!(
+            gpu,
+            MODULE,
+            "pool_rows",
+            cfg,
+            [h, &di, &starts, &text, sums]
+        )
+    }
 }
 
 /// `n` bf16 values uniform in [−amp, amp) from a hash of (seed, index).
@@ -495,13 +523,17 @@ pub fn fill_uniform_bf16(
     if n == 0 {
         return Ok(());
     }
-    let f = gpu.function(MODULE, "fill_uniform_bf16")?;
     let ni = n as i64;
-    let mut l = gpu.stream.launch_builder(&f);
-    l.arg(x).arg(&ni).arg(&seed).arg(&amp);
     // SAFETY: fill_uniform_bf16(x, n, seed, amp) writes n elements.
-    unsafe { l.launch(launch::flat(n, 256, 1 << 20)) }.map_err(launch_err("fill_uniform_bf16"))?;
-    Ok(())
+    unsafe {
+        launch_kernel!(
+            gpu,
+            MODULE,
+            "fill_uniform_bf16",
+            elementwise(n),
+            [x, &ni, &seed, &amp]
+        )
+    }
 }
 
 /// A dense layer on the device: bf16 weight `[out, inp]`, optional f32 bias.
