@@ -10,6 +10,7 @@ use niclip::brain::features_cuda::{
 use niclip::brain::mkda::{MkdaKernel, Rounding};
 use niclip::brain::{Atlas, Grid, Image, Mask, Peaks};
 use niclip::device::cuda::{self, Gpu};
+use niclip::rng::SplitMix64;
 use std::path::{Path, PathBuf};
 
 /// The device, or None after printing why the test is skipped.
@@ -21,26 +22,9 @@ fn gpu() -> Option<std::sync::Arc<Gpu>> {
     Some(Gpu::open(0).expect("CUDA device 0 opens"))
 }
 
-/// SplitMix64: small, seeded, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn range(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * self.uniform()
-    }
+/// Uniform in [lo, hi).
+fn range(rng: &mut SplitMix64, lo: f64, hi: f64) -> f64 {
+    lo + (hi - lo) * rng.uniform()
 }
 
 /// `k` Gaussian blobs (σ 2–6 voxels, cut below 1e-3) centred on random in-mask voxels; map 0
@@ -49,11 +33,11 @@ fn blob_atlas(mask: &Mask, k: usize, seed: u64) -> Atlas {
     let grid = &mask.grid;
     let n = grid.n_voxels();
     let [nx, ny, nz] = grid.shape;
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64(seed);
     let mut data = vec![0.0f32; n * k];
-    let blob = |data: &mut [f32], sign: f32, rng: &mut Rng| {
+    let blob = |data: &mut [f32], sign: f32, rng: &mut SplitMix64| {
         let c = grid.unflat(mask.voxels[rng.below(mask.len())] as usize);
-        let sigma = rng.range(2.0, 6.0);
+        let sigma = range(rng, 2.0, 6.0);
         let r = (3.7 * sigma).ceil() as isize;
         for k in (c[2] as isize - r).max(0)..(c[2] as isize + r + 1).min(nz as isize) {
             for j in (c[1] as isize - r).max(0)..(c[1] as isize + r + 1).min(ny as isize) {
@@ -87,7 +71,7 @@ fn blob_atlas(mask: &Mask, k: usize, seed: u64) -> Atlas {
 /// rounding ties, near and beyond every face of the volume, far away, and one study of more
 /// peaks than the kernel caches in shared memory.
 fn synthetic_peaks(grid: &Grid, n: usize, seed: u64) -> Peaks {
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64(seed);
     let corner = |ijk: [f64; 3]| grid.voxel_to_mm(ijk);
     let [nx, ny, nz] = grid.shape.map(|s| s as f64);
     let mut peaks = Peaks::new();
@@ -105,18 +89,22 @@ fn synthetic_peaks(grid: &Grid, n: usize, seed: u64) -> Peaks {
                 0 if !xyz.is_empty() => xyz[rng.below(xyz.len())],
                 // Just inside, on or just beyond a face (voxel coordinate −6 … 5 from an edge).
                 1 => {
-                    let mut v = [rng.range(0.0, nx), rng.range(0.0, ny), rng.range(0.0, nz)];
+                    let mut v = [
+                        range(&mut rng, 0.0, nx),
+                        range(&mut rng, 0.0, ny),
+                        range(&mut rng, 0.0, nz),
+                    ];
                     let a = rng.below(3);
                     let lim = [nx, ny, nz][a];
                     v[a] = if rng.below(2) == 0 {
-                        rng.range(-6.0, 5.0)
+                        range(&mut rng, -6.0, 5.0)
                     } else {
-                        lim - 1.0 + rng.range(-5.0, 6.0)
+                        lim - 1.0 + range(&mut rng, -5.0, 6.0)
                     };
                     corner(v)
                 }
                 // Far outside.
-                2 => [rng.range(-1e5, 1e5), 300.0, -4e3],
+                2 => [range(&mut rng, -1e5, 1e5), 300.0, -4e3],
                 // A rounding tie (half-voxel in mm on a 2 mm grid: odd mm).
                 3 => {
                     let v = corner([
@@ -130,12 +118,16 @@ fn synthetic_peaks(grid: &Grid, n: usize, seed: u64) -> Peaks {
                 4 if !xyz.is_empty() => {
                     let q = xyz[rng.below(xyz.len())];
                     [
-                        q[0] + rng.range(-12.0, 12.0),
-                        q[1] + rng.range(-12.0, 12.0),
-                        q[2] + rng.range(-12.0, 12.0),
+                        q[0] + range(&mut rng, -12.0, 12.0),
+                        q[1] + range(&mut rng, -12.0, 12.0),
+                        q[2] + range(&mut rng, -12.0, 12.0),
                     ]
                 }
-                _ => corner([rng.range(0.0, nx), rng.range(0.0, ny), rng.range(0.0, nz)]),
+                _ => corner([
+                    range(&mut rng, 0.0, nx),
+                    range(&mut rng, 0.0, ny),
+                    range(&mut rng, 0.0, nz),
+                ]),
             };
             xyz.push(p);
         }
@@ -145,9 +137,9 @@ fn synthetic_peaks(grid: &Grid, n: usize, seed: u64) -> Peaks {
     let mut big = Vec::new();
     for _ in 0..700 {
         big.push(corner([
-            rng.range(0.3 * nx, 0.7 * nx),
-            rng.range(0.3 * ny, 0.7 * ny),
-            rng.range(0.3 * nz, 0.7 * nz),
+            range(&mut rng, 0.3 * nx, 0.7 * nx),
+            range(&mut rng, 0.3 * ny, 0.7 * ny),
+            range(&mut rng, 0.3 * nz, 0.7 * nz),
         ]));
     }
     peaks.push("big", big);

@@ -10,6 +10,7 @@ mod common;
 
 use niclip::device::cuda::{self, from_bf16, to_bf16, Elem, Gpu, RowMajorGemm};
 use niclip::device::Device;
+use niclip::rng::SplitMix64;
 use niclip::text::cuda::{
     add_bias, attention, bert_embed, embed_gather, gelu_bias, pool_rows, residual_layer_norm,
     rms_norm, rope, swiglu, AttnPlan, CudaText, RopeDev,
@@ -28,27 +29,14 @@ fn gpu() -> Option<std::sync::Arc<Gpu>> {
     Some(Gpu::open(0).expect("CUDA device 0 opens"))
 }
 
-/// SplitMix64: small, seeded, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f32 {
-        ((self.next() >> 40) as f32) / (1u64 << 24) as f32
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    /// `n` values uniform in [−amp, amp).
-    fn vec(&mut self, n: usize, amp: f32) -> Vec<f32> {
-        (0..n).map(|_| (2.0 * self.uniform() - 1.0) * amp).collect()
-    }
+/// `n` values uniform in [−amp, amp) (24 random bits each, as the kernels draw).
+fn uniform_vec(rng: &mut SplitMix64, n: usize, amp: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let u = (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+            (2.0 * u - 1.0) * amp
+        })
+        .collect()
 }
 
 /// Values exactly representable in bf16 (so CPU and GPU see the same inputs).
@@ -152,11 +140,11 @@ fn nvrtc_compiles_llm_kernels() {
 #[test]
 fn embeddings_gather_exactly() {
     let Some(g) = gpu() else { return };
-    let mut rng = Rng(1);
+    let mut rng = SplitMix64(1);
     let (vocab, d, n, max_pos) = (300, 70, 123, 40);
-    let table = to_bf16(&rng.vec(vocab * d, 1.0));
-    let pos_table = to_bf16(&rng.vec(max_pos * d, 0.3));
-    let type0 = rng.vec(d, 0.2);
+    let table = to_bf16(&uniform_vec(&mut rng, vocab * d, 1.0));
+    let pos_table = to_bf16(&uniform_vec(&mut rng, max_pos * d, 0.3));
+    let type0 = uniform_vec(&mut rng, d, 0.2);
     let ids: Vec<i32> = (0..n).map(|_| rng.below(vocab) as i32).collect();
     let positions: Vec<i32> = (0..n).map(|_| rng.below(max_pos) as i32).collect();
     let (table_f, pos_f) = (from_bf16(&table), from_bf16(&pos_table));
@@ -192,10 +180,10 @@ fn embeddings_gather_exactly() {
 #[test]
 fn norms_match_cpu() {
     let Some(g) = gpu() else { return };
-    let mut rng = Rng(2);
+    let mut rng = SplitMix64(2);
     for (rows, d) in [(1, 64), (37, 200), (9, 4096), (5, 384)] {
-        let x = rng.vec(rows * d, 3.0);
-        let w = rng.vec(d, 1.5);
+        let x = uniform_vec(&mut rng, rows * d, 3.0);
+        let w = uniform_vec(&mut rng, d, 1.5);
         let mut want = vec![0.0; rows * d];
         ops::rms_norm(&x, &w, 1e-6, &mut want);
         let (xd, wd) = (g.htod(&x).unwrap(), g.htod(&w).unwrap());
@@ -219,8 +207,11 @@ fn norms_match_cpu() {
         );
 
         // LayerNorm: plain (as ops::layer_norm), then with a residual and a bias added first.
-        let (y, bias) = (rng.vec(rows * d, 2.0), rng.vec(d, 0.5));
-        let b = rng.vec(d, 0.5);
+        let (y, bias) = (
+            uniform_vec(&mut rng, rows * d, 2.0),
+            uniform_vec(&mut rng, d, 0.5),
+        );
+        let b = uniform_vec(&mut rng, d, 0.5);
         let (yd, biasd, bd) = (
             g.htod(&y).unwrap(),
             g.htod(&bias).unwrap(),
@@ -279,9 +270,9 @@ fn norms_match_cpu() {
 #[test]
 fn elementwise_kernels_match_cpu() {
     let Some(g) = gpu() else { return };
-    let mut rng = Rng(3);
+    let mut rng = SplitMix64(3);
     let (rows, ff) = (53, 300);
-    let gu = bf16_round(&rng.vec(rows * 2 * ff, 6.0));
+    let gu = bf16_round(&uniform_vec(&mut rng, rows * 2 * ff, 6.0));
     let want = ops::swiglu(&gu, ff);
     let gud = g.htod(&gu).unwrap();
     let mut out = poisoned::<f32>(&g, rows * ff);
@@ -304,8 +295,8 @@ fn elementwise_kernels_match_cpu() {
         4e-3,
     );
 
-    let x = bf16_round(&rng.vec(rows * ff, 4.0));
-    let b = rng.vec(ff, 1.0);
+    let x = bf16_round(&uniform_vec(&mut rng, rows * ff, 4.0));
+    let b = uniform_vec(&mut rng, ff, 1.0);
     let mut want: Vec<f32> = x.iter().enumerate().map(|(i, v)| v + b[i % ff]).collect();
     let with_bias = want.clone();
     ops::gelu(&mut want);
@@ -353,7 +344,7 @@ fn elementwise_kernels_match_cpu() {
 #[test]
 fn rope_matches_cpu() {
     let Some(g) = gpu() else { return };
-    let mut rng = Rng(4);
+    let mut rng = SplitMix64(4);
     let lens = [1usize, 17, 64, 5];
     let n: usize = lens.iter().sum();
     let positions: Vec<usize> = lens.iter().flat_map(|&l| 0..l).collect();
@@ -371,7 +362,7 @@ fn rope_matches_cpu() {
         let dev = RopeDev::new(&g, &inv, 64).unwrap();
         // A fused qkv buffer: q and k heads rotated in one call, v untouched.
         let w = (nh + 2 * nkv) * hd;
-        let qkv = rng.vec(n * w, 2.0);
+        let qkv = uniform_vec(&mut rng, n * w, 2.0);
         let mut q: Vec<f32> = qkv.chunks(w).flat_map(|r| r[..nh * hd].to_vec()).collect();
         let mut k: Vec<f32> = qkv
             .chunks(w)
@@ -413,7 +404,7 @@ fn rope_matches_cpu() {
 #[test]
 fn attention_matches_cpu() {
     let Some(g) = gpu() else { return };
-    let mut rng = Rng(5);
+    let mut rng = SplitMix64(5);
     let lens = [1usize, 17, 100, 33, 250, 16];
     let starts = starts_of(&lens);
     let n = *starts.last().unwrap();
@@ -444,9 +435,9 @@ fn attention_matches_cpu() {
     ] {
         let heads = Heads { nh, nkv, hd };
         // bf16-exact inputs, so the bf16 kernel sees the CPU's very values.
-        let q = bf16_round(&rng.vec(n * nh * hd, 2.0));
-        let k = bf16_round(&rng.vec(n * nkv * hd, 2.0));
-        let v = bf16_round(&rng.vec(n * nkv * hd, 1.0));
+        let q = bf16_round(&uniform_vec(&mut rng, n * nh * hd, 2.0));
+        let k = bf16_round(&uniform_vec(&mut rng, n * nkv * hd, 2.0));
+        let v = bf16_round(&uniform_vec(&mut rng, n * nkv * hd, 1.0));
         let (qd, kd, vd) = (
             g.htod(&q).unwrap(),
             g.htod(&k).unwrap(),
@@ -514,7 +505,7 @@ fn attention_matches_cpu() {
     let (nh, nkv, hd) = (4, 2, 64);
     let heads = Heads { nh, nkv, hd };
     let w = (nh + 2 * nkv) * hd;
-    let qkv = rng.vec(n * w, 2.0);
+    let qkv = uniform_vec(&mut rng, n * w, 2.0);
     let part =
         |a: usize, b: usize| -> Vec<f32> { qkv.chunks(w).flat_map(|r| r[a..b].to_vec()).collect() };
     let (q, k, v) = (
@@ -560,11 +551,11 @@ fn gemm_matches_cpu() {
         .blas()
         .unwrap()
         .expect("cuBLAS loads where a device exists");
-    let mut rng = Rng(6);
+    let mut rng = SplitMix64(6);
     for (rows, out, inp) in [(1, 8, 16), (77, 192, 64), (300, 96, 130)] {
-        let x = bf16_round(&rng.vec(rows * inp, 1.0));
-        let w = bf16_round(&rng.vec(out * inp, 1.0));
-        let y0 = rng.vec(rows * out, 1.0);
+        let x = bf16_round(&uniform_vec(&mut rng, rows * inp, 1.0));
+        let w = bf16_round(&uniform_vec(&mut rng, out * inp, 1.0));
+        let y0 = uniform_vec(&mut rng, rows * out, 1.0);
         let mut want = vec![0.0; rows * out];
         ops::matmul_t(&x, rows, inp, &w, out, &mut want, None);
         let (xd, wd) = (g.htod(&to_bf16(&x)).unwrap(), g.htod(&to_bf16(&w)).unwrap());
@@ -615,15 +606,18 @@ fn row_major_gemm_matches_cpu() {
         .blas()
         .unwrap()
         .expect("cuBLAS loads where a device exists");
-    let mut rng = Rng(10);
+    let mut rng = SplitMix64(10);
     let (rows, cols, inner, batch) = (13, 7, 5, 3);
     for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
         let (ar, ac) = if ta { (inner, rows) } else { (rows, inner) };
         let (br, bc) = if tb { (cols, inner) } else { (inner, cols) };
         let (lda, ldb, ldc) = (ac + 2, bc + 1, cols + 3);
         let (sa, sb, sc) = (ar * lda + 3, br * ldb + 1, rows * ldc + 2);
-        let (a, b) = (rng.vec(batch * sa, 1.0), rng.vec(batch * sb, 1.0));
-        let c0 = rng.vec(batch * sc, 1.0);
+        let (a, b) = (
+            uniform_vec(&mut rng, batch * sa, 1.0),
+            uniform_vec(&mut rng, batch * sb, 1.0),
+        );
+        let c0 = uniform_vec(&mut rng, batch * sc, 1.0);
         // op(A)[i][p] and op(B)[p][j] of matrix m.
         let opa = |m: usize, i: usize, p: usize| match ta {
             false => a[m * sa + i * lda + p],
@@ -667,8 +661,14 @@ fn row_major_gemm_matches_cpu() {
     }
 
     let (n, k) = (9, 6);
-    let x: Vec<f64> = rng.vec(n * k, 1.0).iter().map(|&v| v as f64).collect();
-    let gram: Vec<f64> = rng.vec(k * k, 1.0).iter().map(|&v| v as f64).collect();
+    let x: Vec<f64> = uniform_vec(&mut rng, n * k, 1.0)
+        .iter()
+        .map(|&v| v as f64)
+        .collect();
+    let gram: Vec<f64> = uniform_vec(&mut rng, k * k, 1.0)
+        .iter()
+        .map(|&v| v as f64)
+        .collect();
     let want: Vec<f64> = (0..n * k)
         .map(|e| (0..k).map(|p| x[e / k * k + p] * gram[p * k + e % k]).sum())
         .collect();
@@ -703,12 +703,12 @@ fn row_major_gemm_matches_cpu() {
 #[test]
 fn pooling_matches_mean_pool() {
     let Some(g) = gpu() else { return };
-    let mut rng = Rng(7);
+    let mut rng = SplitMix64(7);
     let d = 300;
     // Chunks of 3 texts, two of text 1 in the same batch; text 3 has no chunk.
     let chunks = [(1usize, 40usize), (0, 7), (1, 13), (2, 1)];
     let rows: usize = chunks.iter().map(|c| c.1).sum();
-    let h = rng.vec(rows * d, 5.0);
+    let h = uniform_vec(&mut rng, rows * d, 5.0);
     let mut chunk_start = vec![0];
     for c in &chunks {
         chunk_start.push(chunk_start.last().unwrap() + c.1);
@@ -986,7 +986,7 @@ fn random_decoder_runs() {
         mlp_bias: false,
     };
     let m = CudaText::random_decoder(&Gpu::open(0).unwrap(), cfg, 9).unwrap();
-    let mut rng = Rng(8);
+    let mut rng = SplitMix64(8);
     let a: Vec<u32> = (0..300).map(|_| rng.below(1000) as u32).collect();
     let b: Vec<u32> = (0..77).map(|_| rng.below(1000) as u32).collect();
     let chunks = [(0usize, &a[..]), (1, &b[..]), (0, &b[..10])];

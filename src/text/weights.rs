@@ -15,7 +15,6 @@ pub struct Tensor {
 }
 
 /// Tensors by name, with the file each came from (for error messages).
-#[derive(Default)]
 pub struct TensorMap {
     pub tensors: HashMap<String, Tensor>,
     pub source: PathBuf,
@@ -40,14 +39,6 @@ impl TensorMap {
             ));
         }
         Ok(t.data)
-    }
-
-    pub fn take_opt(&mut self, name: &str, shape: &[usize]) -> Result<Option<Vec<f32>>> {
-        if self.tensors.contains_key(name) {
-            self.take(name, shape).map(Some)
-        } else {
-            Ok(None)
-        }
     }
 }
 
