@@ -1,7 +1,7 @@
 //! The text models' ops behind one interface, so that each model graph is written once
-//! ([`super::decoder`], [`super::bert`]) and runs on either device: [`super::cpu::Cpu`] over the
-//! f32 reference ops of [`super::ops`], [`super::cuda::Cuda`] over `kernels/llm.cu` and cuBLAS
-//! (bf16 weights and GEMM operands, f32 residual stream).
+//! (decoder.rs, bert.rs) and runs on either device: `cpu::Cpu` over the f32 reference ops of
+//! ops.rs, `cuda::Cuda` over `kernels/llm.cu` and cuBLAS (bf16 weights and GEMM operands, f32
+//! residual stream).
 //!
 //! An op is a step of the models' equations (RMSNorm, a Linear layer added to the residual
 //! stream, RoPE, attention, SwiGLU, …); each backend carries it out in its own order of

@@ -1,6 +1,6 @@
 //! A model placed on a device: its graph ([`Model`]) and the backend that runs it ([`Engine`]),
 //! driven through [`TextNet`] whichever the device (the CPU's f32 network as built, or its
-//! weights uploaded by [`super::cuda`]).
+//! weights uploaded by cuda.rs).
 
 use super::backend::{Packed, TextOps};
 use super::bert::Bert;
