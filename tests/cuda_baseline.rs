@@ -1,18 +1,11 @@
 //! Parity of the correlation decoder's CUDA kernels (kernels/baseline.cu) with the CPU
-//! reference: z-maps bit for bit (exact counts, the same f64 formula), r within 1e-6. Prints
-//! "skipped: no CUDA device" and passes where there is none.
+//! reference: z-maps bit for bit (exact counts, the same f64 formula), r within 1e-6. Skips
+//! where there is no CUDA device (`NICLIP_REQUIRE_GPU=1` makes that a failure).
+
+mod common;
 
 use niclip::baseline::cuda::{correlate_cuda, z_maps_cuda};
 use niclip::baseline::neurosynth::{active_totals, correlate, standardize_rows, z_maps};
-use niclip::device::cuda::{self, Gpu};
-
-fn gpu() -> Option<std::sync::Arc<Gpu>> {
-    if cuda::device_count() == 0 {
-        eprintln!("skipped: no CUDA device");
-        return None;
-    }
-    Some(Gpu::open(0).expect("CUDA device 0 opens"))
-}
 
 /// Random sparse MA maps and term selections, seeded.
 fn problem() -> (Vec<Vec<u32>>, Vec<Vec<u32>>, usize) {
@@ -46,7 +39,7 @@ fn problem() -> (Vec<Vec<u32>>, Vec<Vec<u32>>, usize) {
 
 #[test]
 fn z_maps_on_the_device_equal_the_cpu() {
-    let Some(g) = gpu() else { return };
+    let Some(g) = common::need_gpu() else { return };
     let (ma, sel, nv) = problem();
     let total = active_totals(&ma, nv);
     let cpu = z_maps(&ma, &total, &sel, nv);
@@ -56,7 +49,7 @@ fn z_maps_on_the_device_equal_the_cpu() {
 
 #[test]
 fn decoding_on_the_device_equals_the_cpu() {
-    let Some(g) = gpu() else { return };
+    let Some(g) = common::need_gpu() else { return };
     let (ma, sel, nv) = problem();
     let total = active_totals(&ma, nv);
     let rows = standardize_rows(&z_maps(&ma, &total, &sel, nv), nv);

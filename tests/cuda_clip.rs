@@ -1,5 +1,5 @@
 //! Parity of the CUDA CLIP trainer (kernels/clip.cu via src/clip/cuda.rs) with the CPU engine
-//! and PyTorch. Prints "skipped: no CUDA device" and passes where there is none.
+//! and PyTorch. Skips where there is no CUDA device (`NICLIP_REQUIRE_GPU=1` makes that a failure).
 
 mod common;
 
@@ -7,16 +7,7 @@ use niclip::clip::cuda::train_many;
 use niclip::clip::data::Pairs;
 use niclip::clip::train::{train_cpu, Job, Progress, TrainConfig};
 use niclip::clip::Clip;
-use niclip::device::cuda::{self, Gpu};
 use niclip::io::read_npy_f32;
-
-fn gpu() -> Option<std::sync::Arc<Gpu>> {
-    if cuda::device_count() == 0 {
-        eprintln!("skipped: no CUDA device");
-        return None;
-    }
-    Some(Gpu::open(0).expect("CUDA device 0 opens"))
-}
 
 fn fixture_pairs() -> Pairs {
     let dir = common::fixtures().join("clip");
@@ -51,7 +42,9 @@ fn worst(a: &Clip, b: &Clip) -> (f64, String) {
 
 #[test]
 fn three_adamw_steps_match_pytorch_on_cuda() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = common::need_gpu() else {
+        return;
+    };
     let pairs = fixture_pairs();
     let init = Clip::load(&common::fixtures().join("clip/init.safetensors")).unwrap();
     let job = Job {
@@ -98,7 +91,9 @@ fn three_adamw_steps_match_pytorch_on_cuda() {
 /// dropout, shuffling and early stopping, equal their CPU trainings (same masks and orders).
 #[test]
 fn many_models_at_once_match_the_cpu() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = common::need_gpu() else {
+        return;
+    };
     let pairs = fixture_pairs();
     let cfg = TrainConfig {
         epochs: 4,

@@ -3,8 +3,8 @@
 //! outputs (f32 variants within ~1e-5, bf16 ones within bf16 rounding), and whole models
 //! (`TextModel` on cuda:0 vs on the CPU) on the tiny Llama/Mistral fixtures and, when present,
 //! all-MiniLM-L6-v2 and SmolLM2 (pooled embeddings: cosine ≥ 0.999).
-//! GPU tests print "skipped: no CUDA device" and pass where there is none; the NVRTC test needs
-//! only libnvrtc.
+//! GPU tests skip where there is no CUDA device (`NICLIP_REQUIRE_GPU=1` fails them); the NVRTC
+//! test needs only libnvrtc.
 
 mod common;
 
@@ -18,15 +18,6 @@ use niclip::text::decoder::DecoderConfig;
 use niclip::text::ops::{self, AttnMask, Heads, RopeTable};
 use niclip::text::{EmbedOptions, TextModel};
 use std::path::{Path, PathBuf};
-
-/// The device, or None after printing why the test is skipped.
-fn gpu() -> Option<std::sync::Arc<Gpu>> {
-    if cuda::device_count() == 0 {
-        eprintln!("skipped: no CUDA device");
-        return None;
-    }
-    Some(Gpu::open(0).expect("CUDA device 0 opens"))
-}
 
 /// SplitMix64: small, seeded, no dependency.
 struct Rng(u64);
@@ -115,10 +106,7 @@ fn starts_of(lens: &[usize]) -> Vec<usize> {
 
 #[test]
 fn nvrtc_compiles_llm_kernels() {
-    if !cuda::nvrtc_available() {
-        eprintln!(
-            "skipped: libnvrtc cannot be loaded (add CUDA's lib directory to LD_LIBRARY_PATH)"
-        );
+    if !common::need_nvrtc() {
         return;
     }
     let ptx = cuda::nvrtc_compile("llm", "compute_90")
@@ -151,7 +139,7 @@ fn nvrtc_compiles_llm_kernels() {
 
 #[test]
 fn embeddings_gather_exactly() {
-    let Some(g) = gpu() else { return };
+    let Some(g) = common::need_gpu() else { return };
     let mut rng = Rng(1);
     let (vocab, d, n, max_pos) = (300, 70, 123, 40);
     let table = to_bf16(&rng.vec(vocab * d, 1.0));
@@ -191,7 +179,7 @@ fn embeddings_gather_exactly() {
 
 #[test]
 fn norms_match_cpu() {
-    let Some(g) = gpu() else { return };
+    let Some(g) = common::need_gpu() else { return };
     let mut rng = Rng(2);
     for (rows, d) in [(1, 64), (37, 200), (9, 4096), (5, 384)] {
         let x = rng.vec(rows * d, 3.0);
@@ -278,7 +266,7 @@ fn norms_match_cpu() {
 
 #[test]
 fn elementwise_kernels_match_cpu() {
-    let Some(g) = gpu() else { return };
+    let Some(g) = common::need_gpu() else { return };
     let mut rng = Rng(3);
     let (rows, ff) = (53, 300);
     let gu = bf16_round(&rng.vec(rows * 2 * ff, 6.0));
@@ -352,7 +340,7 @@ fn elementwise_kernels_match_cpu() {
 
 #[test]
 fn rope_matches_cpu() {
-    let Some(g) = gpu() else { return };
+    let Some(g) = common::need_gpu() else { return };
     let mut rng = Rng(4);
     let lens = [1usize, 17, 64, 5];
     let n: usize = lens.iter().sum();
@@ -412,7 +400,7 @@ fn rope_matches_cpu() {
 
 #[test]
 fn attention_matches_cpu() {
-    let Some(g) = gpu() else { return };
+    let Some(g) = common::need_gpu() else { return };
     let mut rng = Rng(5);
     let lens = [1usize, 17, 100, 33, 250, 16];
     let starts = starts_of(&lens);
@@ -555,7 +543,7 @@ fn attention_matches_cpu() {
 
 #[test]
 fn gemm_matches_cpu() {
-    let Some(g) = gpu() else { return };
+    let Some(g) = common::need_gpu() else { return };
     let blas = g
         .blas()
         .unwrap()
@@ -601,7 +589,7 @@ fn gemm_matches_cpu() {
 
 #[test]
 fn pooling_matches_mean_pool() {
-    let Some(g) = gpu() else { return };
+    let Some(g) = common::need_gpu() else { return };
     let mut rng = Rng(7);
     let d = 300;
     // Chunks of 3 texts, two of text 1 in the same batch; text 3 has no chunk.
@@ -726,7 +714,7 @@ fn model_case(
 
 #[test]
 fn tiny_llama_on_cuda_matches_cpu() {
-    let Some(g) = gpu() else { return };
+    let Some(g) = common::need_gpu() else { return };
     model_case(
         g,
         &fixtures().join("tiny_llama"),
@@ -739,7 +727,7 @@ fn tiny_llama_on_cuda_matches_cpu() {
 
 #[test]
 fn tiny_llama_bf16_lora_on_cuda_matches_cpu() {
-    let Some(g) = gpu() else { return };
+    let Some(g) = common::need_gpu() else { return };
     model_case(
         g,
         &fixtures().join("tiny_llama_bf16"),
@@ -762,7 +750,7 @@ fn tiny_llama_bf16_lora_on_cuda_matches_cpu() {
 
 #[test]
 fn tiny_mistral_sliding_window_on_cuda_matches_cpu() {
-    let Some(g) = gpu() else { return };
+    let Some(g) = common::need_gpu() else { return };
     model_case(
         g,
         &fixtures().join("tiny_mistral"),
@@ -785,7 +773,7 @@ fn tiny_mistral_sliding_window_on_cuda_matches_cpu() {
 
 #[test]
 fn tiny_llama_gguf_on_cuda_matches_cpu() {
-    let Some(g) = gpu() else { return };
+    let Some(g) = common::need_gpu() else { return };
     model_case(
         g,
         &fixtures().join("tiny_llama.gguf"),
@@ -794,19 +782,6 @@ fn tiny_llama_gguf_on_cuda_matches_cpu() {
         16,
         3e-2,
     );
-}
-
-/// A real model from its env var or ~/.cache/niclip/models/NAME, or None with a skip message.
-fn real_model(var: &str, name: &str, test: &str) -> Option<PathBuf> {
-    let p = std::env::var_os(var).map(PathBuf::from).or_else(|| {
-        std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/niclip/models").join(name))
-    })?;
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("skipped {test}: {} not found (set {var})", p.display());
-        None
-    }
 }
 
 fn fixture_lines(name: &str, n: usize) -> Vec<String> {
@@ -820,12 +795,8 @@ fn fixture_lines(name: &str, n: usize) -> Vec<String> {
 
 #[test]
 fn minilm_on_cuda_matches_cpu() {
-    let Some(g) = gpu() else { return };
-    let Some(dir) = real_model(
-        "NICLIP_MINILM_DIR",
-        "all-MiniLM-L6-v2",
-        "minilm_on_cuda_matches_cpu",
-    ) else {
+    let Some(g) = common::need_gpu() else { return };
+    let Some(dir) = common::need_model(common::MINILM) else {
         return;
     };
     model_case(
@@ -840,12 +811,8 @@ fn minilm_on_cuda_matches_cpu() {
 
 #[test]
 fn smollm2_on_cuda_matches_cpu() {
-    let Some(g) = gpu() else { return };
-    let Some(gguf) = real_model(
-        "NICLIP_SMOLLM_GGUF",
-        "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "smollm2_on_cuda_matches_cpu",
-    ) else {
+    let Some(g) = common::need_gpu() else { return };
+    let Some(gguf) = common::need_model(common::SMOLLM) else {
         return;
     };
     model_case(
@@ -861,7 +828,7 @@ fn smollm2_on_cuda_matches_cpu() {
 /// The random-weight decoder of the benches runs, is finite and repeatable.
 #[test]
 fn random_decoder_runs() {
-    if gpu().is_none() {
+    if common::need_gpu().is_none() {
         return;
     }
     let cfg = DecoderConfig {
