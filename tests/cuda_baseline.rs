@@ -6,16 +6,12 @@ mod common;
 
 use niclip::baseline::cuda::{correlate_cuda, z_maps_cuda};
 use niclip::baseline::neurosynth::{active_totals, correlate, standardize_rows, z_maps};
+use niclip::rng::SplitMix64;
 
 /// Random sparse MA maps and term selections, seeded.
 fn problem() -> (Vec<Vec<u32>>, Vec<Vec<u32>>, usize) {
-    let mut x = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = move |n: u64| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x % n
-    };
+    let mut rng = SplitMix64(0x2545_F491_4F6C_DD1D);
+    let mut next = move |n: u64| rng.below(n as usize) as u64;
     let (n_studies, n_vox, n_terms) = (300usize, 5000usize, 40usize);
     let ma: Vec<Vec<u32>> = (0..n_studies)
         .map(|_| {
