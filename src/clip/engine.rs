@@ -5,27 +5,10 @@
 //! vector laid out as the parameters. The text projection (the one wide product) runs alone on
 //! all threads; the rest of the two towers, forward and backward, side by side.
 
-use super::model::{Head, Layout};
-use super::ops::{self, Dropout};
-use super::train::{adamw_update, AdamStep};
+use super::adamw::{adamw_update, AdamStep, AdamW};
+use super::layout::{Head, Layout, Tower};
+use super::ops::{self, Dropouts};
 use super::wgrad::{weight_grad_adamw, Packed};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Tower {
-    Text,
-    Image,
-}
-
-/// Dropout of the six sites: text heads 0–2, then image heads 0–2.
-pub type Dropouts = [Dropout; 6];
-pub const NO_DROPOUT: Dropouts = [Dropout::OFF; 6];
-
-fn site(tower: Tower, i: usize) -> usize {
-    match tower {
-        Tower::Text => i,
-        Tower::Image => 3 + i,
-    }
-}
 
 /// Activations of one head kept for the backward pass (all n × k).
 #[derive(Default)]
@@ -161,10 +144,6 @@ impl Workspace {
             text_grad: Scratch::new(if grad { cap } else { 0 }, k, k.max(layout.d)),
             image_grad: Scratch::new(if grad { cap } else { 0 }, k, k),
         }
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.cap
     }
 
     fn check_rows(&self, n: usize) {
@@ -356,16 +335,6 @@ fn by_tower<'a>(v: &'a mut [f32], layout: &Layout) -> [&'a mut [f32]; 3] {
     [text, image, scale]
 }
 
-/// The optimizer state and constants of one AdamW step (`train::adamw_step`).
-pub struct AdamW<'a> {
-    pub m: &'a mut [f32],
-    pub v: &'a mut [f32],
-    /// The step, 1-based.
-    pub t: u64,
-    pub lr: f32,
-    pub wd: f32,
-}
-
 /// One tower's part of the flat parameters, gradients and AdamW moments, all starting at the
 /// same flat offset, and the constants of this step's update.
 struct Opt<'a> {
@@ -439,7 +408,7 @@ fn backward(
         } else {
             &buf.heads[i - 1].kept.y[..nk]
         };
-        let drop = drops[site(tower, i)];
+        let drop = drops[tower.site(i)];
         {
             let (lo, hi) = opt.grads.split_at_mut(at(h.ln_b));
             let (dgamma, dbeta) = (&mut lo[at(h.ln_w)..at(h.ln_w) + k], &mut hi[..k]);
@@ -545,7 +514,7 @@ fn forward(
         let (done, rest) = buf.heads.split_at_mut(i);
         let hb = &mut rest[0];
         let input: &[f32] = if i == 0 { x } else { &done[i - 1].kept.y[..nk] };
-        let drop = drops[site(tower, i)];
+        let drop = drops[tower.site(i)];
         let gamma = &params[at(h.ln_w)..at(h.ln_w) + k];
         let beta = &params[at(h.ln_b)..at(h.ln_b) + k];
         match h.proj {

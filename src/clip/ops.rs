@@ -483,6 +483,12 @@ impl Dropout {
     }
 }
 
+/// Dropout of the model's six sites, in `Tower::site` order: text heads 0–2, then image
+/// heads 0–2.
+pub type Dropouts = [Dropout; 6];
+/// Eval mode: no dropout anywhere.
+pub const NO_DROPOUT: Dropouts = [Dropout::OFF; 6];
+
 /// The 8 partial sums of `sum_f64` and `dot_f64`, added pairwise in a fixed order.
 #[inline(always)]
 fn sum_lanes(acc: [f64; 8]) -> f64 {
