@@ -4,8 +4,8 @@
 //! the retrieval metrics.
 //!
 //! Modules, each using only those listed before it: `layout`, `ops`, `adamw`, `data`,
-//! `metrics` · `wgrad` · `engine` · `model` · `state` · `train` · `cpu`, `cuda_ops`, `cuda` ·
-//! `cv`.
+//! `metrics` · `wgrad` · `engine` · `model` · `state` · `train` · `cpu`, `cuda_ops`, `cuda`
+//! (reached through `device`) · `fit` · `cv`.
 
 pub mod adamw;
 pub mod cpu;
@@ -14,6 +14,7 @@ pub mod cuda_ops;
 pub mod cv;
 pub mod data;
 pub mod engine;
+pub mod fit;
 pub mod layout;
 pub mod metrics;
 pub mod model;

@@ -7,8 +7,10 @@
 //! ResidualHead(x)   = LayerNorm(x + Dropout(GELU(fc(x))))
 //! ProjectionHead(x) = LayerNorm(p + Dropout(fc(GELU(p)))),  p = projection(x)
 
+use super::data::Pairs;
 use super::engine::Workspace;
 use super::layout::{Layout, Tower};
+use super::metrics::{similarity, Retrieval};
 use super::ops::NO_DROPOUT;
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
@@ -111,6 +113,36 @@ impl Clip {
         crate::io::write_atomic(path, |w| {
             std::io::Write::write_all(w, &bytes).map_err(|e| Error::io(path, e))
         })
+    }
+
+    /// `load`, for features of `pairs`' widths (else an error naming the file, ending with
+    /// `fix`, what to do).
+    pub fn load_for(path: &Path, pairs: &Pairs, fix: &str) -> Result<Clip> {
+        let m = Clip::load(path)?;
+        if m.text_dim() != pairs.d || m.image_dim() != pairs.k {
+            return Err(Error::input(
+                path,
+                format!(
+                    "the model takes text width {} and image width {}, the data has {} and {}; {fix}",
+                    m.text_dim(),
+                    m.image_dim(),
+                    pairs.d,
+                    pairs.k
+                ),
+            ));
+        }
+        Ok(m)
+    }
+
+    /// Recall@10, Recall@100 and Mix&Match of this model on the pairs `rows`.
+    pub fn retrieval(&self, pairs: &Pairs, rows: &[usize]) -> Retrieval {
+        let n = rows.len();
+        let mut xt = vec![0.0f32; n * pairs.d];
+        let mut xi = vec![0.0f32; n * pairs.k];
+        pairs.gather(rows, &mut xt, &mut xi);
+        let t = self.encode_texts(&xt, n);
+        let i = self.encode_images(&xi, n);
+        Retrieval::of(&similarity(&i, &t, n, self.image_dim()), n)
     }
 
     /// Input width of the text tower (the LLM's hidden width).
