@@ -45,6 +45,28 @@ struct HeadArgs {
     int k;         // width
 };
 
+// Row blockIdx.x of model blockIdx.y in a head's row kernel: its row among all models' batch
+// rows, where that row's activations start, the model's parameters, and its dropout stream.
+struct HeadRow {
+    int r;
+    long long row;
+    long long base;
+    const float* prm;
+    unsigned long long stream;
+};
+
+__device__ __forceinline__ HeadRow head_row(const HeadArgs& h, const float* params,
+                                            const unsigned long long* streams) {
+    HeadRow w;
+    int m = blockIdx.y;
+    w.r = blockIdx.x;
+    w.row = (long long)m * h.B + w.r;
+    w.base = w.row * h.k;
+    w.prm = params + m * h.P;
+    w.stream = streams[m * 6 + h.site];
+    return w;
+}
+
 // The scalar arguments of `adamw` (mirrored by `AdamArgs` in src/clip/cuda_ops.rs).
 struct AdamArgs {
     long long P;  // parameters per model
@@ -118,17 +140,16 @@ extern "C" __global__ void residual_gelu_ln_forward(const float* __restrict__ x,
                                                     const unsigned long long* __restrict__ streams,
                                                     float* __restrict__ xhat, float* __restrict__ rstd,
                                                     float* __restrict__ y, const HeadArgs h) {
-    int r = blockIdx.x, m = blockIdx.y, k = h.k;
-    long long base = ((long long)m * h.B + r) * k;
-    const float* prm = params + m * h.P;
-    unsigned long long stream = streams[m * 6 + h.site];
+    HeadRow w = head_row(h, params, streams);
+    int k = h.k;
+    long long base = w.base;
     for (int c = threadIdx.x; c < k; c += ROW_THREADS) {
-        float av = a[base + c] + prm[h.fc_b + c];
+        float av = a[base + c] + w.prm[h.fc_b + c];
         a[base + c] = av;
-        xhat[base + c] = x[base + c] + gelu(av) * dropout_factor(stream, h.p_drop, (unsigned long long)(r * k + c));
+        xhat[base + c] = x[base + c] + gelu(av) * dropout_factor(w.stream, h.p_drop, (unsigned long long)(w.r * k + c));
     }
     __syncthreads();
-    layer_norm_row(xhat + base, y + base, rstd + (long long)m * h.B + r, prm + h.ln_w, prm + h.ln_b, k);
+    layer_norm_row(xhat + base, y + base, rstd + w.row, w.prm + h.ln_w, w.prm + h.ln_b, k);
 }
 
 // Projection head after its second GEMM: y = LN(p + dropout(a2 + fc bias)).
@@ -137,16 +158,15 @@ extern "C" __global__ void residual_ln_forward(const float* __restrict__ p, cons
                                                const unsigned long long* __restrict__ streams,
                                                float* __restrict__ xhat, float* __restrict__ rstd,
                                                float* __restrict__ y, const HeadArgs h) {
-    int r = blockIdx.x, m = blockIdx.y, k = h.k;
-    long long base = ((long long)m * h.B + r) * k;
-    const float* prm = params + m * h.P;
-    unsigned long long stream = streams[m * 6 + h.site];
+    HeadRow w = head_row(h, params, streams);
+    int k = h.k;
+    long long base = w.base;
     for (int c = threadIdx.x; c < k; c += ROW_THREADS) {
-        float av = a2[base + c] + prm[h.fc_b + c];
-        xhat[base + c] = p[base + c] + av * dropout_factor(stream, h.p_drop, (unsigned long long)(r * k + c));
+        float av = a2[base + c] + w.prm[h.fc_b + c];
+        xhat[base + c] = p[base + c] + av * dropout_factor(w.stream, h.p_drop, (unsigned long long)(w.r * k + c));
     }
     __syncthreads();
-    layer_norm_row(xhat + base, y + base, rstd + (long long)m * h.B + r, prm + h.ln_w, prm + h.ln_b, k);
+    layer_norm_row(xhat + base, y + base, rstd + w.row, w.prm + h.ln_w, w.prm + h.ln_b, k);
 }
 
 // out = z / max(‖z‖, 1e-12) per row; norms kept for the backward pass.
@@ -307,13 +327,12 @@ extern "C" __global__ void residual_gelu_ln_backward(const float* __restrict__ d
                                                      const unsigned long long* __restrict__ streams,
                                                      float* __restrict__ dr, float* __restrict__ delta,
                                                      const HeadArgs h) {
-    int r = blockIdx.x, m = blockIdx.y, k = h.k;
-    long long base = ((long long)m * h.B + r) * k;
-    layer_norm_row_backward(dy + base, xhat + base, rstd[(long long)m * h.B + r], params + m * h.P + h.ln_w,
-                            dr + base, k);
-    unsigned long long stream = streams[m * 6 + h.site];
+    HeadRow w = head_row(h, params, streams);
+    int k = h.k;
+    long long base = w.base;
+    layer_norm_row_backward(dy + base, xhat + base, rstd[w.row], w.prm + h.ln_w, dr + base, k);
     for (int c = threadIdx.x; c < k; c += ROW_THREADS)
-        delta[base + c] = dr[base + c] * dropout_factor(stream, h.p_drop, (unsigned long long)(r * k + c)) *
+        delta[base + c] = dr[base + c] * dropout_factor(w.stream, h.p_drop, (unsigned long long)(w.r * k + c)) *
                           gelu_grad(a[base + c]);
 }
 
@@ -322,13 +341,12 @@ extern "C" __global__ void residual_ln_backward(const float* __restrict__ dy, co
                                                 const float* __restrict__ rstd, const float* __restrict__ params,
                                                 const unsigned long long* __restrict__ streams,
                                                 float* __restrict__ dr, float* __restrict__ delta, const HeadArgs h) {
-    int r = blockIdx.x, m = blockIdx.y, k = h.k;
-    long long base = ((long long)m * h.B + r) * k;
-    layer_norm_row_backward(dy + base, xhat + base, rstd[(long long)m * h.B + r], params + m * h.P + h.ln_w,
-                            dr + base, k);
-    unsigned long long stream = streams[m * 6 + h.site];
+    HeadRow w = head_row(h, params, streams);
+    int k = h.k;
+    long long base = w.base;
+    layer_norm_row_backward(dy + base, xhat + base, rstd[w.row], w.prm + h.ln_w, dr + base, k);
     for (int c = threadIdx.x; c < k; c += ROW_THREADS)
-        delta[base + c] = dr[base + c] * dropout_factor(stream, h.p_drop, (unsigned long long)(r * k + c));
+        delta[base + c] = dr[base + c] * dropout_factor(w.stream, h.p_drop, (unsigned long long)(w.r * k + c));
 }
 
 // dp += dg · GELU'(p).

@@ -263,9 +263,8 @@ fn backward_head(
     let (d_cur, d_next, delta) = (&g.d_cur, &mut g.d_next, &mut g.delta);
     match h.proj {
         None => {
-            kernel::residual_gelu_ln_backward(
-                gpu, s, d_cur, &hb.ln, &hb.a, params, streams, ha, d_next, delta,
-            )?;
+            let a = Some(&hb.a);
+            kernel::head_backward(gpu, s, d_cur, &hb.ln, a, params, streams, ha, d_next, delta)?;
             cx.weight_grad(delta, input, h.din, grads, h.fc_w)?;
             kernel::bias_grad(gpu, s, delta, grads, p, h.fc_b)?;
             if input_grad {
@@ -274,8 +273,8 @@ fn backward_head(
             }
         }
         Some((pw, pb)) => {
-            kernel::residual_ln_backward(
-                gpu, s, d_cur, &hb.ln, params, streams, ha, d_next, delta,
+            kernel::head_backward(
+                gpu, s, d_cur, &hb.ln, None, params, streams, ha, d_next, delta,
             )?;
             cx.weight_grad(delta, cx.rows(&hb.g, s.k), s.k, grads, h.fc_w)?;
             kernel::bias_grad(gpu, s, delta, grads, p, h.fc_b)?;

@@ -93,9 +93,9 @@ impl LnRows {
     }
 }
 
-/// Launches kernel `$name` of kernels/clip.cu with `$cfg` and the arguments in order.
+/// Launches kernel `$name` of kernels/clip.cu with `$cfg` and the arguments after `;` in order.
 macro_rules! launch {
-    ($gpu:expr, $name:literal, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+    ($gpu:expr, $name:expr, $cfg:expr; $($arg:expr),+ $(,)?) => {{
         let f = $gpu.function(MODULE, $name)?;
         let mut l = $gpu.stream.launch_builder(&f);
         $(l.arg($arg);)+
@@ -116,16 +116,7 @@ pub fn gather_rows(
     rows: usize,
 ) -> Result<()> {
     let (w, r) = (width as i32, rows as i32);
-    launch!(
-        gpu,
-        "gather_rows",
-        Shape::flat(rows * width),
-        src,
-        &w,
-        idx,
-        dst,
-        &r
-    )
+    launch!(gpu, "gather_rows", Shape::flat(rows * width); src, &w, idx, dst, &r)
 }
 
 /// p += the projection's bias (at `bias` in each model's `p` parameters); g = GELU(p).
@@ -140,19 +131,7 @@ pub fn bias_gelu_forward(
 ) -> Result<()> {
     let (pp, bias, bi, ki, mi) = (p as i64, bias as i32, s.b as i32, s.k as i32, s.m as i32);
     let cfg = Shape::flat(s.m * s.b * s.k);
-    launch!(
-        gpu,
-        "bias_gelu_forward",
-        cfg,
-        pre,
-        g,
-        params,
-        &pp,
-        &bias,
-        &bi,
-        &ki,
-        &mi
-    )
+    launch!(gpu, "bias_gelu_forward", cfg; pre, g, params, &pp, &bias, &bi, &ki, &mi)
 }
 
 /// A residual head after its product: a += fc.bias; y = LN(x + dropout(GELU(a))).
@@ -168,19 +147,7 @@ pub fn residual_gelu_ln_forward(
     ln: &mut LnRows,
 ) -> Result<()> {
     let (xh, rs, y) = (&mut ln.xhat, &mut ln.rstd, &mut ln.y);
-    launch!(
-        gpu,
-        "residual_gelu_ln_forward",
-        s.rows(),
-        x,
-        a,
-        params,
-        streams,
-        xh,
-        rs,
-        y,
-        h
-    )
+    launch!(gpu, "residual_gelu_ln_forward", s.rows(); x, a, params, streams, xh, rs, y, h)
 }
 
 /// The projection head after its second product: y = LN(p + dropout(a2 + fc.bias)).
@@ -196,19 +163,7 @@ pub fn residual_ln_forward(
     ln: &mut LnRows,
 ) -> Result<()> {
     let (xh, rs, y) = (&mut ln.xhat, &mut ln.rstd, &mut ln.y);
-    launch!(
-        gpu,
-        "residual_ln_forward",
-        s.rows(),
-        pre,
-        a2,
-        params,
-        streams,
-        xh,
-        rs,
-        y,
-        h
-    )
+    launch!(gpu, "residual_ln_forward", s.rows(); pre, a2, params, streams, xh, rs, y, h)
 }
 
 /// Rows scaled to unit norm, the (clamped) norms kept.
@@ -220,16 +175,7 @@ pub fn l2_normalize_forward(
     norms: &mut CudaSlice<f32>,
 ) -> Result<()> {
     let (bi, ki) = (s.b as i32, s.k as i32);
-    launch!(
-        gpu,
-        "l2_normalize_forward",
-        s.rows(),
-        z,
-        out,
-        norms,
-        &bi,
-        &ki
-    )
+    launch!(gpu, "l2_normalize_forward", s.rows(); z, out, norms, &bi, &ki)
 }
 
 /// The gradient through `l2_normalize_forward`.
@@ -242,17 +188,7 @@ pub fn l2_normalize_backward(
     dz: &mut CudaSlice<f32>,
 ) -> Result<()> {
     let (bi, ki) = (s.b as i32, s.k as i32);
-    launch!(
-        gpu,
-        "l2_normalize_backward",
-        s.rows(),
-        out,
-        dout,
-        norms,
-        dz,
-        &bi,
-        &ki
-    )
+    launch!(gpu, "l2_normalize_backward", s.rows(); out, dout, norms, dz, &bi, &ki)
 }
 
 /// The InfoNCE buffers of all models: the similarities (b × b each) and what the loss and its
@@ -305,107 +241,40 @@ pub fn info_nce(
         loss_acc,
     } = nce;
     let (sim, rt) = (&*sim, &mut *row_terms);
-    launch!(
-        gpu,
-        "info_nce_stats",
-        s.rows(),
-        sim,
-        params,
-        &pp,
-        &ls,
-        n,
-        &mut *stats,
-        &bi
-    )?;
-    launch!(
-        gpu,
-        "info_nce_grad",
-        s.rows(),
-        sim,
-        params,
-        &pp,
-        &ls,
-        n,
-        &*stats,
-        dsim,
-        &mut *rt,
-        &bi
-    )?;
+    launch!(gpu, "info_nce_stats", s.rows(); sim, params, &pp, &ls, n, &mut *stats, &bi)?;
+    let stats = &*stats;
+    launch!(gpu, "info_nce_grad", s.rows(); sim, params, &pp, &ls, n, stats, dsim, &mut *rt, &bi)?;
     let one_block_per_model = launch::grid((s.m as u32, 1, 1), ROW_THREADS, 0);
-    launch!(
-        gpu,
-        "info_nce_reduce",
-        one_block_per_model,
-        &*rt,
-        n,
-        grads,
-        &pp,
-        &ls,
-        loss_acc,
-        &bi
-    )
+    launch!(gpu, "info_nce_reduce", one_block_per_model; &*rt, n, grads, &pp, &ls, loss_acc, &bi)
 }
 
-/// A residual head's backward row pass: dr (the residual path's gradient) and
-/// delta = dr · dropout · GELU′(a).
+/// A head's backward row pass from dy: dr (the residual path's gradient) and delta, the
+/// gradient of its Linear's output: dr · dropout · GELU′(a) for a residual head (`a` its
+/// pre-activation), dr · dropout for the projection head (`a` None).
 #[allow(clippy::too_many_arguments)]
-pub fn residual_gelu_ln_backward(
+pub fn head_backward(
     gpu: &Gpu,
     s: Shape,
     dy: &CudaSlice<f32>,
     ln: &LnRows,
-    a: &CudaSlice<f32>,
+    a: Option<&CudaSlice<f32>>,
     params: &CudaSlice<f32>,
     streams: &CudaSlice<u64>,
     h: &HeadArgs,
     dr: &mut CudaSlice<f32>,
     delta: &mut CudaSlice<f32>,
 ) -> Result<()> {
-    let (xh, rs) = (&ln.xhat, &ln.rstd);
-    let cfg = s.rows();
-    launch!(
-        gpu,
-        "residual_gelu_ln_backward",
-        cfg,
-        dy,
-        xh,
-        rs,
-        a,
-        params,
-        streams,
-        dr,
-        delta,
-        h
-    )
-}
-
-/// The projection head's backward row pass: dr and delta = dr · dropout.
-#[allow(clippy::too_many_arguments)]
-pub fn residual_ln_backward(
-    gpu: &Gpu,
-    s: Shape,
-    dy: &CudaSlice<f32>,
-    ln: &LnRows,
-    params: &CudaSlice<f32>,
-    streams: &CudaSlice<u64>,
-    h: &HeadArgs,
-    dr: &mut CudaSlice<f32>,
-    delta: &mut CudaSlice<f32>,
-) -> Result<()> {
-    let (xh, rs) = (&ln.xhat, &ln.rstd);
-    launch!(
-        gpu,
-        "residual_ln_backward",
-        s.rows(),
-        dy,
-        xh,
-        rs,
-        params,
-        streams,
-        dr,
-        delta,
-        h
-    )
+    let (xh, rs, cfg) = (&ln.xhat, &ln.rstd, s.rows());
+    match a {
+        Some(a) => {
+            let name = "residual_gelu_ln_backward";
+            launch!(gpu, name, cfg; dy, xh, rs, a, params, streams, dr, delta, h)
+        }
+        None => {
+            let name = "residual_ln_backward";
+            launch!(gpu, name, cfg; dy, xh, rs, params, streams, dr, delta, h)
+        }
+    }
 }
 
 /// dp += dg · GELU′(p) over the m·b·k elements.
@@ -418,15 +287,7 @@ pub fn gelu_backward_add(
 ) -> Result<()> {
     let count = s.m * s.b * s.k;
     let c = count as i64;
-    launch!(
-        gpu,
-        "gelu_backward_add",
-        Shape::flat(count),
-        dg,
-        pre,
-        dp,
-        &c
-    )
+    launch!(gpu, "gelu_backward_add", Shape::flat(count); dg, pre, dp, &c)
 }
 
 /// A bias gradient: each model's column sums of its `delta` rows, into its `grads` at `off`.
@@ -440,7 +301,7 @@ pub fn bias_grad(
 ) -> Result<()> {
     let (pp, o, bi, ki, mi) = (p as i64, off as i32, s.b as i32, s.k as i32, s.m as i32);
     let cfg = Shape::flat(s.m * s.k);
-    launch!(gpu, "bias_grad", cfg, delta, grads, &pp, &o, &bi, &ki, &mi)
+    launch!(gpu, "bias_grad", cfg; delta, grads, &pp, &o, &bi, &ki, &mi)
 }
 
 /// LayerNorm's parameter gradients, dγ = Σ dy·x̂ and dβ = Σ dy over each model's rows, into
@@ -455,20 +316,8 @@ pub fn layer_norm_param_grad(
 ) -> Result<()> {
     let (bi, ki, mi) = (s.b as i32, s.k as i32, s.m as i32);
     let cfg = Shape::flat(s.m * s.k);
-    launch!(
-        gpu,
-        "layer_norm_param_grad",
-        cfg,
-        dy,
-        xhat,
-        grads,
-        &h.p,
-        &h.ln_w,
-        &h.ln_b,
-        &bi,
-        &ki,
-        &mi
-    )
+    let (p, w, b) = (&h.p, &h.ln_w, &h.ln_b);
+    launch!(gpu, "layer_norm_param_grad", cfg; dy, xhat, grads, p, w, b, &bi, &ki, &mi)
 }
 
 /// Each model's optimizer state on the device (m slices of P each) and the constants of its
@@ -492,5 +341,5 @@ pub fn adamw(
     let cfg = Shape::flat(c.m as usize * c.p as usize);
     let (mom, vel) = (&mut st.mom, &mut st.vel);
     let (active, step, bc2) = (&st.active, &st.step_size, &st.bc2_sqrt);
-    launch!(gpu, "adamw", cfg, params, grads, mom, vel, active, step, bc2, c)
+    launch!(gpu, "adamw", cfg; params, grads, mom, vel, active, step, bc2, c)
 }
