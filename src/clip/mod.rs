@@ -5,7 +5,8 @@
 //!
 //! Modules, each using only those listed before it: `layout`, `ops`, `adamw`, `data`,
 //! `metrics` · `wgrad` · `engine` · `model` · `state` · `train` · `cpu`, `cuda_ops`, `cuda`
-//! (reached through `device`) · `fit` · `cv`.
+//! (reached through `device`) · `fit` · `cv`; `kernels` (the ops one by one on either device,
+//! for the parity tests) beside them.
 
 pub mod adamw;
 pub mod cpu;
@@ -15,6 +16,7 @@ pub mod cv;
 pub mod data;
 pub mod engine;
 pub mod fit;
+pub mod kernels;
 pub mod layout;
 pub mod metrics;
 pub mod model;

@@ -8,6 +8,7 @@ use crate::brain::{self, Atlas, Mask, Peaks};
 use crate::clip::cpu::CpuEngine;
 use crate::clip::cuda::{models_that_fit, CudaEngine};
 use crate::clip::data::Pairs;
+use crate::clip::kernels::{CpuKernels, CudaKernels, Kernels};
 use crate::clip::layout::Layout;
 use crate::clip::train::{self, Engine, Job, Outcome, Progress, TrainConfig};
 use crate::error::Result;
@@ -76,5 +77,14 @@ impl Device {
             }
         };
         train::train(pairs, cfg, jobs, resume, progress, &mut engine)
+    }
+
+    /// The CLIP ops one by one on this device (`clip::kernels`), for the parity tests: the
+    /// CPU's functions, or `kernels/clip.cu` through the CUDA engine's launch wrappers.
+    pub fn clip_kernels(&self) -> Box<dyn Kernels> {
+        match self {
+            Device::Cpu => Box::new(CpuKernels),
+            Device::Cuda(g) => Box::new(CudaKernels(g.clone())),
+        }
     }
 }

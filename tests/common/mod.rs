@@ -283,3 +283,27 @@ pub fn max_row_relative_error(a: &[f32], b: &[f64], cols: usize) -> f64 {
         })
         .fold(0.0, f64::max)
 }
+
+/// One test body run on every device kind, as candle's `test_device!`: `test_device!(op)`
+/// makes the tests `op::cpu` and `op::cuda`, each calling `op(&device)`; the CUDA one skips
+/// (through `need_gpu`, saying why) where there is no CUDA device.
+#[allow(unused_macros)]
+macro_rules! test_device {
+    ($($body:ident),+ $(,)?) => {$(
+        mod $body {
+            #[test]
+            fn cpu() {
+                super::$body(&niclip::device::Device::Cpu)
+            }
+
+            #[test]
+            fn cuda() {
+                if let Some(gpu) = crate::common::need_gpu() {
+                    super::$body(&niclip::device::Device::Cuda(gpu))
+                }
+            }
+        }
+    )+};
+}
+#[allow(unused_imports)]
+pub(crate) use test_device;
