@@ -157,7 +157,7 @@ pub fn run(
 
 /// The jobs of a nested CV: one model per (outer, inner) fold, each with its checkpoint in
 /// `ckpt_dir`.
-pub fn cv_jobs(
+fn cv_jobs(
     pairs: &Pairs,
     cfg: &TrainConfig,
     opts: &CvOptions,
@@ -195,7 +195,7 @@ pub fn cv_jobs(
 
 /// Picks, per outer fold, the inner model of lowest validation loss and scores it on the test
 /// fold (never choosing by test scores).
-pub fn select_and_score(pairs: &Pairs, models: &[CvModel], outcomes: &[Outcome]) -> CvReport {
+fn select_and_score(pairs: &Pairs, models: &[CvModel], outcomes: &[Outcome]) -> CvReport {
     let mut folds = Vec::new();
     let mut best: Option<(f32, usize)> = None;
     let val = |j: usize| outcomes[j].best_val.unwrap_or(f32::INFINITY);

@@ -184,12 +184,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    pub fn from_state(
-        init: &Clip,
-        st: &ModelState,
-        has_val: bool,
-        batch_losses: Vec<f32>,
-    ) -> Outcome {
+    fn from_state(init: &Clip, st: &ModelState, has_val: bool, batch_losses: Vec<f32>) -> Outcome {
         Outcome {
             model: Clip {
                 layout: init.layout.clone(),
@@ -257,13 +252,13 @@ impl Progress {
 }
 
 /// Number of batches of an epoch over `rows` rows.
-pub fn n_batches(rows: usize, batch: usize) -> usize {
+fn n_batches(rows: usize, batch: usize) -> usize {
     rows.div_ceil(batch)
 }
 
 /// The end of an epoch: record its losses, early-stopping bookkeeping. Returns whether this
 /// epoch's weights are the new best (the caller keeps them: `Engine::keep_best`).
-pub fn finish_epoch(
+fn finish_epoch(
     st: &mut ModelState,
     cfg: &TrainConfig,
     train_loss: f32,
