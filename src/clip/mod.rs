@@ -4,9 +4,9 @@
 //! the retrieval metrics.
 //!
 //! Modules, each using only those listed before it: `layout`, `ops`, `adamw`, `data`,
-//! `metrics` · `wgrad` · `engine` · `model` · `state` · `train` · `cpu`, `cuda_ops`, `cuda`
-//! (reached through `device`) · `fit` · `cv`; `kernels` (the ops one by one on either device,
-//! for the parity tests) beside them.
+//! `metrics` · `wgrad` · `engine` · `model` · `state` · `train` (the loop and the `Engine`
+//! interface) · `cpu`, `cuda_ops`, `cuda` (the engines), `kernels` (the ops one by one on
+//! either device, for the parity tests), which `device` picks from · `fit` · `cv`.
 
 pub mod adamw;
 pub mod cpu;
