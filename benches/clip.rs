@@ -4,8 +4,9 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use niclip::clip::data::Pairs;
-use niclip::clip::train::{train_cpu, Job, Progress, TrainConfig};
+use niclip::clip::train::{Job, Progress, TrainConfig};
 use niclip::clip::Clip;
+use niclip::device::Device;
 use std::time::Duration;
 
 const N: usize = 14_000;
@@ -40,15 +41,16 @@ fn clip(c: &mut Criterion) {
         };
         g.bench_function(format!("epoch_{N}/d{d}_k{K}/cpu"), |b| {
             b.iter(|| {
-                train_cpu(
-                    &pairs,
-                    &cfg,
-                    &job,
-                    false,
-                    &mut Progress::new(0, None, false),
-                )
-                .unwrap()
-                .epochs
+                Device::Cpu
+                    .train_clip(
+                        &pairs,
+                        &cfg,
+                        std::slice::from_ref(&job),
+                        false,
+                        &mut Progress::new(0, None, false),
+                    )
+                    .unwrap()[0]
+                    .epochs
             })
         });
         cuda_benches(&mut g, &pairs, &cfg, &job);
@@ -67,7 +69,7 @@ fn cuda_benches(
         eprintln!("skipped CUDA clip benches: no CUDA device");
         return;
     }
-    let gpu = Gpu::open(0).unwrap();
+    let gpu = Device::Cuda(Gpu::open(0).unwrap());
     let d = pairs.d;
     for models in [1usize, 16] {
         let jobs: Vec<Job> = (0..models as u64)
@@ -78,16 +80,9 @@ fn cuda_benches(
             .collect();
         g.bench_function(format!("epoch_{N}/d{d}_k{K}/cuda_{models}models"), |b| {
             b.iter(|| {
-                niclip::clip::cuda::train_many(
-                    &gpu,
-                    pairs,
-                    cfg,
-                    &jobs,
-                    false,
-                    &mut Progress::new(0, None, false),
-                )
-                .unwrap()
-                .len()
+                gpu.train_clip(pairs, cfg, &jobs, false, &mut Progress::new(0, None, false))
+                    .unwrap()
+                    .len()
             })
         });
     }
@@ -155,7 +150,7 @@ fn ops(c: &mut Criterion) {
         vec![0.0f32; params],
     );
     g.bench_function(format!("adamw_step/{params}"), |b| {
-        b.iter(|| niclip::clip::train::adamw_step(&mut p, &grad, &mut m, &mut v, 3, 5e-4, 0.1))
+        b.iter(|| niclip::clip::adamw::adamw_step(&mut p, &grad, &mut m, &mut v, 3, 5e-4, 0.1))
     });
     // The text projection's weight gradient and AdamW step at width 4096, fused.
     use niclip::clip::wgrad::{weight_grad_adamw, Packed};
@@ -168,7 +163,7 @@ fn ops(c: &mut Criterion) {
         vec![0.0f32; K * din],
     );
     let mut packed = Packed::new(n, K, din);
-    let step = niclip::clip::train::AdamStep::new(5e-4, 0.1, 3);
+    let step = niclip::clip::adamw::AdamStep::new(5e-4, 0.1, 3);
     g.bench_function(format!("weight_grad_adamw/{n}x{K}x{din}"), |b| {
         b.iter(|| {
             let (w, m, v) = (&mut w, &mut m, &mut v);

@@ -1,6 +1,7 @@
-// CLIP training kernels (src/clip/cuda.rs): the elementwise and row-wise parts of the towers'
-// forward and backward passes, dropout, L2 normalisation, the symmetric InfoNCE loss and its
-// gradient, and AdamW — for M independent models at once. The GEMMs are cuBLAS strided-batched.
+// CLIP training kernels (launched by src/clip/cuda_ops.rs, for the engine in src/clip/cuda.rs):
+// the elementwise and row-wise parts of the towers' forward and backward passes, dropout, L2
+// normalisation, the symmetric InfoNCE loss and its gradient, and AdamW — for M independent
+// models at once. The GEMMs are cuBLAS strided-batched.
 //
 // Layout: model m's parameters (and gradients, Adam moments) are the m-th slice of P floats;
 // its batch activations the m-th slice of B rows (B = the batch size; rows >= n[m] are padding
@@ -30,6 +31,51 @@ __device__ __forceinline__ float gelu(float x) { return x * normal_cdf(x); }
 __device__ __forceinline__ float gelu_grad(float x) {
     return normal_cdf(x) + x * 0.3989422804014327f * expf(-0.5f * x * x);
 }
+
+// The scalar arguments of a head's row kernels, one struct instead of eight positional ones
+// (mirrored field by field by `HeadArgs` in src/clip/cuda_ops.rs).
+struct HeadArgs {
+    long long P;   // parameters per model
+    int fc_b;      // offsets in a model's parameters: fc.bias,
+    int ln_w;      //   layer_norm.weight,
+    int ln_b;      //   layer_norm.bias
+    int site;      // dropout site: model m's stream is streams[m * 6 + site]
+    float p_drop;  // dropout rate
+    int B;         // rows of a model's batch
+    int k;         // width
+};
+
+// Row blockIdx.x of model blockIdx.y in a head's row kernel: its row among all models' batch
+// rows, where that row's activations start, the model's parameters, and its dropout stream.
+struct HeadRow {
+    int r;
+    long long row;
+    long long base;
+    const float* prm;
+    unsigned long long stream;
+};
+
+__device__ __forceinline__ HeadRow head_row(const HeadArgs& h, const float* params,
+                                            const unsigned long long* streams) {
+    HeadRow w;
+    int m = blockIdx.y;
+    w.r = blockIdx.x;
+    w.row = (long long)m * h.B + w.r;
+    w.base = w.row * h.k;
+    w.prm = params + m * h.P;
+    w.stream = streams[m * 6 + h.site];
+    return w;
+}
+
+// The scalar arguments of `adamw` (mirrored by `AdamArgs` in src/clip/cuda_ops.rs).
+struct AdamArgs {
+    long long P;  // parameters per model
+    int M;        // models
+    float decay;  // 1 - lr * weight_decay
+    float beta1;
+    float beta2;
+    float eps;
+};
 
 // dst[m][r][:] = src[idx[m*B + r]][:], zero rows where idx < 0.
 extern "C" __global__ void gather_rows(const float* __restrict__ src, int width, const int* __restrict__ idx,
@@ -78,39 +124,37 @@ __device__ void layer_norm_row(float* xh, float* y, float* rstd, const float* ga
 
 // Residual head after its GEMM: a += fc bias (in place), y = LN(x + dropout(GELU(a))).
 extern "C" __global__ void residual_gelu_ln_forward(const float* __restrict__ x, float* __restrict__ a,
-                                                    const float* __restrict__ params, long long P, int fc_b,
-                                                    int ln_w, int ln_b, const unsigned long long* __restrict__ streams,
-                                                    int site, float p_drop, float* __restrict__ xhat,
-                                                    float* __restrict__ rstd, float* __restrict__ y, int B, int k) {
-    int r = blockIdx.x, m = blockIdx.y;
-    long long base = ((long long)m * B + r) * k;
-    const float* prm = params + m * P;
-    unsigned long long stream = streams[m * 6 + site];
+                                                    const float* __restrict__ params,
+                                                    const unsigned long long* __restrict__ streams,
+                                                    float* __restrict__ xhat, float* __restrict__ rstd,
+                                                    float* __restrict__ y, const HeadArgs h) {
+    HeadRow w = head_row(h, params, streams);
+    int k = h.k;
+    long long base = w.base;
     for (int c = threadIdx.x; c < k; c += ROW_THREADS) {
-        float av = a[base + c] + prm[fc_b + c];
+        float av = a[base + c] + w.prm[h.fc_b + c];
         a[base + c] = av;
-        xhat[base + c] = x[base + c] + gelu(av) * dropout_factor(stream, p_drop, (unsigned long long)(r * k + c));
+        xhat[base + c] = x[base + c] + gelu(av) * dropout_factor(w.stream, h.p_drop, (unsigned long long)(w.r * k + c));
     }
     __syncthreads();
-    layer_norm_row(xhat + base, y + base, rstd + (long long)m * B + r, prm + ln_w, prm + ln_b, k);
+    layer_norm_row(xhat + base, y + base, rstd + w.row, w.prm + h.ln_w, w.prm + h.ln_b, k);
 }
 
 // Projection head after its second GEMM: y = LN(p + dropout(a2 + fc bias)).
 extern "C" __global__ void residual_ln_forward(const float* __restrict__ p, const float* __restrict__ a2,
-                                               const float* __restrict__ params, long long P, int fc_b, int ln_w,
-                                               int ln_b, const unsigned long long* __restrict__ streams, int site,
-                                               float p_drop, float* __restrict__ xhat, float* __restrict__ rstd,
-                                               float* __restrict__ y, int B, int k) {
-    int r = blockIdx.x, m = blockIdx.y;
-    long long base = ((long long)m * B + r) * k;
-    const float* prm = params + m * P;
-    unsigned long long stream = streams[m * 6 + site];
+                                               const float* __restrict__ params,
+                                               const unsigned long long* __restrict__ streams,
+                                               float* __restrict__ xhat, float* __restrict__ rstd,
+                                               float* __restrict__ y, const HeadArgs h) {
+    HeadRow w = head_row(h, params, streams);
+    int k = h.k;
+    long long base = w.base;
     for (int c = threadIdx.x; c < k; c += ROW_THREADS) {
-        float av = a2[base + c] + prm[fc_b + c];
-        xhat[base + c] = p[base + c] + av * dropout_factor(stream, p_drop, (unsigned long long)(r * k + c));
+        float av = a2[base + c] + w.prm[h.fc_b + c];
+        xhat[base + c] = p[base + c] + av * dropout_factor(w.stream, h.p_drop, (unsigned long long)(w.r * k + c));
     }
     __syncthreads();
-    layer_norm_row(xhat + base, y + base, rstd + (long long)m * B + r, prm + ln_w, prm + ln_b, k);
+    layer_norm_row(xhat + base, y + base, rstd + w.row, w.prm + h.ln_w, w.prm + h.ln_b, k);
 }
 
 // out = z / max(‖z‖, 1e-12) per row; norms kept for the backward pass.
@@ -267,31 +311,30 @@ __device__ void layer_norm_row_backward(const float* dy, const float* xh, float 
 // Residual head: dr (the residual path's gradient), delta = dr · dropout · GELU'(a).
 extern "C" __global__ void residual_gelu_ln_backward(const float* __restrict__ dy, const float* __restrict__ xhat,
                                                      const float* __restrict__ rstd, const float* __restrict__ a,
-                                                     const float* __restrict__ params, long long P, int ln_w,
-                                                     const unsigned long long* __restrict__ streams, int site,
-                                                     float p_drop, float* __restrict__ dr, float* __restrict__ delta,
-                                                     int B, int k) {
-    int r = blockIdx.x, m = blockIdx.y;
-    long long base = ((long long)m * B + r) * k;
-    layer_norm_row_backward(dy + base, xhat + base, rstd[(long long)m * B + r], params + m * P + ln_w, dr + base, k);
-    unsigned long long stream = streams[m * 6 + site];
+                                                     const float* __restrict__ params,
+                                                     const unsigned long long* __restrict__ streams,
+                                                     float* __restrict__ dr, float* __restrict__ delta,
+                                                     const HeadArgs h) {
+    HeadRow w = head_row(h, params, streams);
+    int k = h.k;
+    long long base = w.base;
+    layer_norm_row_backward(dy + base, xhat + base, rstd[w.row], w.prm + h.ln_w, dr + base, k);
     for (int c = threadIdx.x; c < k; c += ROW_THREADS)
-        delta[base + c] = dr[base + c] * dropout_factor(stream, p_drop, (unsigned long long)(r * k + c)) *
+        delta[base + c] = dr[base + c] * dropout_factor(w.stream, h.p_drop, (unsigned long long)(w.r * k + c)) *
                           gelu_grad(a[base + c]);
 }
 
 // Projection head: dr and delta = dr · dropout.
 extern "C" __global__ void residual_ln_backward(const float* __restrict__ dy, const float* __restrict__ xhat,
                                                 const float* __restrict__ rstd, const float* __restrict__ params,
-                                                long long P, int ln_w, const unsigned long long* __restrict__ streams,
-                                                int site, float p_drop, float* __restrict__ dr,
-                                                float* __restrict__ delta, int B, int k) {
-    int r = blockIdx.x, m = blockIdx.y;
-    long long base = ((long long)m * B + r) * k;
-    layer_norm_row_backward(dy + base, xhat + base, rstd[(long long)m * B + r], params + m * P + ln_w, dr + base, k);
-    unsigned long long stream = streams[m * 6 + site];
+                                                const unsigned long long* __restrict__ streams,
+                                                float* __restrict__ dr, float* __restrict__ delta, const HeadArgs h) {
+    HeadRow w = head_row(h, params, streams);
+    int k = h.k;
+    long long base = w.base;
+    layer_norm_row_backward(dy + base, xhat + base, rstd[w.row], w.prm + h.ln_w, dr + base, k);
     for (int c = threadIdx.x; c < k; c += ROW_THREADS)
-        delta[base + c] = dr[base + c] * dropout_factor(stream, p_drop, (unsigned long long)(r * k + c));
+        delta[base + c] = dr[base + c] * dropout_factor(w.stream, h.p_drop, (unsigned long long)(w.r * k + c));
 }
 
 // dp += dg · GELU'(p).
@@ -332,17 +375,17 @@ extern "C" __global__ void layer_norm_param_grad(const float* __restrict__ dy, c
 
 // AdamW (PyTorch's single-tensor form) on models with active[m] != 0.
 extern "C" __global__ void adamw(float* __restrict__ params, const float* __restrict__ grads, float* __restrict__ mom,
-                                 float* __restrict__ vel, long long P, int M, const int* __restrict__ active,
-                                 const float* __restrict__ step_size, const float* __restrict__ bc2_sqrt, float decay,
-                                 float beta1, float beta2, float eps) {
-    NICLIP_GRID_STRIDE(i, (long long)M * P) {
-        int m = (int)(i / P);
+                                 float* __restrict__ vel, const int* __restrict__ active,
+                                 const float* __restrict__ step_size, const float* __restrict__ bc2_sqrt,
+                                 const AdamArgs c) {
+    NICLIP_GRID_STRIDE(i, (long long)c.M * c.P) {
+        int m = (int)(i / c.P);
         if (!active[m]) continue;
         float g = grads[i];
-        float p = params[i] * decay;
-        float mo = mom[i] + (1.0f - beta1) * (g - mom[i]);
-        float v = vel[i] * beta2 + (1.0f - beta2) * g * g;
-        float denom = sqrtf(v) / bc2_sqrt[m] + eps;
+        float p = params[i] * c.decay;
+        float mo = mom[i] + (1.0f - c.beta1) * (g - mom[i]);
+        float v = vel[i] * c.beta2 + (1.0f - c.beta2) * g * g;
+        float denom = sqrtf(v) / bc2_sqrt[m] + c.eps;
         params[i] = p - step_size[m] * (mo / denom);
         mom[i] = mo;
         vel[i] = v;

@@ -70,7 +70,7 @@ fn maps_on_mask(data: &Path, mask: &Mask) -> Vec<Vec<f32>> {
 
 #[test]
 fn tfidf_of_the_vocabulary_equals_scikit_learn() {
-    let Some(data) = common::need_shared("tfidf_of_the_vocabulary_equals_scikit_learn") else {
+    let Some(data) = common::need_data() else {
         return;
     };
     let corpus = Corpus::open(&studyset(&data)).unwrap();
@@ -120,7 +120,7 @@ fn tfidf_of_the_vocabulary_equals_scikit_learn() {
 
 #[test]
 fn correlation_decoder_equals_nimare_mkdachi2() {
-    let Some(data) = common::need_shared("correlation_decoder_equals_nimare_mkdachi2") else {
+    let Some(data) = common::need_data() else {
         return;
     };
     let corpus = Corpus::open(&studyset(&data)).unwrap();
@@ -184,7 +184,7 @@ fn correlation_decoder_equals_nimare_mkdachi2() {
 
 #[test]
 fn gclda_decode_equals_nimare_gclda_decode_map() {
-    let Some(data) = common::need_shared("gclda_decode_equals_nimare_gclda_decode_map") else {
+    let Some(data) = common::need_data() else {
         return;
     };
     let dec = Decoder::load(&fix().join("gclda_nimare.safetensors")).unwrap();
@@ -215,7 +215,7 @@ fn gclda_decode_equals_nimare_gclda_decode_map() {
 
 #[test]
 fn gclda_log_likelihood_follows_nimare() {
-    let Some(data) = common::need_shared("gclda_log_likelihood_follows_nimare") else {
+    let Some(data) = common::need_data() else {
         return;
     };
     let corpus = Corpus::open(&studyset(&data)).unwrap();
@@ -285,7 +285,7 @@ fn gclda_log_likelihood_follows_nimare() {
 
 #[test]
 fn studyset_import_keeps_every_analysis_and_peak() {
-    let Some(data) = common::need_shared("studyset_import_keeps_every_analysis_and_peak") else {
+    let Some(data) = common::need_data() else {
         return;
     };
     let c = Corpus::open(&studyset(&data)).unwrap();

@@ -90,7 +90,7 @@ fn check_ma_maps(ids: &[String], mask_path: Option<&Path>, reference: &[Vec<bool
 
 #[test]
 fn ma_maps_equal_nimare_on_300_neurosynth_studies() {
-    if need_shared("ma_maps_equal_nimare_on_300_neurosynth_studies").is_none() {
+    if need_data().is_none() {
         return;
     }
     let ids: Vec<String> = std::fs::read_to_string(brain_fixtures().join("mkda_ids.txt"))
@@ -116,14 +116,12 @@ fn ma_maps_equal_nimare_on_300_neurosynth_studies() {
 
 #[test]
 fn ma_maps_equal_nimare_on_the_x_flipped_fsl_mask() {
-    let Some(data) = need_shared("ma_maps_equal_nimare_on_the_x_flipped_fsl_mask") else {
+    let Some(data) = need_data() else {
         return;
     };
-    let bits = brain_fixtures().join("mkda_fsl_ref_bits.npy.gz");
-    if !bits.exists() {
-        eprintln!("skipped: {} not generated", bits.display());
+    let Some(bits) = need_file(brain_fixtures().join("mkda_fsl_ref_bits.npy.gz")) else {
         return;
-    }
+    };
     let mask_path = data.join("mni/MNI152_2x2x2_brainmask.nii.gz");
     let mask = Mask::read(&mask_path).unwrap();
     assert!(
@@ -191,7 +189,7 @@ fn projection_equals_nilearn_on_the_aal3_label_atlas() {
 
 #[test]
 fn resampling_equals_nilearn_in_both_orientations() {
-    let Some(data) = need_shared("resampling_equals_nilearn_in_both_orientations") else {
+    let Some(data) = need_data() else {
         return;
     };
     let motor =
@@ -231,7 +229,7 @@ fn resampling_equals_nilearn_in_both_orientations() {
 #[test]
 fn images_equal_projection_of_ma_maps_on_all_neurosynth() {
     use niclip::brain::mkda::{ma_map, MkdaKernel, Rounding, Scratch};
-    let Some(data) = need_shared("images_equal_projection_of_ma_maps_on_all_neurosynth") else {
+    let Some(data) = need_data() else {
         return;
     };
     let corpus = neurosynth_corpus(&data);
@@ -326,7 +324,7 @@ fn images_equal_projection_of_ma_maps_on_all_neurosynth() {
 /// with the same rows as an uninterrupted run.
 #[test]
 fn images_resume_after_an_interrupted_run() {
-    let Some(data) = need_shared("images_resume_after_an_interrupted_run") else {
+    let Some(data) = need_data() else {
         return;
     };
     let corpus = neurosynth_corpus(&data);
@@ -366,7 +364,7 @@ fn images_resume_after_an_interrupted_run() {
 
 #[test]
 fn nearest_resampling_of_labels_equals_nilearn() {
-    let Some(data) = need_shared("nearest_resampling_of_labels_equals_nilearn") else {
+    let Some(data) = need_data() else {
         return;
     };
     // Through the command line, as a user prepares a label atlas for the 2 mm grid.

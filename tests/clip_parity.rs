@@ -8,8 +8,9 @@ mod common;
 use niclip::clip::cv::nested;
 use niclip::clip::data::Pairs;
 use niclip::clip::metrics::{mix_match, recall_at_k};
-use niclip::clip::train::{train_cpu, Job, Progress, TrainConfig};
+use niclip::clip::train::{Job, Progress, TrainConfig};
 use niclip::clip::Clip;
+use niclip::device::Device;
 use niclip::io::read_npy_f32;
 use std::path::PathBuf;
 
@@ -66,14 +67,16 @@ fn three_adamw_steps_match_pytorch() {
         checkpoint: None,
     };
     let cfg = parity_config();
-    let out = train_cpu(
-        &pairs,
-        &cfg,
-        &job,
-        false,
-        &mut Progress::new(3, None, false),
-    )
-    .unwrap();
+    let out = Device::Cpu
+        .train_clip(
+            &pairs,
+            &cfg,
+            std::slice::from_ref(&job),
+            false,
+            &mut Progress::new(3, None, false),
+        )
+        .unwrap()
+        .remove(0);
     let want = read_npy_f32(&fx("losses.npy")).unwrap().data;
     assert_eq!(out.batch_losses.len(), 3);
     for (i, (got, want)) in out.batch_losses.iter().zip(&want).enumerate() {

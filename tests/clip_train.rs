@@ -11,12 +11,9 @@ use std::path::{Path, PathBuf};
 
 /// n correlated pairs (text width d, image width k) written as .npy into `dir`.
 fn pairs(dir: &Path, name: &str, n: usize, d: usize, k: usize, seed: u64) -> (PathBuf, PathBuf) {
-    let mut s = seed;
-    let mut next = || {
-        s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let z = niclip::rng::mix64(s);
-        (z >> 11) as f32 / (1u64 << 53) as f32 * 2.0 - 1.0
-    };
+    let mut rng = niclip::rng::SplitMix64(seed);
+    // Rounding the 53-bit uniform to f32 equals rounding its integer: the same numbers as before.
+    let mut next = || rng.uniform() as f32 * 2.0 - 1.0;
     let text: Vec<f32> = (0..n * d).map(|_| next()).collect();
     let mix: Vec<f32> = (0..d * k).map(|_| next()).collect();
     let mut images = vec![0.0f32; n * k];

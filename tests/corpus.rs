@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{fixtures, need_shared, niclip, niclip_fails, tmpdir};
+use common::{fixtures, need_data, niclip, niclip_fails, tmpdir};
 use niclip::corpus::{self, Corpus, Format, ImportOptions, Section, Space};
 use niclip::Error;
 use std::path::{Path, PathBuf};
@@ -642,7 +642,7 @@ fn merge_keeps_first_peaks_and_fills_sections() {
 
 #[test]
 fn neurosynth_acceptance() {
-    let Some(data) = need_shared("neurosynth_acceptance") else {
+    let Some(data) = need_data() else {
         return;
     };
     let dir = tmpdir("ns");
@@ -697,7 +697,7 @@ fn neurosynth_acceptance() {
 
 #[test]
 fn neuroquery_acceptance() {
-    let Some(data) = need_shared("neuroquery_acceptance") else {
+    let Some(data) = need_data() else {
         return;
     };
     let out = tmpdir("nq").join("nq.corpus");
@@ -710,7 +710,7 @@ fn neuroquery_acceptance() {
 
 #[test]
 fn labelbuddy_join_acceptance() {
-    let Some(data) = need_shared("labelbuddy_join_acceptance") else {
+    let Some(data) = need_data() else {
         return;
     };
     let expected: serde_json::Value = serde_json::from_str(
@@ -766,7 +766,7 @@ fn labelbuddy_join_acceptance() {
 
 #[test]
 fn nimare_json_acceptance() {
-    let Some(data) = need_shared("nimare_json_acceptance") else {
+    let Some(data) = need_data() else {
         return;
     };
     let dir = tmpdir("laird");

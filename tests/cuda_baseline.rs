@@ -1,28 +1,17 @@
 //! Parity of the correlation decoder's CUDA kernels (kernels/baseline.cu) with the CPU
-//! reference: z-maps bit for bit (exact counts, the same f64 formula), r within 1e-6. Prints
-//! "skipped: no CUDA device" and passes where there is none.
+//! reference: z-maps bit for bit (exact counts, the same f64 formula), r within 1e-6. Skips
+//! where there is no CUDA device (`NICLIP_REQUIRE_GPU=1` makes that a failure).
+
+mod common;
 
 use niclip::baseline::cuda::{correlate_cuda, z_maps_cuda};
 use niclip::baseline::neurosynth::{active_totals, correlate, standardize_rows, z_maps};
-use niclip::device::cuda::{self, Gpu};
-
-fn gpu() -> Option<std::sync::Arc<Gpu>> {
-    if cuda::device_count() == 0 {
-        eprintln!("skipped: no CUDA device");
-        return None;
-    }
-    Some(Gpu::open(0).expect("CUDA device 0 opens"))
-}
+use niclip::rng::SplitMix64;
 
 /// Random sparse MA maps and term selections, seeded.
 fn problem() -> (Vec<Vec<u32>>, Vec<Vec<u32>>, usize) {
-    let mut x = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = move |n: u64| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x % n
-    };
+    let mut rng = SplitMix64(0x2545_F491_4F6C_DD1D);
+    let mut next = move |n: u64| rng.below(n as usize) as u64;
     let (n_studies, n_vox, n_terms) = (300usize, 5000usize, 40usize);
     let ma: Vec<Vec<u32>> = (0..n_studies)
         .map(|_| {
@@ -46,7 +35,7 @@ fn problem() -> (Vec<Vec<u32>>, Vec<Vec<u32>>, usize) {
 
 #[test]
 fn z_maps_on_the_device_equal_the_cpu() {
-    let Some(g) = gpu() else { return };
+    let Some(g) = common::need_gpu() else { return };
     let (ma, sel, nv) = problem();
     let total = active_totals(&ma, nv);
     let cpu = z_maps(&ma, &total, &sel, nv);
@@ -56,7 +45,7 @@ fn z_maps_on_the_device_equal_the_cpu() {
 
 #[test]
 fn decoding_on_the_device_equals_the_cpu() {
-    let Some(g) = gpu() else { return };
+    let Some(g) = common::need_gpu() else { return };
     let (ma, sel, nv) = problem();
     let total = active_totals(&ma, nv);
     let rows = standardize_rows(&z_maps(&ma, &total, &sel, nv), nv);

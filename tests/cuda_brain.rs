@@ -1,8 +1,11 @@
 //! Parity of the CUDA brain-space pipeline (kernels/mkda.cu via src/brain/features_cuda.rs) with
 //! the CPU reference (`ma_xty_cpu`, `image_features_cpu`): Xᵀy within relative 1e-6, features
-//! within relative 1e-5. GPU tests print "skipped: no CUDA device" and pass where there is none;
-//! the NVRTC test needs only libnvrtc, and the emulation tests run everywhere.
+//! within relative 1e-5. GPU tests skip where there is no CUDA device (`NICLIP_REQUIRE_GPU=1`
+//! fails them); the NVRTC test needs only libnvrtc, and the emulation tests run everywhere.
 
+mod common;
+
+use common::{need_data, need_file, need_gpu, need_nvrtc};
 use niclip::brain::features::{image_features_cpu, ma_xty_cpu};
 use niclip::brain::features_cuda::{
     image_features_cuda, ma_xty_cuda, ma_xty_emulated, Accumulate, CudaMkda, Solver,
@@ -11,16 +14,7 @@ use niclip::brain::mkda::{MkdaKernel, Rounding};
 use niclip::brain::{Atlas, Grid, Image, Mask, Peaks};
 use niclip::device::cuda::{self, Gpu};
 use niclip::rng::SplitMix64;
-use std::path::{Path, PathBuf};
-
-/// The device, or None after printing why the test is skipped.
-fn gpu() -> Option<std::sync::Arc<Gpu>> {
-    if cuda::device_count() == 0 {
-        eprintln!("skipped: no CUDA device");
-        return None;
-    }
-    Some(Gpu::open(0).expect("CUDA device 0 opens"))
-}
+use std::path::Path;
 
 /// Uniform in [lo, hi).
 fn range(rng: &mut SplitMix64, lo: f64, hi: f64) -> f64 {
@@ -181,10 +175,6 @@ fn neurosynth_peaks(path: &Path, max_studies: usize) -> Peaks {
     peaks
 }
 
-fn shared_data() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data")
-}
-
 /// |gpu − cpu| ≤ rel·|cpu| + floor·(largest |cpu| of the row), and nothing non-finite.
 fn assert_close<T: Copy + Into<f64>>(
     what: &str,
@@ -319,7 +309,7 @@ fn kernels(grid: &Grid) -> Vec<(MkdaKernel, &'static str)> {
 
 #[test]
 fn synthetic_studies_match_cpu() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = need_gpu() else { return };
     let mask = Mask::mni152_2mm();
     let atlas = blob_atlas(&mask, 40, 7);
     let peaks = synthetic_peaks(&mask.grid, 300, 11);
@@ -350,7 +340,7 @@ fn synthetic_studies_match_cpu() {
 
 #[test]
 fn label_atlas_matches_cpu() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = need_gpu() else { return };
     let mask = Mask::mni152_2mm();
     // A label atlas (one non-zero per row): slabs of 6 voxels along y, 18 labels.
     let grid = mask.grid.clone();
@@ -372,12 +362,15 @@ fn label_atlas_matches_cpu() {
 
 #[test]
 fn neurosynth_peaks_match_cpu() {
-    let Some(gpu) = gpu() else { return };
-    let path = shared_data().join("corpus/neurosynth/data-neurosynth_version-7_coordinates.tsv.gz");
-    if !path.is_file() {
-        eprintln!("skipped: {} not found", path.display());
+    let Some(gpu) = need_gpu() else { return };
+    let Some(data) = need_data() else {
         return;
-    }
+    };
+    let Some(path) =
+        need_file(data.join("corpus/neurosynth/data-neurosynth_version-7_coordinates.tsv.gz"))
+    else {
+        return;
+    };
     let mask = Mask::mni152_2mm();
     let peaks = neurosynth_peaks(&path, 500);
     assert!(peaks.len() > 100, "read {} studies", peaks.len());
@@ -390,18 +383,15 @@ fn neurosynth_peaks_match_cpu() {
         &peaks,
         "neurosynth/blobs",
     );
-    let aal = shared_data().join("atlases/aal3/AAL3.nii.gz");
-    if aal.is_file() {
+    if let Some(aal) = need_file(data.join("atlases/aal3/AAL3.nii.gz")) {
         let atlas = Atlas::read_on_grid(&aal, true, &mask.grid).unwrap();
         check_all_paths(&gpu, &kernel, &mask, &atlas, &peaks, "neurosynth/aal3");
-    } else {
-        eprintln!("neurosynth/aal3 skipped: {} not found", aal.display());
     }
 }
 
 #[test]
 fn errors_match_cpu() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = need_gpu() else { return };
     let mask = Mask::mni152_2mm();
     let atlas = blob_atlas(&mask, 8, 1);
     let kernel = MkdaKernel::for_grid(&mask.grid, 10.0, Rounding::Round);
@@ -463,10 +453,7 @@ fn emulated_kernel_matches_cpu_without_gpu() {
 /// The NVRTC fallback compiles every embedded kernel (needs libnvrtc, not a GPU).
 #[test]
 fn nvrtc_compiles_embedded_kernels() {
-    if !cuda::nvrtc_available() {
-        eprintln!(
-            "skipped: libnvrtc cannot be loaded (add CUDA's lib directory to LD_LIBRARY_PATH)"
-        );
+    if !need_nvrtc() {
         return;
     }
     for name in cuda::kernel_names() {

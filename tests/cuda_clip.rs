@@ -1,21 +1,19 @@
-//! Parity of the CUDA CLIP trainer (kernels/clip.cu via src/clip/cuda.rs) with the CPU engine
-//! and PyTorch. Prints "skipped: no CUDA device" and passes where there is none.
+//! Parity of the CUDA CLIP engine (kernels/clip.cu via src/clip/cuda.rs) with the CPU engine
+//! and PyTorch. Skips where there is no CUDA device (`NICLIP_REQUIRE_GPU=1` makes that a failure).
 
 mod common;
 
-use niclip::clip::cuda::train_many;
 use niclip::clip::data::Pairs;
-use niclip::clip::train::{train_cpu, Job, Progress, TrainConfig};
+use niclip::clip::train::{Job, Outcome, Progress, TrainConfig};
 use niclip::clip::Clip;
-use niclip::device::cuda::{self, Gpu};
+use niclip::device::Device;
 use niclip::io::read_npy_f32;
 
-fn gpu() -> Option<std::sync::Arc<Gpu>> {
-    if cuda::device_count() == 0 {
-        eprintln!("skipped: no CUDA device");
-        return None;
-    }
-    Some(Gpu::open(0).expect("CUDA device 0 opens"))
+fn train(device: &Device, pairs: &Pairs, cfg: &TrainConfig, jobs: &[Job]) -> Vec<Outcome> {
+    let mut progress = Progress::new(0, None, false);
+    device
+        .train_clip(pairs, cfg, jobs, false, &mut progress)
+        .unwrap()
 }
 
 fn fixture_pairs() -> Pairs {
@@ -51,7 +49,9 @@ fn worst(a: &Clip, b: &Clip) -> (f64, String) {
 
 #[test]
 fn three_adamw_steps_match_pytorch_on_cuda() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = common::need_gpu().map(Device::Cuda) else {
+        return;
+    };
     let pairs = fixture_pairs();
     let init = Clip::load(&common::fixtures().join("clip/init.safetensors")).unwrap();
     let job = Job {
@@ -67,16 +67,7 @@ fn three_adamw_steps_match_pytorch_on_cuda() {
         shuffle: false,
         ..TrainConfig::default()
     };
-    let out = train_many(
-        &gpu,
-        &pairs,
-        &cfg,
-        &[job],
-        false,
-        &mut Progress::new(3, None, false),
-    )
-    .unwrap()
-    .remove(0);
+    let out = train(&gpu, &pairs, &cfg, &[job]).remove(0);
     let want = read_npy_f32(&common::fixtures().join("clip/losses.npy"))
         .unwrap()
         .data;
@@ -98,7 +89,9 @@ fn three_adamw_steps_match_pytorch_on_cuda() {
 /// dropout, shuffling and early stopping, equal their CPU trainings (same masks and orders).
 #[test]
 fn many_models_at_once_match_the_cpu() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = common::need_gpu().map(Device::Cuda) else {
+        return;
+    };
     let pairs = fixture_pairs();
     let cfg = TrainConfig {
         epochs: 4,
@@ -118,17 +111,9 @@ fn many_models_at_once_match_the_cpu() {
             checkpoint: None,
         })
         .collect();
-    let gpu_out = train_many(
-        &gpu,
-        &pairs,
-        &cfg,
-        &jobs,
-        false,
-        &mut Progress::new(0, None, false),
-    )
-    .unwrap();
+    let gpu_out = train(&gpu, &pairs, &cfg, &jobs);
     for (j, g) in jobs.iter().zip(&gpu_out) {
-        let c = train_cpu(&pairs, &cfg, j, false, &mut Progress::new(0, None, false)).unwrap();
+        let c = train(&Device::Cpu, &pairs, &cfg, std::slice::from_ref(j)).remove(0);
         let (e, name) = worst(&g.model, &c.model);
         eprintln!(
             "model {}: epochs cpu {} cuda {}, train loss cpu {:?} cuda {:?}, val cpu {:?} cuda {:?}, weights {e:.2e} ({name})",

@@ -3,8 +3,8 @@
 //! outputs (f32 variants within ~1e-5, bf16 ones within bf16 rounding), and whole models
 //! (`TextModel` on cuda:0 vs on the CPU) on the tiny Llama/Mistral fixtures and, when present,
 //! all-MiniLM-L6-v2 and SmolLM2 (pooled embeddings: cosine ≥ 0.999).
-//! GPU tests print "skipped: no CUDA device" and pass where there is none; the NVRTC test needs
-//! only libnvrtc.
+//! GPU tests skip where there is no CUDA device (`NICLIP_REQUIRE_GPU=1` fails them); the NVRTC
+//! test needs only libnvrtc.
 
 mod common;
 
@@ -19,15 +19,6 @@ use niclip::text::decoder::DecoderConfig;
 use niclip::text::ops::{self, AttnMask, Heads, RopeTable};
 use niclip::text::{EmbedOptions, TextModel, TextNet};
 use std::path::{Path, PathBuf};
-
-/// The device, or None after printing why the test is skipped.
-fn gpu() -> Option<std::sync::Arc<Gpu>> {
-    if cuda::device_count() == 0 {
-        eprintln!("skipped: no CUDA device");
-        return None;
-    }
-    Some(Gpu::open(0).expect("CUDA device 0 opens"))
-}
 
 /// `n` values uniform in [−amp, amp) (24 random bits each, as the kernels draw).
 fn uniform_vec(rng: &mut SplitMix64, n: usize, amp: f32) -> Vec<f32> {
@@ -103,10 +94,7 @@ fn starts_of(lens: &[usize]) -> Vec<usize> {
 
 #[test]
 fn nvrtc_compiles_llm_kernels() {
-    if !cuda::nvrtc_available() {
-        eprintln!(
-            "skipped: libnvrtc cannot be loaded (add CUDA's lib directory to LD_LIBRARY_PATH)"
-        );
+    if !common::need_nvrtc() {
         return;
     }
     let ptx = cuda::nvrtc_compile("llm", "compute_90")
@@ -139,7 +127,7 @@ fn nvrtc_compiles_llm_kernels() {
 
 #[test]
 fn embeddings_gather_exactly() {
-    let Some(g) = gpu() else { return };
+    let Some(g) = common::need_gpu() else { return };
     let mut rng = SplitMix64(1);
     let (vocab, d, n, max_pos) = (300, 70, 123, 40);
     let table = to_bf16(&uniform_vec(&mut rng, vocab * d, 1.0));
@@ -179,7 +167,7 @@ fn embeddings_gather_exactly() {
 
 #[test]
 fn norms_match_cpu() {
-    let Some(g) = gpu() else { return };
+    let Some(g) = common::need_gpu() else { return };
     let mut rng = SplitMix64(2);
     for (rows, d) in [(1, 64), (37, 200), (9, 4096), (5, 384)] {
         let x = uniform_vec(&mut rng, rows * d, 3.0);
@@ -269,7 +257,7 @@ fn norms_match_cpu() {
 
 #[test]
 fn elementwise_kernels_match_cpu() {
-    let Some(g) = gpu() else { return };
+    let Some(g) = common::need_gpu() else { return };
     let mut rng = SplitMix64(3);
     let (rows, ff) = (53, 300);
     let gu = bf16_round(&uniform_vec(&mut rng, rows * 2 * ff, 6.0));
@@ -343,7 +331,7 @@ fn elementwise_kernels_match_cpu() {
 
 #[test]
 fn rope_matches_cpu() {
-    let Some(g) = gpu() else { return };
+    let Some(g) = common::need_gpu() else { return };
     let mut rng = SplitMix64(4);
     let lens = [1usize, 17, 64, 5];
     let n: usize = lens.iter().sum();
@@ -403,7 +391,7 @@ fn rope_matches_cpu() {
 
 #[test]
 fn attention_matches_cpu() {
-    let Some(g) = gpu() else { return };
+    let Some(g) = common::need_gpu() else { return };
     let mut rng = SplitMix64(5);
     let lens = [1usize, 17, 100, 33, 250, 16];
     let starts = starts_of(&lens);
@@ -546,7 +534,7 @@ fn attention_matches_cpu() {
 
 #[test]
 fn gemm_matches_cpu() {
-    let Some(g) = gpu() else { return };
+    let Some(g) = common::need_gpu() else { return };
     let blas = g
         .blas()
         .unwrap()
@@ -601,7 +589,7 @@ fn gemm_matches_cpu() {
 /// solve's). The padding between rows and matrices must come back untouched.
 #[test]
 fn row_major_gemm_matches_cpu() {
-    let Some(g) = gpu() else { return };
+    let Some(g) = common::need_gpu() else { return };
     let blas = g
         .blas()
         .unwrap()
@@ -702,7 +690,7 @@ fn row_major_gemm_matches_cpu() {
 
 #[test]
 fn pooling_matches_mean_pool() {
-    let Some(g) = gpu() else { return };
+    let Some(g) = common::need_gpu() else { return };
     let mut rng = SplitMix64(7);
     let d = 300;
     // Chunks of 3 texts, two of text 1 in the same batch; text 3 has no chunk.
@@ -827,7 +815,7 @@ fn model_case(
 
 #[test]
 fn tiny_llama_on_cuda_matches_cpu() {
-    let Some(g) = gpu() else { return };
+    let Some(g) = common::need_gpu() else { return };
     model_case(
         g,
         &fixtures().join("tiny_llama"),
@@ -840,7 +828,7 @@ fn tiny_llama_on_cuda_matches_cpu() {
 
 #[test]
 fn tiny_llama_bf16_lora_on_cuda_matches_cpu() {
-    let Some(g) = gpu() else { return };
+    let Some(g) = common::need_gpu() else { return };
     model_case(
         g,
         &fixtures().join("tiny_llama_bf16"),
@@ -863,7 +851,7 @@ fn tiny_llama_bf16_lora_on_cuda_matches_cpu() {
 
 #[test]
 fn tiny_mistral_sliding_window_on_cuda_matches_cpu() {
-    let Some(g) = gpu() else { return };
+    let Some(g) = common::need_gpu() else { return };
     model_case(
         g,
         &fixtures().join("tiny_mistral"),
@@ -886,7 +874,7 @@ fn tiny_mistral_sliding_window_on_cuda_matches_cpu() {
 
 #[test]
 fn tiny_llama_gguf_on_cuda_matches_cpu() {
-    let Some(g) = gpu() else { return };
+    let Some(g) = common::need_gpu() else { return };
     model_case(
         g,
         &fixtures().join("tiny_llama.gguf"),
@@ -895,19 +883,6 @@ fn tiny_llama_gguf_on_cuda_matches_cpu() {
         16,
         3e-2,
     );
-}
-
-/// A real model from its env var or ~/.cache/niclip/models/NAME, or None with a skip message.
-fn real_model(var: &str, name: &str, test: &str) -> Option<PathBuf> {
-    let p = std::env::var_os(var).map(PathBuf::from).or_else(|| {
-        std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/niclip/models").join(name))
-    })?;
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("skipped {test}: {} not found (set {var})", p.display());
-        None
-    }
 }
 
 fn fixture_lines(name: &str, n: usize) -> Vec<String> {
@@ -921,12 +896,8 @@ fn fixture_lines(name: &str, n: usize) -> Vec<String> {
 
 #[test]
 fn minilm_on_cuda_matches_cpu() {
-    let Some(g) = gpu() else { return };
-    let Some(dir) = real_model(
-        "NICLIP_MINILM_DIR",
-        "all-MiniLM-L6-v2",
-        "minilm_on_cuda_matches_cpu",
-    ) else {
+    let Some(g) = common::need_gpu() else { return };
+    let Some(dir) = common::need_model(common::MINILM) else {
         return;
     };
     model_case(
@@ -941,12 +912,8 @@ fn minilm_on_cuda_matches_cpu() {
 
 #[test]
 fn smollm2_on_cuda_matches_cpu() {
-    let Some(g) = gpu() else { return };
-    let Some(gguf) = real_model(
-        "NICLIP_SMOLLM_GGUF",
-        "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "smollm2_on_cuda_matches_cpu",
-    ) else {
+    let Some(g) = common::need_gpu() else { return };
+    let Some(gguf) = common::need_model(common::SMOLLM) else {
         return;
     };
     model_case(
@@ -962,7 +929,7 @@ fn smollm2_on_cuda_matches_cpu() {
 /// The random-weight decoder of the benches runs, is finite and repeatable.
 #[test]
 fn random_decoder_runs() {
-    if gpu().is_none() {
+    if common::need_gpu().is_none() {
         return;
     }
     let cfg = DecoderConfig {

@@ -81,7 +81,7 @@ fn one_line(err: &str) -> &str {
 
 #[test]
 fn bad_maps_are_named_with_the_reason() {
-    let Some(data) = need_shared("bad_maps_are_named_with_the_reason") else {
+    let Some(data) = need_data() else {
         return;
     };
     let dir = tmpdir("decode-errors");
@@ -123,7 +123,7 @@ fn bad_maps_are_named_with_the_reason() {
 
 #[test]
 fn vocabulary_files_that_disagree_are_refused() {
-    let Some(data) = need_shared("vocabulary_files_that_disagree_are_refused") else {
+    let Some(data) = need_data() else {
         return;
     };
     let dir = tmpdir("decode-vocab-errors");
@@ -208,7 +208,7 @@ fn missing_model_flags_and_bad_options_say_what_to_pass() {
         one_line(&err).contains("/nonexistent/assets") && err.contains("build-default-model.sh"),
         "{err}"
     );
-    let Some(data) = need_shared("missing_model_flags_and_bad_options") else {
+    let Some(data) = need_data() else {
         return;
     };
     let flags = Flags::new(&data);

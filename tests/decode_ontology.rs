@@ -9,7 +9,7 @@ use serde_json::Value;
 
 #[test]
 fn the_full_dump_links_tasks_to_concepts_through_asserts_and_assertions() {
-    let Some(data) = need_shared("the_full_dump_links_tasks") else {
+    let Some(data) = need_data() else {
         return;
     };
     let o = Ontology::load(&data.join("cogat/cognitive_atlas_dump"), false).unwrap();
@@ -34,7 +34,7 @@ fn the_full_dump_links_tasks_to_concepts_through_asserts_and_assertions() {
 
 #[test]
 fn the_reduced_table_keeps_its_tasks_and_reports_unknown_names() {
-    let Some(data) = need_shared("the_reduced_table_keeps_its_tasks") else {
+    let Some(data) = need_data() else {
         return;
     };
     let o = Ontology::load(&data.join("cogat"), true).unwrap();
@@ -60,7 +60,7 @@ fn the_reduced_table_keeps_its_tasks_and_reports_unknown_names() {
 
 #[test]
 fn braindec_snapshots_are_read_as_braindec_reads_them() {
-    let Some(data) = need_shared("braindec_snapshots_are_read") else {
+    let Some(data) = need_data() else {
         return;
     };
     // braindec's layout, made from the dump: lists of entries, a clean reduced_tasks.csv and

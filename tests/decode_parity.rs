@@ -96,7 +96,7 @@ fn same_ranking(what: &str, ours: &[Value], theirs: &[Value], n: usize) -> f64 {
 
 #[test]
 fn decode_matches_braindec() {
-    let Some(data) = need_shared("decode_matches_braindec") else {
+    let Some(data) = need_data() else {
         return;
     };
     let expected: Value =
@@ -178,7 +178,7 @@ fn decode_matches_braindec() {
 
 #[test]
 fn many_maps_in_one_call_equal_one_map_per_call() {
-    let Some(data) = need_shared("many_maps_in_one_call_equal_one_map_per_call") else {
+    let Some(data) = need_data() else {
         return;
     };
     let maps: Vec<PathBuf> = [
@@ -232,7 +232,7 @@ fn prior_from_documents_matches_the_reference() {
 
 #[test]
 fn real_maps_in_one_call_write_tables_and_pictures() {
-    let Some(data) = need_shared("real_maps_in_one_call_write_tables_and_pictures") else {
+    let Some(data) = need_data() else {
         return;
     };
     let dir = tmpdir("decode-real");

@@ -11,7 +11,7 @@ use niclip::text::{EmbedOptions, TextModel};
 
 #[test]
 fn vocab_combines_name_and_definition_and_takes_the_prior_from_documents() {
-    let Some(data) = need_shared("vocab_combines_name_and_definition") else {
+    let Some(data) = need_data() else {
         return;
     };
     let model = fixtures().join("text/tiny_llama");
@@ -109,7 +109,7 @@ fn vocab_combines_name_and_definition_and_takes_the_prior_from_documents() {
 
 #[test]
 fn vocab_refuses_documents_of_another_width() {
-    let Some(data) = need_shared("vocab_refuses_documents_of_another_width") else {
+    let Some(data) = need_data() else {
         return;
     };
     let bad = tmpdir("vocab-bad").join("docs.npy");

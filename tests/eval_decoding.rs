@@ -43,7 +43,7 @@ fn names(v: &Value, key: &str) -> Vec<String> {
 
 #[test]
 fn recalls_follow_from_the_rankings_decode_prints() {
-    let Some(data) = need_shared("recalls_follow_from_the_rankings_decode_prints") else {
+    let Some(data) = need_data() else {
         return;
     };
     let maps: Vec<String> = [

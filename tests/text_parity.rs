@@ -2,14 +2,14 @@
 //! written by tests/fixtures/make_text_fixtures.py: tiny random Llama and Mistral checkpoints
 //! (sharded, bf16, LoRA), every GGUF quantization type, and — when present — the real
 //! all-MiniLM-L6-v2 and SmolLM2-135M-Instruct Q4_1 GGUF (NICLIP_MINILM_DIR, NICLIP_SMOLLM_GGUF,
-//! or ~/.cache/niclip/models/; skipped with a message otherwise).
+//! or ~/.cache/niclip/models/; skipped otherwise, see tests/common/mod.rs).
 
 mod common;
 
 use niclip::device::Device;
 use niclip::io::read_npy_f32;
 use niclip::text::{EmbedOptions, TextModel};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 fn text_fixtures() -> PathBuf {
     common::fixtures().join("text")
@@ -58,22 +58,6 @@ fn max_abs(a: &[f32], b: &[f32]) -> f64 {
         .zip(b)
         .map(|(x, y)| (x - y).abs() as f64)
         .fold(0.0, f64::max)
-}
-
-/// A real model from its env var or ~/.cache/niclip/models/NAME, or None with a skip message.
-pub fn real_model(var: &str, name: &str, test: &str) -> Option<PathBuf> {
-    let p = std::env::var_os(var).map(PathBuf::from).or_else(|| {
-        std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/niclip/models").join(name))
-    })?;
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipped {test}: {} not found (set {var}; see tests/fixtures/make_text_fixtures.py)",
-            p.display()
-        );
-        None
-    }
 }
 
 #[test]
@@ -204,7 +188,7 @@ fn default_max_lengths_follow_the_paper() {
 
 #[test]
 fn minilm_mean_pooling_matches_sentence_transformers() {
-    let Some(dir) = real_model("NICLIP_MINILM_DIR", "all-MiniLM-L6-v2", "minilm parity") else {
+    let Some(dir) = common::need_model(common::MINILM) else {
         return;
     };
     let m = TextModel::load(&dir, None, &Device::Cpu).unwrap();
@@ -251,11 +235,7 @@ fn minilm_mean_pooling_matches_sentence_transformers() {
 
 #[test]
 fn smollm_gguf_q4_1_matches_transformers() {
-    let Some(gguf) = real_model(
-        "NICLIP_SMOLLM_GGUF",
-        "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "smollm parity",
-    ) else {
+    let Some(gguf) = common::need_model(common::SMOLLM) else {
         return;
     };
     let t0 = std::time::Instant::now();

@@ -3,12 +3,12 @@
 
 use super::baseline::map_on_mask;
 use super::decode::ModelArgs;
-use super::train::{print_cv, run_cv, sibling, write_cv_metrics, write_metrics, TrainFlags};
+use super::train::{sibling, TrainFlags};
 use super::Compute;
 use crate::baseline;
 use crate::brain::{Image, Mask};
-use crate::clip::cv::retrieval_metrics;
 use crate::clip::data::load_pairs;
+use crate::clip::metrics::write_metrics;
 use crate::clip::Clip;
 use crate::decode::ontology::name_key;
 use crate::decode::posterior::ranking;
@@ -87,36 +87,15 @@ fn retrieval(a: RetrievalArgs) -> Result<()> {
     a.compute.init_threads();
     let pairs = load_pairs(&a.text, &a.images)?;
     if let Some(mp) = &a.model {
-        let model = Clip::load(mp)?;
-        if model.text_dim() != pairs.d || model.image_dim() != pairs.k {
-            return Err(Error::input(
-                mp,
-                format!(
-                    "the model takes widths {}/{}, the data has {}/{}",
-                    model.text_dim(),
-                    model.image_dim(),
-                    pairs.d,
-                    pairs.k
-                ),
-            ));
-        }
-        let rows: Vec<usize> = (0..pairs.n).collect();
-        let (r10, r100, mm) = retrieval_metrics(&pairs, &model, &rows);
+        let fix = "use a model trained on features of these widths";
+        let model = Clip::load_for(mp, &pairs, fix)?;
+        let r = model.retrieval(&pairs, &(0..pairs.n).collect::<Vec<_>>());
         println!(
-            "{} pairs: Recall@10 {r10:.4}, Recall@100 {r100:.4}, Mix&Match {mm:.2}",
-            pairs.n
+            "{} pairs: Recall@10 {:.4}, Recall@100 {:.4}, Mix&Match {:.2}",
+            pairs.n, r.recall_at_10, r.recall_at_100, r.mix_match
         );
         if let Some(m) = &a.metrics {
-            let row =
-                |name: &str, v: f64| ("all".to_string(), "all".to_string(), name.to_string(), v);
-            write_metrics(
-                m,
-                &[
-                    row("recall@10", r10),
-                    row("recall@100", r100),
-                    row("mix_match", mm),
-                ],
-            )?;
+            write_metrics(m, &r.rows("all", "all"))?;
         }
         return Ok(());
     }
@@ -133,10 +112,12 @@ fn retrieval(a: RetrievalArgs) -> Result<()> {
         Some(m) => sibling(m, ".ckpt"),
         None => std::env::temp_dir().join(format!("niclip-eval-{}.ckpt", std::process::id())),
     };
-    let report = run_cv(&pairs, &cfg, &a.flags, init.as_ref(), &ckpt, &device)?;
-    print_cv(&report);
+    let report = a
+        .flags
+        .run_cv(&pairs, &cfg, init.as_ref(), &ckpt, &device)?;
+    print!("{}", report.table());
     if let Some(m) = &a.metrics {
-        write_cv_metrics(m, &report)?;
+        report.write_metrics(m)?;
     }
     let _ = std::fs::remove_dir_all(&ckpt);
     Ok(())

@@ -1,84 +1,65 @@
-//! CUDA training of many independent models at once (all the models of a cross-validation
-//! sweep): the same contract as `train::train_cpu`, model for model.
+//! The CUDA engine: many independent models trained at once (all the models of a
+//! cross-validation sweep) under the one training loop of `train`, with the contract of the
+//! CPU engine, model for model.
 //!
 //! Model m's parameters, gradients and Adam moments are the m-th slice of P floats of one
 //! buffer each; its batch the m-th slice of B rows. Every GEMM is one cuBLAS strided-batched
 //! call over all models (row-major operands mapped onto column-major cuBLAS); the rest is
-//! `kernels/clip.cu`. Models whose epoch has fewer batches, or that stopped early, get empty
-//! (all-padding) batches and no AdamW update. Shuffles and dropout masks are the CPU's, drawn
-//! from (seed, model, epoch / step), so a model trained here equals its CPU training up to
-//! float summation order.
+//! `kernels/clip.cu`, launched through `cuda_ops`. Models whose epoch has fewer batches, or
+//! that stopped early, get empty (all-padding) batches and no AdamW update. Shuffles and
+//! dropout masks are the CPU's, drawn from (seed, model, epoch / step), so a model trained here
+//! equals its CPU training up to float summation order.
 
+use super::adamw::{adam_scalars, ADAM_EPS, BETA1, BETA2};
+use super::cuda_ops::{self as kernel, AdamArgs, AdamDev, HeadArgs, InfoNce, LnRows, Shape};
 use super::data::Pairs;
-use super::model::Layout;
-use super::train::{
-    adam_scalars, epoch_order, finish_epoch, n_batches, Job, ModelState, Outcome, Progress,
-    TrainConfig, ADAM_EPS, BETA1, BETA2,
-};
-use crate::device::cuda::{cuda_err, launch, launch_err, Gpu, RowMajorGemm};
+use super::layout::{Head, Layout, Tower};
+use super::state::ModelState;
+use super::train::{Batch, Engine, TrainConfig};
+use crate::device::cuda::{cuda_err, Gpu, RowMajorGemm};
 use crate::error::{Error, Result};
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::CudaSlice;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-const MODULE: &str = "clip";
-/// `ROW_THREADS` in kernels/clip.cu.
-const ROW_THREADS: u32 = crate::device::cuda::consts::clip::ROW_THREADS;
-/// Checkpoints of a GPU sweep are written when this long has passed since the last one.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(60);
-
-/// Activations of one head for all models (each M·B·k floats, rstd M·B).
+/// Activations of one head for all models (each M·B·k floats).
 struct HeadDev {
+    /// Residual head: fc(x). Projection head: p = projection(x), then its bias added.
     a: CudaSlice<f32>,
+    /// Projection head only: GELU(p) and fc(GELU(p)).
     g: CudaSlice<f32>,
     a2: CudaSlice<f32>,
-    xhat: CudaSlice<f32>,
-    rstd: CudaSlice<f32>,
-    y: CudaSlice<f32>,
+    ln: LnRows,
 }
 
+/// One tower's activations; `out` holds the unit embeddings and `norms` their norms.
 struct TowerDev {
     heads: [HeadDev; 3],
     out: CudaSlice<f32>,
     norms: CudaSlice<f32>,
 }
 
-/// M models on the device.
-struct Sweep<'g> {
-    gpu: &'g Gpu,
-    blas: Arc<CudaBlas>,
-    layout: Layout,
-    m: usize,
-    b: usize,
-    p: usize,
-    params: CudaSlice<f32>,
-    grads: CudaSlice<f32>,
-    mom: CudaSlice<f32>,
-    vel: CudaSlice<f32>,
-    best: CudaSlice<f32>,
-    data_text: CudaSlice<f32>,
-    data_images: CudaSlice<f32>,
-    xt: CudaSlice<f32>,
-    xi: CudaSlice<f32>,
-    text: TowerDev,
-    image: TowerDev,
-    sim: CudaSlice<f32>,
-    dsim: CudaSlice<f32>,
-    stats: CudaSlice<f32>,
-    row_terms: CudaSlice<f64>,
-    loss_acc: CudaSlice<f32>,
+/// Gradient buffers of a tower's backward pass (M·B·k each).
+struct GradDev {
+    /// Gradient of the tower's unit embeddings.
     d_out: CudaSlice<f32>,
     d_cur: CudaSlice<f32>,
     d_next: CudaSlice<f32>,
     delta: CudaSlice<f32>,
     tmp: CudaSlice<f32>,
+}
+
+/// The pairs on the device, each model's batch gathered from them, and its dropout streams.
+struct BatchDev {
+    text: CudaSlice<f32>,
+    images: CudaSlice<f32>,
+    xt: CudaSlice<f32>,
+    xi: CudaSlice<f32>,
+    /// Row of the pairs of each batch row (−1: padding), and each model's row count.
     idx: CudaSlice<i32>,
     n: CudaSlice<i32>,
+    /// Six per model, in `Tower::site` order.
     streams: CudaSlice<u64>,
-    active: CudaSlice<i32>,
-    step_size: CudaSlice<f32>,
-    bc2_sqrt: CudaSlice<f32>,
 }
 
 /// A row-major operand: buffer, element offset, leading dimension, stride between models.
@@ -89,6 +70,222 @@ struct Mat<'a> {
     stride: usize,
 }
 
+/// What every product and kernel of a step shares: the device, the models' shape and layout.
+struct Cx<'g> {
+    gpu: &'g Gpu,
+    blas: Arc<CudaBlas>,
+    layout: Layout,
+    s: Shape,
+    /// Parameters per model.
+    p: usize,
+}
+
+impl Cx<'_> {
+    /// A batch operand: each model's B rows of `width`.
+    fn rows<'a>(&self, buf: &'a CudaSlice<f32>, width: usize) -> Mat<'a> {
+        Mat {
+            buf,
+            off: 0,
+            ld: width,
+            stride: self.s.b * width,
+        }
+    }
+
+    /// Each model's k × `din` weight at `off` in its parameters.
+    fn weight<'a>(&self, params: &'a CudaSlice<f32>, off: usize, din: usize) -> Mat<'a> {
+        Mat {
+            buf: params,
+            off,
+            ld: din,
+            stride: self.p,
+        }
+    }
+
+    /// out = op(A)·op(B) (+ out when `accumulate`) for every model: each one's rows × cols
+    /// block of `out`, the inner dimension `inner`.
+    fn product(
+        &self,
+        (ta, tb): (bool, bool),
+        (rows, cols, inner): (usize, usize, usize),
+        a: Mat,
+        b: Mat,
+        out: &mut CudaSlice<f32>,
+        accumulate: bool,
+    ) -> Result<()> {
+        let (m, size) = (self.s.m, rows * cols);
+        gemm(
+            &self.blas, m, ta, tb, rows, cols, inner, a, b, out, 0, cols, size, accumulate,
+        )
+    }
+
+    /// out = x Wᵀ, a Linear's product (its bias is added by the kernel after it), W the
+    /// k × din weight at `w`.
+    fn linear(
+        &self,
+        x: Mat,
+        params: &CudaSlice<f32>,
+        w: usize,
+        din: usize,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let w = self.weight(params, w, din);
+        self.product((false, true), (self.s.b, self.s.k, din), x, w, out, false)
+    }
+
+    /// out (+)= δ W, the gradient of a residual Linear's input, W the k × k weight at `w`.
+    fn input_grad(
+        &self,
+        delta: &CudaSlice<f32>,
+        params: &CudaSlice<f32>,
+        w: usize,
+        out: &mut CudaSlice<f32>,
+        accumulate: bool,
+    ) -> Result<()> {
+        let (b, k) = (self.s.b, self.s.k);
+        let (delta, w) = (self.rows(delta, k), self.weight(params, w, k));
+        self.product((false, false), (b, k, k), delta, w, out, accumulate)
+    }
+
+    /// The gradient δᵀ x of the k × din weight at `w`, into each model's `grads`.
+    fn weight_grad(
+        &self,
+        delta: &CudaSlice<f32>,
+        x: Mat,
+        din: usize,
+        grads: &mut CudaSlice<f32>,
+        w: usize,
+    ) -> Result<()> {
+        let (m, b, k) = (self.s.m, self.s.b, self.s.k);
+        let delta = self.rows(delta, k);
+        gemm(
+            &self.blas, m, true, false, k, din, b, delta, x, grads, w, din, self.p, false,
+        )
+    }
+
+    /// The head kernels' scalar arguments for head `i` of `tower`.
+    fn head_args(&self, h: &Head, tower: Tower, i: usize, p_drop: f32) -> HeadArgs {
+        HeadArgs {
+            p: self.p as i64,
+            fc_b: h.fc_b as i32,
+            ln_w: h.ln_w as i32,
+            ln_b: h.ln_b as i32,
+            site: tower.site(i) as i32,
+            p_drop,
+            b: self.s.b as i32,
+            k: self.s.k as i32,
+        }
+    }
+}
+
+/// The parameters and dropout streams a tower's passes read.
+struct Weights<'a> {
+    params: &'a CudaSlice<f32>,
+    streams: &'a CudaSlice<u64>,
+    p_drop: f32,
+}
+
+/// Forward of one tower from its gathered input `x0` to its unit embeddings `tw.out`.
+fn forward_tower(
+    cx: &Cx,
+    tower: Tower,
+    tw: &mut TowerDev,
+    x0: &CudaSlice<f32>,
+    w: &Weights,
+) -> Result<()> {
+    let (gpu, s) = (cx.gpu, cx.s);
+    for (i, h) in cx.layout.tower(tower).iter().enumerate() {
+        let (done, rest) = tw.heads.split_at_mut(i);
+        let (x, hb) = (if i == 0 { x0 } else { &done[i - 1].ln.y }, &mut rest[0]);
+        let ha = cx.head_args(h, tower, i, w.p_drop);
+        let input = cx.rows(x, h.din);
+        let (params, streams) = (w.params, w.streams);
+        match h.proj {
+            None => {
+                cx.linear(input, params, h.fc_w, h.din, &mut hb.a)?;
+                kernel::residual_gelu_ln_forward(
+                    gpu, s, x, &mut hb.a, params, streams, &ha, &mut hb.ln,
+                )?;
+            }
+            Some((pw, pb)) => {
+                cx.linear(input, params, pw, h.din, &mut hb.a)?;
+                kernel::bias_gelu_forward(gpu, s, &mut hb.a, &mut hb.g, params, cx.p, pb)?;
+                cx.linear(cx.rows(&hb.g, s.k), params, h.fc_w, s.k, &mut hb.a2)?;
+                kernel::residual_ln_forward(
+                    gpu, s, &hb.a, &hb.a2, params, streams, &ha, &mut hb.ln,
+                )?;
+            }
+        }
+    }
+    kernel::l2_normalize_forward(gpu, s, &tw.heads[2].ln.y, &mut tw.out, &mut tw.norms)
+}
+
+/// Backward of one tower from `g.d_out`, the gradient of its unit embeddings: every one of its
+/// tensors' gradients into `grads` (overwritten).
+fn backward_tower(
+    cx: &Cx,
+    tower: Tower,
+    tw: &TowerDev,
+    x0: &CudaSlice<f32>,
+    w: &Weights,
+    grads: &mut CudaSlice<f32>,
+    g: &mut GradDev,
+) -> Result<()> {
+    kernel::l2_normalize_backward(cx.gpu, cx.s, &tw.out, &g.d_out, &tw.norms, &mut g.d_cur)?;
+    let heads = cx.layout.tower(tower);
+    for i in (0..3).rev() {
+        let x = if i == 0 { x0 } else { &tw.heads[i - 1].ln.y };
+        let ha = cx.head_args(&heads[i], tower, i, w.p_drop);
+        backward_head(cx, &heads[i], &ha, i > 0, x, &tw.heads[i], w, grads, g)?;
+    }
+    Ok(())
+}
+
+/// Backward of one head from `g.d_cur` (the gradient of its output): its tensors' gradients,
+/// and in `g.d_cur` the gradient of its input when `input_grad` (not needed for the first head
+/// of the image tower; the projection head leaves dp in `g.d_next` for its weight's gradient).
+#[allow(clippy::too_many_arguments)]
+fn backward_head(
+    cx: &Cx,
+    h: &Head,
+    ha: &HeadArgs,
+    input_grad: bool,
+    x: &CudaSlice<f32>,
+    hb: &HeadDev,
+    w: &Weights,
+    grads: &mut CudaSlice<f32>,
+    g: &mut GradDev,
+) -> Result<()> {
+    let (gpu, s, p) = (cx.gpu, cx.s, cx.p);
+    let (params, streams) = (w.params, w.streams);
+    kernel::layer_norm_param_grad(gpu, s, &g.d_cur, &hb.ln.xhat, grads, ha)?;
+    let input = cx.rows(x, h.din);
+    let (d_cur, d_next, delta) = (&g.d_cur, &mut g.d_next, &mut g.delta);
+    match h.proj {
+        None => {
+            let a = Some(&hb.a);
+            kernel::head_backward(gpu, s, d_cur, &hb.ln, a, params, streams, ha, d_next, delta)?;
+            cx.weight_grad(delta, input, h.din, grads, h.fc_w)?;
+            kernel::bias_grad(gpu, s, delta, grads, p, h.fc_b)?;
+            if input_grad {
+                cx.input_grad(delta, params, h.fc_w, d_next, true)?;
+                std::mem::swap(&mut g.d_cur, &mut g.d_next);
+            }
+        }
+        Some((pw, pb)) => {
+            kernel::head_backward(
+                gpu, s, d_cur, &hb.ln, None, params, streams, ha, d_next, delta,
+            )?;
+            cx.weight_grad(delta, cx.rows(&hb.g, s.k), s.k, grads, h.fc_w)?;
+            kernel::bias_grad(gpu, s, delta, grads, p, h.fc_b)?;
+            cx.input_grad(delta, params, h.fc_w, &mut g.tmp, false)?;
+            kernel::gelu_backward_add(gpu, s, &g.tmp, &hb.a, d_next)?;
+            cx.weight_grad(d_next, input, h.din, grads, pw)?;
+            kernel::bias_grad(gpu, s, d_next, grads, p, pb)?;
+        }
+    }
+    Ok(())
+}
+
 /// Bytes of device memory one model of the sweep needs (parameters ×5, activations).
 fn bytes_per_model(layout: &Layout, b: usize) -> usize {
     let (d, k) = (layout.d, layout.k);
@@ -96,26 +293,56 @@ fn bytes_per_model(layout: &Layout, b: usize) -> usize {
         + 16 * b
 }
 
-impl<'g> Sweep<'g> {
-    fn new(gpu: &'g Gpu, pairs: &Pairs, layout: &Layout, m: usize, b: usize) -> Result<Sweep<'g>> {
+/// How many models of `pairs`' widths fit in the device's free memory at once (at least 1).
+pub fn models_that_fit(gpu: &Gpu, pairs: &Pairs, cfg: &TrainConfig) -> Result<usize> {
+    let (free, _) = gpu
+        .ctx
+        .mem_get_info()
+        .map_err(cuda_err("cannot read free device memory"))?;
+    let data_bytes = 4 * pairs.n * (pairs.d + pairs.k);
+    let per = bytes_per_model(&Layout::new(pairs.d, pairs.k), cfg.batch);
+    Ok((free.saturating_sub(data_bytes) * 8 / 10 / per).max(1))
+}
+
+/// M models on the device.
+pub struct CudaEngine<'g> {
+    cx: Cx<'g>,
+    lr: f32,
+    wd: f32,
+    p_drop: f32,
+    params: CudaSlice<f32>,
+    grads: CudaSlice<f32>,
+    best: CudaSlice<f32>,
+    adam: AdamDev,
+    batch: BatchDev,
+    text: TowerDev,
+    image: TowerDev,
+    nce: InfoNce,
+    grad: GradDev,
+}
+
+impl<'g> CudaEngine<'g> {
+    /// Room for `m` models of `pairs`' widths in batches of `cfg.batch` (`models_that_fit`
+    /// says how many fit).
+    pub fn new(gpu: &'g Gpu, pairs: &Pairs, cfg: &TrainConfig, m: usize) -> Result<Self> {
         let blas = gpu.blas()?.ok_or_else(|| {
             Error::Cuda("cuBLAS (libcublas.so) cannot be loaded: add the CUDA toolkit's lib directory to LD_LIBRARY_PATH, or use --device cpu".into())
         })?;
-        let (d, k, p) = (layout.d, layout.k, layout.len);
+        let layout = Layout::new(pairs.d, pairs.k);
+        let (b, d, k, p) = (cfg.batch, layout.d, layout.k, layout.len);
         if m * p >= i32::MAX as usize * 4 || b > 65535 || m > 65535 {
             return Err(Error::Usage(format!(
                 "{m} models of {p} parameters in batches of {b} are too many for one CUDA sweep"
             )));
         }
+        let s = Shape { m, b, k };
         let z = |n: usize| gpu.zeros::<f32>(n);
         let head = |proj: bool| -> Result<HeadDev> {
             Ok(HeadDev {
                 a: z(m * b * k)?,
                 g: z(if proj { m * b * k } else { 1 })?,
                 a2: z(if proj { m * b * k } else { 1 })?,
-                xhat: z(m * b * k)?,
-                rstd: z(m * b)?,
-                y: z(m * b * k)?,
+                ln: LnRows::new(gpu, s)?,
             })
         };
         let tower = |proj: bool| -> Result<TowerDev> {
@@ -125,663 +352,211 @@ impl<'g> Sweep<'g> {
                 norms: z(m * b)?,
             })
         };
-        Ok(Sweep {
-            gpu,
-            blas,
-            layout: layout.clone(),
-            m,
-            b,
-            p,
+        Ok(CudaEngine {
+            lr: cfg.lr,
+            wd: cfg.weight_decay,
+            p_drop: cfg.dropout,
             params: z(m * p)?,
             grads: z(m * p)?,
-            mom: z(m * p)?,
-            vel: z(m * p)?,
             best: z(m * p)?,
-            data_text: gpu.htod(&pairs.text)?,
-            data_images: gpu.htod(&pairs.images)?,
-            xt: z(m * b * d)?,
-            xi: z(m * b * k)?,
+            adam: AdamDev {
+                mom: z(m * p)?,
+                vel: z(m * p)?,
+                active: gpu.zeros(m)?,
+                step_size: z(m)?,
+                bc2_sqrt: z(m)?,
+            },
+            batch: BatchDev {
+                text: gpu.htod(&pairs.text)?,
+                images: gpu.htod(&pairs.images)?,
+                xt: z(m * b * d)?,
+                xi: z(m * b * k)?,
+                idx: gpu.zeros(m * b)?,
+                n: gpu.zeros(m)?,
+                streams: gpu.zeros(m * 6)?,
+            },
             text: tower(true)?,
             image: tower(false)?,
-            sim: z(m * b * b)?,
-            dsim: z(m * b * b)?,
-            stats: z(m * b * 4)?,
-            row_terms: gpu.zeros::<f64>(m * b * 2)?,
-            loss_acc: z(m)?,
-            d_out: z(m * b * k)?,
-            d_cur: z(m * b * k)?,
-            d_next: z(m * b * k)?,
-            delta: z(m * b * k)?,
-            tmp: z(m * b * k)?,
-            idx: gpu.zeros::<i32>(m * b)?,
-            n: gpu.zeros::<i32>(m)?,
-            streams: gpu.zeros::<u64>(m * 6)?,
-            active: gpu.zeros::<i32>(m)?,
-            step_size: z(m)?,
-            bc2_sqrt: z(m)?,
+            nce: InfoNce::new(gpu, s, p, layout.logit_scale)?,
+            grad: GradDev {
+                d_out: z(m * b * k)?,
+                d_cur: z(m * b * k)?,
+                d_next: z(m * b * k)?,
+                delta: z(m * b * k)?,
+                tmp: z(m * b * k)?,
+            },
+            cx: Cx {
+                gpu,
+                blas,
+                layout,
+                s,
+                p,
+            },
         })
     }
 
-    /// Forward of one tower (input already gathered in xt / xi).
-    fn forward_tower(&mut self, text: bool, p_drop: f32) -> Result<()> {
-        let Sweep {
-            gpu,
-            blas,
-            layout,
-            m,
-            b,
-            p,
-            params,
-            xt,
-            xi,
-            text: tt,
-            image: it,
-            streams,
-            ..
-        } = self;
-        let (gpu, m, b, p, k) = (*gpu, *m, *b, *p, layout.k);
-        let pp = p as i64;
-        let (heads, tower, x0) = if text {
-            (layout.text, tt, &*xt)
-        } else {
-            (layout.image, it, &*xi)
-        };
-        let (bi, ki, mi) = (b as i32, k as i32, m as i32);
-        for (i, h) in heads.iter().enumerate() {
-            let site = if text { i as i32 } else { 3 + i as i32 };
-            let (done, rest) = tower.heads.split_at_mut(i);
-            let hb = &mut rest[0];
-            let x = if i == 0 { x0 } else { &done[i - 1].y };
-            let input = Mat {
-                buf: x,
-                off: 0,
-                ld: h.din,
-                stride: b * h.din,
-            };
-            let (fc_b, ln_w, ln_b) = (h.fc_b as i32, h.ln_w as i32, h.ln_b as i32);
-            match h.proj {
-                None => {
-                    gemm(
-                        blas,
-                        m,
-                        false,
-                        true,
-                        b,
-                        k,
-                        h.din,
-                        input,
-                        Mat {
-                            buf: params,
-                            off: h.fc_w,
-                            ld: h.din,
-                            stride: p,
-                        },
-                        &mut hb.a,
-                        0,
-                        k,
-                        b * k,
-                        false,
-                    )?;
-                    let f = gpu.function(MODULE, "residual_gelu_ln_forward")?;
-                    let mut l = gpu.stream.launch_builder(&f);
-                    l.arg(x)
-                        .arg(&mut hb.a)
-                        .arg(&*params)
-                        .arg(&pp)
-                        .arg(&fc_b)
-                        .arg(&ln_w)
-                        .arg(&ln_b)
-                        .arg(&*streams)
-                        .arg(&site)
-                        .arg(&p_drop)
-                        .arg(&mut hb.xhat)
-                        .arg(&mut hb.rstd)
-                        .arg(&mut hb.y)
-                        .arg(&bi)
-                        .arg(&ki);
-                    // SAFETY: argument list of residual_gelu_ln_forward; buffers sized M·B·k.
-                    unsafe { l.launch(launch::rows(b, m, ROW_THREADS)) }
-                        .map_err(launch_err("residual_gelu_ln_forward"))?;
-                }
-                Some((pw, pbias)) => {
-                    gemm(
-                        blas,
-                        m,
-                        false,
-                        true,
-                        b,
-                        k,
-                        h.din,
-                        input,
-                        Mat {
-                            buf: params,
-                            off: pw,
-                            ld: h.din,
-                            stride: p,
-                        },
-                        &mut hb.a,
-                        0,
-                        k,
-                        b * k,
-                        false,
-                    )?;
-                    let f = gpu.function(MODULE, "bias_gelu_forward")?;
-                    let bias = pbias as i32;
-                    let mut l = gpu.stream.launch_builder(&f);
-                    l.arg(&mut hb.a)
-                        .arg(&mut hb.g)
-                        .arg(&*params)
-                        .arg(&pp)
-                        .arg(&bias)
-                        .arg(&bi)
-                        .arg(&ki)
-                        .arg(&mi);
-                    // SAFETY: bias_gelu_forward over M·B·k elements.
-                    unsafe { l.launch(launch::flat(m * b * k, 256, 65535 * 4)) }
-                        .map_err(launch_err("bias_gelu_forward"))?;
-                    gemm(
-                        blas,
-                        m,
-                        false,
-                        true,
-                        b,
-                        k,
-                        k,
-                        Mat {
-                            buf: &hb.g,
-                            off: 0,
-                            ld: k,
-                            stride: b * k,
-                        },
-                        Mat {
-                            buf: params,
-                            off: h.fc_w,
-                            ld: k,
-                            stride: p,
-                        },
-                        &mut hb.a2,
-                        0,
-                        k,
-                        b * k,
-                        false,
-                    )?;
-                    let f = gpu.function(MODULE, "residual_ln_forward")?;
-                    let mut l = gpu.stream.launch_builder(&f);
-                    l.arg(&hb.a)
-                        .arg(&hb.a2)
-                        .arg(&*params)
-                        .arg(&pp)
-                        .arg(&fc_b)
-                        .arg(&ln_w)
-                        .arg(&ln_b)
-                        .arg(&*streams)
-                        .arg(&site)
-                        .arg(&p_drop)
-                        .arg(&mut hb.xhat)
-                        .arg(&mut hb.rstd)
-                        .arg(&mut hb.y)
-                        .arg(&bi)
-                        .arg(&ki);
-                    // SAFETY: argument list of residual_ln_forward.
-                    unsafe { l.launch(launch::rows(b, m, ROW_THREADS)) }
-                        .map_err(launch_err("residual_ln_forward"))?;
-                }
+    /// Gathers each slot's batch `rows[slot]` (none for the slots past `rows`).
+    fn set_batch(&mut self, rows: &[&[usize]]) -> Result<()> {
+        let (gpu, Shape { m, b, .. }) = (self.cx.gpu, self.cx.s);
+        let mut idx = vec![-1i32; m * b];
+        let mut n = vec![0i32; m];
+        for (slot, r) in rows.iter().enumerate() {
+            n[slot] = r.len() as i32;
+            for (i, &row) in idx[slot * b..].iter_mut().zip(r.iter()) {
+                *i = row as i32;
             }
         }
-        let f = gpu.function(MODULE, "l2_normalize_forward")?;
-        let mut l = gpu.stream.launch_builder(&f);
-        l.arg(&tower.heads[2].y)
-            .arg(&mut tower.out)
-            .arg(&mut tower.norms)
-            .arg(&bi)
-            .arg(&ki);
-        // SAFETY: l2_normalize_forward on M·B rows of k.
-        unsafe { l.launch(launch::rows(b, m, ROW_THREADS)) }
-            .map_err(launch_err("l2_normalize_forward"))?;
-        Ok(())
+        let t = &mut self.batch;
+        gpu.htod_into(&idx, &mut t.idx)?;
+        gpu.htod_into(&n, &mut t.n)?;
+        kernel::gather_rows(gpu, &t.text, self.cx.layout.d, &t.idx, &mut t.xt, m * b)?;
+        kernel::gather_rows(gpu, &t.images, self.cx.layout.k, &t.idx, &mut t.xi, m * b)
     }
 
-    /// Both towers, the similarity, the loss (added to loss_acc) and dsim = s·dL/dlogits.
+    /// Both towers, the similarities, the loss (added to `nce.loss_acc`) and dL/dsim.
     fn forward_loss(&mut self, p_drop: f32) -> Result<()> {
-        self.forward_tower(true, p_drop)?;
-        self.forward_tower(false, p_drop)?;
-        let Sweep {
-            gpu,
-            blas,
-            layout,
-            m,
-            b,
-            p,
-            params,
-            text,
-            image,
-            sim,
-            dsim,
-            stats,
-            row_terms,
-            loss_acc,
-            grads,
-            n,
-            ..
-        } = self;
-        let (gpu, m, b, k, pp) = (*gpu, *m, *b, layout.k, *p as i64);
-        gemm(
-            blas,
-            m,
-            false,
-            true,
-            b,
-            b,
-            k,
-            Mat {
-                buf: &image.out,
-                off: 0,
-                ld: k,
-                stride: b * k,
-            },
-            Mat {
-                buf: &text.out,
-                off: 0,
-                ld: k,
-                stride: b * k,
-            },
-            sim,
-            0,
-            b,
-            b * b,
-            false,
-        )?;
-        let ls = layout.logit_scale as i32;
-        let bi = b as i32;
-        let f = gpu.function(MODULE, "info_nce_stats")?;
-        let mut l = gpu.stream.launch_builder(&f);
-        l.arg(&*sim)
-            .arg(&*params)
-            .arg(&pp)
-            .arg(&ls)
-            .arg(&*n)
-            .arg(&mut *stats)
-            .arg(&bi);
-        // SAFETY: info_nce_stats, one block per (row, model).
-        unsafe { l.launch(launch::rows(b, m, ROW_THREADS)) }
-            .map_err(launch_err("info_nce_stats"))?;
-        let f = gpu.function(MODULE, "info_nce_grad")?;
-        let mut l = gpu.stream.launch_builder(&f);
-        l.arg(&*sim)
-            .arg(&*params)
-            .arg(&pp)
-            .arg(&ls)
-            .arg(&*n)
-            .arg(&*stats)
-            .arg(&mut *dsim)
-            .arg(&mut *row_terms)
-            .arg(&bi);
-        // SAFETY: info_nce_grad, one block per (row, model).
-        unsafe { l.launch(launch::rows(b, m, ROW_THREADS)) }
-            .map_err(launch_err("info_nce_grad"))?;
-        let f = gpu.function(MODULE, "info_nce_reduce")?;
-        let mut l = gpu.stream.launch_builder(&f);
-        l.arg(&*row_terms)
-            .arg(&*n)
-            .arg(&mut *grads)
-            .arg(&pp)
-            .arg(&ls)
-            .arg(&mut *loss_acc)
-            .arg(&bi);
-        let cfg = launch::grid((m as u32, 1, 1), ROW_THREADS, 0);
-        // SAFETY: info_nce_reduce, one block per model.
-        unsafe { l.launch(cfg) }.map_err(launch_err("info_nce_reduce"))?;
-        Ok(())
-    }
-
-    /// Backward of one tower from d_out; weight gradients overwrite `grads`.
-    fn backward_tower(&mut self, text: bool, p_drop: f32) -> Result<()> {
-        let Sweep {
-            gpu,
-            blas,
-            layout,
-            m,
-            b,
-            p,
-            params,
-            grads,
-            xt,
-            xi,
-            text: tt,
-            image: it,
-            streams,
-            d_out,
-            d_cur,
-            d_next,
-            delta,
-            tmp,
-            ..
-        } = self;
-        let (gpu, m, b, p, k) = (*gpu, *m, *b, *p, layout.k);
-        let pp = p as i64;
-        let (bi, ki, mi) = (b as i32, k as i32, m as i32);
-        let (heads, tower, x0) = if text {
-            (layout.text, &*tt, &*xt)
-        } else {
-            (layout.image, &*it, &*xi)
+        let (cx, t) = (&self.cx, &self.batch);
+        let w = Weights {
+            params: &self.params,
+            streams: &t.streams,
+            p_drop,
         };
-        let f = gpu.function(MODULE, "l2_normalize_backward")?;
-        let mut l = gpu.stream.launch_builder(&f);
-        l.arg(&tower.out)
-            .arg(&*d_out)
-            .arg(&tower.norms)
-            .arg(&mut *d_cur)
-            .arg(&bi)
-            .arg(&ki);
-        // SAFETY: l2_normalize_backward on M·B rows.
-        unsafe { l.launch(launch::rows(b, m, ROW_THREADS)) }
-            .map_err(launch_err("l2_normalize_backward"))?;
-        let col = launch::flat(m * k, 256, 65535 * 4);
-        let bias_grad =
-            |src: &CudaSlice<f32>, grads: &mut CudaSlice<f32>, off: usize| -> Result<()> {
-                let f = gpu.function(MODULE, "bias_grad")?;
-                let o = off as i32;
-                let mut l = gpu.stream.launch_builder(&f);
-                l.arg(src)
-                    .arg(grads)
-                    .arg(&pp)
-                    .arg(&o)
-                    .arg(&bi)
-                    .arg(&ki)
-                    .arg(&mi);
-                // SAFETY: bias_grad over M·k columns.
-                unsafe { l.launch(col) }.map_err(launch_err("bias_grad"))?;
-                Ok(())
-            };
-        for i in (0..3).rev() {
-            let h = heads[i];
-            let site = if text { i as i32 } else { 3 + i as i32 };
-            let hb = &tower.heads[i];
-            let (ln_w, ln_b) = (h.ln_w as i32, h.ln_b as i32);
-            let f = gpu.function(MODULE, "layer_norm_param_grad")?;
-            let mut l = gpu.stream.launch_builder(&f);
-            l.arg(&*d_cur)
-                .arg(&hb.xhat)
-                .arg(&mut *grads)
-                .arg(&pp)
-                .arg(&ln_w)
-                .arg(&ln_b)
-                .arg(&bi)
-                .arg(&ki)
-                .arg(&mi);
-            // SAFETY: layer_norm_param_grad over M·k columns.
-            unsafe { l.launch(col) }.map_err(launch_err("layer_norm_param_grad"))?;
-            let x = if i == 0 { x0 } else { &tower.heads[i - 1].y };
-            let input = Mat {
-                buf: x,
-                off: 0,
-                ld: h.din,
-                stride: b * h.din,
-            };
-            let dmat = |buf| Mat {
-                buf,
-                off: 0,
-                ld: k,
-                stride: b * k,
-            };
-            match h.proj {
-                None => {
-                    let f = gpu.function(MODULE, "residual_gelu_ln_backward")?;
-                    let mut l = gpu.stream.launch_builder(&f);
-                    l.arg(&*d_cur)
-                        .arg(&hb.xhat)
-                        .arg(&hb.rstd)
-                        .arg(&hb.a)
-                        .arg(&*params)
-                        .arg(&pp)
-                        .arg(&ln_w)
-                        .arg(&*streams)
-                        .arg(&site)
-                        .arg(&p_drop)
-                        .arg(&mut *d_next)
-                        .arg(&mut *delta)
-                        .arg(&bi)
-                        .arg(&ki);
-                    // SAFETY: residual_gelu_ln_backward, one block per (row, model).
-                    unsafe { l.launch(launch::rows(b, m, ROW_THREADS)) }
-                        .map_err(launch_err("residual_gelu_ln_backward"))?;
-                    gemm(
-                        blas,
-                        m,
-                        true,
-                        false,
-                        k,
-                        h.din,
-                        b,
-                        dmat(&*delta),
-                        input,
-                        grads,
-                        h.fc_w,
-                        h.din,
-                        p,
-                        false,
-                    )?;
-                    bias_grad(delta, grads, h.fc_b)?;
-                    if i > 0 {
-                        gemm(
-                            blas,
-                            m,
-                            false,
-                            false,
-                            b,
-                            k,
-                            k,
-                            dmat(&*delta),
-                            Mat {
-                                buf: params,
-                                off: h.fc_w,
-                                ld: k,
-                                stride: p,
-                            },
-                            d_next,
-                            0,
-                            k,
-                            b * k,
-                            true,
-                        )?;
-                        std::mem::swap(d_cur, d_next);
-                    }
-                }
-                Some((pw, pbias)) => {
-                    let f = gpu.function(MODULE, "residual_ln_backward")?;
-                    let mut l = gpu.stream.launch_builder(&f);
-                    l.arg(&*d_cur)
-                        .arg(&hb.xhat)
-                        .arg(&hb.rstd)
-                        .arg(&*params)
-                        .arg(&pp)
-                        .arg(&ln_w)
-                        .arg(&*streams)
-                        .arg(&site)
-                        .arg(&p_drop)
-                        .arg(&mut *d_next)
-                        .arg(&mut *delta)
-                        .arg(&bi)
-                        .arg(&ki);
-                    // SAFETY: residual_ln_backward, one block per (row, model).
-                    unsafe { l.launch(launch::rows(b, m, ROW_THREADS)) }
-                        .map_err(launch_err("residual_ln_backward"))?;
-                    gemm(
-                        blas,
-                        m,
-                        true,
-                        false,
-                        k,
-                        k,
-                        b,
-                        dmat(&*delta),
-                        dmat(&hb.g),
-                        grads,
-                        h.fc_w,
-                        k,
-                        p,
-                        false,
-                    )?;
-                    bias_grad(delta, grads, h.fc_b)?;
-                    gemm(
-                        blas,
-                        m,
-                        false,
-                        false,
-                        b,
-                        k,
-                        k,
-                        dmat(&*delta),
-                        Mat {
-                            buf: params,
-                            off: h.fc_w,
-                            ld: k,
-                            stride: p,
-                        },
-                        tmp,
-                        0,
-                        k,
-                        b * k,
-                        false,
-                    )?;
-                    let f = gpu.function(MODULE, "gelu_backward_add")?;
-                    let count = (m * b * k) as i64;
-                    let mut l = gpu.stream.launch_builder(&f);
-                    l.arg(&*tmp).arg(&hb.a).arg(&mut *d_next).arg(&count);
-                    // SAFETY: gelu_backward_add over M·B·k elements.
-                    unsafe { l.launch(launch::flat(m * b * k, 256, 65535 * 4)) }
-                        .map_err(launch_err("gelu_backward_add"))?;
-                    gemm(
-                        blas,
-                        m,
-                        true,
-                        false,
-                        k,
-                        h.din,
-                        b,
-                        dmat(&*d_next),
-                        input,
-                        grads,
-                        pw,
-                        h.din,
-                        p,
-                        false,
-                    )?;
-                    bias_grad(d_next, grads, pbias)?;
-                }
-            }
-        }
-        Ok(())
+        forward_tower(cx, Tower::Text, &mut self.text, &t.xt, &w)?;
+        forward_tower(cx, Tower::Image, &mut self.image, &t.xi, &w)?;
+        let Shape { b, k, .. } = cx.s;
+        let (i, tx) = (cx.rows(&self.image.out, k), cx.rows(&self.text.out, k));
+        cx.product((false, true), (b, b, k), i, tx, &mut self.nce.sim, false)?;
+        let (params, n) = (&self.params, &t.n);
+        kernel::info_nce(cx.gpu, cx.s, &mut self.nce, params, n, &mut self.grads)
     }
 
     /// One training step of every model (inactive ones get zero gradients and no update).
-    fn train_step(&mut self, p_drop: f32, lr: f32, wd: f32) -> Result<()> {
-        self.forward_loss(p_drop)?;
-        let (m, b, k) = (self.m, self.b, self.layout.k);
-        gemm(
-            &self.blas,
-            m,
-            false,
-            false,
-            b,
-            k,
-            b,
-            Mat {
-                buf: &self.dsim,
-                off: 0,
-                ld: b,
-                stride: b * b,
-            },
-            Mat {
-                buf: &self.text.out,
-                off: 0,
-                ld: k,
-                stride: b * k,
-            },
-            &mut self.d_out,
-            0,
-            k,
-            b * k,
-            false,
-        )?;
-        self.backward_tower(false, p_drop)?;
-        gemm(
-            &self.blas,
-            m,
-            true,
-            false,
-            b,
-            k,
-            b,
-            Mat {
-                buf: &self.dsim,
-                off: 0,
-                ld: b,
-                stride: b * b,
-            },
-            Mat {
-                buf: &self.image.out,
-                off: 0,
-                ld: k,
-                stride: b * k,
-            },
-            &mut self.d_out,
-            0,
-            k,
-            b * k,
-            false,
-        )?;
-        self.backward_tower(true, p_drop)?;
-        let f = self.gpu.function(MODULE, "adamw")?;
-        let (pp, mi, decay) = (self.p as i64, m as i32, 1.0f32 - lr * wd);
-        let mut l = self.gpu.stream.launch_builder(&f);
-        l.arg(&mut self.params)
-            .arg(&self.grads)
-            .arg(&mut self.mom)
-            .arg(&mut self.vel)
-            .arg(&pp)
-            .arg(&mi)
-            .arg(&self.active)
-            .arg(&self.step_size)
-            .arg(&self.bc2_sqrt)
-            .arg(&decay)
-            .arg(&BETA1)
-            .arg(&BETA2)
-            .arg(&ADAM_EPS);
-        // SAFETY: adamw over M·P elements.
-        unsafe { l.launch(launch::flat(m * self.p, 256, 65535 * 4)) }
-            .map_err(launch_err("adamw"))?;
-        Ok(())
+    fn train_step(&mut self) -> Result<()> {
+        self.forward_loss(self.p_drop)?;
+        let (cx, t) = (&self.cx, &self.batch);
+        let Shape { m, b, k } = cx.s;
+        let w = Weights {
+            params: &self.params,
+            streams: &t.streams,
+            p_drop: self.p_drop,
+        };
+        let (grads, g) = (&mut self.grads, &mut self.grad);
+        // sim = I Tᵀ: dI = dsim T, dT = dsimᵀ I.
+        let (dsim, tx) = (cx.rows(&self.nce.dsim, b), cx.rows(&self.text.out, k));
+        cx.product((false, false), (b, k, b), dsim, tx, &mut g.d_out, false)?;
+        backward_tower(cx, Tower::Image, &self.image, &t.xi, &w, grads, g)?;
+        let (dsim, im) = (cx.rows(&self.nce.dsim, b), cx.rows(&self.image.out, k));
+        cx.product((true, false), (b, k, b), dsim, im, &mut g.d_out, false)?;
+        backward_tower(cx, Tower::Text, &self.text, &t.xt, &w, grads, g)?;
+        let c = AdamArgs {
+            p: cx.p as i64,
+            m: m as i32,
+            decay: 1.0 - self.lr * self.wd,
+            beta1: BETA1,
+            beta2: BETA2,
+            eps: ADAM_EPS,
+        };
+        kernel::adamw(cx.gpu, &mut self.params, &self.grads, &mut self.adam, &c)
     }
 
-    /// Uploads the batch rows of every model (-1 = padding).
-    fn set_batch(&mut self, idx: &[i32], n: &[i32]) -> Result<()> {
-        self.gpu.htod_into(idx, &mut self.idx)?;
-        self.gpu.htod_into(n, &mut self.n)?;
-        let f = self.gpu.function(MODULE, "gather_rows")?;
-        let rows = (self.m * self.b) as i32;
-        for (src, width, dst) in [
-            (&self.data_text, self.layout.d, &mut self.xt),
-            (&self.data_images, self.layout.k, &mut self.xi),
+    /// Each model's loss of the step just run (`loss_acc` was zeroed before it).
+    fn losses(&mut self) -> Result<Vec<f32>> {
+        self.cx.gpu.dtoh(&self.nce.loss_acc, self.cx.s.m)
+    }
+
+    fn zero_losses(&mut self) -> Result<()> {
+        (self.cx.gpu.stream)
+            .memset_zeros(&mut self.nce.loss_acc)
+            .map_err(cuda_err("memset"))
+    }
+
+    /// Slot `slot`'s part of a buffer of M × P.
+    fn to_host(&self, buf: &CudaSlice<f32>, slot: usize) -> Result<Vec<f32>> {
+        let p = self.cx.p;
+        let mut out = vec![0.0f32; p];
+        (self.cx.gpu.stream)
+            .memcpy_dtoh(&buf.slice(slot * p..(slot + 1) * p), &mut out)
+            .map_err(cuda_err("device-to-host copy failed"))?;
+        self.cx.gpu.sync()?;
+        Ok(out)
+    }
+}
+
+impl Engine for CudaEngine<'_> {
+    fn capacity(&self) -> usize {
+        self.cx.s.m
+    }
+
+    fn upload(&mut self, slot: usize, st: &ModelState) -> Result<()> {
+        let (gpu, p) = (self.cx.gpu, self.cx.p);
+        let a = &mut self.adam;
+        for (buf, v) in [
+            (&mut self.params, &st.params),
+            (&mut a.mom, &st.m),
+            (&mut a.vel, &st.v),
+            (&mut self.best, &st.best),
         ] {
-            let w = width as i32;
-            let mut l = self.gpu.stream.launch_builder(&f);
-            l.arg(src).arg(&w).arg(&self.idx).arg(dst).arg(&rows);
-            // SAFETY: gather_rows of M·B rows of `width`.
-            unsafe { l.launch(launch::flat(self.m * self.b * width, 256, 65535 * 4)) }
-                .map_err(launch_err("gather_rows"))?;
+            // A finished model's checkpoint holds only its best weights.
+            if !v.is_empty() {
+                let mut view = buf.slice_mut(slot * p..(slot + 1) * p);
+                (gpu.stream)
+                    .memcpy_htod(v, &mut view)
+                    .map_err(cuda_err("host-to-device copy failed"))?;
+            }
         }
         Ok(())
     }
 
-    fn slice_to_host(&self, buf: &CudaSlice<f32>, m: usize) -> Result<Vec<f32>> {
-        let mut out = vec![0.0f32; self.p];
-        self.gpu
-            .stream
-            .memcpy_dtoh(&buf.slice(m * self.p..(m + 1) * self.p), &mut out)
-            .map_err(cuda_err("device-to-host copy failed"))?;
-        self.gpu.sync()?;
-        Ok(out)
+    fn step(&mut self, batches: &[Batch]) -> Result<Vec<f32>> {
+        let (gpu, m) = (self.cx.gpu, self.cx.s.m);
+        let mut streams = vec![0u64; m * 6];
+        let mut active = vec![0i32; m];
+        let mut step_size = vec![0.0f32; m];
+        let mut bc2 = vec![1.0f32; m];
+        for (slot, b) in batches.iter().enumerate() {
+            if !b.rows.is_empty() {
+                for (site, d) in b.drops.iter().enumerate() {
+                    streams[slot * 6 + site] = d.stream;
+                }
+                (step_size[slot], bc2[slot]) = adam_scalars(self.lr, b.t);
+                active[slot] = 1;
+            }
+        }
+        gpu.htod_into(&streams, &mut self.batch.streams)?;
+        gpu.htod_into(&active, &mut self.adam.active)?;
+        gpu.htod_into(&step_size, &mut self.adam.step_size)?;
+        gpu.htod_into(&bc2, &mut self.adam.bc2_sqrt)?;
+        let rows: Vec<&[usize]> = batches.iter().map(|b| b.rows).collect();
+        self.set_batch(&rows)?;
+        self.zero_losses()?;
+        self.train_step()?;
+        self.losses()
+    }
+
+    fn eval(&mut self, rows: &[&[usize]]) -> Result<Vec<f32>> {
+        self.set_batch(rows)?;
+        self.zero_losses()?;
+        self.forward_loss(0.0)?;
+        self.losses()
+    }
+
+    fn keep_best(&mut self, slot: usize) -> Result<()> {
+        let p = self.cx.p;
+        let src = self.params.slice(slot * p..(slot + 1) * p);
+        let mut dst = self.best.slice_mut(slot * p..(slot + 1) * p);
+        (self.cx.gpu.stream)
+            .memcpy_dtod(&src, &mut dst)
+            .map_err(cuda_err("device copy failed"))
+    }
+
+    fn download(&mut self, slot: usize, st: &mut ModelState) -> Result<()> {
+        st.best = self.to_host(&self.best, slot)?;
+        if !st.done {
+            st.params = self.to_host(&self.params, slot)?;
+            st.m = self.to_host(&self.adam.mom, slot)?;
+            st.v = self.to_host(&self.adam.vel, slot)?;
+        }
+        Ok(())
     }
 }
 
@@ -823,242 +598,4 @@ fn gemm(
         (&b.buf.slice(b.off..), b.stride),
         (&mut c.slice_mut(c_off..), c_stride),
     )
-}
-
-/// Trains every job on the GPU, as many at once as fit in device memory.
-pub fn train_many(
-    gpu: &Gpu,
-    pairs: &Pairs,
-    cfg: &TrainConfig,
-    jobs: &[Job],
-    resume: bool,
-    progress: &mut Progress,
-) -> Result<Vec<Outcome>> {
-    cfg.check()?;
-    let Some(first) = jobs.first() else {
-        return Ok(Vec::new());
-    };
-    let layout = first.init.layout.clone();
-    if jobs.iter().any(|j| j.init.layout != layout) || layout.d != pairs.d || layout.k != pairs.k {
-        return Err(Error::Usage(
-            "all models of a CUDA sweep need the data's text and image widths".into(),
-        ));
-    }
-    let (free, _) = gpu
-        .ctx
-        .mem_get_info()
-        .map_err(cuda_err("cannot read free device memory"))?;
-    let data_bytes = 4 * pairs.n * (pairs.d + pairs.k);
-    let per = bytes_per_model(&layout, cfg.batch);
-    let fit = (free.saturating_sub(data_bytes) * 8 / 10 / per).max(1);
-    let mut out = Vec::with_capacity(jobs.len());
-    for group in jobs.chunks(fit) {
-        out.extend(train_group(gpu, pairs, cfg, group, resume, progress)?);
-    }
-    Ok(out)
-}
-
-fn train_group(
-    gpu: &Gpu,
-    pairs: &Pairs,
-    cfg: &TrainConfig,
-    jobs: &[Job],
-    resume: bool,
-    progress: &mut Progress,
-) -> Result<Vec<Outcome>> {
-    let layout = jobs[0].init.layout.clone();
-    let (mm, b, p) = (jobs.len(), cfg.batch, layout.len);
-    let mut sw = Sweep::new(gpu, pairs, &layout, mm, b)?;
-    // Hashing the data takes a pass over it: only for the jobs with a checkpoint.
-    let keys: Vec<Option<String>> = jobs
-        .iter()
-        .map(|j| j.checkpoint.as_ref().map(|_| j.key(pairs, cfg)))
-        .collect();
-    let mut states = Vec::with_capacity(mm);
-    for (m, j) in jobs.iter().enumerate() {
-        let mut st = j.start(keys[m].as_deref(), resume)?;
-        if st.epoch >= cfg.epochs {
-            st.done = true;
-        }
-        progress
-            .bar
-            .inc((st.epoch.min(cfg.epochs) * n_batches(j.train.len(), b)) as u64);
-        let put = |buf: &mut CudaSlice<f32>, v: &[f32]| -> Result<()> {
-            if v.is_empty() {
-                return Ok(());
-            }
-            let mut view = buf.slice_mut(m * p..(m + 1) * p);
-            gpu.stream
-                .memcpy_htod(v, &mut view)
-                .map_err(cuda_err("host-to-device copy failed"))
-        };
-        put(&mut sw.params, &st.params)?;
-        put(&mut sw.mom, &st.m)?;
-        put(&mut sw.vel, &st.v)?;
-        put(&mut sw.best, &st.best)?;
-        // The device holds the weights from here on; the host state keeps the counters.
-        for v in [&mut st.params, &mut st.m, &mut st.v, &mut st.best] {
-            v.clear();
-        }
-        states.push(st);
-    }
-    let mut last_ckpt = Instant::now();
-    let mut idx = vec![-1i32; mm * b];
-    let mut n = vec![0i32; mm];
-    let mut batch_losses: Vec<Vec<f32>> = vec![Vec::new(); mm];
-    while states.iter().any(|s| !s.done) {
-        let orders: Vec<Vec<usize>> = jobs
-            .iter()
-            .zip(&states)
-            .map(|(j, s)| {
-                if s.done {
-                    Vec::new()
-                } else {
-                    epoch_order(&j.train, cfg.shuffle, cfg.seed, j.model_id, s.epoch)
-                }
-            })
-            .collect();
-        let steps = orders
-            .iter()
-            .map(|o| n_batches(o.len(), b))
-            .max()
-            .unwrap_or(0);
-        sw.gpu
-            .stream
-            .memset_zeros(&mut sw.loss_acc)
-            .map_err(cuda_err("memset"))?;
-        for s in 0..steps {
-            let mut streams = vec![0u64; mm * 6];
-            let mut active = vec![0i32; mm];
-            let mut step_size = vec![0.0f32; mm];
-            let mut bc2 = vec![1.0f32; mm];
-            for m in 0..mm {
-                let rows = orders[m]
-                    .get(s * b..((s + 1) * b).min(orders[m].len()))
-                    .unwrap_or(&[]);
-                n[m] = rows.len() as i32;
-                for r in 0..b {
-                    idx[m * b + r] = rows.get(r).map_or(-1, |&v| v as i32);
-                }
-                if !rows.is_empty() {
-                    let drops = cfg.dropouts(jobs[m].model_id, states[m].step);
-                    for (site, d) in drops.iter().enumerate() {
-                        streams[m * 6 + site] = d.stream;
-                    }
-                    states[m].step += 1;
-                    (step_size[m], bc2[m]) = adam_scalars(cfg.lr, states[m].step);
-                    active[m] = 1;
-                }
-            }
-            sw.gpu.htod_into(&streams, &mut sw.streams)?;
-            sw.gpu.htod_into(&active, &mut sw.active)?;
-            sw.gpu.htod_into(&step_size, &mut sw.step_size)?;
-            sw.gpu.htod_into(&bc2, &mut sw.bc2_sqrt)?;
-            sw.set_batch(&idx, &n)?;
-            sw.train_step(cfg.dropout, cfg.lr, cfg.weight_decay)?;
-            if cfg.stop_after_batches.is_some() || mm == 1 {
-                // Per-batch losses (for tests and single-model runs): one small copy.
-                let mut acc = sw.gpu.dtoh(&sw.loss_acc, mm)?;
-                for m in 0..mm {
-                    if n[m] > 0 {
-                        let prev: f32 = batch_losses[m].iter().sum();
-                        batch_losses[m].push(acc[m] - prev);
-                    }
-                }
-                acc.clear();
-            }
-            for &a in &active {
-                if a != 0 {
-                    progress.batch()?;
-                }
-            }
-        }
-        let train_sum = sw.gpu.dtoh(&sw.loss_acc, mm)?;
-        // Validation loss in eval mode, batches in order.
-        let mut val_sum = vec![0.0f32; mm];
-        if jobs.iter().any(|j| j.val.is_some()) {
-            sw.gpu
-                .stream
-                .memset_zeros(&mut sw.loss_acc)
-                .map_err(cuda_err("memset"))?;
-            let vsteps = jobs
-                .iter()
-                .zip(&states)
-                .filter(|(_, s)| !s.done)
-                .map(|(j, _)| n_batches(j.val.as_ref().map_or(0, Vec::len), b))
-                .max()
-                .unwrap_or(0);
-            for s in 0..vsteps {
-                for m in 0..mm {
-                    let rows: &[usize] = match (&jobs[m].val, states[m].done) {
-                        (Some(v), false) => v.get(s * b..((s + 1) * b).min(v.len())).unwrap_or(&[]),
-                        _ => &[],
-                    };
-                    n[m] = rows.len() as i32;
-                    for r in 0..b {
-                        idx[m * b + r] = rows.get(r).map_or(-1, |&v| v as i32);
-                    }
-                }
-                sw.set_batch(&idx, &n)?;
-                sw.forward_loss(0.0)?;
-            }
-            val_sum = sw.gpu.dtoh(&sw.loss_acc, mm)?;
-        }
-        for m in 0..mm {
-            if states[m].done {
-                continue;
-            }
-            let nb = n_batches(orders[m].len(), b).max(1);
-            let val = jobs[m]
-                .val
-                .as_ref()
-                .map(|v| val_sum[m] / n_batches(v.len(), b).max(1) as f32);
-            let before = states[m].best_epoch;
-            finish_epoch(&mut states[m], cfg, train_sum[m] / nb as f32, val);
-            if states[m].best_epoch != before {
-                let src = sw.params.slice(m * p..(m + 1) * p);
-                let mut dst = sw.best.slice_mut(m * p..(m + 1) * p);
-                sw.gpu
-                    .stream
-                    .memcpy_dtod(&src, &mut dst)
-                    .map_err(cuda_err("device copy failed"))?;
-            }
-            if !states[m].train_loss.last().is_some_and(|l| l.is_finite()) {
-                return Err(Error::Usage(format!(
-                    "the training loss of model {} became not finite at epoch {}; lower --lr",
-                    jobs[m].model_id, states[m].epoch
-                )));
-            }
-        }
-        if last_ckpt.elapsed() >= CHECKPOINT_EVERY
-            || states.iter().all(|s| s.done)
-            || cfg.stop_after_batches.is_some()
-        {
-            for (m, j) in jobs.iter().enumerate() {
-                if let (Some(path), Some(key)) = (&j.checkpoint, &keys[m]) {
-                    let mut st = states[m].clone();
-                    st.best = sw.slice_to_host(&sw.best, m)?;
-                    if !st.done {
-                        st.params = sw.slice_to_host(&sw.params, m)?;
-                        st.m = sw.slice_to_host(&sw.mom, m)?;
-                        st.v = sw.slice_to_host(&sw.vel, m)?;
-                    }
-                    st.save(path, &layout, key)?;
-                }
-            }
-            last_ckpt = Instant::now();
-        }
-    }
-    let mut out = Vec::with_capacity(mm);
-    for (m, j) in jobs.iter().enumerate() {
-        let mut st: ModelState = states[m].clone();
-        st.best = sw.slice_to_host(&sw.best, m)?;
-        out.push(Outcome::from_state(
-            &j.init,
-            &st,
-            j.val.is_some(),
-            std::mem::take(&mut batch_losses[m]),
-        ));
-    }
-    Ok(out)
 }

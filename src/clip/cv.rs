@@ -1,8 +1,20 @@
-//! Folds of the nested cross-validation, as scikit-learn's `KFold` without shuffling: k
-//! contiguous blocks, the first n % k of them one longer.
+//! The paper's nested cross-validation as one workflow (`run`): its folds, as scikit-learn's
+//! `KFold` without shuffling (k contiguous blocks, the first n % k of them one longer), one
+//! model per (outer, inner) fold trained on the device, the inner model of lowest validation
+//! loss kept per outer fold and scored on its test fold, and the report: a table and the
+//! metrics CSV.
 
-use crate::error::{Error, Result};
+use super::data::Pairs;
+use super::fit::train_jobs;
+use super::metrics::{mean_sd, write_metrics, Retrieval, Row};
+use super::train::{epoch_order, Job, Outcome, TrainConfig};
+use super::Clip;
+use crate::device::Device;
+use crate::error::{Error, IoContext, Result};
+use crate::rng::mix64;
+use std::fmt::Write;
 use std::ops::Range;
+use std::path::Path;
 
 /// The test blocks of `KFold(k)` over n items.
 pub fn kfold(n: usize, k: usize) -> Vec<Range<usize>> {
@@ -42,6 +54,11 @@ pub fn nested(
     let n = order.len();
     if fold_size == 0 {
         return Err(Error::Usage("--fold-size must be at least 1".into()));
+    }
+    if outer_limit == Some(0) || inner_limit == Some(0) {
+        return Err(Error::Usage(
+            "--outer-folds and --inner-folds must be at least 1".into(),
+        ));
     }
     let n_outer = n / fold_size;
     if n_outer < 2 {
@@ -88,25 +105,6 @@ pub fn nested(
     Ok(models)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kfold_as_sklearn() {
-        // KFold(3).split(range(10)): test blocks [0..4), [4..7), [7..10).
-        assert_eq!(kfold(10, 3), vec![0..4, 4..7, 7..10]);
-        let order: Vec<usize> = (0..5000).collect();
-        let m = nested(&order, 1000, None, None).unwrap();
-        assert_eq!(m.len(), 5 * 4);
-        assert_eq!(m[0].test, (0..1000).collect::<Vec<_>>());
-        assert_eq!(m[0].val, (1000..2000).collect::<Vec<_>>());
-        assert_eq!(m[0].train.len(), 3000);
-        assert_eq!(nested(&order, 1000, Some(2), Some(1)).unwrap().len(), 2);
-        assert!(nested(&order[..1500], 1000, None, None).is_err());
-    }
-}
-
 /// How the nested CV is run.
 #[derive(Clone, Debug)]
 pub struct CvOptions {
@@ -124,65 +122,64 @@ pub struct FoldResult {
     pub inner: usize,
     pub val_loss: f32,
     pub epochs: usize,
-    pub recall_at_10: f64,
-    pub recall_at_100: f64,
-    pub mix_match: f64,
+    pub test: Retrieval,
 }
 
 pub struct CvReport {
     pub folds: Vec<FoldResult>,
     /// The kept model of lowest validation loss over all outer folds.
-    pub best: super::Clip,
+    pub best: Clip,
 }
 
-/// Recall@10, Recall@100 and Mix&Match of `model` on the pairs `rows`.
-pub fn retrieval_metrics(
-    pairs: &super::data::Pairs,
-    model: &super::Clip,
-    rows: &[usize],
-) -> (f64, f64, f64) {
-    let n = rows.len();
-    let mut xt = vec![0.0f32; n * pairs.d];
-    let mut xi = vec![0.0f32; n * pairs.k];
-    pairs.gather(rows, &mut xt, &mut xi);
-    let t = model.encode_texts(&xt, n);
-    let i = model.encode_images(&xi, n);
-    let sim = super::metrics::similarity(&i, &t, n, model.image_dim());
-    (
-        super::metrics::recall_at_k(&sim, n, 10),
-        super::metrics::recall_at_k(&sim, n, 100),
-        super::metrics::mix_match(&sim, n),
-    )
+/// The nested CV on `device`: one model per (outer, inner) fold, from `init` or each from its
+/// own seed, checkpoints in `ckpt_dir` (one file per model; resumed when `resume`).
+pub fn run(
+    pairs: &Pairs,
+    cfg: &TrainConfig,
+    opts: &CvOptions,
+    init: Option<&Clip>,
+    ckpt_dir: &Path,
+    resume: bool,
+    device: &Device,
+) -> Result<CvReport> {
+    let (models, jobs) = cv_jobs(pairs, cfg, opts, init, Some(ckpt_dir))?;
+    std::fs::create_dir_all(ckpt_dir).at(ckpt_dir)?;
+    let n_outer = models.iter().map(|m| m.outer + 1).max().unwrap_or(0);
+    eprintln!(
+        "nested CV: {} models ({n_outer} outer folds) on {} pairs, {}",
+        jobs.len(),
+        pairs.n,
+        device.name()
+    );
+    let outcomes = train_jobs(pairs, cfg, &jobs, resume, device)?;
+    Ok(select_and_score(pairs, &models, &outcomes))
 }
 
 /// The jobs of a nested CV: one model per (outer, inner) fold, each with its checkpoint in
 /// `ckpt_dir`.
-pub fn cv_jobs(
-    pairs: &super::data::Pairs,
-    cfg: &super::train::TrainConfig,
+fn cv_jobs(
+    pairs: &Pairs,
+    cfg: &TrainConfig,
     opts: &CvOptions,
-    init: Option<&super::Clip>,
-    ckpt_dir: Option<&std::path::Path>,
-) -> Result<(Vec<CvModel>, Vec<super::train::Job>)> {
+    init: Option<&Clip>,
+    ckpt_dir: Option<&Path>,
+) -> Result<(Vec<CvModel>, Vec<Job>)> {
     let mut order: Vec<usize> = (0..pairs.n).collect();
     if opts.shuffle_folds {
-        order = super::train::epoch_order(&order, true, cfg.seed, u64::MAX, 0);
+        order = epoch_order(&order, true, cfg.seed, u64::MAX, 0);
     }
     let models = nested(&order, opts.fold_size, opts.outer_folds, opts.inner_folds)?;
     let jobs = models
         .iter()
         .map(|m| {
             let id = ((m.outer as u64) << 16) | m.inner as u64;
-            super::train::Job {
+            Job {
                 model_id: id,
                 train: m.train.clone(),
                 val: Some(m.val.clone()),
                 init: init.cloned().unwrap_or_else(|| {
-                    super::Clip::init(
-                        pairs.d,
-                        pairs.k,
-                        crate::rng::mix64(cfg.seed ^ id.wrapping_mul(0x2545_F491_4F6C_DD1D)),
-                    )
+                    let seed = mix64(cfg.seed ^ id.wrapping_mul(0x2545_F491_4F6C_DD1D));
+                    Clip::init(pairs.d, pairs.k, seed)
                 }),
                 checkpoint: ckpt_dir.map(|d| {
                     d.join(format!(
@@ -198,43 +195,112 @@ pub fn cv_jobs(
 
 /// Picks, per outer fold, the inner model of lowest validation loss and scores it on the test
 /// fold (never choosing by test scores).
-pub fn select_and_score(
-    pairs: &super::data::Pairs,
-    models: &[CvModel],
-    outcomes: &[super::train::Outcome],
-) -> CvReport {
+fn select_and_score(pairs: &Pairs, models: &[CvModel], outcomes: &[Outcome]) -> CvReport {
     let mut folds = Vec::new();
     let mut best: Option<(f32, usize)> = None;
+    let val = |j: usize| outcomes[j].best_val.unwrap_or(f32::INFINITY);
     let n_outer = models.iter().map(|m| m.outer + 1).max().unwrap_or(0);
     for o in 0..n_outer {
         let Some(j) = (0..models.len())
             .filter(|&j| models[j].outer == o)
-            .min_by(|&a, &b| {
-                outcomes[a]
-                    .best_val
-                    .unwrap_or(f32::INFINITY)
-                    .total_cmp(&outcomes[b].best_val.unwrap_or(f32::INFINITY))
-            })
+            .min_by(|&a, &b| val(a).total_cmp(&val(b)))
         else {
             continue;
         };
-        let v = outcomes[j].best_val.unwrap_or(f32::INFINITY);
+        let v = val(j);
         if best.is_none_or(|(bv, _)| v < bv) {
             best = Some((v, j));
         }
-        let (r10, r100, mm) = retrieval_metrics(pairs, &outcomes[j].model, &models[j].test);
         folds.push(FoldResult {
             outer: o,
             inner: models[j].inner,
             val_loss: v,
             epochs: outcomes[j].epochs,
-            recall_at_10: r10,
-            recall_at_100: r100,
-            mix_match: mm,
+            test: outcomes[j].model.retrieval(pairs, &models[j].test),
         });
     }
     let best = best
         .map(|(_, j)| outcomes[j].model.clone())
         .expect("at least one CV model");
     CvReport { folds, best }
+}
+
+impl CvReport {
+    /// Mean and population sd over the folds of each test metric, in `Retrieval::named` order.
+    fn summary(&self) -> [(&'static str, (f64, f64)); 3] {
+        std::array::from_fn(|i| {
+            let values: Vec<f64> = self.folds.iter().map(|f| f.test.named()[i].1).collect();
+            (Retrieval::NAMES[i], mean_sd(&values))
+        })
+    }
+
+    /// The table `train --cv` prints: one line per outer fold, then the means ± sd.
+    pub fn table(&self) -> String {
+        let mut t =
+            String::from("fold\tinner\tval_loss\tepochs\trecall@10\trecall@100\tmix_match\n");
+        for f in &self.folds {
+            let r = &f.test;
+            let _ = writeln!(
+                t,
+                "{}\t{}\t{:.4}\t{}\t{:.4}\t{:.4}\t{:.2}",
+                f.outer,
+                f.inner,
+                f.val_loss,
+                f.epochs,
+                r.recall_at_10,
+                r.recall_at_100,
+                r.mix_match
+            );
+        }
+        let [(_, r10), (_, r100), (_, mm)] = self.summary();
+        let _ = writeln!(
+            t,
+            "test (mean ± sd over {} folds): Recall@10 {:.4} ± {:.4}, Recall@100 {:.4} ± {:.4}, Mix&Match {:.2} ± {:.2}",
+            self.folds.len(),
+            r10.0,
+            r10.1,
+            r100.0,
+            r100.1,
+            mm.0,
+            mm.1
+        );
+        t
+    }
+
+    /// The metrics CSV: per outer fold its validation loss, inner fold and test metrics, then
+    /// the mean and sd of each test metric.
+    pub fn write_metrics(&self, path: &Path) -> Result<()> {
+        let mut rows: Vec<Row> = Vec::new();
+        for f in &self.folds {
+            let fold = f.outer.to_string();
+            let val = |metric: &str, v: f64| (fold.clone(), "validation".into(), metric.into(), v);
+            rows.push(val("loss", f.val_loss as f64));
+            rows.push(val("inner_fold", f.inner as f64));
+            rows.extend(f.test.rows(&fold, "test"));
+        }
+        for (name, (m, s)) in self.summary() {
+            rows.push(("mean".into(), "test".into(), name.into(), m));
+            rows.push(("sd".into(), "test".into(), name.into(), s));
+        }
+        write_metrics(path, &rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kfold_as_sklearn() {
+        // KFold(3).split(range(10)): test blocks [0..4), [4..7), [7..10).
+        assert_eq!(kfold(10, 3), vec![0..4, 4..7, 7..10]);
+        let order: Vec<usize> = (0..5000).collect();
+        let m = nested(&order, 1000, None, None).unwrap();
+        assert_eq!(m.len(), 5 * 4);
+        assert_eq!(m[0].test, (0..1000).collect::<Vec<_>>());
+        assert_eq!(m[0].val, (1000..2000).collect::<Vec<_>>());
+        assert_eq!(m[0].train.len(), 3000);
+        assert_eq!(nested(&order, 1000, Some(2), Some(1)).unwrap().len(), 2);
+        assert!(nested(&order[..1500], 1000, None, None).is_err());
+    }
 }

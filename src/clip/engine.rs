@@ -5,27 +5,10 @@
 //! vector laid out as the parameters. The text projection (the one wide product) runs alone on
 //! all threads; the rest of the two towers, forward and backward, side by side.
 
-use super::model::{Head, Layout};
-use super::ops::{self, Dropout};
-use super::train::{adamw_update, AdamStep};
+use super::adamw::{adamw_update, AdamStep, AdamW};
+use super::layout::{Head, Layout, Tower};
+use super::ops::{self, Dropouts};
 use super::wgrad::{weight_grad_adamw, Packed};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Tower {
-    Text,
-    Image,
-}
-
-/// Dropout of the six sites: text heads 0–2, then image heads 0–2.
-pub type Dropouts = [Dropout; 6];
-pub const NO_DROPOUT: Dropouts = [Dropout::OFF; 6];
-
-fn site(tower: Tower, i: usize) -> usize {
-    match tower {
-        Tower::Text => i,
-        Tower::Image => 3 + i,
-    }
-}
 
 /// Activations of one head kept for the backward pass (all n × k).
 #[derive(Default)]
@@ -163,10 +146,6 @@ impl Workspace {
         }
     }
 
-    pub fn capacity(&self) -> usize {
-        self.cap
-    }
-
     fn check_rows(&self, n: usize) {
         assert!(
             n <= self.cap,
@@ -200,7 +179,7 @@ impl Workspace {
         if tower == Tower::Text {
             project(buf, layout, params, x, n);
         }
-        forward(buf, layout, params, 0, tower, x, n, drops, false);
+        forward(buf, layout, params, tower, x, n, drops, false);
     }
 
     /// Symmetric InfoNCE loss of a batch (no gradient): texts `xt` (n × d) and images `xi`
@@ -215,15 +194,30 @@ impl Workspace {
         drops: &Dropouts,
     ) -> f32 {
         self.check_rows(n);
-        // The projection, then the two towers at once. No backward pass follows (`train_step` runs its own
-        // forward), so nothing is kept.
+        // No backward pass follows (`train_step` runs its own forward), so nothing is kept.
+        self.forward_both(layout, params, xt, xi, n, drops, false);
+        self.info_nce(layout, params[layout.logit_scale], n).0
+    }
+
+    /// Forward of both towers: the text projection on all threads, then the rest of the two
+    /// towers side by side; `train` keeps what the backward pass needs.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_both(
+        &mut self,
+        layout: &Layout,
+        params: &[f32],
+        xt: &[f32],
+        xi: &[f32],
+        n: usize,
+        drops: &Dropouts,
+        train: bool,
+    ) {
         let (text, image) = (&mut self.text, &mut self.image);
         project(text, layout, params, xt, n);
         rayon::join(
-            || forward(text, layout, params, 0, Tower::Text, xt, n, drops, false),
-            || forward(image, layout, params, 0, Tower::Image, xi, n, drops, false),
+            || forward(text, layout, params, Tower::Text, xt, n, drops, train),
+            || forward(image, layout, params, Tower::Image, xi, n, drops, train),
         );
-        self.info_nce(layout, params[layout.logit_scale], n).0
     }
 
     /// The loss of the embeddings both towers hold and dL/ds; dL/dlogits into `dlogits`.
@@ -259,14 +253,7 @@ impl Workspace {
         self.check_rows(n);
         let k = layout.k;
         let image_base = layout.image_base();
-        {
-            let (text, image, p) = (&mut self.text, &mut self.image, &*params);
-            project(text, layout, p, xt, n);
-            rayon::join(
-                || forward(text, layout, p, 0, Tower::Text, xt, n, drops, true),
-                || forward(image, layout, p, 0, Tower::Image, xi, n, drops, true),
-            );
-        }
+        self.forward_both(layout, params, xt, xi, n, drops, true);
         let s = params[layout.logit_scale];
         let (loss, ds) = self.info_nce(layout, s, n);
         grads[layout.logit_scale] = ds;
@@ -356,16 +343,6 @@ fn by_tower<'a>(v: &'a mut [f32], layout: &Layout) -> [&'a mut [f32]; 3] {
     [text, image, scale]
 }
 
-/// The optimizer state and constants of one AdamW step (`train::adamw_step`).
-pub struct AdamW<'a> {
-    pub m: &'a mut [f32],
-    pub v: &'a mut [f32],
-    /// The step, 1-based.
-    pub t: u64,
-    pub lr: f32,
-    pub wd: f32,
-}
-
 /// One tower's part of the flat parameters, gradients and AdamW moments, all starting at the
 /// same flat offset, and the constants of this step's update.
 struct Opt<'a> {
@@ -439,7 +416,7 @@ fn backward(
         } else {
             &buf.heads[i - 1].kept.y[..nk]
         };
-        let drop = drops[site(tower, i)];
+        let drop = drops[tower.site(i)];
         {
             let (lo, hi) = opt.grads.split_at_mut(at(h.ln_b));
             let (dgamma, dbeta) = (&mut lo[at(h.ln_w)..at(h.ln_w) + k], &mut hi[..k]);
@@ -523,14 +500,12 @@ fn update_projection(opt: &mut Opt, sc: &mut Scratch, layout: &Layout, x: &[f32]
 }
 
 /// Forward of one tower on `x` (n × din, already L2-normalised) into `buf`; `train` keeps
-/// what the backward pass needs. `params` starts at flat offset `base`. The text tower's
-/// projection must have run first (`project`).
+/// what the backward pass needs. The text tower's projection must have run first (`project`).
 #[allow(clippy::too_many_arguments)]
 fn forward(
     buf: &mut TowerBuf,
     layout: &Layout,
     params: &[f32],
-    base: usize,
     tower: Tower,
     x: &[f32],
     n: usize,
@@ -540,23 +515,22 @@ fn forward(
     let k = layout.k;
     let heads = layout.tower(tower);
     let nk = n * k;
-    let at = |offset: usize| offset - base;
     for (i, h) in heads.iter().enumerate() {
         let (done, rest) = buf.heads.split_at_mut(i);
         let hb = &mut rest[0];
         let input: &[f32] = if i == 0 { x } else { &done[i - 1].kept.y[..nk] };
-        let drop = drops[site(tower, i)];
-        let gamma = &params[at(h.ln_w)..at(h.ln_w) + k];
-        let beta = &params[at(h.ln_b)..at(h.ln_b) + k];
+        let drop = drops[tower.site(i)];
+        let gamma = &params[h.ln_w..h.ln_w + k];
+        let beta = &params[h.ln_b..h.ln_b + k];
         match h.proj {
             None => {
-                ops::fill_rows(&mut hb.a[..nk], &params[at(h.fc_b)..at(h.fc_b) + k]);
+                ops::fill_rows(&mut hb.a[..nk], &params[h.fc_b..h.fc_b + k]);
                 ops::matmul_nt(
                     n,
                     k,
                     h.din,
                     input,
-                    &params[at(h.fc_w)..at(h.fc_w) + k * h.din],
+                    &params[h.fc_w..h.fc_w + k * h.din],
                     &mut hb.a,
                     true,
                 );
@@ -574,13 +548,13 @@ fn forward(
             Some(_) => {
                 // hb.a holds p (`project`).
                 ops::gelu_forward(&hb.a[..nk], &mut hb.g[..nk], &mut hb.kept.dgelu, train);
-                ops::fill_rows(&mut hb.a2[..nk], &params[at(h.fc_b)..at(h.fc_b) + k]);
+                ops::fill_rows(&mut hb.a2[..nk], &params[h.fc_b..h.fc_b + k]);
                 ops::matmul_nt(
                     n,
                     k,
                     k,
                     &hb.g,
-                    &params[at(h.fc_w)..at(h.fc_w) + k * k],
+                    &params[h.fc_w..h.fc_w + k * k],
                     &mut hb.a2,
                     true,
                 );

@@ -1,7 +1,11 @@
 //! Retrieval metrics of the paper on a similarity matrix `sim` (n × n, rows = images, columns =
-//! texts, the pair of row i is column i).
+//! texts, the pair of row i is column i), and the metrics CSV (fold, split, metric, value) that
+//! `train`, `train --cv` and `eval retrieval` write.
 
+use crate::error::{IoContext, Result};
 use rayon::prelude::*;
+use std::io::Write;
+use std::path::Path;
 
 /// For each row, how many columns score strictly above the paired one.
 fn rank_of_pair(sim: &[f32], n: usize) -> Vec<usize> {
@@ -57,6 +61,54 @@ pub fn mean_sd(v: &[f64]) -> (f64, f64) {
     let mean = v.iter().sum::<f64>() / n;
     let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
     (mean, var.sqrt())
+}
+
+/// Recall@10, Recall@100 and Mix&Match of one set of pairs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Retrieval {
+    pub recall_at_10: f64,
+    pub recall_at_100: f64,
+    pub mix_match: f64,
+}
+
+impl Retrieval {
+    /// The metrics of an n × n similarity matrix.
+    pub fn of(sim: &[f32], n: usize) -> Retrieval {
+        Retrieval {
+            recall_at_10: recall_at_k(sim, n, 10),
+            recall_at_100: recall_at_k(sim, n, 100),
+            mix_match: mix_match(sim, n),
+        }
+    }
+
+    /// The metrics' names in the CSV, in the CSV's order.
+    pub const NAMES: [&'static str; 3] = ["recall@10", "recall@100", "mix_match"];
+
+    /// Each metric with its name, in the CSV's order.
+    pub fn named(&self) -> [(&'static str, f64); 3] {
+        let values = [self.recall_at_10, self.recall_at_100, self.mix_match];
+        std::array::from_fn(|i| (Self::NAMES[i], values[i]))
+    }
+
+    /// The CSV rows of these metrics for `fold` and `split`.
+    pub fn rows(&self, fold: &str, split: &str) -> Vec<Row> {
+        let row = |(name, v): (&str, f64)| (fold.to_string(), split.to_string(), name.into(), v);
+        self.named().into_iter().map(row).collect()
+    }
+}
+
+/// One row of a metrics CSV: fold, split, metric, value.
+pub type Row = (String, String, String, f64);
+
+/// Writes a metrics CSV (atomically): a header, then the rows in order.
+pub fn write_metrics(path: &Path, rows: &[Row]) -> Result<()> {
+    crate::io::write_atomic(path, |w| {
+        writeln!(w, "fold,split,metric,value").at(path)?;
+        for (f, s, m, v) in rows {
+            writeln!(w, "{f},{s},{m},{v}").at(path)?;
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]

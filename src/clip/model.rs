@@ -7,123 +7,16 @@
 //! ResidualHead(x)   = LayerNorm(x + Dropout(GELU(fc(x))))
 //! ProjectionHead(x) = LayerNorm(p + Dropout(fc(GELU(p)))),  p = projection(x)
 
-use super::engine::{Tower, Workspace};
+use super::data::Pairs;
+use super::engine::Workspace;
+use super::layout::{Layout, Tower};
+use super::metrics::{similarity, Retrieval};
+use super::ops::NO_DROPOUT;
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use std::collections::BTreeMap;
 use std::path::Path;
-
-/// Where one head's tensors sit in the flat parameter vector.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Head {
-    /// Input width of the head (d for the projection head, else k).
-    pub din: usize,
-    /// (weight k×d, bias k) of the projection Linear; only the text tower's first head.
-    pub proj: Option<(usize, usize)>,
-    pub fc_w: usize,
-    pub fc_b: usize,
-    pub ln_w: usize,
-    pub ln_b: usize,
-}
-
-/// One named tensor of the model.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Tensor {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub offset: usize,
-}
-
-impl Tensor {
-    pub fn len(&self) -> usize {
-        self.shape.iter().product()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// The flat parameter layout for text width d and output width k.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Layout {
-    pub d: usize,
-    pub k: usize,
-    pub text: [Head; 3],
-    pub image: [Head; 3],
-    pub logit_scale: usize,
-    pub tensors: Vec<Tensor>,
-    pub len: usize,
-}
-
-impl Layout {
-    pub fn new(d: usize, k: usize) -> Layout {
-        let mut tensors = Vec::new();
-        let mut at = 0usize;
-        let mut push = |name: String, shape: Vec<usize>| {
-            let offset = at;
-            at += shape.iter().product::<usize>();
-            tensors.push(Tensor {
-                name,
-                shape,
-                offset,
-            });
-            offset
-        };
-        let head = |tower: &str,
-                    i: usize,
-                    proj: bool,
-                    push: &mut dyn FnMut(String, Vec<usize>) -> usize| {
-            let p = format!("{tower}.model.{i}");
-            let proj = proj.then(|| {
-                (
-                    push(format!("{p}.projection.weight"), vec![k, d]),
-                    push(format!("{p}.projection.bias"), vec![k]),
-                )
-            });
-            Head {
-                din: if proj.is_some() { d } else { k },
-                proj,
-                fc_w: push(format!("{p}.fc.weight"), vec![k, k]),
-                fc_b: push(format!("{p}.fc.bias"), vec![k]),
-                ln_w: push(format!("{p}.layer_norm.weight"), vec![k]),
-                ln_b: push(format!("{p}.layer_norm.bias"), vec![k]),
-            }
-        };
-        let text = [
-            head("text_model", 0, true, &mut push),
-            head("text_model", 1, false, &mut push),
-            head("text_model", 2, false, &mut push),
-        ];
-        let image = [
-            head("image_model", 0, false, &mut push),
-            head("image_model", 1, false, &mut push),
-            head("image_model", 2, false, &mut push),
-        ];
-        let logit_scale = push("logit_scale".into(), vec![]);
-        Layout {
-            d,
-            k,
-            text,
-            image,
-            logit_scale,
-            tensors,
-            len: at,
-        }
-    }
-
-    /// Where the image tower's tensors start in the flat vector: the text tower's come first.
-    pub fn image_base(&self) -> usize {
-        self.image[0].fc_w
-    }
-
-    pub fn tower(&self, tower: Tower) -> &[Head; 3] {
-        match tower {
-            Tower::Text => &self.text,
-            Tower::Image => &self.image,
-        }
-    }
-}
 
 /// Parameters of both towers and the logit scale.
 #[derive(Clone, Debug, PartialEq)]
@@ -222,6 +115,36 @@ impl Clip {
         })
     }
 
+    /// `load`, for features of `pairs`' widths (else an error naming the file, ending with
+    /// `fix`, what to do).
+    pub fn load_for(path: &Path, pairs: &Pairs, fix: &str) -> Result<Clip> {
+        let m = Clip::load(path)?;
+        if m.text_dim() != pairs.d || m.image_dim() != pairs.k {
+            return Err(Error::input(
+                path,
+                format!(
+                    "the model takes text width {} and image width {}, the data has {} and {}; {fix}",
+                    m.text_dim(),
+                    m.image_dim(),
+                    pairs.d,
+                    pairs.k
+                ),
+            ));
+        }
+        Ok(m)
+    }
+
+    /// Recall@10, Recall@100 and Mix&Match of this model on the pairs `rows`.
+    pub fn retrieval(&self, pairs: &Pairs, rows: &[usize]) -> Retrieval {
+        let n = rows.len();
+        let mut xt = vec![0.0f32; n * pairs.d];
+        let mut xi = vec![0.0f32; n * pairs.k];
+        pairs.gather(rows, &mut xt, &mut xi);
+        let t = self.encode_texts(&xt, n);
+        let i = self.encode_images(&xi, n);
+        Retrieval::of(&similarity(&i, &t, n, self.image_dim()), n)
+    }
+
     /// Input width of the text tower (the LLM's hidden width).
     pub fn text_dim(&self) -> usize {
         self.layout.d
@@ -266,7 +189,7 @@ impl Clip {
                 tower,
                 &xin[..rows * din],
                 rows,
-                &super::engine::NO_DROPOUT,
+                &NO_DROPOUT,
             );
             o.copy_from_slice(&ws.tower(tower).out[..rows * k]);
         }

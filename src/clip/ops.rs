@@ -144,6 +144,30 @@ struct Disjoint(*mut f32);
 // SAFETY: every user writes elements no other thread writes.
 unsafe impl Sync for Disjoint {}
 
+/// dst (m×n, row-major) = [dst +] A·B, A m×k and B k×n read through their strides.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    (ars, acs): (usize, usize),
+    b: &[f32],
+    (brs, bcs): (usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+) {
+    let a = Strided {
+        data: a,
+        rs: ars as isize,
+        cs: acs as isize,
+    };
+    let b = Strided {
+        data: b,
+        rs: brs as isize,
+        cs: bcs as isize,
+    };
+    gemm_into(m, n, k, dst, (n, 1), accumulate, a, b);
+}
+
 /// dst (m×n) = [dst +] a (m×k) · bᵀ, with b stored n×k: a Linear layer's forward (b = W).
 pub fn matmul_nt(
     m: usize,
@@ -154,24 +178,7 @@ pub fn matmul_nt(
     dst: &mut [f32],
     accumulate: bool,
 ) {
-    gemm_into(
-        m,
-        n,
-        k,
-        dst,
-        (n, 1),
-        accumulate,
-        Strided {
-            data: a,
-            rs: k as isize,
-            cs: 1,
-        },
-        Strided {
-            data: b,
-            rs: 1,
-            cs: k as isize,
-        },
-    );
+    matmul((m, n, k), a, (k, 1), b, (1, k), dst, accumulate);
 }
 
 /// dst (m×n) = [dst +] aᵀ · b, with a stored k×m and b k×n: a weight gradient (dW = δᵀ x).
@@ -184,24 +191,7 @@ pub fn matmul_tn(
     dst: &mut [f32],
     accumulate: bool,
 ) {
-    gemm_into(
-        m,
-        n,
-        k,
-        dst,
-        (n, 1),
-        accumulate,
-        Strided {
-            data: a,
-            rs: 1,
-            cs: m as isize,
-        },
-        Strided {
-            data: b,
-            rs: n as isize,
-            cs: 1,
-        },
-    );
+    matmul((m, n, k), a, (1, m), b, (n, 1), dst, accumulate);
 }
 
 /// dst (m×n) = [dst +] a (m×k) · b (k×n): an input gradient (dx = δ W).
@@ -214,24 +204,7 @@ pub fn matmul_nn(
     dst: &mut [f32],
     accumulate: bool,
 ) {
-    gemm_into(
-        m,
-        n,
-        k,
-        dst,
-        (n, 1),
-        accumulate,
-        Strided {
-            data: a,
-            rs: k as isize,
-            cs: 1,
-        },
-        Strided {
-            data: b,
-            rs: n as isize,
-            cs: 1,
-        },
-    );
+    matmul((m, n, k), a, (k, 1), b, (n, 1), dst, accumulate);
 }
 
 /// Whether a Linear layer from `din` to `k` takes `wide_linear_forward`: its weight is much
@@ -482,6 +455,12 @@ impl Dropout {
         }
     }
 }
+
+/// Dropout of the model's six sites, in `Tower::site` order: text heads 0–2, then image
+/// heads 0–2.
+pub type Dropouts = [Dropout; 6];
+/// Eval mode: no dropout anywhere.
+pub const NO_DROPOUT: Dropouts = [Dropout::OFF; 6];
 
 /// The 8 partial sums of `sum_f64` and `dot_f64`, added pairwise in a fixed order.
 #[inline(always)]

@@ -1,21 +1,22 @@
-//! Training of one model on the CPU: batches (shuffled every epoch, the last partial one kept),
-//! AdamW as PyTorch's, early stopping on the validation loss keeping the best weights, and a
-//! checkpoint written atomically after every epoch so that an interrupted run resumes from the
-//! last finished epoch with the very same result.
+//! The one CLIP training loop, over an [`Engine`] that holds the models' weights and runs their
+//! steps: the CPU's (`cpu`, one model at a time) or CUDA's (`cuda`, many at once). Written once
+//! here: batches (shuffled every epoch, the last partial one kept), the dropout streams and
+//! AdamW step counters, the check that every batch's loss is finite, the validation loss and
+//! early stopping keeping the best weights, the checkpoints (`state`) and resuming from them,
+//! and the progress bar.
 //!
 //! Everything random is a pure function of (seed, model id, epoch or optimizer step): the
-//! shuffle of an epoch and the dropout masks of a step (`ops::Dropout`). A resumed run, and the
-//! CUDA trainer, therefore draw exactly what an uninterrupted CPU run draws.
+//! shuffle of an epoch and the dropout masks of a step (`ops::Dropout`). A resumed run, and
+//! either engine, therefore draw exactly what an uninterrupted run draws.
 
 use super::data::Pairs;
-use super::engine::{AdamW, Dropouts, Workspace, NO_DROPOUT};
-use super::model::{safetensors_bytes, Clip, Layout};
-use super::ops::{self, Dropout};
+use super::model::Clip;
+use super::ops::{Dropout, Dropouts, NO_DROPOUT};
+use super::state::ModelState;
 use crate::error::{Error, Result};
 use crate::rng::{mix64, SplitMix64};
-use rayon::prelude::*;
-use safetensors::SafeTensors;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 /// Hyper-parameters (defaults: the paper's).
 #[derive(Clone, Debug, PartialEq)]
@@ -78,98 +79,6 @@ impl TrainConfig {
     }
 }
 
-/// AdamW constants of `torch.optim.AdamW` besides lr and weight decay.
-pub const BETA1: f32 = 0.9;
-pub const BETA2: f32 = 0.999;
-pub const ADAM_EPS: f32 = 1e-8;
-
-/// Step size and 1/√(bias correction 2) of AdamW step t (1-based), in f64 as PyTorch's Python
-/// scalars, then f32.
-pub fn adam_scalars(lr: f32, t: u64) -> (f32, f32) {
-    let bc1 = 1.0 - (BETA1 as f64).powi(t as i32);
-    let bc2 = 1.0 - (BETA2 as f64).powi(t as i32);
-    ((lr as f64 / bc1) as f32, bc2.sqrt() as f32)
-}
-
-/// The constants of AdamW step t (1-based).
-#[derive(Clone, Copy, Debug)]
-pub struct AdamStep {
-    /// lr / (1 − β1ᵗ).
-    pub step: f32,
-    /// √(1 − β2ᵗ).
-    pub bc2_sqrt: f32,
-    /// 1 − lr·wd.
-    pub decay: f32,
-}
-
-impl AdamStep {
-    pub fn new(lr: f32, wd: f32, t: u64) -> AdamStep {
-        let (step, bc2_sqrt) = adam_scalars(lr, t);
-        AdamStep {
-            step,
-            bc2_sqrt,
-            decay: 1.0 - lr * wd,
-        }
-    }
-}
-
-/// One AdamW step over the flat parameters, PyTorch's single-tensor update: p ← p(1 − lr·wd);
-/// m ← m + (1−β1)(g − m); v ← β2 v + (1−β2) g²; p ← p − step·m / (√v / √bc2 + eps).
-pub fn adamw_step(
-    params: &mut [f32],
-    grads: &[f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    t: u64,
-    lr: f32,
-    wd: f32,
-) {
-    adamw_step_with(params, grads, m, v, AdamStep::new(lr, wd, t));
-}
-
-/// `adamw_step` with its constants, over chunks in parallel.
-pub fn adamw_step_with(
-    params: &mut [f32],
-    grads: &[f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    c: AdamStep,
-) {
-    const CHUNK: usize = 1 << 14;
-    params
-        .par_chunks_mut(CHUNK)
-        .zip(grads.par_chunks(CHUNK))
-        .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
-        .for_each(|((p, g), (m, v))| adamw_update(p, g, m, v, c));
-}
-
-/// `adamw_step` on this thread.
-pub fn adamw_update(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], c: AdamStep) {
-    let n = params.len();
-    assert!(
-        grads.len() == n && m.len() == n && v.len() == n,
-        "AdamW: lengths differ"
-    );
-    ops::wide(
-        #[inline(always)]
-        || {
-            for i in 0..n {
-                adamw_one(&mut params[i], grads[i], &mut m[i], &mut v[i], c);
-            }
-        },
-    )
-}
-
-/// The update of one parameter.
-#[inline(always)]
-fn adamw_one(p: &mut f32, g: f32, m: &mut f32, v: &mut f32, c: AdamStep) {
-    *p *= c.decay;
-    *m += (1.0 - BETA1) * (g - *m);
-    *v = *v * BETA2 + (1.0 - BETA2) * g * g;
-    let denom = v.sqrt() / c.bc2_sqrt + ADAM_EPS;
-    *p -= c.step * (*m / denom);
-}
-
 /// The training rows of an epoch: in order, or a Fisher–Yates shuffle drawn from
 /// (seed, model, epoch).
 pub fn epoch_order(
@@ -191,156 +100,6 @@ pub fn epoch_order(
         }
     }
     order
-}
-
-/// Everything a model's training needs to continue: parameters, Adam moments, the best
-/// weights so far and the early-stopping counters.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ModelState {
-    pub params: Vec<f32>,
-    pub m: Vec<f32>,
-    pub v: Vec<f32>,
-    pub best: Vec<f32>,
-    /// Epochs finished.
-    pub epoch: usize,
-    /// AdamW steps taken.
-    pub step: u64,
-    pub best_val: f32,
-    pub best_epoch: usize,
-    pub bad_epochs: usize,
-    /// Early-stopped or out of epochs.
-    pub done: bool,
-    pub train_loss: Vec<f32>,
-    pub val_loss: Vec<f32>,
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct StateMeta {
-    job: String,
-    epoch: usize,
-    step: u64,
-    best_val: f32,
-    best_epoch: usize,
-    bad_epochs: usize,
-    done: bool,
-    train_loss: Vec<f32>,
-    val_loss: Vec<f32>,
-}
-
-impl ModelState {
-    pub fn new(init: &Clip) -> ModelState {
-        let n = init.params.len();
-        ModelState {
-            params: init.params.clone(),
-            m: vec![0.0; n],
-            v: vec![0.0; n],
-            best: init.params.clone(),
-            epoch: 0,
-            step: 0,
-            best_val: f32::INFINITY,
-            best_epoch: 0,
-            bad_epochs: 0,
-            done: false,
-            train_loss: Vec::new(),
-            val_loss: Vec::new(),
-        }
-    }
-
-    /// The checkpoint: `.safetensors` with param.*, adam_m.*, adam_v.*, best.* and the counters
-    /// (and a key `job` naming the inputs and settings) as JSON metadata. A finished model keeps
-    /// only its best weights.
-    pub fn save(&self, path: &Path, layout: &Layout, job: &str) -> Result<()> {
-        let meta = StateMeta {
-            job: job.to_string(),
-            epoch: self.epoch,
-            step: self.step,
-            best_val: self.best_val,
-            best_epoch: self.best_epoch,
-            bad_epochs: self.bad_epochs,
-            done: self.done,
-            train_loss: self.train_loss.clone(),
-            val_loss: self.val_loss.clone(),
-        };
-        let json = serde_json::to_string(&meta)
-            .map_err(|e| Error::Usage(format!("checkpoint metadata: {e}")))?;
-        let sets: Vec<(&str, &[f32])> = if self.done {
-            vec![("best.", &self.best)]
-        } else {
-            vec![
-                ("param.", &self.params),
-                ("adam_m.", &self.m),
-                ("adam_v.", &self.v),
-                ("best.", &self.best),
-            ]
-        };
-        let bytes = safetensors_bytes(layout, &sets, Some(("niclip_train_state", json)))?;
-        crate::io::write_atomic(path, |w| {
-            std::io::Write::write_all(w, &bytes).map_err(|e| Error::io(path, e))
-        })
-    }
-
-    /// Reads a checkpoint of the same job (else an error saying to delete it or drop --resume).
-    pub fn load(path: &Path, layout: &Layout, job: &str) -> Result<ModelState> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let corrupt =
-            |m: String| Error::input(path, format!("{m}; delete this checkpoint to start over"));
-        let (_, header) = SafeTensors::read_metadata(&bytes)
-            .map_err(|e| corrupt(format!("unreadable checkpoint ({e})")))?;
-        let json = header
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get("niclip_train_state"))
-            .ok_or_else(|| corrupt("not a niclip training checkpoint".into()))?;
-        let meta: StateMeta = serde_json::from_str(json)
-            .map_err(|e| corrupt(format!("bad checkpoint metadata ({e})")))?;
-        if meta.job != job {
-            return Err(Error::input(
-                path,
-                format!("this checkpoint is from a different job ({}), not ({job}); delete it, or run without --resume", meta.job),
-            ));
-        }
-        let st = SafeTensors::deserialize(&bytes)
-            .map_err(|e| corrupt(format!("unreadable checkpoint ({e})")))?;
-        let read = |prefix: &str| -> Result<Vec<f32>> {
-            let mut out = vec![0.0f32; layout.len];
-            for t in &layout.tensors {
-                let name = format!("{prefix}{}", t.name);
-                let v = st
-                    .tensor(&name)
-                    .map_err(|_| corrupt(format!("{name} is missing")))?;
-                if v.shape() != t.shape.as_slice() || v.data().len() != 4 * t.len() {
-                    return Err(corrupt(format!("{name} has the wrong shape")));
-                }
-                for (o, c) in out[t.offset..t.offset + t.len()]
-                    .iter_mut()
-                    .zip(v.data().chunks_exact(4))
-                {
-                    *o = f32::from_le_bytes(c.try_into().unwrap());
-                }
-            }
-            Ok(out)
-        };
-        let best = read("best.")?;
-        let (params, m, v) = if meta.done {
-            (best.clone(), Vec::new(), Vec::new())
-        } else {
-            (read("param.")?, read("adam_m.")?, read("adam_v.")?)
-        };
-        Ok(ModelState {
-            params,
-            m,
-            v,
-            best,
-            epoch: meta.epoch,
-            step: meta.step,
-            best_val: meta.best_val,
-            best_epoch: meta.best_epoch,
-            bad_epochs: meta.bad_epochs,
-            done: meta.done,
-            train_loss: meta.train_loss,
-            val_loss: meta.val_loss,
-        })
-    }
 }
 
 /// One model to train: its id (for the random streams), rows of the pairs, initial weights
@@ -425,12 +184,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    pub fn from_state(
-        init: &Clip,
-        st: &ModelState,
-        has_val: bool,
-        batch_losses: Vec<f32>,
-    ) -> Outcome {
+    fn from_state(init: &Clip, st: &ModelState, has_val: bool, batch_losses: Vec<f32>) -> Outcome {
         Outcome {
             model: Clip {
                 layout: init.layout.clone(),
@@ -473,6 +227,16 @@ impl Progress {
         }
     }
 
+    /// A bar over every batch of `jobs`, all epochs, stopping as `cfg` says.
+    pub fn of_jobs(cfg: &TrainConfig, jobs: &[Job]) -> Progress {
+        let total = jobs
+            .iter()
+            .map(|j| (cfg.epochs * n_batches(j.train.len(), cfg.batch)) as u64)
+            .sum();
+        Progress::new(total, cfg.stop_after_batches, true)
+    }
+
+    /// Counts a trained batch; the error of `--stop-after-batches` once that many are done.
     pub fn batch(&mut self) -> Result<()> {
         self.done += 1;
         self.bar.inc(1);
@@ -488,175 +252,324 @@ impl Progress {
 }
 
 /// Number of batches of an epoch over `rows` rows.
-pub fn n_batches(rows: usize, batch: usize) -> usize {
+fn n_batches(rows: usize, batch: usize) -> usize {
     rows.div_ceil(batch)
 }
 
-/// Mean of the batch losses (eval mode) over `rows`, in order, batches of `batch`.
-pub fn eval_loss(
-    pairs: &Pairs,
-    model: &Clip,
-    rows: &[usize],
-    batch: usize,
-    ws: &mut Workspace,
-) -> f32 {
-    let mut xt = vec![0.0f32; batch * pairs.d];
-    let mut xi = vec![0.0f32; batch * pairs.k];
-    let mut sum = 0.0f64;
-    let mut count = 0;
-    for chunk in rows.chunks(batch) {
-        let n = chunk.len();
-        pairs.gather(chunk, &mut xt, &mut xi);
-        sum += ws.loss(
-            &model.layout,
-            &model.params,
-            &xt[..n * pairs.d],
-            &xi[..n * pairs.k],
-            n,
-            &NO_DROPOUT,
-        ) as f64;
-        count += 1;
-    }
-    (sum / count.max(1) as f64) as f32
-}
-
-/// The end of an epoch: record losses, early-stopping bookkeeping. Shared with the CUDA trainer.
-pub fn finish_epoch(
+/// The end of an epoch: record its losses, early-stopping bookkeeping. Returns whether this
+/// epoch's weights are the new best (the caller keeps them: `Engine::keep_best`).
+fn finish_epoch(
     st: &mut ModelState,
     cfg: &TrainConfig,
     train_loss: f32,
     val_loss: Option<f32>,
-) {
+) -> bool {
     st.epoch += 1;
     st.train_loss.push(train_loss);
-    match val_loss {
+    let improved = match val_loss {
         Some(v) => {
             st.val_loss.push(v);
             if v < st.best_val {
                 st.best_val = v;
                 st.best_epoch = st.epoch;
-                st.best.copy_from_slice(&st.params);
                 st.bad_epochs = 0;
+                true
             } else {
                 st.bad_epochs += 1;
                 if st.bad_epochs >= cfg.patience {
                     st.done = true;
                 }
+                false
             }
         }
         None => {
-            st.best.copy_from_slice(&st.params);
             st.best_epoch = st.epoch;
+            true
         }
-    }
+    };
     if st.epoch >= cfg.epochs {
         st.done = true;
+    }
+    improved
+}
+
+/// One model's part of a training step.
+#[derive(Clone, Copy)]
+pub struct Batch<'a> {
+    /// Rows of the pairs; empty when the model sits this step out (it stopped early, or its
+    /// epoch has fewer batches than another model's).
+    pub rows: &'a [usize],
+    /// The rows of its next batch in this epoch (empty after the last), which an engine may
+    /// gather while this one trains.
+    pub next: &'a [usize],
+    pub drops: Dropouts,
+    /// The AdamW step, 1-based.
+    pub t: u64,
+}
+
+/// Where models train: it holds the weights of up to `capacity` models (slots) between
+/// `upload` and `download`, and runs their steps together.
+pub trait Engine {
+    /// How many models it trains at once.
+    fn capacity(&self) -> usize;
+    /// Loads slot `slot` with a model's parameters, AdamW moments and best weights.
+    fn upload(&mut self, slot: usize, st: &ModelState) -> Result<()>;
+    /// One training step (dropout on, then AdamW) of every slot with rows in its batch; the
+    /// loss of each slot's batch (anything for slots without rows).
+    fn step(&mut self, batches: &[Batch]) -> Result<Vec<f32>>;
+    /// The loss of each slot's batch `rows[slot]` in eval mode (no dropout, no update).
+    fn eval(&mut self, rows: &[&[usize]]) -> Result<Vec<f32>>;
+    /// Keeps slot `slot`'s current parameters as its best.
+    fn keep_best(&mut self, slot: usize) -> Result<()>;
+    /// Copies slot `slot`'s best weights into `st`, and unless `st.done` its parameters and
+    /// moments too.
+    fn download(&mut self, slot: usize, st: &mut ModelState) -> Result<()>;
+}
+
+/// Checkpoints are written at the end of an epoch once this long has passed since the last
+/// ones (and when the group is done, and every epoch under `--stop-after-batches`).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(60);
+
+/// Trains every job (resuming from their checkpoints when `resume`), in groups of as many as
+/// an engine holds: `engine(n)` makes one for up to n models.
+pub fn train<'e>(
+    pairs: &Pairs,
+    cfg: &TrainConfig,
+    jobs: &[Job],
+    resume: bool,
+    progress: &mut Progress,
+    engine: &mut dyn FnMut(usize) -> Result<Box<dyn Engine + 'e>>,
+) -> Result<Vec<Outcome>> {
+    cfg.check()?;
+    for j in jobs {
+        let l = &j.init.layout;
+        if l.d != pairs.d || l.k != pairs.k {
+            return Err(Error::Usage(format!(
+                "the initial model takes text width {} and image width {}, the data has {} and {}",
+                l.d, l.k, pairs.d, pairs.k
+            )));
+        }
+    }
+    let mut out = Vec::with_capacity(jobs.len());
+    let mut rest = jobs;
+    while !rest.is_empty() {
+        let mut e = engine(rest.len())?;
+        let (group, tail) = rest.split_at(e.capacity().clamp(1, rest.len()));
+        out.extend(Group::start(e.as_mut(), pairs, cfg, group, resume, progress)?.run()?);
+        rest = tail;
+    }
+    Ok(out)
+}
+
+/// The models an engine trains together, and their states (whose weights the engine holds).
+struct Group<'a, 'e> {
+    engine: &'a mut (dyn Engine + 'e),
+    cfg: &'a TrainConfig,
+    jobs: &'a [Job],
+    progress: &'a mut Progress,
+    /// The checkpoint key of each job that has a checkpoint.
+    keys: Vec<Option<String>>,
+    states: Vec<ModelState>,
+    batch_losses: Vec<Vec<f32>>,
+    last_checkpoint: Instant,
+}
+
+impl<'a, 'e> Group<'a, 'e> {
+    /// Each job's state, fresh or resumed, uploaded to the engine.
+    fn start(
+        engine: &'a mut (dyn Engine + 'e),
+        pairs: &'a Pairs,
+        cfg: &'a TrainConfig,
+        jobs: &'a [Job],
+        resume: bool,
+        progress: &'a mut Progress,
+    ) -> Result<Self> {
+        // Hashing the data takes a pass over it: only for the jobs with a checkpoint.
+        let keys: Vec<Option<String>> = jobs
+            .iter()
+            .map(|j| j.checkpoint.as_ref().map(|_| j.key(pairs, cfg)))
+            .collect();
+        let mut states = Vec::with_capacity(jobs.len());
+        for (slot, j) in jobs.iter().enumerate() {
+            let mut st = j.start(keys[slot].as_deref(), resume)?;
+            if st.epoch >= cfg.epochs {
+                st.done = true;
+            }
+            let skip = st.epoch.min(cfg.epochs) * n_batches(j.train.len(), cfg.batch);
+            progress.bar.inc(skip as u64);
+            engine.upload(slot, &st)?;
+            // The engine holds the weights from here on; the state keeps the counters.
+            for v in [&mut st.params, &mut st.m, &mut st.v, &mut st.best] {
+                *v = Vec::new();
+            }
+            states.push(st);
+        }
+        Ok(Group {
+            engine,
+            cfg,
+            jobs,
+            progress,
+            keys,
+            states,
+            batch_losses: vec![Vec::new(); jobs.len()],
+            last_checkpoint: Instant::now(),
+        })
+    }
+
+    /// Epochs until every model is done; each model's outcome.
+    fn run(mut self) -> Result<Vec<Outcome>> {
+        while self.states.iter().any(|s| !s.done) {
+            let train_loss = self.train_epoch()?;
+            let val_loss = self.val_loss()?;
+            for (slot, (t, v)) in train_loss.into_iter().zip(val_loss).enumerate() {
+                if self.states[slot].done {
+                    continue;
+                }
+                if finish_epoch(&mut self.states[slot], self.cfg, t, v) {
+                    self.engine.keep_best(slot)?;
+                }
+                if self.jobs.len() == 1 {
+                    let msg = v.map_or(String::new(), |v| format!(" val {v:.4}"));
+                    let e = self.states[slot].epoch;
+                    self.progress
+                        .bar
+                        .set_message(format!("epoch {e} loss {t:.4}{msg}"));
+                }
+            }
+            self.checkpoint()?;
+        }
+        let mut out = Vec::with_capacity(self.jobs.len());
+        for (slot, j) in self.jobs.iter().enumerate() {
+            let st = &mut self.states[slot];
+            self.engine.download(slot, st)?;
+            let losses = std::mem::take(&mut self.batch_losses[slot]);
+            out.push(Outcome::from_state(&j.init, st, j.val.is_some(), losses));
+        }
+        Ok(out)
+    }
+
+    /// One epoch of every model not done yet (the others sit it out): the mean of each one's
+    /// batch losses.
+    fn train_epoch(&mut self) -> Result<Vec<f32>> {
+        let (cfg, b) = (self.cfg, self.cfg.batch);
+        let orders: Vec<Vec<usize>> = self
+            .jobs
+            .iter()
+            .zip(&self.states)
+            .map(|(j, s)| match s.done {
+                true => Vec::new(),
+                false => epoch_order(&j.train, cfg.shuffle, cfg.seed, j.model_id, s.epoch),
+            })
+            .collect();
+        let steps = orders.iter().map(|o| n_batches(o.len(), b)).max();
+        let mut sums = vec![0.0f64; self.jobs.len()];
+        for s in 0..steps.unwrap_or(0) {
+            let batches: Vec<Batch> = orders
+                .iter()
+                .zip(self.jobs.iter().zip(&mut self.states))
+                .map(|(order, (j, st))| {
+                    let rows = chunk(order, s, b);
+                    if rows.is_empty() {
+                        return Batch {
+                            rows,
+                            next: &[],
+                            drops: NO_DROPOUT,
+                            t: st.step,
+                        };
+                    }
+                    let drops = cfg.dropouts(j.model_id, st.step);
+                    st.step += 1;
+                    let next = chunk(order, s + 1, b);
+                    Batch {
+                        rows,
+                        next,
+                        drops,
+                        t: st.step,
+                    }
+                })
+                .collect();
+            let losses = self.engine.step(&batches)?;
+            for (slot, (batch, loss)) in batches.iter().zip(losses).enumerate() {
+                if batch.rows.is_empty() {
+                    continue;
+                }
+                if !loss.is_finite() {
+                    return Err(Error::Usage(format!(
+                        "the training loss became {loss} at epoch {} (model {}); lower --lr",
+                        self.states[slot].epoch + 1,
+                        self.jobs[slot].model_id
+                    )));
+                }
+                sums[slot] += loss as f64;
+                self.batch_losses[slot].push(loss);
+                self.progress.batch()?;
+            }
+        }
+        Ok(sums
+            .iter()
+            .zip(&orders)
+            .map(|(s, o)| (s / n_batches(o.len(), b).max(1) as f64) as f32)
+            .collect())
+    }
+
+    /// The validation loss of every model not done that has validation rows: the mean of its
+    /// batch losses in eval mode, batches in order.
+    fn val_loss(&mut self) -> Result<Vec<Option<f32>>> {
+        let b = self.cfg.batch;
+        let val: Vec<&[usize]> = self
+            .jobs
+            .iter()
+            .zip(&self.states)
+            .map(|(j, s)| match (&j.val, s.done) {
+                (Some(v), false) => v.as_slice(),
+                _ => &[],
+            })
+            .collect();
+        let steps = val.iter().map(|v| n_batches(v.len(), b)).max();
+        let mut sums = vec![0.0f64; self.jobs.len()];
+        for s in 0..steps.unwrap_or(0) {
+            let rows: Vec<&[usize]> = val.iter().map(|v| chunk(v, s, b)).collect();
+            let losses = self.engine.eval(&rows)?;
+            for ((sum, r), loss) in sums.iter_mut().zip(&rows).zip(losses) {
+                if !r.is_empty() {
+                    *sum += loss as f64;
+                }
+            }
+        }
+        Ok(self
+            .jobs
+            .iter()
+            .zip(sums)
+            .map(|(j, s)| {
+                let n = j.val.as_ref()?.len();
+                Some((s / n_batches(n, b).max(1) as f64) as f32)
+            })
+            .collect())
+    }
+
+    /// Writes the checkpoints of the group's jobs when they are due: `CHECKPOINT_EVERY` after
+    /// the last ones, when every model is done, and every epoch under `--stop-after-batches`.
+    fn checkpoint(&mut self) -> Result<()> {
+        let due = self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY
+            || self.states.iter().all(|s| s.done)
+            || self.cfg.stop_after_batches.is_some();
+        if !due {
+            return Ok(());
+        }
+        for (slot, j) in self.jobs.iter().enumerate() {
+            if let (Some(path), Some(key)) = (&j.checkpoint, &self.keys[slot]) {
+                let mut st = self.states[slot].clone();
+                self.engine.download(slot, &mut st)?;
+                st.save(path, &j.init.layout, key)?;
+            }
+        }
+        self.last_checkpoint = Instant::now();
+        Ok(())
     }
 }
 
-/// Trains one model on the CPU (resuming from its checkpoint when `resume`).
-pub fn train_cpu(
-    pairs: &Pairs,
-    cfg: &TrainConfig,
-    job: &Job,
-    resume: bool,
-    progress: &mut Progress,
-) -> Result<Outcome> {
-    cfg.check()?;
-    let layout = &job.init.layout;
-    if layout.d != pairs.d || layout.k != pairs.k {
-        return Err(Error::Usage(format!(
-            "the initial model takes text width {} and image width {}, the data has {} and {}",
-            layout.d, layout.k, pairs.d, pairs.k
-        )));
-    }
-    // Hashing the data takes a pass over it: only for a checkpoint, which keeps the key.
-    let key = job.checkpoint.as_ref().map(|_| job.key(pairs, cfg));
-    let mut st = job.start(key.as_deref(), resume)?;
-    let skip = (st.epoch.min(cfg.epochs) * n_batches(job.train.len(), cfg.batch)) as u64;
-    progress.bar.inc(skip);
-    let b = cfg.batch;
-    let mut ws = Workspace::new(layout, b);
-    let mut grads = vec![0.0f32; layout.len];
-    // This batch's rows and the next one's, gathered while this one trains.
-    let (mut xt, mut xi) = (vec![0.0f32; b * pairs.d], vec![0.0f32; b * pairs.k]);
-    let (mut next_xt, mut next_xi) = (xt.clone(), xi.clone());
-    let mut batch_losses = Vec::new();
-    if st.epoch >= cfg.epochs {
-        st.done = true;
-    }
-    while !st.done {
-        let order = epoch_order(&job.train, cfg.shuffle, cfg.seed, job.model_id, st.epoch);
-        let mut sum = 0.0f64;
-        let mut chunks = order.chunks(b).peekable();
-        if let Some(first) = chunks.peek() {
-            pairs.gather(first, &mut xt, &mut xi);
-        }
-        while let Some(chunk) = chunks.next() {
-            let n = chunk.len();
-            let drops = cfg.dropouts(job.model_id, st.step);
-            st.step += 1;
-            let adam = AdamW {
-                m: &mut st.m,
-                v: &mut st.v,
-                t: st.step,
-                lr: cfg.lr,
-                wd: cfg.weight_decay,
-            };
-            let next = chunks.peek();
-            let (loss, ()) = rayon::join(
-                || {
-                    ws.train_step(
-                        layout,
-                        &mut st.params,
-                        &mut grads,
-                        adam,
-                        &xt[..n * pairs.d],
-                        &xi[..n * pairs.k],
-                        n,
-                        &drops,
-                    )
-                },
-                || {
-                    if let Some(next) = next {
-                        pairs.gather(next, &mut next_xt, &mut next_xi);
-                    }
-                },
-            );
-            std::mem::swap(&mut xt, &mut next_xt);
-            std::mem::swap(&mut xi, &mut next_xi);
-            if !loss.is_finite() {
-                return Err(Error::Usage(format!(
-                    "the training loss became {loss} at epoch {}; lower --lr",
-                    st.epoch + 1
-                )));
-            }
-            sum += loss as f64;
-            batch_losses.push(loss);
-            progress.batch()?;
-        }
-        let train_loss = (sum / n_batches(order.len(), b).max(1) as f64) as f32;
-        let val_loss = job.val.as_ref().map(|rows| {
-            let m = Clip {
-                layout: layout.clone(),
-                params: st.params.clone(),
-            };
-            eval_loss(pairs, &m, rows, b, &mut ws)
-        });
-        finish_epoch(&mut st, cfg, train_loss, val_loss);
-        progress.bar.set_message(format!(
-            "epoch {} loss {train_loss:.4}{}",
-            st.epoch,
-            val_loss.map_or(String::new(), |v| format!(" val {v:.4}"))
-        ));
-        if let (Some(p), Some(key)) = (&job.checkpoint, &key) {
-            st.save(p, layout, key)?;
-        }
-    }
-    Ok(Outcome::from_state(
-        &job.init,
-        &st,
-        job.val.is_some(),
-        batch_losses,
-    ))
+/// Batch `s` of `rows` in batches of `b` (empty past the end).
+fn chunk(rows: &[usize], s: usize, b: usize) -> &[usize] {
+    rows.get(s * b..((s + 1) * b).min(rows.len()))
+        .unwrap_or(&[])
 }

@@ -3,10 +3,10 @@
 //! follows at once, so a weight matrix's gradient never goes out to memory and back. AdamW is
 //! memory-bound (it streams p, g, m and v), and the rows of a block are contiguous, so p, m
 //! and v stream in order. The sums are the same fused multiply-adds in the same order as
-//! gemm's, and the update is `train::adamw_update`, so the bits are those of the two run apart.
+//! gemm's, and the update is `adamw::adamw_update`, so the bits are those of the two run apart.
 
+use super::adamw::{adamw_step_with, adamw_update, AdamStep};
 use super::ops::{self, Vectors};
-use super::train::AdamStep;
 use rayon::prelude::*;
 
 /// Weight rows per tile (the 6 × 16 register tile of AVX2's 16 registers).
@@ -115,7 +115,7 @@ fn weight_grad_adamw_on(
         return;
     }
     ops::matmul_tn(k, din, n, delta, x, &mut g_fallback[..len], false);
-    super::train::adamw_step_with(w, &g_fallback[..len], m, v, c);
+    adamw_step_with(w, &g_fallback[..len], m, v, c);
 }
 
 /// δ into panels of `TILE_ROWS` columns (p-major: panel q holds δ[p][6q..6q+6] at
@@ -268,7 +268,7 @@ fn task(
             }
         }
         // The task's rows are contiguous: p, m and v stream in order, g comes from cache.
-        super::train::adamw_update(w, g, m, v, c);
+        adamw_update(w, g, m, v, c);
     });
 }
 
@@ -355,7 +355,6 @@ unsafe fn tile512<const R: usize, const V: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clip::train::adamw_update;
 
     fn wave(len: usize, s: usize) -> Vec<f32> {
         (0..len)

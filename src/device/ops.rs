@@ -5,8 +5,12 @@ use super::Device;
 use crate::baseline;
 use crate::brain::mkda::MkdaKernel;
 use crate::brain::{self, Atlas, Mask, Peaks};
+use crate::clip::cpu::CpuEngine;
+use crate::clip::cuda::{models_that_fit, CudaEngine};
 use crate::clip::data::Pairs;
-use crate::clip::train::{Job, Outcome, Progress, TrainConfig};
+use crate::clip::kernels::{CpuKernels, CudaKernels, Kernels};
+use crate::clip::layout::Layout;
+use crate::clip::train::{self, Engine, Job, Outcome, Progress, TrainConfig};
 use crate::error::Result;
 
 impl Device {
@@ -54,22 +58,36 @@ impl Device {
         }
     }
 
-    /// Trains CLIP models: one after the other on the CPU, as many at once as fit on CUDA
-    /// (`kernels/clip.cu` and cuBLAS).
-    pub fn train_clip(
-        &self,
-        pairs: &Pairs,
-        cfg: &TrainConfig,
+    /// Trains CLIP models (`clip::train::train`) on this device's engine: one model after the
+    /// other on the CPU, as many at once as fit on CUDA (`kernels/clip.cu` and cuBLAS).
+    pub fn train_clip<'a>(
+        &'a self,
+        pairs: &'a Pairs,
+        cfg: &'a TrainConfig,
         jobs: &[Job],
         resume: bool,
         progress: &mut Progress,
     ) -> Result<Vec<Outcome>> {
+        type Engines<'a> = Box<dyn FnMut(usize) -> Result<Box<dyn Engine + 'a>> + 'a>;
+        let mut engine: Engines<'a> = match self {
+            Device::Cpu => {
+                let layout = Layout::new(pairs.d, pairs.k);
+                Box::new(move |_| Ok(Box::new(CpuEngine::new(pairs, &layout, cfg))))
+            }
+            Device::Cuda(g) => {
+                let fit = models_that_fit(g, pairs, cfg)?;
+                Box::new(move |n| Ok(Box::new(CudaEngine::new(g, pairs, cfg, n.min(fit))?)))
+            }
+        };
+        train::train(pairs, cfg, jobs, resume, progress, &mut engine)
+    }
+
+    /// The CLIP ops one by one on this device (`clip::kernels`), for the parity tests: the
+    /// CPU's functions, or `kernels/clip.cu` through the CUDA engine's launch wrappers.
+    pub fn clip_kernels(&self) -> Box<dyn Kernels> {
         match self {
-            Device::Cpu => jobs
-                .iter()
-                .map(|j| crate::clip::train::train_cpu(pairs, cfg, j, resume, progress))
-                .collect(),
-            Device::Cuda(g) => crate::clip::cuda::train_many(g, pairs, cfg, jobs, resume, progress),
+            Device::Cpu => Box::new(CpuKernels),
+            Device::Cuda(g) => Box::new(CudaKernels(g.clone())),
         }
     }
 }
