@@ -660,19 +660,8 @@ fn row_major_gemm_matches_cpu() {
     let want: Vec<f64> = (0..n * k)
         .map(|e| (0..k).map(|p| x[e / k * k + p] * gram[p * k + e % k]).sum())
         .collect();
-    let solve = RowMajorGemm {
-        rows: n,
-        cols: k,
-        inner: k,
-        ta: false,
-        tb: false,
-        lda: k,
-        ldb: k,
-        ldc: k,
-        accumulate: false,
-    };
     let mut out = g.htod(&vec![f64::NAN; n * k]).unwrap();
-    solve
+    RowMajorGemm::dense(n, k, k)
         .run(
             &blas,
             &g.htod(&x).unwrap(),

@@ -397,18 +397,7 @@ impl<'g> CudaMkda<'g> {
             Some(blas) => {
                 // β(n×k) = X(n×k)·G(k×k), row-major, in f64.
                 let mut beta64 = self.gpu.zeros::<f64>(nk)?;
-                let product = RowMajorGemm {
-                    rows: n,
-                    cols: k,
-                    inner: k,
-                    ta: false,
-                    tb: false,
-                    lda: k,
-                    ldb: k,
-                    ldc: k,
-                    accumulate: false,
-                };
-                product.run(&blas, xty, &self.gram_inv, &mut beta64)?;
+                RowMajorGemm::dense(n, k, k).run(&blas, xty, &self.gram_inv, &mut beta64)?;
                 let len = nk as i64;
                 let blocks = nk.div_ceil(BLOCK as usize).clamp(1, 1 << 16) as u32;
                 let cfg = launch::grid((blocks, 1, 1), BLOCK, 0);

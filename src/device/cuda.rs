@@ -278,6 +278,21 @@ pub struct RowMajorGemm {
 pub type Batched<'a, B> = (&'a B, usize);
 
 impl RowMajorGemm {
+    /// `C[rows, cols] = A[rows, inner] · B[inner, cols]`, all three dense, none transposed.
+    pub fn dense(rows: usize, cols: usize, inner: usize) -> RowMajorGemm {
+        RowMajorGemm {
+            rows,
+            cols,
+            inner,
+            ta: false,
+            tb: false,
+            lda: inner,
+            ldb: cols,
+            ldc: cols,
+            accumulate: false,
+        }
+    }
+
     /// A dense layer, `y[rows, out] = x[rows, inp] · w[out, inp]ᵀ` (+ y when `accumulate`): A = x,
     /// B = w as PyTorch stores it.
     pub fn linear(rows: usize, out: usize, inp: usize, accumulate: bool) -> RowMajorGemm {
@@ -719,6 +734,11 @@ mod tests {
             RowMajorGemm::linear(rows, out, inp, false).spans(),
             [21, 15, 35]
         );
+
+        // The atlas solve: β[n × k] = Xᵀy[n × k] · G[k × k], G first for cuBLAS.
+        let c = RowMajorGemm::dense(9, 4, 4).config(1.0f64, 0.0).unwrap();
+        assert_eq!((c.transa, c.transb), (CUBLAS_OP_N, CUBLAS_OP_N));
+        assert_eq!((c.m, c.n, c.k, c.lda, c.ldb, c.ldc), (4, 9, 4, 4, 4, 4));
 
         // dW[k × din] = δᵀ[k × b] · x[b × din] with δ stored b × k: ta, lda = k.
         let g = RowMajorGemm {
