@@ -332,10 +332,12 @@ __device__ void attention_impl(const T* __restrict__ q, const T* __restrict__ k,
         attention_impl<T, DMAX>(q, k, v, q_stride, kv_stride, out, out_stride, tiles, nh, nkv, hd,      \
                                 scale_log2, causal, window);                                             \
     }
+// Head widths up to 64 run the _d64 entries, wider ones up to ATT_MAX_HEAD_DIM the _d128 ones.
+#define ATT_MAX_HEAD_DIM 128
 NICLIP_ATTENTION(attention_f32_d64, float, 64)
-NICLIP_ATTENTION(attention_f32_d128, float, 128)
+NICLIP_ATTENTION(attention_f32_d128, float, ATT_MAX_HEAD_DIM)
 NICLIP_ATTENTION(attention_bf16_d64, bf16, 64)
-NICLIP_ATTENTION(attention_bf16_d128, bf16, 128)
+NICLIP_ATTENTION(attention_bf16_d128, bf16, ATT_MAX_HEAD_DIM)
 
 // ---------------------------------------------------------------------------------------------
 // Pooling

@@ -786,6 +786,7 @@ mod tests {
                 ("ATT_WARPS", ATT_WARPS),
                 ("ATT_QW", ATT_QW),
                 ("ATT_BK", ATT_BK),
+                ("ATT_MAX_HEAD_DIM", consts::llm::ATT_MAX_HEAD_DIM),
             ],
         );
         // Expressions over earlier defines: `(ATT_WARPS * ATT_QW)`, `(ATT_WARPS * 32)`.

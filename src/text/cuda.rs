@@ -21,7 +21,7 @@ use super::cpu::Cpu;
 use super::decoder::{Decoder, DecoderConfig, Layer as DecoderLayer};
 use super::engine::{Engine, Model, TextNet};
 use super::ops::{AttnMask, Heads, Linear, RopeTable};
-use crate::device::cuda::consts::llm::{ATT_BQ, ATT_THREADS, ROW_THREADS};
+use crate::device::cuda::consts::llm::{ATT_BQ, ATT_MAX_HEAD_DIM, ATT_THREADS, ROW_THREADS};
 use crate::device::cuda::{launch, launch_err, launch_kernel, to_bf16, Elem, Gpu, RowMajorGemm};
 use crate::error::{Error, Result};
 use cudarc::cublas::CudaBlas;
@@ -29,8 +29,8 @@ use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 use std::sync::{Arc, Mutex};
 
 const MODULE: &str = "llm";
-/// Widest head the attention kernels take (`attention_*_d128`).
-pub const MAX_HEAD_DIM: usize = 128;
+/// The widest head the attention kernels take (`attention_*_d128`).
+const MAX_HEAD_DIM: usize = ATT_MAX_HEAD_DIM as usize;
 
 /// Sizes the kernels index with `int` must stay below 2³¹.
 fn int(n: usize, what: &str) -> Result<i32> {
@@ -400,7 +400,7 @@ pub fn attention<T: Elem>(
     }
     let width = match hd {
         1..=64 => 64,
-        65..=MAX_HEAD_DIM => 128,
+        65..=MAX_HEAD_DIM => MAX_HEAD_DIM,
         _ => {
             return Err(Error::Usage(format!(
                 "head_dim {hd} is wider than the CUDA attention kernels take ({MAX_HEAD_DIM}); use --device cpu"
