@@ -777,6 +777,26 @@ impl Corpus {
         (0..self.len()).map(move |i| Ok((self.ids[i].as_str(), self.section(i, section)?)))
     }
 
+    /// The ids and texts of the studies with any of `sections`: their non-empty sections joined
+    /// by a blank line, in the order given (a study with none of them is left out).
+    pub fn joined_sections(&self, sections: &[Section]) -> Result<(Vec<String>, Vec<String>)> {
+        let (mut ids, mut texts) = (Vec::new(), Vec::new());
+        for i in 0..self.len() {
+            let mut parts = Vec::with_capacity(sections.len());
+            for &s in sections {
+                let t = self.section(i, s)?;
+                if !t.trim().is_empty() {
+                    parts.push(t);
+                }
+            }
+            if !parts.is_empty() {
+                ids.push(self.ids[i].clone());
+                texts.push(parts.join("\n\n"));
+            }
+        }
+        Ok((ids, texts))
+    }
+
     /// Reads study `i` back whole.
     pub fn study(&self, i: usize) -> Result<Study> {
         let meta = self.meta(i)?;
