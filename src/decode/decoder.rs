@@ -8,6 +8,8 @@ use super::vocabulary::Vocabulary;
 use crate::brain::{Atlas, Image};
 use crate::device::cpu::{self, Parallelism, Strided};
 use crate::error::{Error, Result};
+use crate::io::progress;
+use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
 /// The CLIP towers as the decoder uses them (the trained model implements this).
@@ -252,20 +254,41 @@ impl Decoder {
             .collect()
     }
 
-    /// Decodes every volume of `img`; a 4D image gives one decoding per volume.
-    pub fn decode_image(
+    /// Decodes every volume of the maps at `paths` (read and projected in parallel, with a
+    /// progress bar past 20 files; a 4D file gives a decoding per volume, named by
+    /// [`map_names`]). Returns the decodings and each file's volume count.
+    pub fn decode_files(
         &self,
-        img: &Image,
+        paths: &[PathBuf],
         variant: &Variant,
-        path: &Path,
-    ) -> Result<Vec<Decoding>> {
-        let feats = self.image_features(img, variant, path)?;
-        Ok(self.decode_features(&feats, map_names(path, img.n_vols)))
+    ) -> Result<(Vec<Decoding>, Vec<usize>)> {
+        let bar = (paths.len() > 20).then(|| progress(paths.len() as u64, "maps"));
+        let per_file: Vec<(Vec<f32>, usize)> = paths
+            .par_iter()
+            .map(|path| -> Result<(Vec<f32>, usize)> {
+                let img = Image::read(path)?;
+                let f = self.image_features(&img, variant, path)?;
+                if let Some(b) = &bar {
+                    b.inc(1);
+                }
+                Ok((f, img.n_vols))
+            })
+            .collect::<Result<_>>()?;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        let (mut features, mut names, mut n_vols) = (Vec::new(), Vec::new(), Vec::new());
+        for (path, (f, n)) in paths.iter().zip(per_file) {
+            features.extend(f);
+            names.extend(map_names(path, n));
+            n_vols.push(n);
+        }
+        Ok((self.decode_features(&features, names), n_vols))
     }
 }
 
 /// "PATH" for a 3D map, "PATH[v]" for volume v of a 4D one.
-pub fn map_names(path: &Path, n_vols: usize) -> Vec<String> {
+fn map_names(path: &Path, n_vols: usize) -> Vec<String> {
     if n_vols == 1 {
         vec![path.display().to_string()]
     } else {

@@ -4,7 +4,9 @@
 //! - orthogonal slices (sagittal, coronal, axial) of the decoded map over the MNI152 T1
 //!   template at the map's peak, with a colour bar and the cut coordinates.
 
-use super::report::MapReport;
+use super::decoder::Decoder;
+use super::maps::{prepare_volume, Variant};
+use super::report::{stems, MapReport};
 use crate::brain::resample::{resample_volume_into, sample, Interp};
 use crate::brain::{Grid, Image};
 use crate::error::{Error, IoContext, Result};
@@ -467,6 +469,49 @@ fn colour_bar(s: &mut String, o: &Overlay, x: f64, y: f64, h: f64) {
             }
         );
     }
+}
+
+/// Draws each decoded map's pictures beside `file` (.png or .svg): its top tasks, concepts and
+/// domains, and the map as decoded over the MNI T1 at its peak. `reports` are the volumes of
+/// the files `counts` names (path, volumes) in order; `scale_note` says which s scaled them.
+pub fn write_pictures(
+    decoder: &Decoder,
+    variant: &Variant,
+    reports: &[MapReport],
+    counts: &[(PathBuf, usize)],
+    file: &Path,
+    scale_note: &str,
+) -> Result<()> {
+    let n = reports.len();
+    let stems = stems(counts);
+    let mut i = 0;
+    let variant_note = variant.note();
+    for (path, n_vols) in counts {
+        let img = Image::read(path)?;
+        for v in 0..*n_vols {
+            let (r, stem) = (&reports[i], &stems[i]);
+            let target = plot_path(file, stem, n);
+            let subtitle = format!("{scale_note}{variant_note}");
+            save(&bars_svg(r, &subtitle), &target)?;
+            let vol = prepare_volume(decoder.atlas(), &img, v, variant, path)?;
+            let svg = slices_svg(
+                &vol,
+                &decoder.atlas().grid,
+                &r.map,
+                &format!("decoded map{variant_note} · "),
+            )?;
+            let slices = slices_path(&target);
+            save(&svg, &slices)?;
+            if n <= 5 {
+                eprintln!("pictures → {} and {}", target.display(), slices.display());
+            }
+            i += 1;
+        }
+    }
+    if n > 5 {
+        eprintln!("{n} pairs of pictures beside {}", file.display());
+    }
+    Ok(())
 }
 
 /// The picture file for map `i` of `n`: FILE itself for one map, FILE-<stem>.ext for several.

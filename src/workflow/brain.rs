@@ -1,15 +1,15 @@
 //! Brain-space jobs: MA maps of chosen studies (`ma-map`), maps projected on an atlas
 //! (`project`), and the image features of a whole corpus (`images`), resumable chunk by chunk.
 
+use super::check_npy_out;
 use super::resume::{key_path, Chunks};
-use super::{check_npy_out, progress};
 use crate::brain::features::ma_maps;
 use crate::brain::mkda::MkdaSpec;
 use crate::brain::{Atlas, Image};
 use crate::corpus::Corpus;
 use crate::device::Device;
 use crate::error::Result;
-use crate::io::write_npy_f32;
+use crate::io::{progress, write_npy_f32};
 use std::path::{Path, PathBuf};
 
 /// Writes the MA maps of `studies` of the corpus as one 4D NIfTI at `out`, a volume per study

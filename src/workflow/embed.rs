@@ -2,11 +2,12 @@
 //! tokens of all chunks of each text) of the lines of a file or of a corpus's sections,
 //! resumable a chunk of texts at a time.
 
+use super::check_npy_out;
 use super::resume::{key_path, Chunks};
-use super::{check_npy_out, progress};
 use crate::corpus::{Corpus, Section};
 use crate::device::Device;
 use crate::error::{Error, IoContext, Result};
+use crate::io::progress;
 use crate::text::{EmbedOptions, TextModel};
 use std::path::PathBuf;
 use std::time::Instant;

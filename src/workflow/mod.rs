@@ -9,21 +9,10 @@
 pub mod brain;
 pub mod embed;
 pub mod resume;
+pub mod vocab;
 
 use crate::error::{Error, Result};
 use std::path::Path;
-
-/// A progress bar on stderr counting `what` (hidden when stderr is not a terminal).
-pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(len);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(&format!(
-            "{{bar:40}} {{pos}}/{{len}} {what} ({{per_sec}}, eta {{eta}})"
-        ))
-        .expect("a valid template"),
-    );
-    bar
-}
 
 /// Refuses an array output that is not `.npy` (arrays exchanged with Python are `.npy`).
 pub fn check_npy_out(out: &Path) -> Result<()> {
