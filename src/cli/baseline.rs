@@ -6,7 +6,7 @@ use crate::baseline::terms::Match;
 use crate::baseline::train::{train, TrainOptions};
 use crate::baseline::{Decoder, Kind};
 use crate::brain::mkda::Rounding;
-use crate::brain::Mask;
+use crate::brain::{Image, Mask};
 use crate::corpus::Section;
 use crate::device::Device;
 use crate::error::{Error, IoContext, Result};
@@ -213,18 +213,13 @@ fn decode_cmd(a: DecodeArgs) -> Result<()> {
     let mut results = Vec::new();
     for p in &a.maps {
         let vols = mask.values_of(p)?;
-        let n = vols.len();
-        for (i, v) in vols.into_iter().enumerate() {
+        let names = Image::volume_names(p, vols.len());
+        for (v, map) in vols.into_iter().zip(names) {
             let mut terms = decoder.decode(&v);
             crate::baseline::sort_by_score(&mut terms);
             if a.top > 0 {
                 terms.truncate(a.top);
             }
-            let map = if n == 1 {
-                p.display().to_string()
-            } else {
-                format!("{}[{i}]", p.display())
-            };
             results.push(Decoded { map, terms });
         }
     }

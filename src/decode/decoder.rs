@@ -278,7 +278,7 @@ impl Decoder {
 
     /// Decodes every volume of the maps at `paths` (read and projected in parallel, with a
     /// progress bar past 20 files; a 4D file gives a decoding per volume, named by
-    /// [`map_names`]). Returns the decodings and each file's volume count.
+    /// [`Image::volume_names`]). Returns the decodings and each file's volume count.
     pub fn decode_files(
         &self,
         paths: &[PathBuf],
@@ -302,21 +302,10 @@ impl Decoder {
         let (mut features, mut names, mut n_vols) = (Vec::new(), Vec::new(), Vec::new());
         for (path, (f, n)) in paths.iter().zip(per_file) {
             features.extend(f);
-            names.extend(map_names(path, n));
+            names.extend(Image::volume_names(path, n));
             n_vols.push(n);
         }
         Ok((self.decode_features(&features, names), n_vols))
-    }
-}
-
-/// "PATH" for a 3D map, "PATH[v]" for volume v of a 4D one.
-fn map_names(path: &Path, n_vols: usize) -> Vec<String> {
-    if n_vols == 1 {
-        vec![path.display().to_string()]
-    } else {
-        (0..n_vols)
-            .map(|v| format!("{}[{v}]", path.display()))
-            .collect()
     }
 }
 
