@@ -272,69 +272,74 @@ fn missing(dir: &Path, what: &str) -> Error {
     )
 }
 
-/// An entry's id, name and definition, trimmed; None when any is missing (braindec drops those).
-fn named(e: &Entry) -> Option<(String, String, String)> {
-    let (id, name, definition) = (
-        text_field(&e.id),
-        text_field(&e.name),
-        text_field(&e.definition_text),
-    );
-    (!(name.is_empty() || definition.is_empty() || id.is_empty())).then_some((id, name, definition))
+/// The entries with an id, a name and a definition (trimmed), each made into a `T`; the others
+/// are dropped, as braindec does, and counted in a warning.
+fn keep_named<T>(
+    entries: &[Entry],
+    what: &str,
+    path: &Path,
+    warnings: &mut Vec<String>,
+    make: impl Fn(&Entry, String, String, String) -> T,
+) -> Vec<T> {
+    let mut kept = Vec::new();
+    let mut dropped = 0;
+    for e in entries {
+        let (id, name, definition) = (
+            text_field(&e.id),
+            text_field(&e.name),
+            text_field(&e.definition_text),
+        );
+        if name.is_empty() || definition.is_empty() || id.is_empty() {
+            dropped += 1;
+        } else {
+            kept.push(make(e, id, name, definition));
+        }
+    }
+    if dropped > 0 {
+        warnings.push(format!(
+            "{dropped} {what} without a name or a definition were dropped ({})",
+            path.display()
+        ));
+    }
+    kept
 }
 
-/// Tasks with an id, a name and a definition, in file order, and the concept ids each links to.
+/// Tasks in file order, and the concept ids each links to.
 fn read_tasks(
     entries: &[Entry],
     path: &Path,
     warnings: &mut Vec<String>,
 ) -> (Vec<Task>, Vec<Vec<String>>) {
-    let mut tasks = Vec::new();
-    let mut task_asserts = Vec::new();
-    let mut no_definition = 0;
-    for e in entries {
-        let Some((id, name, definition)) = named(e) else {
-            no_definition += 1;
-            continue;
-        };
-        let links: Vec<String> = ids(&e.asserts)
-            .chain(ids(&e.concepts))
-            .map(str::to_string)
-            .collect();
-        task_asserts.push(links);
-        tasks.push(Task {
-            id,
-            name,
-            definition,
-        });
-    }
-    if no_definition > 0 {
-        warnings.push(format!(
-            "{no_definition} tasks without a name or a definition were dropped ({})",
-            path.display()
-        ));
-    }
-    (tasks, task_asserts)
+    keep_named(
+        entries,
+        "tasks",
+        path,
+        warnings,
+        |e, id, name, definition| {
+            let links: Vec<String> = ids(&e.asserts)
+                .chain(ids(&e.concepts))
+                .map(str::to_string)
+                .collect();
+            (
+                Task {
+                    id,
+                    name,
+                    definition,
+                },
+                links,
+            )
+        },
+    )
+    .into_iter()
+    .unzip()
 }
 
-/// Concepts with an id, a name and a definition; the domain from the class id.
+/// Concepts in file order, each in the domain of its class id.
 fn read_concepts(entries: &[Entry], path: &Path, warnings: &mut Vec<String>) -> Vec<Concept> {
-    let mut concepts = Vec::new();
-    let mut dropped_concepts = 0;
-    for e in entries {
-        let Some((id, name, _)) = named(e) else {
-            dropped_concepts += 1;
-            continue;
-        };
+    keep_named(entries, "concepts", path, warnings, |e, id, name, _| {
         let domain = domain_index(&text_field(&e.id_concept_class));
-        concepts.push(Concept { id, name, domain });
-    }
-    if dropped_concepts > 0 {
-        warnings.push(format!(
-            "{dropped_concepts} concepts without a name or a definition were dropped ({})",
-            path.display()
-        ));
-    }
-    concepts
+        Concept { id, name, domain }
+    })
 }
 
 /// A concept name → domain mapping (JSON object) overriding the concepts' classes.

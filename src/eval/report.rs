@@ -55,19 +55,9 @@ impl DecodingEval {
             "decoder", "level", "k", "maps", "recall", "hit", "null", "p", "obs/null"
         );
         for (name, s) in &self.scores {
-            let _ = writeln!(
-                t,
-                "{:<28} {:<8} {:>2} {:>4} {:>8.3} {:>6.3} {:>9.3} {:>7.4} {:>9}",
-                name,
-                s.level.name(),
-                s.k,
-                s.maps,
-                s.recall,
-                s.hit,
-                s.null_recall,
-                s.p,
-                ratio(s)
-            );
+            let row: Vec<String> = cells(name, s).into_iter().map(|c| c.0).collect();
+            t += &row.join(" ");
+            t.push('\n');
         }
         t
     }
@@ -86,18 +76,9 @@ impl DecodingEval {
     fn summary_csv(&self) -> String {
         let mut text = String::from("decoder,level,k,maps,recall,hit,null_recall,p,ratio\n");
         for (name, s) in &self.scores {
-            let _ = writeln!(
-                text,
-                "{name},{},{},{},{},{},{},{},{}",
-                s.level.name(),
-                s.k,
-                s.maps,
-                s.recall,
-                s.hit,
-                s.null_recall,
-                s.p,
-                ratio(s)
-            );
+            let row: Vec<String> = cells(name, s).into_iter().map(|c| c.1).collect();
+            text += &row.join(",");
+            text.push('\n');
         }
         text
     }
@@ -130,6 +111,22 @@ fn write_text(path: &Path, text: &str) -> Result<()> {
     crate::io::write_atomic(path, |w| {
         std::io::Write::write_all(w, text.as_bytes()).at(path)
     })
+}
+
+/// A score's columns, each as the table shows it (padded, rounded) and as the CSV holds it.
+fn cells(name: &str, s: &LevelScore) -> [(String, String); 9] {
+    let r = ratio(s);
+    [
+        (format!("{name:<28}"), name.to_string()),
+        (format!("{:<8}", s.level.name()), s.level.name().to_string()),
+        (format!("{:>2}", s.k), s.k.to_string()),
+        (format!("{:>4}", s.maps), s.maps.to_string()),
+        (format!("{:>8.3}", s.recall), s.recall.to_string()),
+        (format!("{:>6.3}", s.hit), s.hit.to_string()),
+        (format!("{:>9.3}", s.null_recall), s.null_recall.to_string()),
+        (format!("{:>7.4}", s.p), s.p.to_string()),
+        (format!("{r:>9}"), r),
+    ]
 }
 
 /// Observed / null mean recall ("inf" when the null never finds anything).
