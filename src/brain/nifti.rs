@@ -19,7 +19,7 @@ pub struct Image {
 }
 
 impl Image {
-    /// How results name the volumes of a map file: "PATH" for a 3D map, "PATH[v]" for volume
+    /// How results name the volumes of a map file: `PATH` for a 3D map, `PATH[v]` for volume
     /// v of a 4D one.
     pub fn volume_names(path: &Path, n_vols: usize) -> Vec<String> {
         if n_vols == 1 {
