@@ -1,4 +1,5 @@
-//! Output files that are never left half-written, and `.npy` arrays exchanged with Python.
+//! Output files that are never left half-written, `.npy` arrays exchanged with Python, and
+//! progress bars on stderr.
 
 use crate::error::{Error, IoContext, Result};
 use std::fs::File;
@@ -203,4 +204,16 @@ pub fn ids_sidecar(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_os_string();
     s.push(".ids.txt");
     PathBuf::from(s)
+}
+
+/// A progress bar on stderr counting `what` (hidden when stderr is not a terminal).
+pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{bar:40}} {{pos}}/{{len}} {what} ({{per_sec}}, eta {{eta}})"
+        ))
+        .expect("a valid template"),
+    );
+    bar
 }

@@ -14,5 +14,6 @@ pub mod eval;
 pub mod io;
 pub mod rng;
 pub mod text;
+pub mod workflow;
 
 pub use error::{Error, Result};

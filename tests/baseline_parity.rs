@@ -61,7 +61,7 @@ fn lines(path: &Path) -> Vec<String> {
 fn maps_on_mask(data: &Path, mask: &Mask) -> Vec<Vec<f32>> {
     MAPS.iter()
         .map(|m| {
-            niclip::cli::baseline::map_on_mask(&data.join("maps").join(m), mask)
+            mask.values_of(&data.join("maps").join(m))
                 .unwrap()
                 .remove(0)
         })

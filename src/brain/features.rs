@@ -1,8 +1,10 @@
-//! Image features of studies: MKDA maps projected onto an atlas, fused so that no map is ever
-//! written out: peaks → sphere voxels (union, in the mask) → Xᵀy rows → one batched solve.
+//! Studies' peaks as the image pipeline takes them ([`Peaks`]), their MA maps as volumes
+//! ([`ma_maps`], for looking at), and their image features: MKDA maps projected onto an atlas,
+//! fused so that no map is ever written out: peaks → sphere voxels (union, in the mask) → Xᵀy
+//! rows → one batched solve.
 
-use super::mkda::{peak_voxels, MkdaKernel, Scratch};
-use super::{Atlas, Mask};
+use super::mkda::{ma_map, peak_voxels, MkdaKernel, Scratch};
+use super::{Atlas, Image, Mask};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
@@ -55,6 +57,26 @@ impl Peaks {
     pub fn study(&self, s: usize) -> &[[f64; 3]] {
         &self.xyz[self.start[s]..self.start[s + 1]]
     }
+}
+
+/// The MA maps of studies as one 4D image on the mask's grid, a volume per study in `peaks`'
+/// order: 1 inside the union of its spheres and the mask, 0 elsewhere.
+pub fn ma_maps(kernel: &MkdaKernel, mask: &Mask, peaks: &Peaks) -> Result<Image> {
+    let n = mask.grid.n_voxels();
+    let mut data = vec![0.0f32; n * peaks.len()];
+    data.par_chunks_mut(n)
+        .enumerate()
+        .map_init(
+            || Scratch::new(&mask.grid),
+            |scratch, (s, vol)| -> Result<()> {
+                for m in ma_map(kernel, mask, peaks.study(s), &peaks.ids[s], scratch)? {
+                    vol[mask.voxels[m as usize] as usize] = 1.0;
+                }
+                Ok(())
+            },
+        )
+        .collect::<Result<()>>()?;
+    Ok(Image::new(mask.grid.clone(), peaks.len(), data))
 }
 
 /// Checks that the atlas lies on the mask's grid (resample it with `Atlas::read_on_grid`).

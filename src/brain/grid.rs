@@ -34,11 +34,6 @@ impl Grid {
         apply(&self.affine, ijk)
     }
 
-    /// Continuous voxel coordinates of a point in mm.
-    pub fn mm_to_voxel(&self, xyz: [f64; 3]) -> [f64; 3] {
-        apply(&invert(&self.affine), xyz)
-    }
-
     /// Voxel sizes in mm (norms of the affine's columns), as nibabel's `zooms`.
     pub fn voxel_size(&self) -> [f64; 3] {
         let a = &self.affine;

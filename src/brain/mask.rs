@@ -1,5 +1,6 @@
 //! A brain mask: the in-mask voxels of a grid, and the embedded MNI152 2 mm default.
 
+use super::resample::{resample, Interp};
 use super::{Grid, Image};
 use crate::error::{Error, Result};
 use std::path::Path;
@@ -62,6 +63,33 @@ impl Mask {
         let name = Path::new("<embedded MNI152 2 mm mask>");
         let img = Image::from_bytes(MNI152_2MM_MASK.to_vec(), name).expect("embedded mask decodes");
         Mask::from_image(&img, name).expect("embedded mask is non-empty")
+    }
+
+    /// The values of every volume of the map at `path` in the mask, in `voxels` order:
+    /// resampled onto the mask's grid (trilinear) when off it, non-finite values read as 0.
+    pub fn values_of(&self, path: &Path) -> Result<Vec<Vec<f32>>> {
+        let img = Image::read(path)?;
+        let img = if img.grid.same_as(&self.grid) {
+            img
+        } else {
+            resample(&img, &self.grid, Interp::Linear)
+        };
+        Ok(img
+            .volumes()
+            .map(|vol| {
+                self.voxels
+                    .iter()
+                    .map(|&v| {
+                        let x = vol[v as usize];
+                        if x.is_finite() {
+                            x
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect()
+            })
+            .collect())
     }
 
     pub fn len(&self) -> usize {

@@ -4,6 +4,7 @@
 
 use super::{Grid, Mask};
 use crate::error::{Error, Result};
+use std::path::PathBuf;
 
 /// How a peak in mm snaps to a voxel index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -13,6 +14,35 @@ pub enum Rounding {
     Round,
     /// Toward zero (NiMARE ≤ 0.5's `astype(int)`).
     Trunc,
+}
+
+/// What the MKDA commands take (`--radius`, `--rounding`, `--mask`): the grid's mask, by
+/// default the embedded MNI152 2 mm one, and the sphere drawn on it.
+#[derive(Clone, Debug)]
+pub struct MkdaSpec {
+    /// Sphere radius in mm.
+    pub radius: f64,
+    pub rounding: Rounding,
+    /// A brain mask NIfTI (None: the embedded MNI152 2 mm mask NiMARE uses).
+    pub mask: Option<PathBuf>,
+}
+
+impl MkdaSpec {
+    /// The mask and the kernel on its grid.
+    pub fn mask_and_kernel(&self) -> Result<(Mask, MkdaKernel)> {
+        if !(self.radius > 0.0 && self.radius.is_finite()) {
+            return Err(Error::Usage(format!(
+                "--radius must be a positive number of mm, got {}",
+                self.radius
+            )));
+        }
+        let mask = match &self.mask {
+            Some(p) => Mask::read(p)?,
+            None => Mask::mni152_2mm(),
+        };
+        let kernel = MkdaKernel::for_grid(&mask.grid, self.radius, self.rounding);
+        Ok((mask, kernel))
+    }
 }
 
 /// The sphere of voxel offsets and the rounding rule: everything needed to draw MA maps on a grid.

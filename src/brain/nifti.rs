@@ -19,6 +19,18 @@ pub struct Image {
 }
 
 impl Image {
+    /// How results name the volumes of a map file: `PATH` for a 3D map, `PATH[v]` for volume
+    /// v of a 4D one.
+    pub fn volume_names(path: &Path, n_vols: usize) -> Vec<String> {
+        if n_vols == 1 {
+            vec![path.display().to_string()]
+        } else {
+            (0..n_vols)
+                .map(|v| format!("{}[{v}]", path.display()))
+                .collect()
+        }
+    }
+
     pub fn new(grid: Grid, n_vols: usize, data: Vec<f32>) -> Self {
         assert_eq!(data.len(), grid.n_voxels() * n_vols);
         Image { grid, n_vols, data }

@@ -6,7 +6,6 @@ use crate::baseline::terms::Match;
 use crate::baseline::train::{train, TrainOptions};
 use crate::baseline::{Decoder, Kind};
 use crate::brain::mkda::Rounding;
-use crate::brain::resample::{resample, Interp};
 use crate::brain::{Image, Mask};
 use crate::corpus::Section;
 use crate::device::Device;
@@ -201,32 +200,6 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// A map's values on the MNI152 2 mm mask, one vector per volume.
-pub fn map_on_mask(path: &Path, mask: &Mask) -> Result<Vec<Vec<f32>>> {
-    let img = Image::read(path)?;
-    let img = if img.grid.same_as(&mask.grid) {
-        img
-    } else {
-        resample(&img, &mask.grid, Interp::Linear)
-    };
-    Ok(img
-        .volumes()
-        .map(|vol| {
-            mask.voxels
-                .iter()
-                .map(|&v| {
-                    let x = vol[v as usize];
-                    if x.is_finite() {
-                        x
-                    } else {
-                        0.0
-                    }
-                })
-                .collect()
-        })
-        .collect())
-}
-
 struct Decoded {
     map: String,
     terms: Vec<(String, f32)>,
@@ -239,19 +212,14 @@ fn decode_cmd(a: DecodeArgs) -> Result<()> {
     let mask = Mask::mni152_2mm();
     let mut results = Vec::new();
     for p in &a.maps {
-        let vols = map_on_mask(p, &mask)?;
-        let n = vols.len();
-        for (i, v) in vols.into_iter().enumerate() {
+        let vols = mask.values_of(p)?;
+        let names = Image::volume_names(p, vols.len());
+        for (v, map) in vols.into_iter().zip(names) {
             let mut terms = decoder.decode(&v);
             crate::baseline::sort_by_score(&mut terms);
             if a.top > 0 {
                 terms.truncate(a.top);
             }
-            let map = if n == 1 {
-                p.display().to_string()
-            } else {
-                format!("{}[{i}]", p.display())
-            };
             results.push(Decoded { map, terms });
         }
     }

@@ -1,16 +1,13 @@
 //! `niclip ma-map`, `niclip project`, `niclip images`
 
 use super::Compute;
-use crate::brain::features::Peaks;
-use crate::brain::mkda::{ma_map as draw_ma_map, MkdaKernel, Rounding, Scratch};
+use crate::brain::mkda::{MkdaSpec, Rounding};
 use crate::brain::resample::Interp;
-use crate::brain::{Atlas, Image, Mask};
-use crate::corpus::Corpus;
+use crate::brain::{Image, Mask};
 use crate::device::Device;
-use crate::error::{Error, Result};
-use crate::io::{ids_sidecar, read_npy_f32, write_ids, write_npy_f32};
-use rayon::prelude::*;
-use std::path::{Path, PathBuf};
+use crate::error::Result;
+use crate::workflow::brain::{self as flow, ImagesJob};
+use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct MaMapArgs {
@@ -43,42 +40,19 @@ pub struct MkdaArgs {
 }
 
 impl MkdaArgs {
-    fn mask_and_kernel(&self) -> Result<(Mask, MkdaKernel)> {
-        if !(self.radius > 0.0 && self.radius.is_finite()) {
-            return Err(Error::Usage(format!(
-                "--radius must be a positive number of mm, got {}",
-                self.radius
-            )));
+    fn spec(&self) -> MkdaSpec {
+        MkdaSpec {
+            radius: self.radius,
+            rounding: self.rounding,
+            mask: self.mask.clone(),
         }
-        let mask = match &self.mask {
-            Some(p) => Mask::read(p)?,
-            None => Mask::mni152_2mm(),
-        };
-        let kernel = MkdaKernel::for_grid(&mask.grid, self.radius, self.rounding);
-        Ok((mask, kernel))
     }
 }
 
 pub fn ma_map(a: MaMapArgs) -> Result<()> {
     a.compute.init_threads();
     a.compute.cpu_only("ma-map");
-    let (mask, kernel) = a.mkda.mask_and_kernel()?;
-    let peaks = Corpus::open(&a.corpus)?.peaks_for(&a.studies)?;
-    let n = mask.grid.n_voxels();
-    let mut data = vec![0.0f32; n * peaks.len()];
-    data.par_chunks_mut(n)
-        .enumerate()
-        .map_init(
-            || Scratch::new(&mask.grid),
-            |scratch, (s, vol)| -> Result<()> {
-                for m in draw_ma_map(&kernel, &mask, peaks.study(s), &peaks.ids[s], scratch)? {
-                    vol[mask.voxels[m as usize] as usize] = 1.0;
-                }
-                Ok(())
-            },
-        )
-        .collect::<Result<()>>()?;
-    Image::new(mask.grid.clone(), peaks.len(), data).write(&a.out)
+    flow::ma_map(&a.corpus, &a.studies, &a.mkda.spec(), &a.out)
 }
 
 #[derive(clap::Args, Debug)]
@@ -138,16 +112,8 @@ pub fn resample(a: ResampleArgs) -> Result<()> {
 pub fn project(a: ProjectArgs) -> Result<()> {
     a.compute.init_threads();
     a.compute.cpu_only("project");
-    check_npy_out(&a.out)?;
-    let atlas = Atlas::read(&a.atlas, a.labels)?;
-    let mut rows = Vec::new();
-    let mut n = 0;
-    for path in &a.maps {
-        let img = Image::read(path)?;
-        rows.extend(atlas.project_image(&img));
-        n += img.n_vols;
-    }
-    write_npy_f32(&a.out, &rows, n, atlas.k)
+    flow::project(&a.atlas, a.labels, &a.maps, &a.out)?;
+    Ok(())
 }
 
 #[derive(clap::Args, Debug)]
@@ -174,121 +140,22 @@ pub struct ImagesArgs {
 
 pub fn images(a: ImagesArgs) -> Result<()> {
     a.compute.init_threads();
-    check_npy_out(&a.out)?;
     let device = Device::select(&a.compute.device)?;
-    let (mask, kernel) = a.mkda.mask_and_kernel()?;
-    let (peaks, skipped) = Corpus::open(&a.corpus)?.peaks_all()?;
-    if skipped > 0 {
-        eprintln!("{skipped} studies have no peaks and get no image row");
-    }
-    let atlas = Atlas::read_on_grid(&a.atlas, a.labels, &mask.grid)?;
-    let k = atlas.k;
-    let chunk = a.chunk.max(1);
-    let n_chunks = peaks.len().div_ceil(chunk);
-    let partial = Partial::new(&a.out, &a, &peaks)?;
-    let bar = progress(peaks.len() as u64, "studies");
-    let mut feats = Vec::with_capacity(peaks.len() * k);
-    for c in 0..n_chunks {
-        let range = c * chunk..((c + 1) * chunk).min(peaks.len());
-        let part = match partial.load(c, range.len(), k) {
-            Some(done) => done,
-            None => {
-                let sub = peaks.slice(range.clone());
-                let rows = device.image_features(&kernel, &mask, &atlas, &sub)?;
-                partial.save(c, &rows, range.len(), k)?;
-                rows
-            }
-        };
-        feats.extend(part);
-        bar.inc(range.len() as u64);
-    }
-    bar.finish_and_clear();
-    write_npy_f32(&a.out, &feats, peaks.len(), k)?;
-    write_ids(&ids_sidecar(&a.out), &peaks.ids)?;
-    partial.remove();
+    let job = ImagesJob {
+        corpus: a.corpus,
+        atlas: a.atlas,
+        labels: a.labels,
+        mkda: a.mkda.spec(),
+        out: a.out,
+        chunk: a.chunk,
+    };
+    let r = flow::images(&job, &device)?;
     eprintln!(
-        "{} studies × {k} features on {} → {}",
-        peaks.len(),
+        "{} studies × {} features on {} → {}",
+        r.studies,
+        r.k,
         device.name(),
-        a.out.display()
+        job.out.display()
     );
     Ok(())
-}
-
-fn check_npy_out(out: &Path) -> Result<()> {
-    if out.extension().is_some_and(|e| e == "npy") {
-        Ok(())
-    } else {
-        Err(Error::Usage(format!(
-            "{}: the output must end in .npy",
-            out.display()
-        )))
-    }
-}
-
-fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(len);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(&format!(
-            "{{bar:40}} {{pos}}/{{len}} {what} ({{per_sec}}, eta {{eta}})"
-        ))
-        .unwrap(),
-    );
-    bar
-}
-
-/// Checkpoints of a long `images` run: `<out>.partial/` holds one `.npy` per finished chunk and
-/// a key naming the inputs, so a resumed run reuses chunks only for the very same job.
-struct Partial {
-    dir: PathBuf,
-}
-
-impl Partial {
-    fn new(out: &Path, a: &ImagesArgs, peaks: &Peaks) -> Result<Partial> {
-        let mut dir = out.as_os_str().to_os_string();
-        dir.push(".partial");
-        let dir = PathBuf::from(dir);
-        let key = format!(
-            "corpus={} atlas={} labels={} radius={} rounding={:?} mask={:?} chunk={} studies={} peaks={} first={:?} last={:?}\n",
-            std::fs::canonicalize(&a.corpus).unwrap_or(a.corpus.clone()).display(),
-            std::fs::canonicalize(&a.atlas).unwrap_or(a.atlas.clone()).display(),
-            a.labels,
-            a.mkda.radius,
-            a.mkda.rounding,
-            a.mkda.mask,
-            a.chunk,
-            peaks.len(),
-            peaks.xyz.len(),
-            peaks.ids.first(),
-            peaks.ids.last()
-        );
-        let key_path = dir.join("job.txt");
-        if std::fs::read_to_string(&key_path).ok().as_deref() != Some(key.as_str()) {
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-            crate::io::write_atomic(&key_path, |w| {
-                std::io::Write::write_all(w, key.as_bytes()).map_err(|e| Error::io(&key_path, e))
-            })?;
-        } else {
-            eprintln!("resuming from {}", dir.display());
-        }
-        Ok(Partial { dir })
-    }
-
-    fn chunk_path(&self, c: usize) -> PathBuf {
-        self.dir.join(format!("chunk-{c:06}.npy"))
-    }
-
-    fn load(&self, c: usize, rows: usize, k: usize) -> Option<Vec<f32>> {
-        let m = read_npy_f32(&self.chunk_path(c)).ok()?;
-        (m.rows == rows && m.cols == k).then_some(m.data)
-    }
-
-    fn save(&self, c: usize, rows: &[f32], n: usize, k: usize) -> Result<()> {
-        write_npy_f32(&self.chunk_path(c), rows, n, k)
-    }
-
-    fn remove(&self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }

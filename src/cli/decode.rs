@@ -2,16 +2,13 @@
 //! likely reflect (tables, JSON, pictures).
 
 use super::Compute;
-use crate::brain::Image;
 use crate::clip::model::Clip;
-use crate::decode::maps::prepare_volume;
 use crate::decode::report::{
     stems, write_csv, write_json, write_map_files, write_table, MapReport,
 };
 use crate::decode::{default_model, plot, Decoder, DecoderAssets, ScaleSource, Tail, Variant};
 use crate::error::{Error, Result};
-use rayon::prelude::*;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -175,42 +172,7 @@ pub fn run(a: DecodeArgs) -> Result<()> {
         return Err(Error::Usage("--top must be at least 1".into()));
     }
     let (decoder, scale_note) = a.model.decoder()?;
-
-    // Maps → atlas features, files in parallel (volumes of a 4D file too), one model.
-    let bar = (a.maps.len() > 20).then(|| {
-        let b = indicatif::ProgressBar::new(a.maps.len() as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} maps ({per_sec}, eta {eta})",
-            )
-            .unwrap(),
-        );
-        b
-    });
-    let per_file: Vec<(Vec<f32>, usize)> = a
-        .maps
-        .par_iter()
-        .map(|path| -> Result<(Vec<f32>, usize)> {
-            let img = Image::read(path)?;
-            let f = decoder.image_features(&img, &variant, path)?;
-            if let Some(b) = &bar {
-                b.inc(1);
-            }
-            Ok((f, img.n_vols))
-        })
-        .collect::<Result<_>>()?;
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    let mut features = Vec::new();
-    let mut names = Vec::new();
-    let mut counts = Vec::new();
-    for (path, (f, n)) in a.maps.iter().zip(per_file) {
-        features.extend(f);
-        names.extend(crate::decode::decoder::map_names(path, n));
-        counts.push((path.clone(), n));
-    }
-    let decodings = decoder.decode_features(&features, names);
+    let (decodings, n_vols) = decoder.decode_files(&a.maps, &variant)?;
     let reports: Vec<MapReport> = decodings
         .iter()
         .map(|d| MapReport::new(&decoder, d, a.top))
@@ -226,86 +188,15 @@ pub fn run(a: DecodeArgs) -> Result<()> {
     .map_err(|e| Error::io("stdout", e))?;
     std::io::Write::flush(&mut out).map_err(|e| Error::io("stdout", e))?;
 
-    let stems = stems(&counts);
+    let counts: Vec<(PathBuf, usize)> = a.maps.iter().cloned().zip(n_vols).collect();
     if let Some(dir) = &a.out {
-        for (r, stem) in reports.iter().zip(&stems) {
-            write_map_files(dir, stem, r)?;
+        for (r, stem) in reports.iter().zip(stems(&counts)) {
+            write_map_files(dir, &stem, r)?;
         }
         eprintln!("{} maps → {}", reports.len(), dir.display());
     }
     if let Some(file) = &a.plot {
-        write_plots(
-            &a,
-            &decoder,
-            &variant,
-            &reports,
-            &stems,
-            &counts,
-            file,
-            &scale_note,
-        )?;
+        plot::write_pictures(&decoder, &variant, &reports, &counts, file, &scale_note)?;
     }
     Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-fn write_plots(
-    a: &DecodeArgs,
-    decoder: &Decoder,
-    variant: &Variant,
-    reports: &[MapReport],
-    stems: &[String],
-    counts: &[(PathBuf, usize)],
-    file: &Path,
-    scale_note: &str,
-) -> Result<()> {
-    let n = reports.len();
-    let mut i = 0;
-    let variant_note = variant_note(a);
-    for (path, n_vols) in counts {
-        let img = Image::read(path)?;
-        for v in 0..*n_vols {
-            let (r, stem) = (&reports[i], &stems[i]);
-            let target = plot::plot_path(file, stem, n);
-            let subtitle = format!("{scale_note}{variant_note}");
-            plot::save(&plot::bars_svg(r, &subtitle), &target)?;
-            let vol = prepare_volume(decoder.atlas(), &img, v, variant, path)?;
-            let svg = plot::slices_svg(
-                &vol,
-                &decoder.atlas().grid,
-                &r.map,
-                &format!("decoded map{variant_note} · "),
-            )?;
-            let slices = plot::slices_path(&target);
-            plot::save(&svg, &slices)?;
-            if n <= 5 {
-                eprintln!("pictures → {} and {}", target.display(), slices.display());
-            }
-            i += 1;
-        }
-    }
-    if n > 5 {
-        eprintln!("{n} pairs of pictures beside {}", file.display());
-    }
-    Ok(())
-}
-
-fn variant_note(a: &DecodeArgs) -> String {
-    let mut parts = Vec::new();
-    if a.flip {
-        parts.push("flipped".to_string());
-    }
-    match a.tail {
-        Tail::Both => {}
-        Tail::Positive => parts.push("positive tail".into()),
-        Tail::Negative => parts.push("negative tail".into()),
-    }
-    if let Some(p) = a.percentile {
-        parts.push(format!("top {p}% as ROI"));
-    }
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", parts.join(", "))
-    }
 }

@@ -1,21 +1,15 @@
 //! `niclip eval …`: `retrieval` scores the CLIP model on article ↔ map retrieval (Recall@k,
 //! Mix&Match); `decoding` scores niclip and the baselines on maps with a known answer.
 
-use super::baseline::map_on_mask;
 use super::decode::ModelArgs;
 use super::train::{sibling, TrainFlags};
 use super::Compute;
-use crate::baseline;
-use crate::brain::{Image, Mask};
 use crate::clip::data::load_pairs;
 use crate::clip::metrics::write_metrics;
 use crate::clip::Clip;
-use crate::decode::ontology::name_key;
-use crate::decode::posterior::ranking;
-use crate::decode::{Decoder, Variant};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::eval::{read_truth, score_level, Level, LevelScore, Prediction};
+use crate::eval::{evaluate, read_truth};
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand, Debug)]
@@ -123,217 +117,21 @@ fn retrieval(a: RetrievalArgs) -> Result<()> {
     Ok(())
 }
 
-/// Names ranked by score, best first.
-fn ranked(names: &[String], scores: &[f32]) -> Vec<String> {
-    ranking(scores)
-        .into_iter()
-        .map(|i| names[i].clone())
-        .collect()
-}
-
-/// niclip's ranking of one map's tasks, concepts and domains by probability.
-fn niclip_prediction(decoder: &Decoder, features: &[f32], name: &str) -> Prediction {
-    let d = decoder
-        .decode_features(features, vec![name.to_string()])
-        .remove(0);
-    let domains: Vec<String> = decoder
-        .domain_names()
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    Prediction {
-        tasks: ranked(decoder.task_names(), &d.tasks.posterior),
-        concepts: ranked(decoder.concept_names(), &d.concepts),
-        domains: ranked(&domains, &d.domains),
-    }
-}
-
-/// A baseline's ranking: its term scores on the decoder's vocabulary tasks, then up the same
-/// ontology by the best score below (baseline scores are correlations or weights, not
-/// probabilities, so noisy-OR does not apply).
-fn baseline_prediction(decoder: &Decoder, scores: &[(String, f32)]) -> Prediction {
-    let by_name: std::collections::HashMap<String, f32> =
-        scores.iter().map(|(n, s)| (name_key(n), *s)).collect();
-    let task_scores: Vec<f32> = decoder
-        .task_names()
-        .iter()
-        .map(|n| match by_name.get(&name_key(n)) {
-            Some(x) if !x.is_nan() => *x,
-            // Not a term of the baseline, or undefined (a flat map's r): ranked last.
-            _ => f32::NEG_INFINITY,
-        })
-        .collect();
-    let best = |rows: &[u32], of: &[f32]| {
-        rows.iter()
-            .map(|&r| of[r as usize])
-            .fold(f32::NEG_INFINITY, f32::max)
-    };
-    let concept_scores: Vec<f32> = decoder
-        .concept_tasks()
-        .iter()
-        .map(|rows| best(rows, &task_scores))
-        .collect();
-    let domain_scores: Vec<f32> = decoder
-        .domain_concepts()
-        .iter()
-        .map(|rows| best(rows, &concept_scores))
-        .collect();
-    let mut terms = scores.to_vec();
-    baseline::sort_by_score(&mut terms);
-    let domains: Vec<String> = decoder
-        .domain_names()
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    Prediction {
-        // The baseline's own term order: it may know tasks the decoder's vocabulary lacks.
-        tasks: terms.into_iter().map(|(n, _)| n).collect(),
-        concepts: ranked(decoder.concept_names(), &concept_scores),
-        domains: ranked(&domains, &domain_scores),
-    }
-}
-
 fn decoding(a: DecodingArgs) -> Result<()> {
     a.compute.init_threads();
     a.compute.cpu_only("eval decoding");
     let truth = read_truth(&a.truth)?;
     let (decoder, scale_note) = a.model.decoder()?;
-    let mut decoders: Vec<(String, Vec<Prediction>)> = Vec::new();
-
-    let variant = Variant::default();
-    let mut niclip = Vec::new();
-    for t in &truth {
-        let img = Image::read(&t.map)?;
-        if img.n_vols != 1 {
-            return Err(Error::input(
-                &t.map,
-                format!("{} volumes; each truth row names one 3D map", img.n_vols),
-            ));
-        }
-        let f = decoder.image_features(&img, &variant, &t.map)?;
-        niclip.push(niclip_prediction(
-            &decoder,
-            &f,
-            &t.map.display().to_string(),
-        ));
-    }
-    decoders.push(("niclip".into(), niclip));
-
-    let mask = Mask::mni152_2mm();
-    for b in &a.baselines {
-        let model = baseline::Decoder::load(b)?;
-        let mut preds = Vec::new();
-        for t in &truth {
-            let vol = map_on_mask(&t.map, &mask)?.remove(0);
-            preds.push(baseline_prediction(&decoder, &model.decode(&vol)));
-        }
-        let name = b
-            .file_stem()
-            .map(|s| s.to_string_lossy().to_string())
-            .unwrap_or_else(|| b.display().to_string());
-        decoders.push((format!("baseline:{name}"), preds));
-    }
-
-    let mut scores: Vec<(String, LevelScore)> = Vec::new();
-    for (name, preds) in &decoders {
-        for level in Level::ALL {
-            let s = score_level(
-                level,
-                level.default_k(),
-                &truth,
-                preds,
-                a.permutations,
-                a.seed,
-            );
-            scores.push((name.clone(), s));
-        }
-    }
-
+    let e = evaluate(truth, &decoder, &a.baselines, a.permutations, a.seed)?;
     println!(
         "{} maps from {}; niclip {scale_note}",
-        truth.len(),
+        e.truth.len(),
         a.truth.display()
     );
-    println!(
-        "{:<28} {:<8} {:>2} {:>4} {:>8} {:>6} {:>9} {:>7} {:>9}",
-        "decoder", "level", "k", "maps", "recall", "hit", "null", "p", "obs/null"
-    );
-    for (name, s) in &scores {
-        println!(
-            "{:<28} {:<8} {:>2} {:>4} {:>8.3} {:>6.3} {:>9.3} {:>7.4} {:>9}",
-            name,
-            s.level.name(),
-            s.k,
-            s.maps,
-            s.recall,
-            s.hit,
-            s.null_recall,
-            s.p,
-            ratio(s)
-        );
-    }
+    print!("{}", e.table());
     if let Some(dir) = &a.out {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let summary = dir.join("summary.csv");
-        crate::io::write_atomic(&summary, |w| {
-            let mut text = String::from("decoder,level,k,maps,recall,hit,null_recall,p,ratio\n");
-            for (name, s) in &scores {
-                text += &format!(
-                    "{name},{},{},{},{},{},{},{},{}\n",
-                    s.level.name(),
-                    s.k,
-                    s.maps,
-                    s.recall,
-                    s.hit,
-                    s.null_recall,
-                    s.p,
-                    ratio(s)
-                );
-            }
-            std::io::Write::write_all(w, text.as_bytes()).map_err(|e| Error::io(&summary, e))
-        })?;
-        let per_map = dir.join("per_map.csv");
-        crate::io::write_atomic(&per_map, |w| {
-            let mut text = String::from("decoder,map,level,truth,top_k,recall\n");
-            for (name, preds) in &decoders {
-                for (t, p) in truth.iter().zip(preds) {
-                    for level in Level::ALL {
-                        let k = level.default_k();
-                        let top = level.ranked(p);
-                        let r = crate::eval::decoding::recall_at(level.truth(t), top, k);
-                        text += &format!(
-                            "{name},{},{},{},{},{}\n",
-                            csv_cell(&t.map.display().to_string()),
-                            level.name(),
-                            csv_cell(&level.truth(t).join(";")),
-                            csv_cell(&top[..k.min(top.len())].join(";")),
-                            r.map(|x| x.to_string()).unwrap_or_default()
-                        );
-                    }
-                }
-            }
-            std::io::Write::write_all(w, text.as_bytes()).map_err(|e| Error::io(&per_map, e))
-        })?;
+        let [summary, per_map] = e.write_csvs(dir)?;
         eprintln!("wrote {} and {}", summary.display(), per_map.display());
     }
     Ok(())
-}
-
-/// Observed / null mean recall ("inf" when the null never finds anything).
-fn ratio(s: &LevelScore) -> String {
-    if s.maps == 0 {
-        String::new()
-    } else if s.null_recall > 0.0 {
-        format!("{:.2}", s.recall / s.null_recall)
-    } else {
-        "inf".into()
-    }
-}
-
-fn csv_cell(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
 }

@@ -1,5 +1,6 @@
 //! The command line (the contract in CLI.md): one file per subcommand, each a clap `Args` and a
-//! `run` that calls the library.
+//! `run` that checks the arguments, calls one library function (often a [`crate::workflow`]
+//! job) and prints what it did.
 
 pub mod baseline;
 pub mod brain;
@@ -42,7 +43,8 @@ pub enum Command {
     Embed(embed::EmbedArgs),
     /// Train the CLIP model (text tower + image tower, symmetric InfoNCE), or cross-validate it.
     Train(train::TrainArgs),
-    /// Evaluate models: retrieval (Recall@k, Mix&Match).
+    /// Evaluate models: retrieval (Recall@k, Mix&Match) and decoding (recall@k on maps with a
+    /// known answer).
     #[command(subcommand)]
     Eval(eval::EvalCommand),
     /// The decoding vocabulary: Cognitive Atlas tasks embedded by a language model, and their prior.
@@ -66,10 +68,13 @@ pub struct Compute {
 }
 
 impl Compute {
-    /// Says so when CUDA was asked for by a command that has only a CPU path so far.
+    /// Says so when CUDA was asked for by a command that runs on the CPU only (ma-map, project,
+    /// decode, eval decoding, baseline decode, baseline train gclda). The commands with a CUDA
+    /// path: images (MKDA + projection), embed and vocab (the language model), train and eval
+    /// retrieval --cv (CLIP), baseline train neurosynth (the correlation decoder's z-maps).
     pub fn cpu_only(&self, command: &str) {
         if matches!(self.device, DeviceArg::Cuda(_)) {
-            eprintln!("note: {command} runs on the CPU (its CUDA path is not written yet); `images` uses CUDA");
+            eprintln!("note: {command} runs on the CPU; CUDA serves images, embed, vocab, train, eval retrieval --cv and baseline train neurosynth");
         }
     }
 

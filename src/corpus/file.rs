@@ -178,12 +178,58 @@ impl<'w, W: Write> CorpusWriter<'w, W> {
     /// first, with the line, so this is a backstop).
     pub fn push(&mut self, study: Study) -> Result<()> {
         let id = study.id();
+        self.check(&study, &id)?;
+        let too_long = |n: usize| -> Result<u32> {
+            u32::try_from(n).map_err(|_| {
+                Error::Usage(format!(
+                    "study {id}: a text or metadata field is over 4 GiB; split it"
+                ))
+            })
+        };
+        let text = &study.text;
+        let mut meta = study.meta.clone();
+        meta.title = (!text.title.is_empty()).then(|| text.title.clone());
+        let meta_json = serde_json::to_vec(&meta).expect("metadata serializes");
+        let sections = [
+            too_long(text.title.len())?,
+            too_long(text.keywords.len())?,
+            too_long(text.abstract_.len())?,
+            too_long(text.body.len())?,
+        ];
+        let codec = self.encode_text(text);
+        let rec = Record {
+            peak_start: 0,
+            peak_count: too_long(study.peaks.len())?,
+            study_len: too_long(study.study.len())?,
+            data_offset: self.pos,
+            meta_len: too_long(meta_json.len())?,
+            text_stored: too_long(self.scratch.len())?,
+            sections,
+            space: study.meta.space.code(),
+            codec,
+        };
+        self.write(&meta_json)?;
+        let stored = std::mem::take(&mut self.scratch);
+        self.write(&stored)?;
+        self.scratch = stored;
+        self.count(&study, &sections);
+        self.seen.insert(id.clone(), self.pending.len());
+        self.pending.push(Pending {
+            id,
+            rec,
+            peaks: study.peaks,
+        });
+        Ok(())
+    }
+
+    /// A study the file can hold: a one-line id not seen before, finite peaks.
+    fn check(&self, study: &Study, id: &str) -> Result<()> {
         if id.contains('\n') || study.study.is_empty() {
             return Err(Error::Usage(format!(
                 "study id {id:?} is empty or holds a line break; fix the id in the input"
             )));
         }
-        if self.seen.contains_key(&id) {
+        if self.seen.contains_key(id) {
             return Err(Error::Usage(format!(
                 "study id {id} occurs twice in the input; each study-contrast id must be unique"
             )));
@@ -197,63 +243,35 @@ impl<'w, W: Write> CorpusWriter<'w, W> {
                 "study {id}: non-finite coordinate {p:?}; fix or drop it in the input"
             )));
         }
-        let too_long = |n: usize| -> Result<u32> {
-            u32::try_from(n).map_err(|_| {
-                Error::Usage(format!(
-                    "study {id}: a text or metadata field is over 4 GiB; split it"
-                ))
-            })
-        };
-        let StudyText {
-            title,
-            keywords,
-            abstract_,
-            body,
-        } = &study.text;
-        let mut meta = study.meta.clone();
-        meta.title = (!title.is_empty()).then(|| title.clone());
-        let meta_json = serde_json::to_vec(&meta).expect("metadata serializes");
-        let sections = [
-            too_long(title.len())?,
-            too_long(keywords.len())?,
-            too_long(abstract_.len())?,
-            too_long(body.len())?,
-        ];
-        let text_len = keywords.len() + abstract_.len() + body.len();
+        Ok(())
+    }
+
+    /// Keywords, abstract and body, one after the other, into `scratch`: deflated when
+    /// compressing and long enough to gain, raw otherwise. Returns the codec.
+    fn encode_text(&mut self, text: &StudyText) -> u8 {
+        let parts = [&text.keywords, &text.abstract_, &text.body];
+        let text_len: usize = parts.iter().map(|s| s.len()).sum();
         self.scratch.clear();
-        let codec = if self.compress && text_len >= COMPRESS_MIN {
+        if self.compress && text_len >= COMPRESS_MIN {
             let mut enc = flate2::write::DeflateEncoder::new(
                 std::mem::take(&mut self.scratch),
                 flate2::Compression::fast(),
             );
-            for s in [keywords, abstract_, body] {
+            for s in parts {
                 enc.write_all(s.as_bytes()).expect("deflate into memory");
             }
             self.scratch = enc.finish().expect("deflate into memory");
             CODEC_DEFLATE
         } else {
-            for s in [keywords, abstract_, body] {
+            for s in parts {
                 self.scratch.extend_from_slice(s.as_bytes());
             }
             CODEC_RAW
-        };
-        let rec = Record {
-            peak_start: 0,
-            peak_count: too_long(study.peaks.len())?,
-            study_len: too_long(study.study.len())?,
-            data_offset: self.pos,
-            meta_len: too_long(meta_json.len())?,
-            text_stored: too_long(self.scratch.len())?,
-            sections,
-            space: study.meta.space.code(),
-            codec,
-        };
-        self.write(&meta_json)?;
-        let text = std::mem::take(&mut self.scratch);
-        self.write(&text)?;
-        self.scratch = text;
+        }
+    }
 
-        // Counts for the report.
+    /// Counts for the report.
+    fn count(&mut self, study: &Study, sections: &[u32; 4]) {
         let r = &mut self.report;
         r.studies += 1;
         r.peaks += study.peaks.len();
@@ -268,14 +286,6 @@ impl<'w, W: Write> CorpusWriter<'w, W> {
                 r.sections.add(*s, 1);
             }
         }
-
-        self.seen.insert(id.clone(), self.pending.len());
-        self.pending.push(Pending {
-            id,
-            rec,
-            peaks: study.peaks,
-        });
-        Ok(())
     }
 
     /// Sorts the studies into corpus order and writes the peaks, ids, records and toc. The
@@ -775,6 +785,26 @@ impl Corpus {
         section: Section,
     ) -> impl Iterator<Item = Result<(&str, String)>> + '_ {
         (0..self.len()).map(move |i| Ok((self.ids[i].as_str(), self.section(i, section)?)))
+    }
+
+    /// The ids and texts of the studies with any of `sections`: their non-empty sections joined
+    /// by a blank line, in the order given (a study with none of them is left out).
+    pub fn joined_sections(&self, sections: &[Section]) -> Result<(Vec<String>, Vec<String>)> {
+        let (mut ids, mut texts) = (Vec::new(), Vec::new());
+        for i in 0..self.len() {
+            let mut parts = Vec::with_capacity(sections.len());
+            for &s in sections {
+                let t = self.section(i, s)?;
+                if !t.trim().is_empty() {
+                    parts.push(t);
+                }
+            }
+            if !parts.is_empty() {
+                ids.push(self.ids[i].clone());
+                texts.push(parts.join("\n\n"));
+            }
+        }
+        Ok((ids, texts))
     }
 
     /// Reads study `i` back whole.

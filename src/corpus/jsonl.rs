@@ -13,13 +13,13 @@
 //! The join only fills sections a study lacks; the report counts what each section gained.
 //! Only records whose ids occur in the corpus are kept in memory.
 
-use super::report::JoinReport;
+use super::report::{ImportReport, JoinReport};
 use super::table::{canonical_id, is_missing, open_text, read_error};
-use super::{Section, Study, StudyText};
+use super::{CorpusWriter, Section, Study, StudyText};
 use crate::error::{Error, Result};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
-use std::io::BufRead;
+use std::io::{BufRead, Write};
 use std::path::Path;
 
 struct Record {
@@ -61,6 +61,28 @@ fn json_text(v: Option<&Value>) -> String {
             .join("\n"),
         _ => String::new(),
     }
+}
+
+/// Writes a reader's `studies` in order, each first given the sections it lacks from the
+/// `text_jsonl` file when there is one (`study_id_as_pmid` names a study's pmid of last
+/// resort, see [`TextJoin::apply`]), and puts the join's counts in the report.
+pub(crate) fn write_joined<W: Write>(
+    studies: Vec<Study>,
+    text_jsonl: Option<&Path>,
+    study_id_as_pmid: impl Fn(&Study) -> Option<String>,
+    writer: &mut CorpusWriter<'_, W>,
+    report: &mut ImportReport,
+) -> Result<()> {
+    let mut join = load_for(text_jsonl, studies.iter())?;
+    for mut s in studies {
+        if let Some(j) = join.as_mut() {
+            let fallback = study_id_as_pmid(&s);
+            j.apply(&mut s, fallback.as_deref());
+        }
+        writer.push(s)?;
+    }
+    report.join = join.map(|j| j.report);
+    Ok(())
 }
 
 /// Splits a labelbuddy document (pubget's template, or the `PMID… TITLE … ABSTRACT … BODY`

@@ -34,15 +34,7 @@ pub(crate) fn import<W: Write>(
     for s in &mut studies {
         to_mni(s.source_space, &mut s.peaks);
     }
-    let mut join = jsonl::load_for(text_jsonl, studies.iter())?;
-    for mut s in studies {
-        if let Some(j) = join.as_mut() {
-            j.apply(&mut s, None);
-        }
-        writer.push(s)?;
-    }
-    report.join = join.map(|j| j.report);
-    Ok(())
+    jsonl::write_joined(studies, text_jsonl, |_| None, writer, report)
 }
 
 fn read_metadata(path: &Path, report: &mut ImportReport) -> Result<Vec<Study>> {

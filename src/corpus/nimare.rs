@@ -132,6 +132,70 @@ fn coordinate(path: &Path, where_: &str, axis: &str, k: usize, v: &Value) -> Res
     }
 }
 
+/// The merged study and contrast metadata: the known fields, the `title` (a text section
+/// here) and the `space_original` a niclip export records; the rest kept in `extra`.
+fn read_meta(md: Map<String, Value>) -> (StudyMeta, Option<String>, Option<Space>) {
+    let mut meta = StudyMeta::default();
+    let mut title_md = None;
+    let mut original = None;
+    for (k, v) in md {
+        match k.as_str() {
+            "pmid" => meta.pmid = value_id(&v),
+            "pmcid" => meta.pmcid = value_id(&v),
+            "doi" => meta.doi = value_text(&v),
+            "journal" => meta.journal = value_text(&v),
+            "authors" => meta.authors = value_text(&v),
+            "title" => title_md = value_text(&v),
+            "year" => match value_text(&v).as_deref().and_then(parse_year) {
+                Some(y) => meta.year = Some(y),
+                None if v.is_null() => {}
+                None => {
+                    meta.extra.insert(k, v);
+                }
+            },
+            "space_original" => original = value_text(&v).and_then(|s| Space::parse(&s)),
+            _ => {
+                meta.extra.insert(k, v);
+            }
+        }
+    }
+    (meta, title_md, original)
+}
+
+/// A contrast's `coords`: their declared space and the peaks as given (not yet converted).
+fn read_coords(path: &Path, where_: &str, co: NimCoords) -> Result<(Space, Vec<[f64; 3]>)> {
+    let raw_space = co.space.as_ref().and_then(value_text).unwrap_or_default();
+    let space = Space::parse(&raw_space).ok_or_else(|| {
+        Error::input(
+            path,
+            format!(
+                "{where_}: unknown coords.space {raw_space:?}; use MNI, TAL or UNKNOWN \
+                 (UNKNOWN coordinates are kept as MNI)"
+            ),
+        )
+    })?;
+    if co.x.len() != co.y.len() || co.x.len() != co.z.len() {
+        return Err(Error::input(
+            path,
+            format!(
+                "{where_}: coords.x, y, z have {}, {}, {} values; give one x, y and z per peak",
+                co.x.len(),
+                co.y.len(),
+                co.z.len()
+            ),
+        ));
+    }
+    let mut peaks = Vec::with_capacity(co.x.len());
+    for k in 0..co.x.len() {
+        peaks.push([
+            coordinate(path, where_, "x", k, &co.x[k])?,
+            coordinate(path, where_, "y", k, &co.y[k])?,
+            coordinate(path, where_, "z", k, &co.z[k])?,
+        ]);
+    }
+    Ok((space, peaks))
+}
+
 fn convert(
     path: &Path,
     study_id: &str,
@@ -157,30 +221,7 @@ fn convert(
     for (k, v) in c.metadata.unwrap_or_default() {
         md.insert(k, v);
     }
-    let mut meta = StudyMeta::default();
-    let mut title_md = None;
-    let mut original = None;
-    for (k, v) in md {
-        match k.as_str() {
-            "pmid" => meta.pmid = value_id(&v),
-            "pmcid" => meta.pmcid = value_id(&v),
-            "doi" => meta.doi = value_text(&v),
-            "journal" => meta.journal = value_text(&v),
-            "authors" => meta.authors = value_text(&v),
-            "title" => title_md = value_text(&v),
-            "year" => match value_text(&v).as_deref().and_then(parse_year) {
-                Some(y) => meta.year = Some(y),
-                None if v.is_null() => {}
-                None => {
-                    meta.extra.insert(k, v);
-                }
-            },
-            "space_original" => original = value_text(&v).and_then(|s| Space::parse(&s)),
-            _ => {
-                meta.extra.insert(k, v);
-            }
-        }
-    }
+    let (mut meta, title_md, original) = read_meta(md);
     let mut text = StudyText::default();
     for (k, v) in c.text.unwrap_or_default() {
         let section = Section::ALL.into_iter().find(|s| s.name() == k);
@@ -202,38 +243,10 @@ fn convert(
             || format!("{}: {where_}", path.display()),
         );
     }
-    let mut peaks = Vec::new();
-    let mut space = Space::Unknown;
-    if let Some(co) = c.coords {
-        let raw_space = co.space.as_ref().and_then(value_text).unwrap_or_default();
-        space = Space::parse(&raw_space).ok_or_else(|| {
-            Error::input(
-                path,
-                format!(
-                    "{where_}: unknown coords.space {raw_space:?}; use MNI, TAL or UNKNOWN \
-                     (UNKNOWN coordinates are kept as MNI)"
-                ),
-            )
-        })?;
-        if co.x.len() != co.y.len() || co.x.len() != co.z.len() {
-            return Err(Error::input(
-                path,
-                format!(
-                    "{where_}: coords.x, y, z have {}, {}, {} values; give one x, y and z per peak",
-                    co.x.len(),
-                    co.y.len(),
-                    co.z.len()
-                ),
-            ));
-        }
-        for k in 0..co.x.len() {
-            peaks.push([
-                coordinate(path, &where_, "x", k, &co.x[k])?,
-                coordinate(path, &where_, "y", k, &co.y[k])?,
-                coordinate(path, &where_, "z", k, &co.z[k])?,
-            ]);
-        }
-    }
+    let (space, mut peaks) = match c.coords {
+        Some(co) => read_coords(path, &where_, co)?,
+        None => (Space::Unknown, Vec::new()),
+    };
     to_mni(space, &mut peaks);
     meta.space = space;
     // A niclip export: MNI coordinates of a study declared in another space originally.
@@ -256,6 +269,37 @@ pub(crate) fn import<W: Write>(
     writer: &mut CorpusWriter<'_, W>,
     report: &mut ImportReport,
 ) -> Result<()> {
+    let files = input_files(inputs)?;
+    report.sources = files.iter().map(|p| p.display().to_string()).collect();
+    let mut studies: Vec<Study> = Vec::new();
+    let mut ids: HashMap<String, PathBuf> = HashMap::new();
+    for path in &files {
+        read_file(path, report, |s| {
+            if let Some(prev) = ids.insert(s.id(), path.clone()) {
+                return Err(Error::input(
+                    path,
+                    format!(
+                        "study-contrast id {} is also in {}; ids must be unique across the \
+                         inputs (rename one)",
+                        s.id(),
+                        prev.display()
+                    ),
+                ));
+            }
+            studies.push(s);
+            Ok(())
+        })?;
+    }
+    // A study id of digits is a PMID when the metadata gives none (NiMARE's own datasets).
+    let study_id_as_pmid = |s: &Study| {
+        (s.meta.pmid.is_none() && s.study.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.study.clone())
+    };
+    jsonl::write_joined(studies, text_jsonl, study_id_as_pmid, writer, report)
+}
+
+/// The JSON files: those given, and the `.json[.gz]` files of the folders given.
+fn input_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for p in inputs {
         if p.is_dir() {
@@ -272,53 +316,38 @@ pub(crate) fn import<W: Write>(
             files.push(p.clone());
         }
     }
-    report.sources = files.iter().map(|p| p.display().to_string()).collect();
-    let mut studies: Vec<Study> = Vec::new();
-    let mut ids: HashMap<String, PathBuf> = HashMap::new();
-    for path in &files {
-        let reader = super::table::open_text(path)?;
-        let mut de = serde_json::Deserializer::from_reader(reader);
-        let data = Entries::<NimStudy>::deserialize(&mut de)
-            .and_then(|d| de.end().map(|_| d))
-            .map_err(|e| {
-                let hint = if e.is_io() {
-                    "cannot read it (if gzip-compressed it may be corrupt: check with `gzip -t`)"
-                } else {
-                    "a NiMARE dataset JSON maps study ids to {\"metadata\": {…}, \"contrasts\": \
-                     {contrast id: {\"coords\": {\"space\", \"x\", \"y\", \"z\"}, \"text\": {…}, \
-                     \"metadata\": {…}}}}"
-                };
-                Error::input(path, format!("{e}; {hint}"))
-            })?;
-        for (sid, st) in data.0 {
-            let study_meta = st.metadata;
-            for (cid, c) in st.contrasts.0 {
-                let s = convert(path, &sid, &cid, &study_meta, c, report)?;
-                if let Some(prev) = ids.insert(s.id(), path.clone()) {
-                    return Err(Error::input(
-                        path,
-                        format!(
-                            "study-contrast id {} is also in {}; ids must be unique across the \
-                             inputs (rename one)",
-                            s.id(),
-                            prev.display()
-                        ),
-                    ));
-                }
-                studies.push(s);
-            }
+    Ok(files)
+}
+
+/// What a dataset JSON holds, for an error message.
+const LAYOUT: &str = "a NiMARE dataset JSON maps study ids to {\"metadata\": {…}, \"contrasts\": \
+    {contrast id: {\"coords\": {\"space\", \"x\", \"y\", \"z\"}, \"text\": {…}, \
+    \"metadata\": {…}}}}";
+
+/// Hands each study-contrast of one dataset JSON file to `take`, in file order.
+fn read_file(
+    path: &Path,
+    report: &mut ImportReport,
+    mut take: impl FnMut(Study) -> Result<()>,
+) -> Result<()> {
+    let reader = super::table::open_text(path)?;
+    let mut de = serde_json::Deserializer::from_reader(reader);
+    let data = Entries::<NimStudy>::deserialize(&mut de)
+        .and_then(|d| de.end().map(|_| d))
+        .map_err(|e| {
+            let hint = if e.is_io() {
+                "cannot read it (if gzip-compressed it may be corrupt: check with `gzip -t`)"
+            } else {
+                LAYOUT
+            };
+            Error::input(path, format!("{e}; {hint}"))
+        })?;
+    for (sid, st) in data.0 {
+        let study_meta = st.metadata;
+        for (cid, c) in st.contrasts.0 {
+            take(convert(path, &sid, &cid, &study_meta, c, report)?)?;
         }
     }
-    let mut join = jsonl::load_for(text_jsonl, studies.iter())?;
-    for mut s in studies {
-        if let Some(j) = join.as_mut() {
-            let fallback = (s.meta.pmid.is_none() && s.study.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| s.study.clone());
-            j.apply(&mut s, fallback.as_deref());
-        }
-        writer.push(s)?;
-    }
-    report.join = join.map(|j| j.report);
     Ok(())
 }
 

@@ -102,14 +102,24 @@ fn emit<W: Write>(
     writer.push(s)
 }
 
-fn duplicate(path: &Path, line: u64, prev: u64, id: &str) -> Error {
-    Error::input(
-        path,
-        format!(
-            "line {line}: pmcid {id} already appears on line {prev}; each article must have one \
-             row (delete or merge the duplicate)"
-        ),
-    )
+/// The pmcid of a row of a file that lists each article once (`seen`: pmcid → line).
+fn unique_pmcid(
+    path: &Path,
+    line: u64,
+    raw: &str,
+    seen: &mut HashMap<String, u64>,
+) -> Result<String> {
+    let id = pmcid_of(path, line, raw)?;
+    if let Some(prev) = seen.insert(id.clone(), line) {
+        return Err(Error::input(
+            path,
+            format!(
+                "line {line}: pmcid {id} already appears on line {prev}; each article must have \
+                 one row (delete or merge the duplicate)"
+            ),
+        ));
+    }
+    Ok(id)
 }
 
 fn pmcid_of(path: &Path, line: u64, raw: &str) -> Result<String> {
@@ -137,10 +147,7 @@ fn read_metadata(path: &Path) -> Result<Vec<Study>> {
     let mut seen: HashMap<String, u64> = HashMap::new();
     let mut studies = Vec::new();
     while let Some((line, rec)) = t.next()? {
-        let sid = pmcid_of(path, line, cell(rec, Some(id)))?;
-        if let Some(prev) = seen.insert(sid.clone(), line) {
-            return Err(duplicate(path, line, prev, &sid));
-        }
+        let sid = unique_pmcid(path, line, cell(rec, Some(id)), &mut seen)?;
         let mut meta = StudyMeta {
             pmid: opt_cell(rec, pmid).map(|s| canonical_id(&s)),
             pmcid: Some(sid.clone()),
@@ -188,10 +195,7 @@ fn read_spaces(
     )?;
     let mut seen: HashMap<String, u64> = HashMap::new();
     while let Some((line, rec)) = t.next()? {
-        let sid = pmcid_of(path, line, cell(rec, Some(c[0])))?;
-        if let Some(prev) = seen.insert(sid.clone(), line) {
-            return Err(duplicate(path, line, prev, &sid));
-        }
+        let sid = unique_pmcid(path, line, cell(rec, Some(c[0])), &mut seen)?;
         let raw = cell(rec, Some(c[1]));
         let space = Space::parse(raw).ok_or_else(|| {
             Error::input(
@@ -269,10 +273,7 @@ fn stream_texts<W: Write>(
     ];
     let mut seen: HashMap<String, u64> = HashMap::new();
     while let Some((line, rec)) = t.next()? {
-        let sid = pmcid_of(path, line, cell(rec, Some(id)))?;
-        if let Some(prev) = seen.insert(sid.clone(), line) {
-            return Err(duplicate(path, line, prev, &sid));
-        }
+        let sid = unique_pmcid(path, line, cell(rec, Some(id)), &mut seen)?;
         let Some(&k) = index.get(&sid) else {
             report.notice(
                 "text.csv rows whose pmcid is not in metadata.csv: skipped (add the article to \

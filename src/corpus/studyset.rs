@@ -138,6 +138,29 @@ pub(crate) fn import<W: Write>(
              analyses.parquet); pass the folder that holds them",
         ));
     }
+    let manifest = read_manifest(dir)?;
+    let t = |n| table_path(dir, &manifest, n);
+    report.sources = vec![dir.display().to_string()];
+    let study_of = read_studies(&t("studies"))?;
+    let (mut out, index) = read_analyses(&t("analyses"), &study_of)?;
+    fill_texts(&t("texts"), &t("metadata"), &index, &mut out)?;
+    let coords_path = t("coordinates");
+    if coords_path.is_file() {
+        read_coordinates(&coords_path, &index, &mut out, report)?;
+    }
+    for s in &out {
+        if s.text.is_empty() {
+            report.notice(
+                "analyses without any text: kept (give texts with --text-jsonl)",
+                || s.id(),
+            );
+        }
+    }
+    jsonl::write_joined(out, text_jsonl, |_| None, writer, report)
+}
+
+/// `studyset.json` (Null when absent), checked to be a parquet studyset release.
+fn read_manifest(dir: &Path) -> Result<serde_json::Value> {
     let manifest_path = dir.join("studyset.json");
     let manifest: serde_json::Value = if manifest_path.is_file() {
         let bytes = std::fs::read(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
@@ -154,13 +177,13 @@ pub(crate) fn import<W: Write>(
             ));
         }
     }
-    let t = |n| table_path(dir, &manifest, n);
-    report.sources = vec![dir.display().to_string()];
+    Ok(manifest)
+}
 
-    // studies: title, abstract, authors, journal.
-    let studies_path = t("studies");
+/// The studies table: each study's metadata and texts (title, abstract) by study id.
+fn read_studies(path: &Path) -> Result<HashMap<String, (StudyMeta, StudyText)>> {
     let studies = read_table(
-        &studies_path,
+        path,
         &["study_id", "name", "description", "authors", "publication"],
         &["study_id"],
     )?;
@@ -168,7 +191,7 @@ pub(crate) fn import<W: Write>(
     for r in &studies {
         let Some(sid) = text(&r[0]) else {
             return Err(Error::input(
-                &studies_path,
+                path,
                 "a study with an empty study_id; give every study an id",
             ));
         };
@@ -185,16 +208,22 @@ pub(crate) fn import<W: Write>(
         };
         if study_of.insert(sid.clone(), (meta, txt)).is_some() {
             return Err(Error::input(
-                &studies_path,
+                path,
                 format!("study_id {sid} appears twice; each study must appear once"),
             ));
         }
     }
+    Ok(study_of)
+}
 
-    // analyses: one corpus study each.
-    let analyses_path = t("analyses");
+/// The analyses table: one corpus study each, with its study's metadata and texts, and the
+/// position of each analysis id (the `id` column, else `<study>-<contrast>`).
+fn read_analyses(
+    path: &Path,
+    study_of: &HashMap<String, (StudyMeta, StudyText)>,
+) -> Result<(Vec<Study>, HashMap<String, usize>)> {
     let analyses = read_table(
-        &analyses_path,
+        path,
         &["id", "study_id", "contrast_id", "name"],
         &["study_id", "contrast_id"],
     )?;
@@ -203,13 +232,13 @@ pub(crate) fn import<W: Write>(
     for r in &analyses {
         let (Some(sid), Some(cid)) = (text(&r[1]), text(&r[2])) else {
             return Err(Error::input(
-                &analyses_path,
+                path,
                 "an analysis with an empty study_id or contrast_id",
             ));
         };
         let Some((meta, txt)) = study_of.get(&sid) else {
             return Err(Error::input(
-                &analyses_path,
+                path,
                 format!("analysis {sid}-{cid} names study {sid}, which studies.parquet lacks"),
             ));
         };
@@ -229,30 +258,30 @@ pub(crate) fn import<W: Write>(
         let key = text(&r[0]).unwrap_or_else(|| s.id());
         if index.insert(key, out.len()).is_some() {
             return Err(Error::input(
-                &analyses_path,
+                path,
                 format!("analysis {} appears twice", s.id()),
             ));
         }
         out.push(s);
     }
+    Ok((out, index))
+}
 
-    // texts (optional sections) and keywords from the metadata.
-    let texts_path = t("texts");
+/// The optional texts table's sections and the metadata table's keywords, where the analysis
+/// has none yet.
+fn fill_texts(
+    texts_path: &Path,
+    meta_path: &Path,
+    index: &HashMap<String, usize>,
+    out: &mut [Study],
+) -> Result<()> {
     if texts_path.is_file() {
         let names = ["id", "title", "keywords", "abstract", "body"];
-        for r in read_table(&texts_path, &names, &["id"])? {
+        for r in read_table(texts_path, &names, &["id"])? {
             let Some(i) = text(&r[0]).and_then(|id| index.get(&id).copied()) else {
                 continue;
             };
-            for (k, sec) in [
-                Section::Title,
-                Section::Keywords,
-                Section::Abstract,
-                Section::Body,
-            ]
-            .into_iter()
-            .enumerate()
-            {
+            for (k, sec) in Section::ALL.into_iter().enumerate() {
                 if let Some(v) = text(&r[k + 1]) {
                     let slot = out[i].text.get_mut(sec);
                     if slot.is_empty() {
@@ -262,9 +291,8 @@ pub(crate) fn import<W: Write>(
             }
         }
     }
-    let meta_path = t("metadata");
     if meta_path.is_file() {
-        for r in read_table(&meta_path, &["id", "keywords"], &["id"])? {
+        for r in read_table(meta_path, &["id", "keywords"], &["id"])? {
             let Some(i) = text(&r[0]).and_then(|id| index.get(&id).copied()) else {
                 continue;
             };
@@ -275,74 +303,65 @@ pub(crate) fn import<W: Write>(
             }
         }
     }
+    Ok(())
+}
 
-    // coordinates, converted per peak.
-    let coords_path = t("coordinates");
-    if coords_path.is_file() {
-        let rows = read_table(
-            &coords_path,
-            &["id", "x", "y", "z", "space"],
-            &["id", "x", "y", "z"],
-        )?;
-        for (n, r) in rows.iter().enumerate() {
-            let id = text(&r[0]).unwrap_or_default();
-            let Some(&i) = index.get(&id) else {
-                report.notice(
-                    "coordinates of analyses not in analyses.parquet: dropped (as NiMARE does)",
-                    || format!("{}: row {}: id {id}", coords_path.display(), n + 1),
-                );
-                continue;
-            };
-            let xyz = [number(&r[1]), number(&r[2]), number(&r[3])];
-            let [Some(x), Some(y), Some(z)] = xyz else {
-                return Err(Error::input(
-                    &coords_path,
-                    format!("row {}: analysis {id} has a missing or non-numeric coordinate; fix or delete that peak", n + 1),
-                ));
-            };
-            let raw = text(&r[4]).unwrap_or_default();
-            let space = match Space::parse(&raw) {
-                Some(s) => s,
-                None => {
-                    report.notice(
-                        "peaks in an unrecognised space: kept untransformed (as NiMARE does)",
-                        || format!("{}: row {}: space {raw:?}", coords_path.display(), n + 1),
-                    );
-                    Space::Unknown
-                }
-            };
-            let p = if space == Space::Tal {
-                tal2mni([x, y, z])
-            } else {
-                [x, y, z]
-            };
-            let s = &mut out[i];
-            if s.peaks.is_empty() {
-                s.source_space = space;
-                s.meta.space = space;
-            } else if s.source_space != space {
-                report.notice(
-                    "analyses with peaks in more than one space: each peak converted on its own",
-                    || format!("{}: analysis {id}", coords_path.display()),
-                );
-            }
-            s.peaks.push(p);
-        }
-    }
-
-    let mut join = jsonl::load_for(text_jsonl, out.iter())?;
-    for mut s in out {
-        if s.text.is_empty() {
+/// The coordinates table: each peak converted to MNI from its own space and added to its
+/// analysis.
+fn read_coordinates(
+    path: &Path,
+    index: &HashMap<String, usize>,
+    out: &mut [Study],
+    report: &mut ImportReport,
+) -> Result<()> {
+    let rows = read_table(
+        path,
+        &["id", "x", "y", "z", "space"],
+        &["id", "x", "y", "z"],
+    )?;
+    for (n, r) in rows.iter().enumerate() {
+        let id = text(&r[0]).unwrap_or_default();
+        let Some(&i) = index.get(&id) else {
             report.notice(
-                "analyses without any text: kept (give texts with --text-jsonl)",
-                || s.id(),
+                "coordinates of analyses not in analyses.parquet: dropped (as NiMARE does)",
+                || format!("{}: row {}: id {id}", path.display(), n + 1),
+            );
+            continue;
+        };
+        let xyz = [number(&r[1]), number(&r[2]), number(&r[3])];
+        let [Some(x), Some(y), Some(z)] = xyz else {
+            return Err(Error::input(
+                path,
+                format!("row {}: analysis {id} has a missing or non-numeric coordinate; fix or delete that peak", n + 1),
+            ));
+        };
+        let raw = text(&r[4]).unwrap_or_default();
+        let space = match Space::parse(&raw) {
+            Some(s) => s,
+            None => {
+                report.notice(
+                    "peaks in an unrecognised space: kept untransformed (as NiMARE does)",
+                    || format!("{}: row {}: space {raw:?}", path.display(), n + 1),
+                );
+                Space::Unknown
+            }
+        };
+        let p = if space == Space::Tal {
+            tal2mni([x, y, z])
+        } else {
+            [x, y, z]
+        };
+        let s = &mut out[i];
+        if s.peaks.is_empty() {
+            s.source_space = space;
+            s.meta.space = space;
+        } else if s.source_space != space {
+            report.notice(
+                "analyses with peaks in more than one space: each peak converted on its own",
+                || format!("{}: analysis {id}", path.display()),
             );
         }
-        if let Some(j) = join.as_mut() {
-            j.apply(&mut s, None);
-        }
-        writer.push(s)?;
+        s.peaks.push(p);
     }
-    report.join = join.map(|j| j.report);
     Ok(())
 }

@@ -8,6 +8,8 @@ use super::vocabulary::Vocabulary;
 use crate::brain::{Atlas, Image};
 use crate::device::cpu::{self, Parallelism, Strided};
 use crate::error::{Error, Result};
+use crate::io::progress;
+use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
 /// The CLIP towers as the decoder uses them (the trained model implements this).
@@ -63,12 +65,94 @@ pub struct Decoder {
     text_features: Vec<f32>,
     pub logit_scale: f32,
     pub scale_source: ScaleSource,
+    links: OntologyLinks,
+    pub warnings: Vec<String>,
+}
+
+/// The atlas of `assets` on the MNI152 2 mm grid, as `niclip images` made the training
+/// features, checked to give the `k` image features the model takes.
+fn read_atlas(assets: &DecoderAssets, k: usize) -> Result<Atlas> {
+    let atlas_path = &assets.atlas;
+    let grid = mni152_2mm_grid();
+    let atlas = if assets.cache_atlas {
+        Atlas::read_on_grid(atlas_path, assets.labels, &grid)?
+    } else {
+        Atlas::build_on_grid(atlas_path, assets.labels, &grid)?
+    };
+    if atlas.k != k {
+        return Err(Error::input(
+            atlas_path,
+            format!(
+                "the atlas has {} maps but the model {} takes {k} image features; give the atlas the model was trained with{}",
+                atlas.k,
+                assets.model.display(),
+                if assets.labels { "" } else { " (or --labels for a 3D label atlas)" }
+            ),
+        ));
+    }
+    Ok(atlas)
+}
+
+/// The vocabulary's place in the ontology: the concepts its tasks measure and their domains.
+struct OntologyLinks {
     concept_names: Vec<String>,
     /// Per concept, the vocabulary rows (tasks) that measure it.
     concept_tasks: Vec<Vec<u32>>,
     /// Per domain, its concepts (indices into `concept_names`).
     domain_concepts: Vec<Vec<u32>>,
-    pub warnings: Vec<String>,
+}
+
+impl OntologyLinks {
+    /// Vocabulary rows → ontology tasks → concepts measured → domains; a warning names the
+    /// vocabulary tasks the ontology lacks.
+    fn new(
+        ontology: &Ontology,
+        names: &[String],
+        reduced: bool,
+        warnings: &mut Vec<String>,
+    ) -> OntologyLinks {
+        let task_of = ontology.task_indices(names);
+        let unknown: Vec<&str> = task_of
+            .iter()
+            .zip(names)
+            .filter(|(t, _)| t.is_none())
+            .map(|(_, n)| n.as_str())
+            .collect();
+        if !unknown.is_empty() {
+            warnings.push(format!(
+                "{} of {} vocabulary tasks are not in the ontology{} and count for no concept: {}",
+                unknown.len(),
+                names.len(),
+                if reduced { " (reduced)" } else { "" },
+                unknown.join("; ")
+            ));
+        }
+        let mut concept_rows: Vec<Vec<u32>> = vec![Vec::new(); ontology.concepts.len()];
+        for (row, t) in task_of.iter().enumerate() {
+            if let Some(t) = t {
+                for &c in &ontology.task_concepts[*t] {
+                    concept_rows[c as usize].push(row as u32);
+                }
+            }
+        }
+        // Concepts no vocabulary task measures would always score 0: they are left out.
+        let mut links = OntologyLinks {
+            concept_names: Vec::new(),
+            concept_tasks: Vec::new(),
+            domain_concepts: vec![Vec::new(); DOMAINS.len()],
+        };
+        for (c, rows) in concept_rows.into_iter().enumerate() {
+            if rows.is_empty() {
+                continue;
+            }
+            if let Some(d) = ontology.concepts[c].domain {
+                links.domain_concepts[d].push(links.concept_names.len() as u32);
+            }
+            links.concept_names.push(ontology.concepts[c].name.clone());
+            links.concept_tasks.push(rows);
+        }
+        links
+    }
 }
 
 impl Decoder {
@@ -92,68 +176,10 @@ impl Decoder {
                 ),
             ));
         }
-        let atlas_path = &assets.atlas;
-        // On the MNI152 2 mm grid, as `niclip images` made the training features.
-        let grid = mni152_2mm_grid();
-        let atlas = if assets.cache_atlas {
-            Atlas::read_on_grid(atlas_path, assets.labels, &grid)?
-        } else {
-            Atlas::build_on_grid(atlas_path, assets.labels, &grid)?
-        };
-        if atlas.k != towers.image_dim() {
-            return Err(Error::input(
-                atlas_path,
-                format!(
-                    "the atlas has {} maps but the model {} takes {} image features; give the atlas the model was trained with{}",
-                    atlas.k,
-                    model_path.display(),
-                    towers.image_dim(),
-                    if assets.labels { "" } else { " (or --labels for a 3D label atlas)" }
-                ),
-            ));
-        }
+        let atlas = read_atlas(assets, towers.image_dim())?;
         let ontology = Ontology::load(&assets.ontology, assets.reduced)?;
         let mut warnings = ontology.warnings.clone();
-
-        // Vocabulary rows → ontology tasks → concepts measured.
-        let task_of = ontology.task_indices(&vocabulary.names);
-        let unknown: Vec<&str> = task_of
-            .iter()
-            .zip(&vocabulary.names)
-            .filter(|(t, _)| t.is_none())
-            .map(|(_, n)| n.as_str())
-            .collect();
-        if !unknown.is_empty() {
-            warnings.push(format!(
-                "{} of {} vocabulary tasks are not in the ontology{} and count for no concept: {}",
-                unknown.len(),
-                vocabulary.names.len(),
-                if assets.reduced { " (reduced)" } else { "" },
-                unknown.join("; ")
-            ));
-        }
-        let mut concept_rows: Vec<Vec<u32>> = vec![Vec::new(); ontology.concepts.len()];
-        for (row, t) in task_of.iter().enumerate() {
-            if let Some(t) = t {
-                for &c in &ontology.task_concepts[*t] {
-                    concept_rows[c as usize].push(row as u32);
-                }
-            }
-        }
-        // Concepts no vocabulary task measures would always score 0: they are left out.
-        let mut concept_names = Vec::new();
-        let mut concept_tasks = Vec::new();
-        let mut domain_concepts = vec![Vec::new(); DOMAINS.len()];
-        for (c, rows) in concept_rows.into_iter().enumerate() {
-            if rows.is_empty() {
-                continue;
-            }
-            if let Some(d) = ontology.concepts[c].domain {
-                domain_concepts[d].push(concept_names.len() as u32);
-            }
-            concept_names.push(ontology.concepts[c].name.clone());
-            concept_tasks.push(rows);
-        }
+        let links = OntologyLinks::new(&ontology, &vocabulary.names, assets.reduced, &mut warnings);
 
         let t = vocabulary.names.len();
         let text_features = towers.encode_texts(&vocabulary.emb, t);
@@ -174,9 +200,7 @@ impl Decoder {
             text_features,
             logit_scale,
             scale_source,
-            concept_names,
-            concept_tasks,
-            domain_concepts,
+            links,
             warnings,
         })
     }
@@ -185,18 +209,18 @@ impl Decoder {
         &self.vocabulary.names
     }
     pub fn concept_names(&self) -> &[String] {
-        &self.concept_names
+        &self.links.concept_names
     }
     pub fn domain_names(&self) -> &'static [&'static str] {
         &DOMAINS
     }
     /// Per concept (in `concept_names` order), the vocabulary rows of the tasks measuring it.
     pub fn concept_tasks(&self) -> &[Vec<u32>] {
-        &self.concept_tasks
+        &self.links.concept_tasks
     }
     /// Per domain (in `domain_names` order), its concepts.
     pub fn domain_concepts(&self) -> &[Vec<u32>] {
-        &self.domain_concepts
+        &self.links.domain_concepts
     }
     pub fn prior(&self) -> &[f64] {
         &self.vocabulary.prior
@@ -240,8 +264,8 @@ impl Decoder {
             .into_iter()
             .zip(names)
             .map(|(tasks, map)| {
-                let concepts = noisy_or(&tasks.posterior, &self.concept_tasks);
-                let domains = noisy_or(&concepts, &self.domain_concepts);
+                let concepts = noisy_or(&tasks.posterior, &self.links.concept_tasks);
+                let domains = noisy_or(&concepts, &self.links.domain_concepts);
                 Decoding {
                     map,
                     tasks,
@@ -252,26 +276,36 @@ impl Decoder {
             .collect()
     }
 
-    /// Decodes every volume of `img`; a 4D image gives one decoding per volume.
-    pub fn decode_image(
+    /// Decodes every volume of the maps at `paths` (read and projected in parallel, with a
+    /// progress bar past 20 files; a 4D file gives a decoding per volume, named by
+    /// [`Image::volume_names`]). Returns the decodings and each file's volume count.
+    pub fn decode_files(
         &self,
-        img: &Image,
+        paths: &[PathBuf],
         variant: &Variant,
-        path: &Path,
-    ) -> Result<Vec<Decoding>> {
-        let feats = self.image_features(img, variant, path)?;
-        Ok(self.decode_features(&feats, map_names(path, img.n_vols)))
-    }
-}
-
-/// "PATH" for a 3D map, "PATH[v]" for volume v of a 4D one.
-pub fn map_names(path: &Path, n_vols: usize) -> Vec<String> {
-    if n_vols == 1 {
-        vec![path.display().to_string()]
-    } else {
-        (0..n_vols)
-            .map(|v| format!("{}[{v}]", path.display()))
-            .collect()
+    ) -> Result<(Vec<Decoding>, Vec<usize>)> {
+        let bar = (paths.len() > 20).then(|| progress(paths.len() as u64, "maps"));
+        let per_file: Vec<(Vec<f32>, usize)> = paths
+            .par_iter()
+            .map(|path| -> Result<(Vec<f32>, usize)> {
+                let img = Image::read(path)?;
+                let f = self.image_features(&img, variant, path)?;
+                if let Some(b) = &bar {
+                    b.inc(1);
+                }
+                Ok((f, img.n_vols))
+            })
+            .collect::<Result<_>>()?;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        let (mut features, mut names, mut n_vols) = (Vec::new(), Vec::new(), Vec::new());
+        for (path, (f, n)) in paths.iter().zip(per_file) {
+            features.extend(f);
+            names.extend(Image::volume_names(path, n));
+            n_vols.push(n);
+        }
+        Ok((self.decode_features(&features, names), n_vols))
     }
 }
 

@@ -41,6 +41,27 @@ impl Variant {
         }
     }
 
+    /// How the map was changed, for a picture's title: "" or " (flipped, positive tail, …)".
+    pub fn note(&self) -> String {
+        let mut parts = Vec::new();
+        if self.flip {
+            parts.push("flipped".to_string());
+        }
+        match self.tail {
+            Tail::Both => {}
+            Tail::Positive => parts.push("positive tail".into()),
+            Tail::Negative => parts.push("negative tail".into()),
+        }
+        if let Some(p) = self.percentile {
+            parts.push(format!("top {p}% as ROI"));
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", parts.join(", "))
+        }
+    }
+
     /// Flip and tail, on the map's own grid (before resampling, as one would threshold a map
     /// by hand before decoding it). The percentile ROI is taken on the atlas grid
     /// (`support_values`).

@@ -272,6 +272,210 @@ fn missing(dir: &Path, what: &str) -> Error {
     )
 }
 
+/// The entries with an id, a name and a definition (trimmed), each made into a `T`; the others
+/// are dropped, as braindec does, and counted in a warning.
+fn keep_named<T>(
+    entries: &[Entry],
+    what: &str,
+    path: &Path,
+    warnings: &mut Vec<String>,
+    make: impl Fn(&Entry, String, String, String) -> T,
+) -> Vec<T> {
+    let mut kept = Vec::new();
+    let mut dropped = 0;
+    for e in entries {
+        let (id, name, definition) = (
+            text_field(&e.id),
+            text_field(&e.name),
+            text_field(&e.definition_text),
+        );
+        if name.is_empty() || definition.is_empty() || id.is_empty() {
+            dropped += 1;
+        } else {
+            kept.push(make(e, id, name, definition));
+        }
+    }
+    if dropped > 0 {
+        warnings.push(format!(
+            "{dropped} {what} without a name or a definition were dropped ({})",
+            path.display()
+        ));
+    }
+    kept
+}
+
+/// Tasks in file order, and the concept ids each links to.
+fn read_tasks(
+    entries: &[Entry],
+    path: &Path,
+    warnings: &mut Vec<String>,
+) -> (Vec<Task>, Vec<Vec<String>>) {
+    keep_named(
+        entries,
+        "tasks",
+        path,
+        warnings,
+        |e, id, name, definition| {
+            let links: Vec<String> = ids(&e.asserts)
+                .chain(ids(&e.concepts))
+                .map(str::to_string)
+                .collect();
+            (
+                Task {
+                    id,
+                    name,
+                    definition,
+                },
+                links,
+            )
+        },
+    )
+    .into_iter()
+    .unzip()
+}
+
+/// Concepts in file order, each in the domain of its class id.
+fn read_concepts(entries: &[Entry], path: &Path, warnings: &mut Vec<String>) -> Vec<Concept> {
+    keep_named(entries, "concepts", path, warnings, |e, id, name, _| {
+        let domain = domain_index(&text_field(&e.id_concept_class));
+        Concept { id, name, domain }
+    })
+}
+
+/// A concept name → domain mapping (JSON object) overriding the concepts' classes.
+fn map_domains(
+    path: &Path,
+    concepts: &mut [Concept],
+    concept_by_key: &HashMap<String, usize>,
+    warnings: &mut Vec<String>,
+) -> Result<()> {
+    let text = std::fs::read_to_string(path).at(path)?;
+    let map: HashMap<String, String> = serde_json::from_str(&text).map_err(|e| {
+        Error::input(
+            path,
+            format!("expected a JSON object concept name → domain ({e})"),
+        )
+    })?;
+    let mut bad = Vec::new();
+    for (name, dom) in &map {
+        match (concept_by_key.get(&name_key(name)), domain_index(dom)) {
+            (Some(&c), Some(d)) => concepts[c].domain = Some(d),
+            (_, None) => bad.push(format!("{name} → {dom}")),
+            (None, _) => {} // a concept this snapshot lacks: nothing to map.
+        }
+    }
+    if !bad.is_empty() {
+        bad.sort();
+        warnings.push(format!(
+            "{}: {} domains not recognised (kept the concept's class): {}",
+            path.display(),
+            bad.len(),
+            bad.join("; ")
+        ));
+    }
+    Ok(())
+}
+
+/// The reduced task set: the tasks of the table at `path` (others removed from `tasks`), each
+/// linked to the concepts its row names.
+fn reduced_links(
+    path: &Path,
+    tasks: &mut Vec<Task>,
+    concept_by_key: &HashMap<String, usize>,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<Vec<u32>>> {
+    let rows = read_reduced(path)?;
+    let task_by_key: HashMap<String, usize> = tasks
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(i, t)| (name_key(&t.name), i))
+        .collect();
+    let mut task_concepts: Vec<Vec<u32>> = vec![Vec::new(); tasks.len()];
+    let mut keep = vec![false; tasks.len()];
+    let (mut bad_tasks, mut bad_concepts) = (Vec::new(), Vec::new());
+    for (task, cs) in &rows {
+        let Some(&t) = task_by_key.get(&name_key(task)) else {
+            bad_tasks.push(task.clone());
+            continue;
+        };
+        keep[t] = true;
+        for c in cs {
+            match concept_by_key.get(&name_key(c)) {
+                Some(&ci) => task_concepts[t].push(ci as u32),
+                None => bad_concepts.push(format!("{c} (task {task})")),
+            }
+        }
+    }
+    if !bad_tasks.is_empty() {
+        warnings.push(format!(
+            "{}: {} tasks not in the task snapshot (or without a definition), left out: {}",
+            path.display(),
+            bad_tasks.len(),
+            bad_tasks.join("; ")
+        ));
+    }
+    if !bad_concepts.is_empty() {
+        warnings.push(format!(
+            "{}: {} concept names not in the concept snapshot, links dropped: {}",
+            path.display(),
+            bad_concepts.len(),
+            bad_concepts.join("; ")
+        ));
+    }
+    let mut t = 0;
+    tasks.retain(|_| {
+        t += 1;
+        keep[t - 1]
+    });
+    let mut t = 0;
+    task_concepts.retain(|_| {
+        t += 1;
+        keep[t - 1]
+    });
+    Ok(task_concepts)
+}
+
+/// The full ontology's links: each task's own concept links, plus every assertion whose
+/// subject is a concept and whose predicate is a task.
+fn full_links(
+    tasks: &[Task],
+    task_asserts: &[Vec<String>],
+    concepts: &[Concept],
+    assertions: Option<&[Entry]>,
+) -> Vec<Vec<u32>> {
+    let concept_by_id: HashMap<&str, usize> = concepts
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.id.as_str(), i))
+        .collect();
+    let mut task_concepts: Vec<Vec<u32>> = vec![Vec::new(); tasks.len()];
+    for (t, links) in task_asserts.iter().enumerate() {
+        for id in links {
+            if let Some(&c) = concept_by_id.get(id.as_str()) {
+                task_concepts[t].push(c as u32);
+            }
+        }
+    }
+    if let Some(assertions) = assertions {
+        let task_by_id: HashMap<&str, usize> = tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.id.as_str(), i))
+            .collect();
+        for a in assertions {
+            for s in ids(&a.subject) {
+                for p in ids(&a.predicate) {
+                    if let (Some(&c), Some(&t)) = (concept_by_id.get(s), task_by_id.get(p)) {
+                        task_concepts[t].push(c as u32);
+                    }
+                }
+            }
+        }
+    }
+    task_concepts
+}
+
 impl Ontology {
     /// Reads the ontology in `dir` (layout detected); `reduced` keeps the reduced task set.
     pub fn load(dir: &Path, reduced: bool) -> Result<Ontology> {
@@ -305,179 +509,30 @@ impl Ontology {
         let (task_entries, concept_entries) = (task_entries?, concept_entries?);
         let assertion_entries = assertion_entries?;
 
-        // Tasks with a name and a definition, in file order.
-        let mut tasks = Vec::new();
-        let mut task_asserts = Vec::new();
-        let mut no_definition = 0;
-        for e in &task_entries {
-            let (id, name, definition) = (
-                text_field(&e.id),
-                text_field(&e.name),
-                text_field(&e.definition_text),
-            );
-            if name.is_empty() || definition.is_empty() || id.is_empty() {
-                no_definition += 1;
-                continue;
-            }
-            let links: Vec<String> = ids(&e.asserts)
-                .chain(ids(&e.concepts))
-                .map(str::to_string)
-                .collect();
-            task_asserts.push(links);
-            tasks.push(Task {
-                id,
-                name,
-                definition,
-            });
-        }
-        if no_definition > 0 {
-            warnings.push(format!(
-                "{no_definition} tasks without a name or a definition were dropped ({})",
-                tasks_path.display()
-            ));
-        }
-
-        // Concepts with a name and a definition; domain from the class id.
-        let mut concepts = Vec::new();
-        let mut dropped_concepts = 0;
-        for e in &concept_entries {
-            let (id, name, definition) = (
-                text_field(&e.id),
-                text_field(&e.name),
-                text_field(&e.definition_text),
-            );
-            if name.is_empty() || definition.is_empty() || id.is_empty() {
-                dropped_concepts += 1;
-                continue;
-            }
-            let domain = domain_index(&text_field(&e.id_concept_class));
-            concepts.push(Concept { id, name, domain });
-        }
-        if dropped_concepts > 0 {
-            warnings.push(format!(
-                "{dropped_concepts} concepts without a name or a definition were dropped ({})",
-                concepts_path.display()
-            ));
-        }
+        let (mut tasks, task_asserts) = read_tasks(&task_entries, tasks_path, &mut warnings);
+        let mut concepts = read_concepts(&concept_entries, concepts_path, &mut warnings);
         let concept_by_key: HashMap<String, usize> = concepts
             .iter()
             .enumerate()
             .rev()
             .map(|(i, c)| (name_key(&c.name), i))
             .collect();
-
         if let Some(path) = &found.concept_domains {
-            let text = std::fs::read_to_string(path).at(path)?;
-            let map: HashMap<String, String> = serde_json::from_str(&text).map_err(|e| {
-                Error::input(
-                    path,
-                    format!("expected a JSON object concept name → domain ({e})"),
-                )
-            })?;
-            let mut bad = Vec::new();
-            for (name, dom) in &map {
-                match (concept_by_key.get(&name_key(name)), domain_index(dom)) {
-                    (Some(&c), Some(d)) => concepts[c].domain = Some(d),
-                    (_, None) => bad.push(format!("{name} → {dom}")),
-                    (None, _) => {} // a concept this snapshot lacks: nothing to map.
-                }
-            }
-            if !bad.is_empty() {
-                bad.sort();
-                warnings.push(format!(
-                    "{}: {} domains not recognised (kept the concept's class): {}",
-                    path.display(),
-                    bad.len(),
-                    bad.join("; ")
-                ));
-            }
+            map_domains(path, &mut concepts, &concept_by_key, &mut warnings)?;
         }
-
-        let concept_by_id: HashMap<&str, usize> = concepts
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.id.as_str(), i))
-            .collect();
-        let mut task_concepts: Vec<Vec<u32>> = vec![Vec::new(); tasks.len()];
-
-        if reduced {
+        let mut task_concepts = if reduced {
             let path = found.reduced.as_deref().ok_or_else(|| {
                 Error::input(dir, "--reduced needs a reduced task table (reduced_tasks.csv with task, concept_1..3, or cogatlas_tasks_concepts_bertrand_mini.csv) here or one folder below")
             })?;
-            let rows = read_reduced(path)?;
-            let task_by_key: HashMap<String, usize> = tasks
-                .iter()
-                .enumerate()
-                .rev()
-                .map(|(i, t)| (name_key(&t.name), i))
-                .collect();
-            let mut keep = vec![false; tasks.len()];
-            let (mut bad_tasks, mut bad_concepts) = (Vec::new(), Vec::new());
-            for (task, cs) in &rows {
-                let Some(&t) = task_by_key.get(&name_key(task)) else {
-                    bad_tasks.push(task.clone());
-                    continue;
-                };
-                keep[t] = true;
-                for c in cs {
-                    match concept_by_key.get(&name_key(c)) {
-                        Some(&ci) => task_concepts[t].push(ci as u32),
-                        None => bad_concepts.push(format!("{c} (task {task})")),
-                    }
-                }
-            }
-            if !bad_tasks.is_empty() {
-                warnings.push(format!(
-                    "{}: {} tasks not in the task snapshot (or without a definition), left out: {}",
-                    path.display(),
-                    bad_tasks.len(),
-                    bad_tasks.join("; ")
-                ));
-            }
-            if !bad_concepts.is_empty() {
-                warnings.push(format!(
-                    "{}: {} concept names not in the concept snapshot, links dropped: {}",
-                    path.display(),
-                    bad_concepts.len(),
-                    bad_concepts.join("; ")
-                ));
-            }
-            let mut t = 0;
-            tasks.retain(|_| {
-                t += 1;
-                keep[t - 1]
-            });
-            let mut t = 0;
-            task_concepts.retain(|_| {
-                t += 1;
-                keep[t - 1]
-            });
+            reduced_links(path, &mut tasks, &concept_by_key, &mut warnings)?
         } else {
-            for (t, links) in task_asserts.iter().enumerate() {
-                for id in links {
-                    if let Some(&c) = concept_by_id.get(id.as_str()) {
-                        task_concepts[t].push(c as u32);
-                    }
-                }
-            }
-            if let Some(assertions) = assertion_entries {
-                let task_by_id: HashMap<&str, usize> = tasks
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| (t.id.as_str(), i))
-                    .collect();
-                for a in assertions {
-                    for s in ids(&a.subject) {
-                        for p in ids(&a.predicate) {
-                            if let (Some(&c), Some(&t)) = (concept_by_id.get(s), task_by_id.get(p))
-                            {
-                                task_concepts[t].push(c as u32);
-                            }
-                        }
-                    }
-                }
-            }
-        }
+            full_links(
+                &tasks,
+                &task_asserts,
+                &concepts,
+                assertion_entries.as_deref(),
+            )
+        };
         for links in &mut task_concepts {
             links.sort_unstable();
             links.dedup();

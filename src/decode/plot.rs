@@ -4,7 +4,9 @@
 //! - orthogonal slices (sagittal, coronal, axial) of the decoded map over the MNI152 T1
 //!   template at the map's peak, with a colour bar and the cut coordinates.
 
-use super::report::MapReport;
+use super::decoder::Decoder;
+use super::maps::{prepare_volume, Variant};
+use super::report::{stems, MapReport};
 use crate::brain::resample::{resample_volume_into, sample, Interp};
 use crate::brain::{Grid, Image};
 use crate::error::{Error, IoContext, Result};
@@ -291,6 +293,46 @@ fn slice_png(
     (png, w_px, h_px)
 }
 
+/// Where the slices cut, and the map's peak value: a ROI through the in-ROI voxel nearest its
+/// centre, a statistical map at its peak |value|.
+fn cut_voxel(map: &[f32], g: &Grid, overlay: &Overlay) -> ([usize; 3], f32) {
+    let peak = map
+        .iter()
+        .enumerate()
+        .fold((0, 0.0f32), |(bi, bv), (i, &x)| {
+            if x.abs() > bv.abs() {
+                (i, x)
+            } else {
+                (bi, bv)
+            }
+        });
+    if !overlay.binary {
+        return (g.unflat(peak.0), peak.1);
+    }
+    let inside: Vec<[usize; 3]> = map
+        .iter()
+        .enumerate()
+        .filter(|(_, &x)| x.abs() >= overlay.threshold)
+        .map(|(i, _)| g.unflat(i))
+        .collect();
+    let c: [f64; 3] = std::array::from_fn(|a| {
+        inside.iter().map(|v| v[a] as f64).sum::<f64>() / inside.len() as f64
+    });
+    let d = |v: &[usize; 3]| (0..3).map(|a| (v[a] as f64 - c[a]).powi(2)).sum::<f64>();
+    let ijk = *inside
+        .iter()
+        .min_by(|p, q| d(p).total_cmp(&d(q)))
+        .expect("a binary map with voxels");
+    (ijk, peak.1)
+}
+
+/// The 99th percentile of the positive values (the T1's white, for its grey scale).
+fn positive_p99(values: &[f32]) -> f32 {
+    let mut v: Vec<f32> = values.iter().copied().filter(|&x| x > 0.0).collect();
+    let at = ((v.len() as f64 * 0.99) as usize).min(v.len() - 1);
+    *v.select_nth_unstable_by(at, |a, b| a.total_cmp(b)).1
+}
+
 /// Orthogonal slices of `vol` (on `grid`) over the MNI T1 at the peak |value|.
 pub fn slices_svg(vol: &[f32], grid: &Grid, title: &str, subtitle: &str) -> Result<String> {
     let t1 = mni_t1()?;
@@ -303,41 +345,9 @@ pub fn slices_svg(vol: &[f32], grid: &Grid, title: &str, subtitle: &str) -> Resu
             "{title}: the map has no voxel inside the MNI template's box to show"
         )));
     }
-    let peak = map
-        .iter()
-        .enumerate()
-        .fold((0, 0.0f32), |(bi, bv), (i, &x)| {
-            if x.abs() > bv.abs() {
-                (i, x)
-            } else {
-                (bi, bv)
-            }
-        });
-    // A ROI is cut through the in-ROI voxel nearest its centre, a statistical map at its peak.
-    let ijk = if overlay.binary {
-        let inside: Vec<[usize; 3]> = map
-            .iter()
-            .enumerate()
-            .filter(|(_, &x)| x.abs() >= overlay.threshold)
-            .map(|(i, _)| g.unflat(i))
-            .collect();
-        let c: [f64; 3] = std::array::from_fn(|a| {
-            inside.iter().map(|v| v[a] as f64).sum::<f64>() / inside.len() as f64
-        });
-        let d = |v: &[usize; 3]| (0..3).map(|a| (v[a] as f64 - c[a]).powi(2)).sum::<f64>();
-        *inside
-            .iter()
-            .min_by(|p, q| d(p).total_cmp(&d(q)))
-            .expect("a binary map with voxels")
-    } else {
-        g.unflat(peak.0)
-    };
+    let (ijk, peak) = cut_voxel(&map, g, &overlay);
     let mm = g.voxel_to_mm([ijk[0] as f64, ijk[1] as f64, ijk[2] as f64]);
-    let t1_max = {
-        let mut v: Vec<f32> = t1.data.iter().copied().filter(|&x| x > 0.0).collect();
-        let at = ((v.len() as f64 * 0.99) as usize).min(v.len() - 1);
-        *v.select_nth_unstable_by(at, |a, b| a.total_cmp(b)).1
-    };
+    let t1_max = positive_p99(&t1.data);
     let px = 4;
     // sagittal: y → right, z ↑ ; coronal: x → right, z ↑ ; axial: x → right, y ↑
     let views = [
@@ -374,7 +384,7 @@ pub fn slices_svg(vol: &[f32], grid: &Grid, title: &str, subtitle: &str) -> Resu
         } else {
             format!(
                 "{subtitle}peak {:.3} at MNI ({:.0}, {:.0}, {:.0}) mm",
-                peak.1, mm[0], mm[1], mm[2]
+                peak, mm[0], mm[1], mm[2]
             )
         })
     );
@@ -467,6 +477,49 @@ fn colour_bar(s: &mut String, o: &Overlay, x: f64, y: f64, h: f64) {
             }
         );
     }
+}
+
+/// Draws each decoded map's pictures beside `file` (.png or .svg): its top tasks, concepts and
+/// domains, and the map as decoded over the MNI T1 at its peak. `reports` are the volumes of
+/// the files `counts` names (path, volumes) in order; `scale_note` says which s scaled them.
+pub fn write_pictures(
+    decoder: &Decoder,
+    variant: &Variant,
+    reports: &[MapReport],
+    counts: &[(PathBuf, usize)],
+    file: &Path,
+    scale_note: &str,
+) -> Result<()> {
+    let n = reports.len();
+    let stems = stems(counts);
+    let mut i = 0;
+    let variant_note = variant.note();
+    for (path, n_vols) in counts {
+        let img = Image::read(path)?;
+        for v in 0..*n_vols {
+            let (r, stem) = (&reports[i], &stems[i]);
+            let target = plot_path(file, stem, n);
+            let subtitle = format!("{scale_note}{variant_note}");
+            save(&bars_svg(r, &subtitle), &target)?;
+            let vol = prepare_volume(decoder.atlas(), &img, v, variant, path)?;
+            let svg = slices_svg(
+                &vol,
+                &decoder.atlas().grid,
+                &r.map,
+                &format!("decoded map{variant_note} · "),
+            )?;
+            let slices = slices_path(&target);
+            save(&svg, &slices)?;
+            if n <= 5 {
+                eprintln!("pictures → {} and {}", target.display(), slices.display());
+            }
+            i += 1;
+        }
+    }
+    if n > 5 {
+        eprintln!("{n} pairs of pictures beside {}", file.display());
+    }
+    Ok(())
 }
 
 /// The picture file for map `i` of `n`: FILE itself for one map, FILE-<stem>.ext for several.

@@ -56,7 +56,7 @@ pub fn task_posteriors(logits: &[f32], n: usize, prior: &[f64]) -> Vec<TaskPoste
         .collect()
 }
 
-/// Noisy-OR: for each group, 1 − Π over its members of (1 − p[member]); an empty group gives 0.
+/// Noisy-OR: for each group, 1 − Π over its members of (1 − `p[member]`); an empty group gives 0.
 pub fn noisy_or(p: &[f32], groups: &[Vec<u32>]) -> Vec<f32> {
     groups
         .iter()

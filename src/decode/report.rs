@@ -19,6 +19,22 @@ pub struct TaskRow {
     pub bayes_factor: f32,
 }
 
+impl TaskRow {
+    /// pred,prob,similarity,likelihood,prior_prob,joint_prob,bayes_factor (the authors' columns).
+    fn csv(&self) -> String {
+        format!(
+            "{},{},{},{},{},{},{}",
+            csv_field(&self.name),
+            self.probability,
+            self.similarity,
+            self.likelihood,
+            self.prior,
+            self.joint,
+            self.bayes_factor
+        )
+    }
+}
+
 #[derive(Serialize, Clone, Debug)]
 pub struct Row {
     pub name: String,
@@ -102,18 +118,7 @@ pub fn write_csv(w: &mut impl Write, reports: &[MapReport]) -> std::io::Result<(
     for r in reports {
         let m = csv_field(&r.map);
         for (i, t) in r.tasks.iter().enumerate() {
-            writeln!(
-                w,
-                "{m},task,{},{},{},{},{},{},{},{}",
-                i + 1,
-                csv_field(&t.name),
-                t.probability,
-                t.similarity,
-                t.likelihood,
-                t.prior,
-                t.joint,
-                t.bayes_factor
-            )?;
+            writeln!(w, "{m},task,{},{}", i + 1, t.csv())?;
         }
         for (level, rows) in [("concept", &r.concepts), ("domain", &r.domains)] {
             for (i, c) in rows.iter().enumerate() {
@@ -238,17 +243,7 @@ pub fn write_map_files(dir: &Path, stem: &str, r: &MapReport) -> Result<()> {
                 "pred,prob,similarity,likelihood,prior_prob,joint_prob,bayes_factor"
             )?;
             for t in &r.tasks {
-                writeln!(
-                    w,
-                    "{},{},{},{},{},{},{}",
-                    csv_field(&t.name),
-                    t.probability,
-                    t.similarity,
-                    t.likelihood,
-                    t.prior,
-                    t.joint,
-                    t.bayes_factor
-                )?;
+                writeln!(w, "{}", t.csv())?;
             }
             Ok(())
         })()

@@ -1,0 +1,149 @@
+//! The `eval decoding` job: niclip and the baselines ranked on the maps of a truth file, scored
+//! at each level against their permutation nulls, as a table and as `summary.csv` and
+//! `per_map.csv`.
+
+use super::decoding::recall_at;
+use super::predict::{baseline_predictions, niclip_predictions};
+use super::{score_level, Level, LevelScore, Prediction, Truth};
+use crate::decode::Decoder;
+use crate::error::{IoContext, Result};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Every decoder's rankings and scores on one truth file.
+pub struct DecodingEval {
+    pub truth: Vec<Truth>,
+    /// Per decoder (niclip first, then the baselines in the order given), a ranking per map.
+    pub decoders: Vec<(String, Vec<Prediction>)>,
+    /// Per decoder and level (in `Level::ALL` order), its score at the authors' k.
+    pub scores: Vec<(String, LevelScore)>,
+}
+
+/// Scores `decoder` (niclip) and the baseline models at `baselines` on the maps of `truth`
+/// ([`read_truth`](super::read_truth)), each against `permutations` shuffles of its predictions
+/// (seeded by `seed`).
+pub fn evaluate(
+    truth: Vec<Truth>,
+    decoder: &Decoder,
+    baselines: &[PathBuf],
+    permutations: usize,
+    seed: u64,
+) -> Result<DecodingEval> {
+    let mut decoders = vec![("niclip".to_string(), niclip_predictions(decoder, &truth)?)];
+    for b in baselines {
+        decoders.push(baseline_predictions(decoder, b, &truth)?);
+    }
+    let mut scores = Vec::new();
+    for (name, preds) in &decoders {
+        for level in Level::ALL {
+            let s = score_level(level, level.default_k(), &truth, preds, permutations, seed);
+            scores.push((name.clone(), s));
+        }
+    }
+    Ok(DecodingEval {
+        truth,
+        decoders,
+        scores,
+    })
+}
+
+impl DecodingEval {
+    /// The scores as an aligned table, a header line and a line per decoder and level.
+    pub fn table(&self) -> String {
+        let mut t = format!(
+            "{:<28} {:<8} {:>2} {:>4} {:>8} {:>6} {:>9} {:>7} {:>9}\n",
+            "decoder", "level", "k", "maps", "recall", "hit", "null", "p", "obs/null"
+        );
+        for (name, s) in &self.scores {
+            let row: Vec<String> = cells(name, s).into_iter().map(|c| c.0).collect();
+            t += &row.join(" ");
+            t.push('\n');
+        }
+        t
+    }
+
+    /// Writes `summary.csv` (the table) and `per_map.csv` (each decoder's top k beside the
+    /// truth, per map and level) into `dir`; returns their paths.
+    pub fn write_csvs(&self, dir: &Path) -> Result<[PathBuf; 2]> {
+        std::fs::create_dir_all(dir).at(dir)?;
+        let summary = dir.join("summary.csv");
+        write_text(&summary, &self.summary_csv())?;
+        let per_map = dir.join("per_map.csv");
+        write_text(&per_map, &self.per_map_csv())?;
+        Ok([summary, per_map])
+    }
+
+    fn summary_csv(&self) -> String {
+        let mut text = String::from("decoder,level,k,maps,recall,hit,null_recall,p,ratio\n");
+        for (name, s) in &self.scores {
+            let row: Vec<String> = cells(name, s).into_iter().map(|c| c.1).collect();
+            text += &row.join(",");
+            text.push('\n');
+        }
+        text
+    }
+
+    fn per_map_csv(&self) -> String {
+        let mut text = String::from("decoder,map,level,truth,top_k,recall\n");
+        for (name, preds) in &self.decoders {
+            for (t, p) in self.truth.iter().zip(preds) {
+                for level in Level::ALL {
+                    let k = level.default_k();
+                    let top = level.ranked(p);
+                    let r = recall_at(level.truth(t), top, k);
+                    let _ = writeln!(
+                        text,
+                        "{name},{},{},{},{},{}",
+                        csv_cell(&t.map.display().to_string()),
+                        level.name(),
+                        csv_cell(&level.truth(t).join(";")),
+                        csv_cell(&top[..k.min(top.len())].join(";")),
+                        r.map(|x| x.to_string()).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        text
+    }
+}
+
+fn write_text(path: &Path, text: &str) -> Result<()> {
+    crate::io::write_atomic(path, |w| {
+        std::io::Write::write_all(w, text.as_bytes()).at(path)
+    })
+}
+
+/// A score's columns, each as the table shows it (padded, rounded) and as the CSV holds it.
+fn cells(name: &str, s: &LevelScore) -> [(String, String); 9] {
+    let r = ratio(s);
+    [
+        (format!("{name:<28}"), name.to_string()),
+        (format!("{:<8}", s.level.name()), s.level.name().to_string()),
+        (format!("{:>2}", s.k), s.k.to_string()),
+        (format!("{:>4}", s.maps), s.maps.to_string()),
+        (format!("{:>8.3}", s.recall), s.recall.to_string()),
+        (format!("{:>6.3}", s.hit), s.hit.to_string()),
+        (format!("{:>9.3}", s.null_recall), s.null_recall.to_string()),
+        (format!("{:>7.4}", s.p), s.p.to_string()),
+        (format!("{r:>9}"), r),
+    ]
+}
+
+/// Observed / null mean recall ("inf" when the null never finds anything).
+fn ratio(s: &LevelScore) -> String {
+    if s.maps == 0 {
+        String::new()
+    } else if s.null_recall > 0.0 {
+        format!("{:.2}", s.recall / s.null_recall)
+    } else {
+        "inf".into()
+    }
+}
+
+fn csv_cell(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
