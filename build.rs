@@ -7,6 +7,9 @@
 //! Without nvcc, or when it fails, the build goes on with a warning (the NVRTC path remains);
 //! `cfg(niclip_ptx)` is set only when every kernel compiled.
 //!
+//! The kernels are also compiled for the host, as the emulated CUDA device of the tests
+//! (kernels/emu/host_build.rs).
+//!
 //! The integer constants the kernels `#define` (block sizes, tiles) are written there too, as
 //! `consts::<family>::NAME` (`common` for `common.cuh`), so the host launches with the very
 //! numbers the kernels were compiled with and never declares them a second time.
@@ -16,8 +19,12 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "kernels/emu/host_build.rs"]
+mod emu;
+
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(niclip_ptx)");
+    println!("cargo::rustc-check-cfg=cfg(niclip_emu)");
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo:rerun-if-changed=build.rs");
     for var in ["NVCC", "CUDA_HOME", "CUDA_PATH", "NICLIP_CUDA_ARCH"] {
@@ -80,6 +87,12 @@ fn main() {
                 println!("cargo:rustc-cfg=niclip_ptx");
             }
         }
+    }
+
+    // The kernels for the host, as the emulated CUDA device (src/device/emulator.rs).
+    if let Some(dir) = emu::build(&out, &kdir, &sources) {
+        println!("cargo:rustc-cfg=niclip_emu");
+        println!("cargo:rustc-env=NICLIP_EMU_DIR={}", dir.display());
     }
 
     // The generated module: include_str! of absolute paths, so cargo tracks the files too.

@@ -6,6 +6,12 @@
 // exports the integer #defines of the kernels to the host (device::cuda::consts::<family>).
 #define NICLIP_BLOCK 256
 
+// The block's dynamic shared memory as `T name[]` (the CUDA emulator, kernels/emu/cuda_emu.h,
+// defines it as its own per-block buffer).
+#ifndef NICLIP_DYNAMIC_SHARED
+#define NICLIP_DYNAMIC_SHARED(T, name) extern __shared__ T name[]
+#endif
+
 // Grid-stride loop over [0, n) with a 64-bit index.
 #define NICLIP_GRID_STRIDE(i, n)                                                                 \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (long long)(n);     \

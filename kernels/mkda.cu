@@ -121,7 +121,7 @@ __device__ __forceinline__ void mkda_xty(const MkdaParams& p, double* smem_acc) 
 // Accumulates in k doubles of dynamic shared memory (launch with k * 8 bytes).
 extern "C" __global__ void __launch_bounds__(NICLIP_BLOCK) mkda_xty_smem(const MkdaParams p)
 {
-    extern __shared__ double mkda_acc[];
+    NICLIP_DYNAMIC_SHARED(double, mkda_acc);
     mkda_xty<true>(p, mkda_acc);
 }
 

@@ -17,7 +17,10 @@ use cudarc::driver::{
 use cudarc::nvrtc::{CompileOptions, Ptx};
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+
+use super::emulator;
 
 /// What build.rs wrote: `COMMON`, `SOURCES` (name, .cu text), `PTX_ARCH`, `PTX` (name, PTX text)
 /// and `consts`.
@@ -30,11 +33,34 @@ mod built {
 /// `kernels/common.cuh`. The host launches with these, so the two sides cannot drift apart.
 pub use built::consts;
 
+static REAL_DRIVER_ASKED: AtomicBool = AtomicBool::new(false);
+
+/// Chooses the process's CUDA libraries before cudarc first opens one: the emulator's when
+/// `NICLIP_EMULATE_CUDA` asks for them (or [`emulator::enable`] was called), else NVIDIA's.
+fn choose_driver() -> Result<()> {
+    emulator::enable_if_asked()?;
+    if !emulator::active() {
+        REAL_DRIVER_ASKED.store(true, Ordering::SeqCst);
+    }
+    Ok(())
+}
+
+/// Whether cudarc may already have opened NVIDIA's libraries in this process.
+pub(crate) fn real_driver_asked() -> bool {
+    REAL_DRIVER_ASKED.load(Ordering::SeqCst)
+}
+
+/// Whether NVIDIA's driver library is installed (it is opened and closed again, so that the
+/// emulator can still take its place when it is not).
+pub fn driver_installed() -> bool {
+    // SAFETY: only tries to dlopen the driver library; no CUDA state is touched.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
 /// Number of CUDA devices; 0 when the driver library is absent (checked before any context,
 /// since creating one without a driver panics).
 pub fn device_count() -> usize {
-    // SAFETY: only tries to dlopen the driver library; no CUDA state is touched.
-    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+    if choose_driver().is_err() || !driver_installed() {
         return 0;
     }
     CudaContext::device_count()
@@ -45,13 +71,13 @@ pub fn device_count() -> usize {
 /// Whether NVRTC (libnvrtc) can be loaded, so that the embedded sources can be compiled.
 pub fn nvrtc_available() -> bool {
     // SAFETY: only tries to dlopen libnvrtc.
-    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+    choose_driver().is_ok() && unsafe { cudarc::nvrtc::sys::is_culib_present() }
 }
 
 /// Whether cuBLAS (libcublas) can be loaded.
 pub fn cublas_available() -> bool {
     // SAFETY: only tries to dlopen libcublas.
-    unsafe { cudarc::cublas::sys::is_culib_present() }
+    choose_driver().is_ok() && unsafe { cudarc::cublas::sys::is_culib_present() }
 }
 
 /// Whether build.rs compiled every kernel to PTX (nvcc was found and succeeded).
@@ -151,9 +177,13 @@ pub(crate) fn cuda_err(what: &str) -> impl FnOnce(cudarc::driver::DriverError) -
     move |e| Error::Cuda(format!("{what}: {e:?}"))
 }
 
-/// A failed kernel launch as niclip's error, naming the kernel.
+/// A failed kernel launch as niclip's error, naming the kernel (and, on the emulated device,
+/// the check it failed).
 pub(crate) fn launch_err(kernel: &str) -> impl FnOnce(cudarc::driver::DriverError) -> Error + '_ {
-    move |e| Error::Cuda(format!("launch of {kernel} failed: {e:?}"))
+    move |e| match emulator::last_error() {
+        Some(why) => Error::Cuda(format!("launch of {kernel} failed: {e:?}: {why}")),
+        None => Error::Cuda(format!("launch of {kernel} failed: {e:?}")),
+    }
 }
 
 /// Launches kernel `$name` of `kernels/$module.cu` on `$gpu` (a [`Gpu`]) with launch
@@ -493,6 +523,8 @@ impl RowMajorGemm {
 
 pub struct Gpu {
     pub ordinal: usize,
+    /// Whether this is the emulated device ([`emulator`]).
+    pub emulated: bool,
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
     modules: Mutex<HashMap<String, Arc<CudaModule>>>,
@@ -516,6 +548,7 @@ impl Gpu {
     }
 
     fn new(ordinal: usize) -> Result<Gpu> {
+        choose_driver()?;
         // Creating a context without a driver panics: check first.
         let count = device_count();
         if ordinal >= count {
@@ -526,6 +559,7 @@ impl Gpu {
         let stream = ctx.default_stream();
         Ok(Gpu {
             ordinal,
+            emulated: emulator::active(),
             ctx,
             stream,
             modules: Mutex::new(HashMap::new()),

@@ -11,6 +11,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod emulator;
 mod ops;
 
 use crate::error::{Error, Result};
@@ -83,10 +84,11 @@ impl Device {
             .collect()
     }
 
-    /// `cpu (N threads)` or `cuda:N`.
+    /// `cpu (N threads)`, `cuda:N` or `cuda:N (emulated)`.
     pub fn name(&self) -> String {
         match self {
             Device::Cpu => format!("cpu ({} threads)", rayon::current_num_threads()),
+            Device::Cuda(g) if g.emulated => format!("cuda:{} (emulated)", g.ordinal),
             Device::Cuda(g) => format!("cuda:{}", g.ordinal),
         }
     }

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 use niclip::device::cuda::{self, Gpu};
+use niclip::device::emulator;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -101,22 +102,42 @@ pub fn need_model(model: RealModel) -> Option<PathBuf> {
     }
 }
 
-/// CUDA device 0, or None after skipping the calling test.
+/// Chooses this test process's CUDA driver, once, before any CUDA call: the emulated device
+/// where NVIDIA's driver is not installed (`NICLIP_EMULATE_CUDA=1` asks for it everywhere, `=0`
+/// never), else the real one.
+fn cuda_driver() {
+    static CHOSEN: std::sync::Once = std::sync::Once::new();
+    CHOSEN.call_once(|| {
+        if emulator::built() {
+            emulator::enable_unless_driver().expect("the CUDA emulator loads");
+        }
+    });
+}
+
+/// CUDA device 0 (the emulated one where there is no driver), or None after skipping.
 pub fn need_gpu() -> Option<Arc<Gpu>> {
+    cuda_driver();
     if cuda::device_count() == 0 {
-        skip(Lack::Gpu, "a CUDA device (none found)");
+        let why = if emulator::built() {
+            "a CUDA device (none found; NICLIP_EMULATE_CUDA=1 tests the emulated one)"
+        } else {
+            "a CUDA device (none found, and the CUDA emulator was not built: no C++20 compiler)"
+        };
+        skip(Lack::Gpu, why);
         return None;
     }
     Some(Gpu::open(0).expect("CUDA device 0 opens"))
 }
 
-/// Whether libnvrtc loads (the NVRTC tests need no device); false after skipping.
+/// Whether NVIDIA's libnvrtc loads (the NVRTC tests need no device; the emulator's stand-in
+/// does not count); false after skipping.
 pub fn need_nvrtc() -> bool {
-    let found = cuda::nvrtc_available();
+    cuda_driver();
+    let found = cuda::nvrtc_available() && !emulator::active();
     if !found {
         skip(
             Lack::Gpu,
-            "libnvrtc (it cannot be loaded; add CUDA's lib directory to LD_LIBRARY_PATH)",
+            "NVIDIA's libnvrtc (it cannot be loaded; add CUDA's lib directory to LD_LIBRARY_PATH)",
         );
     }
     found
