@@ -76,6 +76,36 @@ fn check(what: &str, got: &[f32], want: &[f32], cols: usize, tol: f64) {
     );
 }
 
+/// Whole-model hidden states, bf16 weights and GEMM operands against the f32 CPU: the relative
+/// error of all rows together (‖Δ‖ / ‖want‖) within `tol`, and no row beyond 5·tol. bf16
+/// rounding has a heavy tail over a model's rows: the emulated device measured tiny_mistral with
+/// its LoRA at 2.2e-2 overall with one row in 354 at 1.0e-1 and the rest spread over every
+/// position (no pattern by distance to the window); a wrong mask or window errs on every row
+/// past it.
+fn check_hidden(what: &str, got: &[f32], want: &[f32], cols: usize, tol: f64) {
+    assert!(
+        got.iter().all(|v| v.is_finite()),
+        "{what}: non-finite output"
+    );
+    let sq = |x: f64| x * x;
+    let diff: f64 = got.iter().zip(want).map(|(a, b)| sq((a - b) as f64)).sum();
+    let norm: f64 = want.iter().map(|b| sq(*b as f64)).sum();
+    let overall = (diff / norm.max(1e-300)).sqrt();
+    let worst = row_rel(got, want, cols);
+    eprintln!(
+        "{what}: relative error {overall:.2e} overall (tolerance {tol:.0e}), worst row {worst:.2e}"
+    );
+    assert!(
+        overall <= tol,
+        "{what}: relative error {overall:.2e} > {tol:.0e}"
+    );
+    assert!(
+        worst <= 5.0 * tol,
+        "{what}: a row's relative error {worst:.2e} > {:.0e}",
+        5.0 * tol
+    );
+}
+
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
     let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
@@ -768,7 +798,7 @@ fn model_case(
         .collect();
     let want = cpu.hidden_states(&seqs).unwrap();
     let got = dev.hidden_states(&seqs).unwrap();
-    check(
+    check_hidden(
         &format!("{name}: hidden states"),
         &got,
         &want,

@@ -99,7 +99,8 @@ pub fn kernel_names(src: &str) -> Vec<String> {
             }
         } else if let Some(name) = global_name(t) {
             names.push(name);
-        } else if let Some((mac, i)) = macros.iter().find(|(m, _)| t.starts_with(&format!("{m}("))) {
+        } else if let Some((mac, i)) = macros.iter().find(|(m, _)| t.starts_with(&format!("{m}(")))
+        {
             if let Some(arg) = t[mac.len() + 1..].split([',', ')']).nth(*i) {
                 names.push(arg.trim().to_string());
             }
@@ -140,7 +141,13 @@ fn find_cxx() -> Option<PathBuf> {
 fn compile(cxx: &Path, emu: &Path, kdir: &Path, unit: &Path, dir: &Path) -> Option<PathBuf> {
     let obj = dir.join(unit.file_name()?).with_extension("o");
     let res = Command::new(cxx)
-        .args(["-std=c++20", "-O2", "-fPIC", "-pthread", "-fvisibility=hidden"])
+        .args([
+            "-std=c++20",
+            "-O2",
+            "-fPIC",
+            "-pthread",
+            "-fvisibility=hidden",
+        ])
         .args(["-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function"])
         .arg("-I")
         .arg(emu)
@@ -151,7 +158,11 @@ fn compile(cxx: &Path, emu: &Path, kdir: &Path, unit: &Path, dir: &Path) -> Opti
         .arg("-o")
         .arg(&obj)
         .output();
-    report(res, &format!("compiling {} for the CUDA emulator", unit.display())).then_some(obj)
+    report(
+        res,
+        &format!("compiling {} for the CUDA emulator", unit.display()),
+    )
+    .then_some(obj)
 }
 
 fn link(cxx: &Path, objects: &[PathBuf], dir: &Path, lib: &str) -> bool {

@@ -4,6 +4,7 @@
 #include "runtime.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -90,6 +91,9 @@ class Barrier {
                 return;
             }
         }
+        // Yield first: with more threads than cores, the others need the core to arrive, and a
+        // yield is far cheaper than sleeping and being woken.
+        for (int i = 0; i < 256 && gen_.load(std::memory_order_acquire) == g; ++i) sched_yield();
         while (gen_.load(std::memory_order_acquire) == g && !g_abort.load(std::memory_order_relaxed))
             gen_.wait(g, std::memory_order_acquire);
     }

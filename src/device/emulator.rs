@@ -75,16 +75,25 @@ fn load(dir: &str) -> std::result::Result<(), String> {
     let open = |name: &str| {
         let path = std::path::Path::new(dir).join(name);
         // SAFETY: our own library; its initialisers only register kernel tables.
-        unsafe { libloading::Library::new(&path) }
-            .map_err(|e| format!("cannot load the CUDA emulator's {} ({e}); rebuild niclip", path.display()))
+        unsafe { libloading::Library::new(&path) }.map_err(|e| {
+            format!(
+                "cannot load the CUDA emulator's {} ({e}); rebuild niclip",
+                path.display()
+            )
+        })
     };
-    let libs = [open("libcuda.so")?, open("libcublas.so")?, open("libnvrtc.so")?];
+    let libs = [
+        open("libcuda.so")?,
+        open("libcublas.so")?,
+        open("libnvrtc.so")?,
+    ];
     type SetGemm = unsafe extern "C" fn(GemmF32, GemmF64);
     // SAFETY: cublas.cpp exports niclip_emu_set_gemm with exactly this signature.
     unsafe {
-        let set: libloading::Symbol<SetGemm> = libs[1]
-            .get(b"niclip_emu_set_gemm")
-            .map_err(|e| format!("the CUDA emulator's libcublas.so is stale ({e}); rebuild niclip"))?;
+        let set: libloading::Symbol<SetGemm> =
+            libs[1].get(b"niclip_emu_set_gemm").map_err(|e| {
+                format!("the CUDA emulator's libcublas.so is stale ({e}); rebuild niclip")
+            })?;
         set(gemm_f32, gemm_f64);
     }
     // Kept loaded for the life of the process: cudarc resolves its symbols from them.
@@ -110,8 +119,36 @@ pub fn last_error() -> Option<String> {
     }
 }
 
-type GemmF32 = unsafe extern "C" fn(i32, i32, i32, i32, i32, f32, *const f32, i32, *const f32, i32, f32, *mut f32, i32);
-type GemmF64 = unsafe extern "C" fn(i32, i32, i32, i32, i32, f64, *const f64, i32, *const f64, i32, f64, *mut f64, i32);
+type GemmF32 = unsafe extern "C" fn(
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    f32,
+    *const f32,
+    i32,
+    *const f32,
+    i32,
+    f32,
+    *mut f32,
+    i32,
+);
+type GemmF64 = unsafe extern "C" fn(
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    f64,
+    *const f64,
+    i32,
+    *const f64,
+    i32,
+    f64,
+    *mut f64,
+    i32,
+);
 
 /// cuBLAS's column-major `C[m×n] = alpha·op(A)·op(B) + beta·C` on the CPU GEMM; C is not read
 /// when beta is 0 (as cuBLAS).
@@ -133,7 +170,11 @@ unsafe fn column_major_gemm<T: Copy + Default + PartialEq + 'static>(
         return;
     }
     let view = |p: *const T, ld: i32, t: i32, r: usize, c: usize| {
-        let (rs, cs) = if t != 0 { (ld as isize, 1) } else { (1, ld as isize) };
+        let (rs, cs) = if t != 0 {
+            (ld as isize, 1)
+        } else {
+            (1, ld as isize)
+        };
         // SAFETY: the caller's contract: the operand spans r × c at these strides.
         let data = unsafe { std::slice::from_raw_parts(p, cpu::span(r, c, rs, cs)) };
         Strided { data, rs, cs }
@@ -141,21 +182,74 @@ unsafe fn column_major_gemm<T: Copy + Default + PartialEq + 'static>(
     let (a, b) = (view(a, lda, ta, m, k), view(b, ldb, tb, k, n));
     let keep = (beta != T::default()).then_some(beta);
     // SAFETY: C spans m × n at (1, ldc) and nothing else writes it during the call.
-    unsafe { cpu::gemm_unchecked((m, n, k), c, (1, ldc as isize), keep, a, b, alpha, Parallelism::Rayon(0)) }
+    unsafe {
+        cpu::gemm_unchecked(
+            (m, n, k),
+            c,
+            (1, ldc as isize),
+            keep,
+            a,
+            b,
+            alpha,
+            Parallelism::Rayon(0),
+        )
+    }
 }
 
 unsafe extern "C" fn gemm_f32(
-    ta: i32, tb: i32, m: i32, n: i32, k: i32, alpha: f32, a: *const f32, lda: i32,
-    b: *const f32, ldb: i32, beta: f32, c: *mut f32, ldc: i32,
+    ta: i32,
+    tb: i32,
+    m: i32,
+    n: i32,
+    k: i32,
+    alpha: f32,
+    a: *const f32,
+    lda: i32,
+    b: *const f32,
+    ldb: i32,
+    beta: f32,
+    c: *mut f32,
+    ldc: i32,
 ) {
     // SAFETY: called by the emulated cuBLAS with cuBLAS's contract.
-    unsafe { column_major_gemm((ta, tb), (m, n, k), alpha, (a, lda), (b, ldb), beta, (c, ldc)) }
+    unsafe {
+        column_major_gemm(
+            (ta, tb),
+            (m, n, k),
+            alpha,
+            (a, lda),
+            (b, ldb),
+            beta,
+            (c, ldc),
+        )
+    }
 }
 
 unsafe extern "C" fn gemm_f64(
-    ta: i32, tb: i32, m: i32, n: i32, k: i32, alpha: f64, a: *const f64, lda: i32,
-    b: *const f64, ldb: i32, beta: f64, c: *mut f64, ldc: i32,
+    ta: i32,
+    tb: i32,
+    m: i32,
+    n: i32,
+    k: i32,
+    alpha: f64,
+    a: *const f64,
+    lda: i32,
+    b: *const f64,
+    ldb: i32,
+    beta: f64,
+    c: *mut f64,
+    ldc: i32,
 ) {
     // SAFETY: as gemm_f32.
-    unsafe { column_major_gemm((ta, tb), (m, n, k), alpha, (a, lda), (b, ldb), beta, (c, ldc)) }
+    unsafe {
+        column_major_gemm(
+            (ta, tb),
+            (m, n, k),
+            alpha,
+            (a, lda),
+            (b, ldb),
+            beta,
+            (c, ldc),
+        )
+    }
 }
