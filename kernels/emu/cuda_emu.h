@@ -49,15 +49,15 @@ void* dynamic_shared();
 void at_line(int line);
 void syncthreads();
 // Lane `src` of this thread's warp's value; every live lane of the warp must call it.
-uint64_t warp_exchange(unsigned int mask, uint64_t bits, int src, const char* what);
+uint64_t warp_exchange(unsigned int mask, uint64_t bits, int src);
 int lane();
 
 template <typename T>
-T exchange(unsigned int mask, T v, int src, const char* what) {
+T exchange(unsigned int mask, T v, int src) {
     static_assert(sizeof(T) <= 8, "shuffles move at most 8 bytes");
     uint64_t bits = 0;
     std::memcpy(&bits, &v, sizeof(T));
-    bits = warp_exchange(mask, bits, src, what);
+    bits = warp_exchange(mask, bits, src);
     T out;
     std::memcpy(&out, &bits, sizeof(T));
     return out;
@@ -73,13 +73,13 @@ inline T niclip_shfl_xor(unsigned int mask, T v, int lane_mask, int width = 32) 
     const int base = lane & ~(width - 1);
     int src = lane ^ lane_mask;
     if (src >= base + width) src = lane;
-    return niclip_emu::exchange(mask, v, src, "__shfl_xor_sync");
+    return niclip_emu::exchange(mask, v, src);
 }
 template <typename T>
 inline T niclip_shfl(unsigned int mask, T v, int src_lane, int width = 32) {
     const int lane = niclip_emu::lane();
     const int src = (lane & ~(width - 1)) + (src_lane & (width - 1));
-    return niclip_emu::exchange(mask, v, src, "__shfl_sync");
+    return niclip_emu::exchange(mask, v, src);
 }
 #define __shfl_xor_sync(...) (niclip_emu::at_line(__LINE__), niclip_shfl_xor(__VA_ARGS__))
 #define __shfl_sync(...) (niclip_emu::at_line(__LINE__), niclip_shfl(__VA_ARGS__))

@@ -18,7 +18,11 @@ pub fn build(out: &Path, kdir: &Path, sources: &[(String, PathBuf)]) -> Option<P
     let dir = out.join("emu");
     std::fs::create_dir_all(&dir).ok()?;
     let emu = kdir.join("emu");
-    let mut units: Vec<PathBuf> = vec![emu.join("runtime.cpp"), emu.join("driver.cpp")];
+    let mut units: Vec<PathBuf> = vec![
+        emu.join("runtime.cpp"),
+        emu.join("block.cpp"),
+        emu.join("driver.cpp"),
+    ];
     for (family, src) in sources {
         let unit = dir.join(format!("{family}.cpp"));
         let text = family_unit(family, src);

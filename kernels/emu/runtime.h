@@ -13,6 +13,14 @@ const char* launch(const Kernel* k, uint3 grid, uint3 block, size_t shared_bytes
 // The first check a kernel failed in the last launch (empty if none).
 const char* last_error_text();
 void fail(const char* fmt, ...);
+// Set when a check failed in a way the kernel cannot go on from (divergent barriers, a
+// timeout): every barrier and shuffle then returns at once, so the threads run to their end.
+extern std::atomic<bool> g_abort;
+// block.cpp: the block being run.
+int current_tid();
+bool run_block(const Kernel* k, void** params, int threads, unsigned char* shared);
+bool drain_block();
+void release_block();
 // Device memory: host memory ending at a guard page.
 void* device_alloc(size_t bytes);
 bool device_free(void* p);
