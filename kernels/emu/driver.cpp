@@ -5,7 +5,9 @@
 // src/device/emulator.rs loads in place of NVIDIA's.
 #include <cstdio>
 #include <cstring>
+#include <cstdlib>
 #include <map>
+#include <set>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -106,6 +108,21 @@ CUresult module_kernels(const char* image, Module* m) {
 }  // namespace
 
 #define EXPORT extern "C" __attribute__((visibility("default")))
+
+// NICLIP_EMU_LOG=FILE: each kernel's name appended to FILE at its first launch in the process
+// (which kernels a test run exercised).
+static void log_launch(const char* name) {
+    static const char* path = getenv("NICLIP_EMU_LOG");
+    static std::mutex m;
+    static std::set<std::string> seen;
+    if (!path) return;
+    std::lock_guard<std::mutex> l(m);
+    if (!seen.insert(name).second) return;
+    if (FILE* f = fopen(path, "a")) {
+        fprintf(f, "%s\n", name);
+        fclose(f);
+    }
+}
 
 EXPORT const char* niclip_emu_last_error() { return last_error_text(); }
 
@@ -275,6 +292,7 @@ EXPORT CUresult cuLaunchKernel(void* f, unsigned int gx, unsigned int gy, unsign
                 fn->kernel->name, shared, limit, kSharedOptin);
         return INVALID_VALUE;
     }
+    log_launch(fn->kernel->name);
     const char* err = launch(fn->kernel, {gx, gy, gz}, {bx, by, bz}, shared, params);
     if (!err) return SUCCESS;
     if (!*last_error_text()) fprintf(stderr, "niclip CUDA emulator: %s: %s\n", fn->kernel->name, err);
