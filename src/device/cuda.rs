@@ -17,10 +17,9 @@ use cudarc::driver::{
 use cudarc::nvrtc::{CompileOptions, Ptx};
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::emulator;
+use super::emulator::{self, choose_driver, driver_installed};
 
 /// What build.rs wrote: `COMMON`, `SOURCES` (name, .cu text), `PTX_ARCH`, `PTX` (name, PTX text)
 /// and `consts`.
@@ -32,30 +31,6 @@ mod built {
 /// build.rs: `consts::<family>::NAME` for `kernels/<family>.cu`, `consts::common` for
 /// `kernels/common.cuh`. The host launches with these, so the two sides cannot drift apart.
 pub use built::consts;
-
-static REAL_DRIVER_ASKED: AtomicBool = AtomicBool::new(false);
-
-/// Chooses the process's CUDA libraries before cudarc first opens one: the emulator's when
-/// `NICLIP_EMULATE_CUDA` asks for them (or [`emulator::enable`] was called), else NVIDIA's.
-fn choose_driver() -> Result<()> {
-    emulator::enable_if_asked()?;
-    if !emulator::active() {
-        REAL_DRIVER_ASKED.store(true, Ordering::SeqCst);
-    }
-    Ok(())
-}
-
-/// Whether cudarc may already have opened NVIDIA's libraries in this process.
-pub(crate) fn real_driver_asked() -> bool {
-    REAL_DRIVER_ASKED.load(Ordering::SeqCst)
-}
-
-/// Whether NVIDIA's driver library is installed (it is opened and closed again, so that the
-/// emulator can still take its place when it is not).
-pub fn driver_installed() -> bool {
-    // SAFETY: only tries to dlopen the driver library; no CUDA state is touched.
-    unsafe { cudarc::driver::sys::is_culib_present() }
-}
 
 /// Number of CUDA devices; 0 when the driver library is absent (checked before any context,
 /// since creating one without a driver panics).

@@ -15,6 +15,7 @@
 
 use crate::device::cpu::{self, Parallelism, Strided};
 use crate::error::{Error, Result};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 /// Where build.rs put the emulator's libraries, if it could build them.
@@ -31,6 +32,25 @@ pub fn built() -> bool {
 }
 
 static STATE: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+static REAL_DRIVER_ASKED: AtomicBool = AtomicBool::new(false);
+
+/// Chooses the process's CUDA libraries before cudarc first opens one: the emulator's when
+/// `NICLIP_EMULATE_CUDA` asks for them (or [`enable`] was called), else NVIDIA's. Every entry
+/// of `device::cuda` that reaches cudarc calls it first.
+pub(crate) fn choose_driver() -> Result<()> {
+    enable_if_asked()?;
+    if !active() {
+        REAL_DRIVER_ASKED.store(true, Ordering::SeqCst);
+    }
+    Ok(())
+}
+
+/// Whether NVIDIA's driver library is installed (it is opened and closed again, so that the
+/// emulator can still take its place when it is not).
+pub fn driver_installed() -> bool {
+    // SAFETY: only tries to dlopen the driver library; no CUDA state is touched.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
 
 /// Whether this process's CUDA device is the emulator.
 pub fn active() -> bool {
@@ -42,7 +62,7 @@ pub fn active() -> bool {
 /// place and this fails. Idempotent.
 pub fn enable() -> Result<()> {
     let state = STATE.get_or_init(|| {
-        if super::cuda::real_driver_asked() {
+        if REAL_DRIVER_ASKED.load(Ordering::SeqCst) {
             return Err("the real CUDA driver is already open in this process; set NICLIP_EMULATE_CUDA=1 before niclip starts".into());
         }
         let dir = dir().ok_or("the CUDA emulator was not built (no C++20 compiler was found when niclip was compiled: install g++ and rebuild)")?;
@@ -56,7 +76,7 @@ pub fn enable() -> Result<()> {
 /// too, in a process of its own). Whether the emulator is on.
 pub fn enable_unless_driver() -> Result<bool> {
     let asked = std::env::var("NICLIP_EMULATE_CUDA").ok();
-    if asked.as_deref() == Some("0") || (asked.is_none() && super::cuda::driver_installed()) {
+    if asked.as_deref() == Some("0") || (asked.is_none() && driver_installed()) {
         return Ok(false);
     }
     enable()?;
