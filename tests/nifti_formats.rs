@@ -1,11 +1,18 @@
 //! The NIfTI reader against nibabel: NIfTI-2 with integer storage and scl_slope/scl_inter and an
 //! oblique sform, big-endian float64, qform-only (rotated, qfac −1), uint8 4D. Files and
-//! nibabel's readings of them come from tests/fixtures/make_nifti_fixtures.py.
+//! nibabel's readings of them come from tests/fixtures/make_nifti_fixtures.py. Hostile headers
+//! (sizes that overflow, wrap or exceed what the file holds, bad gzip trailers) give an error
+//! naming the file: never a panic, a hang or an allocation of the claimed size.
 
 mod common;
 
-use niclip::brain::Image;
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use niclip::brain::{Grid, Image};
 use niclip::io::read_npy_raw;
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 fn f64s(name: &str) -> Vec<f64> {
     let raw = read_npy_raw(&common::fixtures().join("nifti").join(name)).unwrap();
@@ -43,6 +50,121 @@ fn images_read_as_nibabel_reads_them() {
                     img.grid.affine
                 );
             }
+        }
+    }
+}
+
+// Hostile headers (issue 20): built from our writer's or a fixture's header with fields patched.
+
+/// A float32 NIfTI-1 file from our own writer: `shape`, one volume, voxel i holding i.
+fn nifti1(shape: [usize; 3]) -> Vec<u8> {
+    // One name per call: tests run in parallel, and write_atomic's temporary is per path.
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
+    let [x, y, z] = shape;
+    let p = common::tmpdir("hostile").join(format!("{x}x{y}x{z}-{call}.nii"));
+    let affine = [
+        [2.0, 0.0, 0.0, 0.0],
+        [0.0, 2.0, 0.0, 0.0],
+        [0.0, 0.0, 2.0, 0.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ];
+    let data = (0..x * y * z).map(|i| i as f32).collect();
+    Image::new(Grid::new(shape, affine), 1, data)
+        .write(&p)
+        .unwrap();
+    std::fs::read(&p).unwrap()
+}
+
+/// The NIfTI-2 fixture: int16, 5×4×3×2, dim at byte 16 (eight i64), data from byte 544.
+fn nifti2() -> Vec<u8> {
+    std::fs::read(common::fixtures().join("nifti/nifti2_int16_scaled.nii")).unwrap()
+}
+
+/// `b` with NIfTI-1's dim (eight i16 at byte 40) set to `dim`.
+fn with_dim1(mut b: Vec<u8>, dim: [i16; 8]) -> Vec<u8> {
+    for (i, d) in dim.iter().enumerate() {
+        b[40 + 2 * i..42 + 2 * i].copy_from_slice(&d.to_le_bytes());
+    }
+    b
+}
+
+/// `b` with NIfTI-2's dim (eight i64 at byte 16) set to `dim`.
+fn with_dim2(mut b: Vec<u8>, dim: [i64; 8]) -> Vec<u8> {
+    for (i, d) in dim.iter().enumerate() {
+        b[16 + 8 * i..24 + 8 * i].copy_from_slice(&d.to_le_bytes());
+    }
+    b
+}
+
+fn gzip(b: &[u8], level: Compression) -> Vec<u8> {
+    let mut enc = GzEncoder::new(Vec::new(), level);
+    enc.write_all(b).unwrap();
+    enc.finish().unwrap()
+}
+
+/// The error reading `bytes` as the file `name`, which must name the file.
+fn refused(bytes: Vec<u8>, name: &str) -> String {
+    match Image::from_bytes(bytes, Path::new(name)) {
+        Ok(img) => panic!(
+            "{name} read as {:?} × {} volumes; it should be refused",
+            img.grid.shape, img.n_vols
+        ),
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(msg.starts_with(&format!("{name}: ")), "{msg}");
+            msg
+        }
+    }
+}
+
+#[test]
+fn nifti2_volume_count_past_any_memory_is_refused() {
+    // 4×5×4 × 2^62 volumes wraps to 0 voxels unchecked: read as an empty image of 2^62
+    // volumes, which `niclip decode` then looped over, panicking at each.
+    let b = with_dim2(nifti2(), [4, 4, 5, 4, 1 << 62, 1, 1, 1]);
+    for (name, bytes) in [
+        ("vols.nii", b.clone()),
+        ("vols.nii.gz", gzip(&b, Compression::fast())),
+    ] {
+        let msg = refused(bytes, name);
+        assert!(msg.contains("voxels"), "{msg}");
+    }
+}
+
+#[test]
+fn nifti2_dims_whose_product_wraps_are_refused() {
+    // (2^62 + 1)·4·2 = 2^65 + 8 wraps to 8 voxels, which the file holds.
+    for dim in [
+        [3, (1 << 62) + 1, 4, 2, 1, 1, 1, 1],
+        [4, 1 << 32, 1 << 32, 2, 3, 1, 1, 1],
+        [3, i64::MAX, i64::MAX, i64::MAX, 1, 1, 1, 1],
+    ] {
+        let b = with_dim2(nifti2(), dim);
+        for (name, bytes) in [
+            ("wrap.nii", b.clone()),
+            ("wrap.nii.gz", gzip(&b, Compression::fast())),
+        ] {
+            let msg = refused(bytes, name);
+            assert!(msg.contains("voxels"), "{dim:?}: {msg}");
+        }
+    }
+}
+
+#[test]
+fn absurd_sizes_are_refused_without_allocating_them() {
+    // 32767 on each of 7 axes overflows any integer; 32767³ float32 is 140 TB.
+    for dim in [
+        [7, 32767, 32767, 32767, 32767, 32767, 32767, 32767],
+        [3, 32767, 32767, 32767, 1, 1, 1, 1],
+    ] {
+        let b = with_dim1(nifti1([2, 2, 2]), dim);
+        for (name, bytes) in [
+            ("big.nii", b.clone()),
+            ("big.nii.gz", gzip(&b, Compression::fast())),
+        ] {
+            let msg = refused(bytes, name);
+            assert!(msg.contains("voxels"), "{dim:?}: {msg}");
         }
     }
 }

@@ -2,6 +2,10 @@
 //! applied, the affine chosen as nibabel does (sform, else qform, else the base affine);
 //! float32 NIfTI-1 written. Our own reader: the `nifti` crate has no NIfTI-2 and copies through
 //! ndarray, while we want volumes decoded straight into one f32 buffer.
+//!
+//! A header is hostile until checked: the sizes and offsets read from a file go through checked
+//! arithmetic and are bounded by `MAX_VOXELS` before anything is allocated for them, and no
+//! header field value may panic.
 
 use super::grid::{Affine, Grid};
 use crate::error::{Error, IoContext, Result};
@@ -185,7 +189,12 @@ fn parse_header(b: &[u8]) -> std::result::Result<(Header, bool), String> {
             dim: std::array::from_fn(|i| h.i64(16 + 8 * i)),
             datatype: h.i16(12),
             pixdim: std::array::from_fn(|i| h.f64(104 + 8 * i)),
-            vox_offset: h.i64(168) as usize,
+            vox_offset: usize::try_from(h.i64(168)).map_err(|_| {
+                format!(
+                    "vox_offset {} is not a byte offset; the file is corrupt",
+                    h.i64(168)
+                )
+            })?,
             scl_slope: h.f64(176),
             scl_inter: h.f64(184),
             qform_code: h.i32(344),
@@ -207,8 +216,7 @@ fn inflate_and_decode(gz: &[u8]) -> std::result::Result<Image, String> {
     let got = read_full(&mut z, &mut head).map_err(corrupt)?;
     head.truncate(got);
     let (h, _) = parse_header(&head)?;
-    let layout = Layout::of(&h)?;
-    let total = h.vox_offset + layout.n * layout.size;
+    let total = Layout::of(&h)?.end;
     if total < head.len() {
         return decode(&head[..total.max(348)]);
     }
@@ -230,12 +238,18 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
+/// The most voxels a header may claim, all volumes together: 2^34 (64 GiB as float32), far
+/// past any brain map. A claim above it is refused before anything is allocated.
+const MAX_VOXELS: u64 = 1 << 34;
+
 /// Shape and storage of the voxels a header describes.
 struct Layout {
     shape: [usize; 3],
     n_vols: usize,
     n: usize,
     size: usize,
+    /// The byte just past the voxels: `vox_offset + n * size`.
+    end: usize,
 }
 
 impl Layout {
@@ -246,8 +260,8 @@ impl Layout {
                 "header says {ndim} dimensions; the file is corrupt"
             ));
         }
-        let dims: Vec<usize> = (1..=ndim as usize)
-            .map(|i| h.dim[i].max(1) as usize)
+        let dims: Vec<u64> = (1..=ndim as usize)
+            .map(|i| h.dim[i].max(1) as u64)
             .collect();
         let spatial = dims.iter().take(3).filter(|&&d| d > 1).count();
         if ndim < 3 || spatial < 3 {
@@ -255,20 +269,39 @@ impl Layout {
                 "a {ndim}D image of shape {dims:?}; a brain map must be 3D (or 4D: several maps)"
             ));
         }
-        let shape = [dims[0], dims[1], dims[2]];
-        let n_vols: usize = dims[3..].iter().product();
-        let size = match h.datatype {
+        let size: u64 = match h.datatype {
             2 | 256 => 1,
             4 | 512 => 2,
             8 | 768 | 16 => 4,
             1024 | 1280 | 64 => 8,
             other => return Err(format!("datatype code {other} is not supported (use uint8/int8/int16/uint16/int32/uint32/int64/float32/float64)")),
         };
+        // Checked: NIfTI-2 dims are i64, whose product may wrap to a count the file holds.
+        let n = dims
+            .iter()
+            .try_fold(1u64, |p, &d| p.checked_mul(d))
+            .filter(|&n| n <= MAX_VOXELS)
+            .ok_or_else(|| {
+                format!("the header claims an image of shape {dims:?}, more than the {MAX_VOXELS} voxels an image may have; the file is corrupt")
+            })?;
+        let end = (h.vox_offset as u64)
+            .checked_add(n * size)
+            .and_then(|e| usize::try_from(e).ok())
+            .ok_or_else(|| {
+                format!(
+                    "vox_offset {} is past any file; the file is corrupt",
+                    h.vox_offset
+                )
+            })?;
+        // end fits a usize, so do n ≤ end and the products of some of n's factors.
+        let shape = [dims[0], dims[1], dims[2]].map(|d| d as usize);
+        let n_vols = dims[3..].iter().product::<u64>() as usize;
         Ok(Layout {
             shape,
             n_vols,
-            n: shape.iter().product::<usize>() * n_vols,
-            size,
+            n: n as usize,
+            size: size as usize,
+            end,
         })
     }
 }
@@ -280,6 +313,7 @@ fn decode(b: &[u8]) -> std::result::Result<Image, String> {
         n_vols,
         n,
         size,
+        end,
     } = Layout::of(&h)?;
     let convert: fn(&[u8], bool) -> f64 = match h.datatype {
         2 => |c, _| c[0] as f64,
@@ -294,7 +328,7 @@ fn decode(b: &[u8]) -> std::result::Result<Image, String> {
         _ => |c, s| f64::from_le_bytes(ord(c, s)),
     };
     let start = h.vox_offset;
-    let body = b.get(start..start + n * size).ok_or_else(|| {
+    let body = b.get(start..end).ok_or_else(|| {
         format!("data ends early: the header promises {n} voxels of {size} bytes after byte {start}, the file has {} bytes (truncated download?)", b.len())
     })?;
     // nibabel: a zero or non-finite slope means "no scaling".
