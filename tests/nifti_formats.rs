@@ -12,6 +12,7 @@ use niclip::brain::{Grid, Image};
 use niclip::io::read_npy_raw;
 use std::io::Write;
 use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 fn f64s(name: &str) -> Vec<f64> {
@@ -166,5 +167,47 @@ fn absurd_sizes_are_refused_without_allocating_them() {
             let msg = refused(bytes, name);
             assert!(msg.contains("voxels"), "{dim:?}: {msg}");
         }
+    }
+}
+
+/// Runs `niclip resample FILE` under a 2 GiB address-space limit; returns its stderr after
+/// checking it failed with a clean one-line error naming the file (no abort, no panic).
+fn resample_fails_in_2gib(file: &Path) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 2097152 && exec \"$0\" resample \"$1\" --out \"$1.out.nii\"")
+        .arg(env!("CARGO_BIN_EXE_niclip"))
+        .arg(file)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{}: {stderr}", file.display());
+    let want = format!("error: {}: ", file.display());
+    assert!(stderr.starts_with(&want), "{stderr}");
+    stderr
+}
+
+#[test]
+fn gz_header_claims_cost_no_memory() {
+    // An 84-byte .nii.gz claiming 1000³ float32 (4 GB) holds only its header: reading it must
+    // not allocate the claim. Each case alone exceeds the 2 GiB the process may map.
+    let dir = common::tmpdir("gz-claims");
+    for (name, dim) in [
+        ("1000cube.nii.gz", [3, 1000, 1000, 1000, 1, 1, 1, 1]),
+        ("32767cube.nii.gz", [3, 32767, 32767, 32767, 1, 1, 1, 1]),
+        (
+            "7d.nii.gz",
+            [7, 32767, 32767, 32767, 32767, 32767, 32767, 32767],
+        ),
+    ] {
+        let header = with_dim1(nifti1([2, 2, 2]), dim)[..352].to_vec();
+        let p = dir.join(name);
+        std::fs::write(&p, gzip(&header, Compression::best())).unwrap();
+        resample_fails_in_2gib(&p);
+        // The same header uncompressed fails the same way.
+        let p = dir.join(name.trim_end_matches(".gz"));
+        std::fs::write(&p, &header).unwrap();
+        resample_fails_in_2gib(&p);
     }
 }

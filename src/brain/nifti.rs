@@ -4,8 +4,8 @@
 //! ndarray, while we want volumes decoded straight into one f32 buffer.
 //!
 //! A header is hostile until checked: the sizes and offsets read from a file go through checked
-//! arithmetic and are bounded by `MAX_VOXELS` before anything is allocated for them, and no
-//! header field value may panic.
+//! arithmetic and are bounded (by `MAX_VOXELS`, and by the bytes the file really holds) before
+//! anything is allocated for them, and no header field value may panic.
 
 use super::grid::{Affine, Grid};
 use crate::error::{Error, IoContext, Result};
@@ -206,36 +206,30 @@ fn parse_header(b: &[u8]) -> std::result::Result<(Header, bool), String> {
     Ok((hd, swap))
 }
 
-/// Inflates the header first, so the voxels can go straight into a buffer of the exact size:
-/// multi-GB atlases are then read at the speed of the inflater, with no regrowth or extra copy.
+/// Inflates the header first, then only as many bytes as the header claims and the stream
+/// holds: the buffer grows as data arrives, so a header claiming gigabytes over a few bytes of
+/// gzip costs nothing.
 fn inflate_and_decode(gz: &[u8]) -> std::result::Result<Image, String> {
     let corrupt =
         |e: std::io::Error| format!("corrupt or truncated gzip ({e}); re-export the image");
     let mut z = MultiGzDecoder::new(gz);
-    let mut head = vec![0u8; 540];
-    let got = read_full(&mut z, &mut head).map_err(corrupt)?;
-    head.truncate(got);
-    let (h, _) = parse_header(&head)?;
-    let total = Layout::of(&h)?.end;
-    if total < head.len() {
-        return decode(&head[..total.max(348)]);
-    }
-    let mut bytes = head;
-    bytes.resize(total, 0);
-    let got = read_full(&mut z, &mut bytes[got..]).map_err(corrupt)? + got;
-    bytes.truncate(got);
-    decode(&bytes)
-}
-
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            m => n += m,
+    let mut bytes = Vec::with_capacity(540);
+    (&mut z)
+        .take(540)
+        .read_to_end(&mut bytes)
+        .map_err(corrupt)?;
+    let (h, _) = parse_header(&bytes)?;
+    let Layout { n, size, end, .. } = Layout::of(&h)?;
+    if let Some(rest) = end.checked_sub(bytes.len()).filter(|&r| r > 0) {
+        (&mut z)
+            .take(rest as u64)
+            .read_to_end(&mut bytes)
+            .map_err(corrupt)?;
+        if bytes.len() < end {
+            return Err(format!("data ends early: the header promises {n} voxels of {size} bytes after byte {}, the gzip stream inflates to {} bytes (truncated download?)", h.vox_offset, bytes.len()));
         }
     }
-    Ok(n)
+    decode(&bytes)
 }
 
 /// The most voxels a header may claim, all volumes together: 2^34 (64 GiB as float32), far
