@@ -211,3 +211,28 @@ fn gz_header_claims_cost_no_memory() {
         resample_fails_in_2gib(&p);
     }
 }
+
+#[test]
+fn gzip_checksum_and_length_are_checked() {
+    // 4×4×4 ends past the first 540 inflated bytes (read as a header), 2×2×2 within them.
+    for shape in [[4, 4, 4], [2, 2, 2]] {
+        let raw = nifti1(shape);
+        // Stored blocks keep the voxel bytes as they are: changing one leaves a stream that
+        // inflates, to other voxels, and only the trailer's CRC32 can tell.
+        let gz = gzip(&raw, Compression::none());
+        let last = gz
+            .windows(4)
+            .rposition(|w| w == &raw[raw.len() - 4..])
+            .unwrap();
+        let mut voxel = gz.clone();
+        voxel[last + 3] ^= 1;
+        let mut length = gz.clone();
+        let n = length.len();
+        length[n - 4] ^= 1;
+        assert!(Image::from_bytes(gz, Path::new("ok.nii.gz")).is_ok());
+        for (name, bytes) in [("voxel.nii.gz", voxel), ("length.nii.gz", length)] {
+            let msg = refused(bytes, name);
+            assert!(msg.contains("gzip"), "{shape:?}: {msg}");
+        }
+    }
+}

@@ -208,7 +208,8 @@ fn parse_header(b: &[u8]) -> std::result::Result<(Header, bool), String> {
 
 /// Inflates the header first, then only as many bytes as the header claims and the stream
 /// holds: the buffer grows as data arrives, so a header claiming gigabytes over a few bytes of
-/// gzip costs nothing.
+/// gzip costs nothing. The rest of the stream is read (and dropped) so that the gzip trailer's
+/// CRC32 and length are checked: a changed voxel byte may otherwise inflate silently.
 fn inflate_and_decode(gz: &[u8]) -> std::result::Result<Image, String> {
     let corrupt =
         |e: std::io::Error| format!("corrupt or truncated gzip ({e}); re-export the image");
@@ -229,6 +230,7 @@ fn inflate_and_decode(gz: &[u8]) -> std::result::Result<Image, String> {
             return Err(format!("data ends early: the header promises {n} voxels of {size} bytes after byte {}, the gzip stream inflates to {} bytes (truncated download?)", h.vox_offset, bytes.len()));
         }
     }
+    std::io::copy(&mut z, &mut std::io::sink()).map_err(corrupt)?;
     decode(&bytes)
 }
 
