@@ -308,6 +308,39 @@ fn non_numeric_coordinate_names_line() {
     assert!(e.contains("line 2: y is empty"), "{e}");
 }
 
+/// A coordinate beyond ±1000 mm is no brain's (it is a typo or garbage); imported, 1e20 mm
+/// snapped to a saturated voxel index downstream. Refused naming the file and the peak.
+#[test]
+fn coordinates_beyond_1000_mm_are_refused() {
+    let dir = pubget_with(
+        "far-coord",
+        "coordinates.csv",
+        "pmcid,table_id,table_label,x,y,z\n3026801,T1,Table 1,1,2,3\n3026801,T1,Table 1,1e20,2,3\n",
+    );
+    let e = import_err(Format::Pubget, &dir);
+    assert!(
+        e.contains("coordinates.csv: line 3: x is 1e20") && e.contains("1000 mm"),
+        "{e}"
+    );
+    let dir = tmpdir("far-coord-json");
+    let f = dir.join("far.json");
+    std::fs::write(&f, r#"{"a": {"contrasts": {"1": {"coords": {"space": "MNI", "x": [1, 2], "y": [2, -1001], "z": [3, 3]}}}}}"#).unwrap();
+    let e = import_err(Format::Nimare, &f);
+    assert!(
+        e.contains("far.json: study \"a\" contrast \"1\": coords.y[1] is -1001")
+            && e.contains("1000 mm"),
+        "{e}"
+    );
+    // The bound itself is kept.
+    std::fs::write(&f, r#"{"a": {"contrasts": {"1": {"coords": {"space": "MNI", "x": [1000], "y": [-1000], "z": [3]}}}}}"#).unwrap();
+    import(
+        Format::Nimare,
+        std::slice::from_ref(&f),
+        &dir.join("ok.corpus"),
+    )
+    .unwrap();
+}
+
 #[test]
 fn duplicate_ids_are_errors() {
     let meta = std::fs::read_to_string(pubget_dir().join("metadata.csv")).unwrap();
