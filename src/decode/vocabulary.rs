@@ -48,6 +48,19 @@ impl Vocabulary {
                 ),
             ));
         }
+        // Rows of width 0 hold no embedding (and cannot be split into rows).
+        if e.cols == 0 || e.data.len() != e.rows * e.cols {
+            return Err(Error::input(
+                emb,
+                format!(
+                    "holds {} values per row ({} values for {} rows); re-embed the vocabulary \
+                     with `niclip vocab`",
+                    e.cols,
+                    e.data.len(),
+                    e.rows
+                ),
+            ));
+        }
         if let Some(r) = e
             .data
             .chunks(e.cols)
