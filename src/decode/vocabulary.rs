@@ -48,8 +48,9 @@ impl Vocabulary {
                 ),
             ));
         }
-        // Rows of width 0 hold no embedding (and cannot be split into rows).
-        if e.cols == 0 || e.data.len() != e.rows * e.cols {
+        // Rows of width 0 hold no embedding (and cannot be split into rows); checked_mul, as
+        // a hostile shape's product may overflow.
+        if e.cols == 0 || e.rows.checked_mul(e.cols) != Some(e.data.len()) {
             return Err(Error::input(
                 emb,
                 format!(
