@@ -7,11 +7,13 @@ use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 /// Writes `path` through a temporary sibling renamed into place only when `fill` succeeds,
-/// so an interrupted job leaves either the old file or the new one, never a torn one.
+/// so an interrupted job leaves either the old file or the new one, never a torn one. A `path`
+/// that exists and is not a regular file (or a link to one) is refused before anything is written.
 pub fn write_atomic(
     path: &Path,
     fill: impl FnOnce(&mut BufWriter<File>) -> Result<()>,
 ) -> Result<()> {
+    check_replaceable(path)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).at(dir)?;
     }
@@ -30,6 +32,47 @@ pub fn write_atomic(
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// The rename would replace a device, FIFO or socket with a regular file (`--out /dev/null`
+/// did) and fail on a directory only after the whole write: an error naming `path` instead.
+/// `metadata` follows links, so a link to /dev/null is refused too.
+fn check_replaceable(path: &Path) -> Result<()> {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    let kind = meta.file_type();
+    if kind.is_file() {
+        return Ok(());
+    }
+    let what = if kind.is_dir() {
+        "a directory"
+    } else {
+        special_kind(&kind)
+    };
+    Err(Error::input(
+        path,
+        format!("is {what}, not a regular file; give the path of a file to write"),
+    ))
+}
+
+#[cfg(unix)]
+fn special_kind(kind: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    }
+}
+
+#[cfg(not(unix))]
+fn special_kind(_: &std::fs::FileType) -> &'static str {
+    "a special file"
 }
 
 fn temp_sibling(path: &Path) -> PathBuf {

@@ -151,3 +151,46 @@ fn output_must_be_npy() {
     let err = fails(project(&atlas, &map, &dir.join("feats.csv")));
     assert!(err.contains("feats.csv") && err.contains(".npy"), "{err}");
 }
+
+/// A peak absurdly far away (1e20 mm snaps to a saturated i64 voxel index, where adding the
+/// sphere's reach wrapped to an index inside the volume's bounds) draws nothing, on both MKDA
+/// paths: the MA maps of `ma-map` and the atlas sums of `images`.
+#[test]
+fn a_peak_far_outside_the_grid_draws_nothing() {
+    use niclip::brain::features::{ma_maps, ma_xty_cpu, Peaks};
+    use niclip::brain::mkda::{MkdaKernel, Rounding};
+    use niclip::brain::{Atlas, Mask};
+    let dir = tmpdir("err-far-peak");
+    let (atlas, _) = atlas_and_map(&dir);
+    let g = grid([6, 6, 6]);
+    let mask = Mask::from_values(g.clone(), &vec![1.0; g.n_voxels()]);
+    let atlas = Atlas::read(&atlas, false).unwrap();
+    let kernel = MkdaKernel::for_grid(&g, 4.0, Rounding::Round);
+    let near = [-4.0, -2.0, 0.0];
+    let mut hostile = Peaks::new();
+    let mut clean = Peaks::new();
+    for far in [
+        [1e20, -2.0, 0.0],
+        [-4.0, -1e20, 0.0],
+        [-4.0, -2.0, 1e19],
+        [-1e300, 1e300, 1e300],
+        [9.3e18, 9.3e18, 9.3e18],
+    ] {
+        hostile.push(format!("{far:?}"), [far, near]);
+        clean.push(format!("{far:?}"), [near]);
+    }
+    for rounding in [Rounding::Round, Rounding::Trunc] {
+        let kernel = MkdaKernel {
+            rounding,
+            ..kernel.clone()
+        };
+        assert_eq!(
+            ma_maps(&kernel, &mask, &hostile).unwrap().data,
+            ma_maps(&kernel, &mask, &clean).unwrap().data
+        );
+        assert_eq!(
+            ma_xty_cpu(&kernel, &mask, &atlas, &hostile).unwrap(),
+            ma_xty_cpu(&kernel, &mask, &atlas, &clean).unwrap()
+        );
+    }
+}

@@ -152,6 +152,65 @@ fn killed_and_resumed_run_equals_uninterrupted() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// Without --val the best validation loss stays +inf, which JSON cannot hold: the checkpoint
+/// must still read back, and the resumed run give the uninterrupted run's model and metrics.
+#[test]
+fn killed_and_resumed_run_without_val_equals_uninterrupted() {
+    let dir = tmpdir("clip-resume-noval");
+    let (t, i) = pairs(&dir, "tr", 300, 40, 16, 4);
+    let args = |stem: &str| -> Vec<String> {
+        let (out, metrics) = (
+            dir.join(format!("{stem}.safetensors")),
+            dir.join(format!("{stem}.csv")),
+        );
+        [
+            "train",
+            "--text",
+            s(&t),
+            "--images",
+            s(&i),
+            "--out",
+            s(&out),
+            "--metrics",
+            s(&metrics),
+            "--epochs",
+            "4",
+            "--batch",
+            "64",
+            "--seed",
+            "11",
+            "--device",
+            "cpu",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    let run = |v: Vec<String>| niclip(&v.iter().map(String::as_str).collect::<Vec<_>>());
+    run(args("full"));
+    // 5 batches per epoch: stop 2 batches into epoch 2, then resume to the end.
+    let mut b = args("cut");
+    b.extend(["--stop-after-batches".into(), "7".into()]);
+    let err = niclip_fails(&b.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains("--resume"), "{err}");
+    assert!(dir.join("cut.safetensors.ckpt.safetensors").is_file());
+    let mut c = args("cut");
+    c.push("--resume".into());
+    let log = run(c);
+    assert!(
+        log.contains("after epoch 1"),
+        "did not resume from the checkpoint: {log}"
+    );
+    for ext in ["safetensors", "csv"] {
+        assert_eq!(
+            std::fs::read(dir.join(format!("full.{ext}"))).unwrap(),
+            std::fs::read(dir.join(format!("cut.{ext}"))).unwrap(),
+            "the resumed run's .{ext} differs"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn nested_cv_writes_metrics_and_eval_scores_a_model() {
     let dir = tmpdir("clip-cv");

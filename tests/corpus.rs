@@ -245,6 +245,75 @@ fn cli_import_info_export() {
     assert_eq!(v["import"]["tal"]["peaks"], 10);
 }
 
+/// Outputs are written to a temporary sibling renamed over the target: over a FIFO, socket or
+/// device that replaced it (`corpus export --out /dev/null` left a regular file at /dev/null).
+/// A target that exists and is not a regular file is refused, naming it, before any write.
+#[cfg(unix)]
+#[test]
+fn outputs_onto_special_files_are_refused() {
+    use niclip::io::write_atomic;
+    use std::io::Write;
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tmpdir("special-out");
+    let write = |p: &Path| write_atomic(p, |w| w.write_all(b"x").map_err(|e| Error::io(p, e)));
+    let sub = dir.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    let sock = dir.join("sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let fifo = dir.join("fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    let has_fifo = made.as_ref().is_ok_and(|s| s.success());
+    if !has_fifo {
+        let line = format!(
+            "SKIPPED corpus::outputs_onto_special_files_are_refused (its FIFO case): needs \
+             mkfifo ({made:?})\n"
+        );
+        let _ = std::io::stderr().write_all(line.as_bytes());
+    }
+    let mut targets = vec![sock.clone(), sub.clone()];
+    if has_fifo {
+        targets.insert(0, fifo.clone());
+    }
+    for t in &targets {
+        let e = err_text(write(t).unwrap_err());
+        assert!(
+            e.contains(&t.display().to_string()) && e.contains("not a regular file"),
+            "{e}"
+        );
+    }
+    if has_fifo {
+        // Through the CLI too: the export is refused, and the FIFO stays a FIFO.
+        let corpus = dir.join("p.corpus");
+        import(Format::Pubget, &[pubget_dir()], &corpus).unwrap();
+        let err = niclip_fails(&[
+            "corpus",
+            "export",
+            "--format",
+            "nimare",
+            corpus.to_str().unwrap(),
+            "--out",
+            fifo.to_str().unwrap(),
+        ]);
+        assert!(err.contains(fifo.to_str().unwrap()), "{err}");
+        let kind = std::fs::symlink_metadata(&fifo).unwrap().file_type();
+        assert!(kind.is_fifo(), "the FIFO was replaced: {kind:?}");
+    }
+    let kind = std::fs::symlink_metadata(&sock).unwrap().file_type();
+    assert!(kind.is_socket(), "the socket was replaced: {kind:?}");
+    assert_eq!(std::fs::read_dir(&sub).unwrap().count(), 0);
+    // Nothing written beside them either.
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let name = e.unwrap().file_name();
+        assert!(!name.to_string_lossy().contains(".tmp-"), "{name:?} left");
+    }
+    // A regular file is still replaced.
+    let file = dir.join("file.txt");
+    std::fs::write(&file, "old").unwrap();
+    write(&file).unwrap();
+    assert_eq!(std::fs::read(&file).unwrap(), b"x");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Malformed inputs
 
@@ -306,6 +375,39 @@ fn non_numeric_coordinate_names_line() {
     );
     let e = import_err(Format::Pubget, &dir);
     assert!(e.contains("line 2: y is empty"), "{e}");
+}
+
+/// A coordinate beyond ±1000 mm is no brain's (it is a typo or garbage); imported, 1e20 mm
+/// snapped to a saturated voxel index downstream. Refused naming the file and the peak.
+#[test]
+fn coordinates_beyond_1000_mm_are_refused() {
+    let dir = pubget_with(
+        "far-coord",
+        "coordinates.csv",
+        "pmcid,table_id,table_label,x,y,z\n3026801,T1,Table 1,1,2,3\n3026801,T1,Table 1,1e20,2,3\n",
+    );
+    let e = import_err(Format::Pubget, &dir);
+    assert!(
+        e.contains("coordinates.csv: line 3: x is 1e20") && e.contains("1000 mm"),
+        "{e}"
+    );
+    let dir = tmpdir("far-coord-json");
+    let f = dir.join("far.json");
+    std::fs::write(&f, r#"{"a": {"contrasts": {"1": {"coords": {"space": "MNI", "x": [1, 2], "y": [2, -1001], "z": [3, 3]}}}}}"#).unwrap();
+    let e = import_err(Format::Nimare, &f);
+    assert!(
+        e.contains("far.json: study \"a\" contrast \"1\": coords.y[1] is -1001")
+            && e.contains("1000 mm"),
+        "{e}"
+    );
+    // The bound itself is kept.
+    std::fs::write(&f, r#"{"a": {"contrasts": {"1": {"coords": {"space": "MNI", "x": [1000], "y": [-1000], "z": [3]}}}}}"#).unwrap();
+    import(
+        Format::Nimare,
+        std::slice::from_ref(&f),
+        &dir.join("ok.corpus"),
+    )
+    .unwrap();
 }
 
 #[test]

@@ -186,6 +186,30 @@ fn vocabulary_files_that_disagree_are_refused() {
     );
 }
 
+/// An embedding array with no columns (851 names, shape (851, 0)) read rows of width 0 and
+/// panicked ("chunk size must be non-zero"): it is an error naming the file.
+#[test]
+fn zero_width_vocabulary_embeddings_are_refused() {
+    use niclip::decode::vocabulary::Vocabulary;
+    let dir = tmpdir("decode-vocab-zero-width");
+    let n = 851;
+    let names = dir.join("vocabulary.txt");
+    let names_txt: String = (0..n).map(|i| format!("task {i}\n")).collect();
+    std::fs::write(&names, names_txt).unwrap();
+    let prior = dir.join("vocabulary_prior.npy");
+    niclip::io::write_npy_f32(&prior, &vec![1.0 / n as f32; n], n, 1).unwrap();
+    let emb = dir.join("vocabulary_emb.npy");
+    niclip::io::write_npy_f32(&emb, &[], n, 0).unwrap();
+    let err = Vocabulary::read(&names, &emb, &prior)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("vocabulary_emb.npy") && err.contains("0 values per row"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn missing_model_flags_and_bad_options_say_what_to_pass() {
     // Some model flags but not all: say which are missing.

@@ -96,6 +96,15 @@ impl MkdaKernel {
         })
     }
 
+    /// Whether a peak's sphere can reach the volume: the peak lies within `reach` voxels of it
+    /// on every axis (so that adding an offset to it cannot overflow).
+    fn touches(&self, grid: &Grid, p: &[i64; 3]) -> bool {
+        (0..3).all(|a| {
+            let r = self.reach[a] as i64;
+            p[a] >= -r && p[a] < grid.shape[a] as i64 + r
+        })
+    }
+
     /// Calls `visit(flat grid index)` once for every in-volume voxel of the union of spheres, in
     /// ascending order: the union is marked in the scratch bitmap first, then its set bits are
     /// walked, so whatever `visit` reads per voxel is read front to back (cache-friendly).
@@ -119,6 +128,11 @@ impl MkdaKernel {
         let (seen, flat) = (&mut scratch.seen, &scratch.flat);
         let (mut lo, mut hi) = (usize::MAX, 0usize);
         for p in peaks {
+            // Checked first, before any arithmetic on p: a peak of 1e20 mm snaps to i64::MAX,
+            // and p + reach would wrap to an index that passes the bounds checks below.
+            if !self.touches(grid, p) {
+                continue;
+            }
             let inside = (0..3).all(|a| {
                 p[a] - self.reach[a] as i64 >= 0
                     && p[a] + (self.reach[a] as i64) < grid.shape[a] as i64

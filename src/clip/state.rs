@@ -34,12 +34,58 @@ struct StateMeta {
     job: String,
     epoch: usize,
     step: u64,
-    best_val: f32,
+    /// Null in checkpoints written before non-finite numbers were strings; the best could only
+    /// be non-finite as +inf (no validation rows), so null reads back as +inf.
+    best_val: Option<JsonF32>,
     best_epoch: usize,
     bad_epochs: usize,
     done: bool,
-    train_loss: Vec<f32>,
-    val_loss: Vec<f32>,
+    train_loss: Vec<JsonF32>,
+    val_loss: Vec<JsonF32>,
+}
+
+/// An f32 of the checkpoint's JSON. serde_json writes inf and NaN as null, which does not read
+/// back as f32 (a run without --val could never resume): finite numbers stay numbers, the
+/// others are the strings "inf", "-inf" and "NaN".
+#[derive(Clone, Copy)]
+struct JsonF32(f32);
+
+impl serde::Serialize for JsonF32 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        if self.0.is_finite() {
+            s.serialize_f32(self.0)
+        } else {
+            s.collect_str(&self.0)
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for JsonF32 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Number(f32),
+            Text(String),
+        }
+        match Repr::deserialize(d)? {
+            Repr::Number(v) => Ok(JsonF32(v)),
+            Repr::Text(t) => match t.as_str() {
+                "inf" | "-inf" | "NaN" => Ok(JsonF32(t.parse().unwrap())),
+                _ => Err(serde::de::Error::custom(format!(
+                    "{t:?} is not a number (nor inf, -inf or NaN)"
+                ))),
+            },
+        }
+    }
+}
+
+fn to_json(v: &[f32]) -> Vec<JsonF32> {
+    v.iter().copied().map(JsonF32).collect()
+}
+
+fn from_json(v: Vec<JsonF32>) -> Vec<f32> {
+    v.into_iter().map(|x| x.0).collect()
 }
 
 impl ModelState {
@@ -69,12 +115,12 @@ impl ModelState {
             job: job.to_string(),
             epoch: self.epoch,
             step: self.step,
-            best_val: self.best_val,
+            best_val: Some(JsonF32(self.best_val)),
             best_epoch: self.best_epoch,
             bad_epochs: self.bad_epochs,
             done: self.done,
-            train_loss: self.train_loss.clone(),
-            val_loss: self.val_loss.clone(),
+            train_loss: to_json(&self.train_loss),
+            val_loss: to_json(&self.val_loss),
         };
         let json = serde_json::to_string(&meta)
             .map_err(|e| Error::Usage(format!("checkpoint metadata: {e}")))?;
@@ -148,12 +194,12 @@ impl ModelState {
             best,
             epoch: meta.epoch,
             step: meta.step,
-            best_val: meta.best_val,
+            best_val: meta.best_val.map_or(f32::INFINITY, |b| b.0),
             best_epoch: meta.best_epoch,
             bad_epochs: meta.bad_epochs,
             done: meta.done,
-            train_loss: meta.train_loss,
-            val_loss: meta.val_loss,
+            train_loss: from_json(meta.train_loss),
+            val_loss: from_json(meta.val_loss),
         })
     }
 }

@@ -222,7 +222,8 @@ impl<'w, W: Write> CorpusWriter<'w, W> {
         Ok(())
     }
 
-    /// A study the file can hold: a one-line id not seen before, finite peaks.
+    /// A study the file can hold: a one-line id not seen before, finite peaks within ±1000 mm
+    /// (the readers check the coordinates as read, with the line; this guards the others).
     fn check(&self, study: &Study, id: &str) -> Result<()> {
         if id.contains('\n') || study.study.is_empty() {
             return Err(Error::Usage(format!(
@@ -237,10 +238,11 @@ impl<'w, W: Write> CorpusWriter<'w, W> {
         if let Some(p) = study
             .peaks
             .iter()
-            .find(|p| p.iter().any(|v| !v.is_finite()))
+            .find(|p| p.iter().any(|&v| super::implausible_mm(v).is_some()))
         {
             return Err(Error::Usage(format!(
-                "study {id}: non-finite coordinate {p:?}; fix or drop it in the input"
+                "study {id}: coordinate {p:?} is not finite or beyond ±1000 mm; fix or drop it \
+                 in the input"
             )));
         }
         Ok(())

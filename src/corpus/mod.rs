@@ -47,6 +47,21 @@ use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// The largest |coordinate| a corpus keeps, in mm. Brains span about ±100 mm: a peak far beyond
+/// is a typo or garbage, and one of 1e20 mm snapped to a saturated voxel index in MKDA.
+pub const MAX_ABS_MM: f64 = 1000.0;
+
+/// Why `v` is no coordinate a corpus keeps (None when it is one: finite, within ±MAX_ABS_MM).
+pub(crate) fn implausible_mm(v: f64) -> Option<&'static str> {
+    if !v.is_finite() {
+        Some("not a number")
+    } else if v.abs() > MAX_ABS_MM {
+        Some("beyond ±1000 mm of the origin (no brain coordinate)")
+    } else {
+        None
+    }
+}
+
 /// A text section of an article.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Section {

@@ -123,13 +123,15 @@ fn coordinate(path: &Path, where_: &str, axis: &str, k: usize, v: &Value) -> Res
         Value::String(s) => s.trim().parse::<f64>().ok(),
         _ => None,
     };
-    match f {
-        Some(f) if f.is_finite() => Ok(f),
-        _ => Err(Error::input(
-            path,
-            format!("{where_}: coords.{axis}[{k}] is {v}, not a number; fix or delete that peak"),
-        )),
-    }
+    let why = match f.map(|f| (f, super::implausible_mm(f))) {
+        Some((f, None)) => return Ok(f),
+        Some((_, Some(why))) => why,
+        None => "not a number",
+    };
+    Err(Error::input(
+        path,
+        format!("{where_}: coords.{axis}[{k}] is {v}, {why}; fix or delete that peak"),
+    ))
 }
 
 /// The merged study and contrast metadata: the known fields, the `title` (a text section

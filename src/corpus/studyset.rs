@@ -335,6 +335,18 @@ fn read_coordinates(
                 format!("row {}: analysis {id} has a missing or non-numeric coordinate; fix or delete that peak", n + 1),
             ));
         };
+        if let Some((v, why)) = [x, y, z]
+            .into_iter()
+            .find_map(|v| super::implausible_mm(v).map(|why| (v, why)))
+        {
+            return Err(Error::input(
+                path,
+                format!(
+                    "row {}: analysis {id} has coordinate {v}, {why}; fix or delete that peak",
+                    n + 1
+                ),
+            ));
+        }
         let raw = text(&r[4]).unwrap_or_default();
         let space = match Space::parse(&raw) {
             Some(s) => s,

@@ -222,23 +222,21 @@ pub(crate) fn is_missing(s: &str) -> bool {
     )
 }
 
-/// A coordinate cell: a finite number, or an error naming the line and the fix.
+/// A coordinate cell: a finite number within ±1000 mm, or an error naming the line and the fix.
 pub(crate) fn coordinate(path: &Path, line: u64, axis: &str, s: &str) -> Result<f64> {
     let t = s.trim();
-    match t.parse::<f64>() {
-        Ok(v) if v.is_finite() => Ok(v),
-        _ => Err(Error::input(
-            path,
-            format!(
-                "line {line}: {axis} is {}, not a number; fix or delete that row",
-                if t.is_empty() {
-                    "empty".to_string()
-                } else {
-                    format!("{t:?}")
-                }
-            ),
-        )),
-    }
+    let why = match t.parse::<f64>() {
+        Ok(v) if v.is_finite() => match super::implausible_mm(v) {
+            None => return Ok(v),
+            Some(why) => format!("{t}, {why}"),
+        },
+        _ if t.is_empty() => "empty, not a number".to_string(),
+        _ => format!("{t:?}, not a number"),
+    };
+    Err(Error::input(
+        path,
+        format!("line {line}: {axis} is {why}; fix or delete that row"),
+    ))
 }
 
 /// An identifier (pmid, pmcid, study id) as the sources write it: `12345`, `12345.0` (pandas

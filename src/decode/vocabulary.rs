@@ -48,6 +48,20 @@ impl Vocabulary {
                 ),
             ));
         }
+        // Rows of width 0 hold no embedding (and cannot be split into rows); checked_mul, as
+        // a hostile shape's product may overflow.
+        if e.cols == 0 || e.rows.checked_mul(e.cols) != Some(e.data.len()) {
+            return Err(Error::input(
+                emb,
+                format!(
+                    "holds {} values per row ({} values for {} rows); re-embed the vocabulary \
+                     with `niclip vocab`",
+                    e.cols,
+                    e.data.len(),
+                    e.rows
+                ),
+            ));
+        }
         if let Some(r) = e
             .data
             .chunks(e.cols)
