@@ -185,9 +185,18 @@ pub fn read_npy_raw(path: &Path) -> Result<NpyRaw> {
         "<f8" | "<i8" | "<u8" => 8,
         other => return Err(bad(&format!("dtype {other} is not supported"))),
     };
-    let n: usize = shape.iter().product::<usize>() * item;
-    let body = bytes
-        .get(start + hlen..start + hlen + n)
+    // Sizes read from the file: checked arithmetic, bounded by the file before any allocation.
+    let n = shape
+        .iter()
+        .try_fold(item, |acc: usize, &d| acc.checked_mul(d))
+        .ok_or_else(|| {
+            bad(&format!(
+                "shape ({shape_txt}) holds more values than any file can"
+            ))
+        })?;
+    let body = (start + hlen)
+        .checked_add(n)
+        .and_then(|end| bytes.get(start + hlen..end))
         .ok_or_else(|| bad("file is shorter than its shape says (truncated?)"))?
         .to_vec();
     Ok(NpyRaw {
@@ -259,4 +268,30 @@ pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
         .expect("a valid template"),
     );
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shape whose element count overflows (851 × 2⁶² float32 wraps to a short body) is an
+    /// error naming the file, not an array of absurd rows.
+    #[test]
+    fn npy_shape_that_overflows_is_refused() {
+        let dir = std::env::temp_dir().join(format!("niclip-npy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for shape in ["(851, 4611686018427387904)", "(18446744073709551615, 2)"] {
+            let header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+            let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+            bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+            bytes.extend_from_slice(header.as_bytes());
+            let path = dir.join("huge.npy");
+            std::fs::write(&path, &bytes).unwrap();
+            let Err(err) = read_npy_raw(&path) else {
+                panic!("{shape}: read as an array");
+            };
+            assert!(err.to_string().contains("huge.npy"), "{err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
