@@ -194,3 +194,23 @@ fn a_peak_far_outside_the_grid_draws_nothing() {
         );
     }
 }
+
+/// A label atlas whose values a wild scl_slope made huge (±1e38, past i64 and past the integers
+/// float32 holds exactly) is an error naming the file, not an overflowing label range.
+#[test]
+fn label_values_beyond_exact_integers_are_refused() {
+    use niclip::brain::Atlas;
+    let path = std::path::Path::new("slope.nii.gz");
+    for big in [-1e38f32, 3e38, 1e20, 16_777_217.0 * 2.0] {
+        let mut vol = vec![0.0f32; 27];
+        vol[3] = 5.0;
+        vol[9] = big;
+        vol[20] = -big;
+        let img = Image::new(grid([3, 3, 3]), 1, vol);
+        let err = Atlas::from_labels(&img, path).unwrap_err().to_string();
+        assert!(
+            err.contains("slope.nii.gz") && err.contains("scl_slope"),
+            "{big}: {err}"
+        );
+    }
+}

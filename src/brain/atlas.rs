@@ -116,6 +116,11 @@ impl Atlas {
         if let Some(x) = vol.iter().find(|x| x.fract() != 0.0) {
             return Err(Error::input(path, format!("label atlas holds a non-integer value {x}; is it a probability map? drop --labels")));
         }
+        // Past 2^24 float32 holds no exact integers, so such a "label" is a scaling artefact;
+        // refusing it also keeps every label range below well within i64.
+        if let Some(x) = vol.iter().find(|x| x.abs() > MAX_LABEL) {
+            return Err(Error::input(path, format!("label atlas holds the value {x}, beyond ±2^24 where float32 holds no exact integers; check the header's scl_slope and scl_inter")));
+        }
         let labels = distinct_labels(vol);
         if labels.is_empty() {
             return Err(Error::input(
@@ -303,6 +308,9 @@ impl Atlas {
         self.solve(&xty, img.n_vols)
     }
 }
+
+/// The largest label value a label atlas may hold (float32 integers are exact up to 2^24).
+const MAX_LABEL: f32 = 16_777_216.0;
 
 /// The distinct non-zero labels of a volume, ascending: through a presence table over their
 /// range when it is compact, else by sorting.
