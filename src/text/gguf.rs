@@ -206,18 +206,50 @@ impl Gguf {
             mmap,
         };
         for t in &g.tensors {
-            let n: usize = t.dims.iter().product();
-            if let Some((be, bb)) = block_layout(t.kind) {
-                let end = g.data_start + t.offset + n / be * bb;
-                if end > g.mmap.len() {
-                    return Err(Error::input(
-                        path,
-                        format!("tensor {} runs past the end of the file (truncated?); download it again", t.name),
-                    ));
-                }
-            }
+            g.check_extent(t, path)?;
         }
         Ok(g)
+    }
+
+    /// A tensor's shape and bytes are sane before anything reads them: 1 to 4 dims, none zero,
+    /// and (for the types niclip reads) its data inside the file, all in checked arithmetic
+    /// (sizes read from a file are bounded before any allocation or slice).
+    fn check_extent(&self, t: &TensorInfo, path: &Path) -> Result<()> {
+        let bad = |what: String| {
+            Error::input(
+                path,
+                format!(
+                    "tensor {} {what}; the file is corrupt, download it again",
+                    t.name
+                ),
+            )
+        };
+        if t.dims.is_empty() || t.dims.len() > 4 || t.dims.contains(&0) {
+            return Err(bad(format!(
+                "has the shape {:?} (GGUF tensors have 1 to 4 non-zero dims)",
+                t.dims
+            )));
+        }
+        let n = t.dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let Some((be, bb)) = block_layout(t.kind) else {
+            return Ok(()); // an unsupported type is refused, by name, when it is read
+        };
+        if let Some(n) = n.filter(|n| !n.is_multiple_of(be)) {
+            return Err(bad(format!(
+                "has {n} elements, not a whole number of blocks"
+            )));
+        }
+        let end = n
+            .and_then(|n| (n / be).checked_mul(bb))
+            .and_then(|bytes| self.data_start.checked_add(t.offset)?.checked_add(bytes));
+        match end {
+            Some(end) if end <= self.mmap.len() => Ok(()),
+            Some(_) => Err(bad("runs past the end of the file (truncated?)".into())),
+            None => Err(bad(format!(
+                "has the shape {:?}, which no file holds",
+                t.dims
+            ))),
+        }
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
@@ -360,4 +392,58 @@ pub fn unpermute_rows(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-tensor F32 GGUF with the given ggml dims (innermost first) and 64 data bytes.
+    fn gguf_with_dims(dims: &[u64]) -> Vec<u8> {
+        let mut b = b"GGUF".to_vec();
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&1u64.to_le_bytes()); // tensors
+        b.extend_from_slice(&0u64.to_le_bytes()); // metadata pairs
+        b.extend_from_slice(&1u64.to_le_bytes());
+        b.push(b'w');
+        b.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+        dims.iter()
+            .for_each(|d| b.extend_from_slice(&d.to_le_bytes()));
+        b.extend_from_slice(&0u32.to_le_bytes()); // F32
+        b.extend_from_slice(&0u64.to_le_bytes()); // offset
+        b.resize(b.len().div_ceil(32) * 32 + 64, 0);
+        b
+    }
+
+    /// Hostile tensor shapes (a zero, 2^64 − 1, a product past memory, too many dims) are an
+    /// error naming the file when the file is opened, never a panic when a tensor is read.
+    #[test]
+    fn hostile_tensor_shapes_are_refused() {
+        let dir = std::env::temp_dir().join(format!("niclip-gguf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("shape.gguf");
+        assert!(
+            std::fs::write(&path, gguf_with_dims(&[4, 4])).is_ok()
+                && Gguf::open(&path)
+                    .unwrap()
+                    .read_all(&path, |n| Some(n.into()))
+                    .is_ok(),
+            "the well-formed file reads"
+        );
+        for dims in [
+            vec![0, 4],
+            vec![u64::MAX, 1],
+            vec![4, 1 << 57],
+            vec![1 << 40, 1 << 40],
+            vec![1, 1, 1, 1, 1],
+        ] {
+            std::fs::write(&path, gguf_with_dims(&dims)).unwrap();
+            let read = Gguf::open(&path).and_then(|g| g.read_all(&path, |n| Some(n.into())));
+            let Err(e) = read else {
+                panic!("{dims:?}: read as a tensor");
+            };
+            assert!(e.to_string().contains("shape.gguf"), "{dims:?}: {e}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
