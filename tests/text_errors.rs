@@ -160,3 +160,34 @@ fn cli_reports_errors_in_one_line() {
         "{e}"
     );
 }
+
+/// Shard names in `model.safetensors.index.json` must stay inside the model folder: a hostile
+/// index must not make the loader open `../` files or absolute paths (issue 20).
+#[test]
+fn index_shards_outside_the_folder() {
+    let shard = "model-00001-of-00005.safetensors";
+    for (i, bad) in [
+        format!("../elsewhere/{shard}"),
+        "/etc/passwd".to_string(),
+        String::new(),
+        format!("sub/{shard}"),
+        "..".to_string(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let dir = copy_model("tiny_llama", &format!("text-err-index-{i}"));
+        // A real shard outside the folder, so an escape would load silently.
+        let elsewhere = dir.parent().unwrap().join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::copy(dir.join(shard), elsewhere.join(shard)).unwrap();
+        let p = dir.join("model.safetensors.index.json");
+        let s = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, s.replace(&format!("\"{shard}\""), &format!("{bad:?}"))).unwrap();
+        let e = load_err(&dir, None);
+        assert!(
+            e.contains("model.safetensors.index.json") && e.contains(&format!("{bad:?}")),
+            "{bad:?}: {e}"
+        );
+    }
+}
