@@ -191,3 +191,26 @@ fn index_shards_outside_the_folder() {
         );
     }
 }
+
+/// A truncated tokenizer.json is an error naming it, never a panic inside the tokenizers crate
+/// (cuts inside its "decoder" section made the crate panic; issue 20).
+#[test]
+fn truncated_tokenizer() {
+    let dir = copy_model("tiny_llama", "text-err-tok-trunc");
+    let f = dir.join("tokenizer.json");
+    let b = std::fs::read(fixture("tiny_llama").join("tokenizer.json")).unwrap();
+    let text = std::str::from_utf8(&b).unwrap();
+    let dec = text
+        .find("\"decoder\"")
+        .expect("tokenizer.json has a decoder");
+    let end = dec + text[dec..].find("\"model\"").unwrap();
+    let cuts = (dec..end)
+        .chain([50, 90, 99].map(|pct| b.len() * pct / 100))
+        .chain([b.len() - 1]);
+    for cut in cuts {
+        std::fs::write(&f, &b[..cut]).unwrap();
+        let r = std::panic::catch_unwind(|| load_err(&dir, None));
+        let e = r.unwrap_or_else(|_| panic!("cut at byte {cut} of {}: the load panicked", b.len()));
+        assert!(e.contains("tokenizer.json"), "cut at {cut}: {e}");
+    }
+}
