@@ -160,3 +160,57 @@ fn cli_reports_errors_in_one_line() {
         "{e}"
     );
 }
+
+/// Shard names in `model.safetensors.index.json` must stay inside the model folder: a hostile
+/// index must not make the loader open `../` files or absolute paths (issue 20).
+#[test]
+fn index_shards_outside_the_folder() {
+    let shard = "model-00001-of-00005.safetensors";
+    for (i, bad) in [
+        format!("../elsewhere/{shard}"),
+        "/etc/passwd".to_string(),
+        String::new(),
+        format!("sub/{shard}"),
+        "..".to_string(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let dir = copy_model("tiny_llama", &format!("text-err-index-{i}"));
+        // A real shard outside the folder, so an escape would load silently.
+        let elsewhere = dir.parent().unwrap().join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::copy(dir.join(shard), elsewhere.join(shard)).unwrap();
+        let p = dir.join("model.safetensors.index.json");
+        let s = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, s.replace(&format!("\"{shard}\""), &format!("{bad:?}"))).unwrap();
+        let e = load_err(&dir, None);
+        assert!(
+            e.contains("model.safetensors.index.json") && e.contains(&format!("{bad:?}")),
+            "{bad:?}: {e}"
+        );
+    }
+}
+
+/// A truncated tokenizer.json is an error naming it, never a panic inside the tokenizers crate
+/// (cuts inside its "decoder" section made the crate panic; issue 20).
+#[test]
+fn truncated_tokenizer() {
+    let dir = copy_model("tiny_llama", "text-err-tok-trunc");
+    let f = dir.join("tokenizer.json");
+    let b = std::fs::read(fixture("tiny_llama").join("tokenizer.json")).unwrap();
+    let text = std::str::from_utf8(&b).unwrap();
+    let dec = text
+        .find("\"decoder\"")
+        .expect("tokenizer.json has a decoder");
+    let end = dec + text[dec..].find("\"model\"").unwrap();
+    let cuts = (dec..end)
+        .chain([50, 90, 99].map(|pct| b.len() * pct / 100))
+        .chain([b.len() - 1]);
+    for cut in cuts {
+        std::fs::write(&f, &b[..cut]).unwrap();
+        let r = std::panic::catch_unwind(|| load_err(&dir, None));
+        let e = r.unwrap_or_else(|_| panic!("cut at byte {cut} of {}: the load panicked", b.len()));
+        assert!(e.contains("tokenizer.json"), "cut at {cut}: {e}");
+    }
+}

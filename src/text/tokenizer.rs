@@ -5,7 +5,7 @@
 //! post-processor, so a whole text is tokenized once and chunked afterwards (BOS only at the start).
 
 use super::gguf::{Gguf, Value};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use serde_json::{json, Value as Json};
 use std::path::Path;
 
@@ -21,7 +21,23 @@ impl TextTokenizer {
                 "no tokenizer.json beside the model; copy the model's tokenizer.json into this folder (tokenizer.save_pretrained(dir) writes it)",
             ));
         }
-        let inner = tokenizers::Tokenizer::from_file(path)
+        let bytes = std::fs::read(path).at(path)?;
+        // The tokenizers crate panics on some malformed input (a file cut inside its "decoder"
+        // section), so check the JSON ourselves first for a clear error…
+        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| {
+            Error::input(
+                path,
+                format!("not valid JSON ({e}); it may be truncated: copy the model's tokenizer.json again"),
+            )
+        })?;
+        // …and turn any panic left in the crate into an error naming the file.
+        let inner = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(&bytes))
+            .map_err(|_| {
+                Error::input(
+                    path,
+                    "the tokenizers crate could not read this tokenizer.json (it panicked); copy the model's tokenizer.json again",
+                )
+            })?
             .map_err(|e| Error::input(path, format!("not a readable tokenizer.json ({e})")))?;
         Ok(TextTokenizer::whole(inner))
     }

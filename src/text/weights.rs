@@ -56,10 +56,16 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
                 "no \"weight_map\" object; re-save the model with save_pretrained",
             )
         })?;
-        let mut files: Vec<String> = map
-            .values()
-            .filter_map(|f| f.as_str().map(String::from))
-            .collect();
+        let mut files: Vec<&str> = Vec::new();
+        for (tensor, f) in map {
+            let name = f.as_str().ok_or_else(|| {
+                Error::input(
+                    &index,
+                    format!("weight_map entry {tensor:?} is {f}, not a shard file name; re-save the model with save_pretrained"),
+                )
+            })?;
+            files.push(shard_name(&index, tensor, name)?);
+        }
         files.sort();
         files.dedup();
         return Ok(files.into_iter().map(|f| dir.join(f)).collect());
@@ -85,6 +91,24 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
         ));
     }
     Ok(files)
+}
+
+/// A shard name from the index, confined to a plain file name in the model folder: a hostile
+/// index must not make us open `../…` or absolute paths (and an empty name would open the folder).
+fn shard_name<'a>(index: &Path, tensor: &str, name: &'a str) -> Result<&'a str> {
+    let plain = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\', '\0'])
+        && Path::new(name).file_name() == Some(std::ffi::OsStr::new(name));
+    if plain {
+        Ok(name)
+    } else {
+        Err(Error::input(
+            index,
+            format!("weight_map entry {tensor:?} names shard {name:?}, which is not a file name in this folder; shards must sit beside the index (re-save the model with save_pretrained)"),
+        ))
+    }
 }
 
 /// Reads every tensor of the files as f32. `rename` maps a stored name to the name used by the
