@@ -214,3 +214,22 @@ fn truncated_tokenizer() {
         assert!(e.contains("tokenizer.json"), "cut at {cut}: {e}");
     }
 }
+
+/// Shapes in config.json past any model (head_dim 2^32, 2^20 heads) are an error naming the
+/// file before anything is allocated from them, never an abort on a huge allocation.
+#[test]
+fn absurd_config_shapes() {
+    for (key, from, to) in [
+        ("head_dim", "\"head_dim\": 16", "\"head_dim\": 4294967296"),
+        (
+            "num_attention_heads",
+            "\"num_attention_heads\": 4",
+            "\"num_attention_heads\": 1048576",
+        ),
+    ] {
+        let dir = copy_model("tiny_llama", "text-err-shape");
+        edit_config(&dir, from, to);
+        let e = load_err(&dir, None);
+        assert!(e.contains("config.json") && e.contains(key), "{e}");
+    }
+}

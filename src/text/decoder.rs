@@ -39,6 +39,17 @@ impl DecoderConfig {
                 format!("num_attention_heads {nh} must be a positive multiple of num_key_value_heads {nkv}, head_dim {hd} even"),
             ));
         }
+        // Shapes read from the file are bounded before anything is sized by them (the largest
+        // released models are far inside these).
+        for (key, value, max) in [
+            ("hidden_size", hidden, 1 << 17),
+            ("num_attention_heads", nh, 1 << 10),
+            ("head_dim", hd, 1 << 10),
+        ] {
+            if value > max {
+                return Err(Error::input(c.path, format!("{key} is {value}, more than any model has (at most {max}); the config.json is corrupt")));
+            }
+        }
         let max_positions = c.usize_opt("max_position_embeddings")?.unwrap_or(4096);
         let params = c.map.get("rope_parameters").and_then(|v| v.as_object());
         let theta = match params
