@@ -299,27 +299,32 @@ EXPORT CUresult cuLaunchKernel(void* f, unsigned int gx, unsigned int gy, unsign
     return LAUNCH_FAILED;
 }
 
+// The codes this driver returns: name and description, as NVIDIA's driver words them.
+static const struct {
+    CUresult code;
+    const char* name;
+    const char* text;
+} kErrors[] = {
+    {SUCCESS, "CUDA_SUCCESS", "no error"},
+    {INVALID_VALUE, "CUDA_ERROR_INVALID_VALUE", "invalid argument"},
+    {OUT_OF_MEMORY, "CUDA_ERROR_OUT_OF_MEMORY", "out of memory"},
+    {INVALID_DEVICE, "CUDA_ERROR_INVALID_DEVICE", "invalid device ordinal"},
+    {INVALID_IMAGE, "CUDA_ERROR_INVALID_IMAGE", "device kernel image is invalid"},
+    {NOT_FOUND, "CUDA_ERROR_NOT_FOUND", "named symbol not found"},
+    {LAUNCH_FAILED, "CUDA_ERROR_LAUNCH_FAILED", "unspecified launch failure"},
+    {NOT_SUPPORTED, "CUDA_ERROR_NOT_SUPPORTED", "operation not supported"},
+};
+
+static const char* describe(CUresult r, bool name) {
+    for (const auto& e : kErrors)
+        if (e.code == r) return name ? e.name : e.text;
+    return name ? "CUDA_ERROR_UNKNOWN" : "unknown error";
+}
 EXPORT CUresult cuGetErrorString(CUresult r, const char** s) {
-    switch (r) {
-        case SUCCESS: *s = "no error"; break;
-        case INVALID_VALUE: *s = "invalid argument"; break;
-        case OUT_OF_MEMORY: *s = "out of memory"; break;
-        case INVALID_IMAGE: *s = "device kernel image is invalid"; break;
-        case NOT_FOUND: *s = "named symbol not found"; break;
-        case LAUNCH_FAILED: *s = "unspecified launch failure"; break;
-        default: *s = "unknown error";
-    }
+    *s = describe(r, false);
     return SUCCESS;
 }
 EXPORT CUresult cuGetErrorName(CUresult r, const char** s) {
-    switch (r) {
-        case SUCCESS: *s = "CUDA_SUCCESS"; break;
-        case INVALID_VALUE: *s = "CUDA_ERROR_INVALID_VALUE"; break;
-        case OUT_OF_MEMORY: *s = "CUDA_ERROR_OUT_OF_MEMORY"; break;
-        case INVALID_IMAGE: *s = "CUDA_ERROR_INVALID_IMAGE"; break;
-        case NOT_FOUND: *s = "CUDA_ERROR_NOT_FOUND"; break;
-        case LAUNCH_FAILED: *s = "CUDA_ERROR_LAUNCH_FAILED"; break;
-        default: *s = "CUDA_ERROR_UNKNOWN";
-    }
+    *s = describe(r, true);
     return SUCCESS;
 }

@@ -216,60 +216,38 @@ unsafe fn column_major_gemm<T: Copy + Default + PartialEq + 'static>(
     }
 }
 
-unsafe extern "C" fn gemm_f32(
-    ta: i32,
-    tb: i32,
-    m: i32,
-    n: i32,
-    k: i32,
-    alpha: f32,
-    a: *const f32,
-    lda: i32,
-    b: *const f32,
-    ldb: i32,
-    beta: f32,
-    c: *mut f32,
-    ldc: i32,
-) {
-    // SAFETY: called by the emulated cuBLAS with cuBLAS's contract.
-    unsafe {
-        column_major_gemm(
-            (ta, tb),
-            (m, n, k),
-            alpha,
-            (a, lda),
-            (b, ldb),
-            beta,
-            (c, ldc),
-        )
-    }
+/// The callbacks the emulated cuBLAS calls, one per precision, with cuBLAS's arguments.
+macro_rules! gemm_callback {
+    ($name:ident, $t:ty) => {
+        unsafe extern "C" fn $name(
+            ta: i32,
+            tb: i32,
+            m: i32,
+            n: i32,
+            k: i32,
+            alpha: $t,
+            a: *const $t,
+            lda: i32,
+            b: *const $t,
+            ldb: i32,
+            beta: $t,
+            c: *mut $t,
+            ldc: i32,
+        ) {
+            // SAFETY: called by the emulated cuBLAS with cuBLAS's contract.
+            unsafe {
+                column_major_gemm(
+                    (ta, tb),
+                    (m, n, k),
+                    alpha,
+                    (a, lda),
+                    (b, ldb),
+                    beta,
+                    (c, ldc),
+                )
+            }
+        }
+    };
 }
-
-unsafe extern "C" fn gemm_f64(
-    ta: i32,
-    tb: i32,
-    m: i32,
-    n: i32,
-    k: i32,
-    alpha: f64,
-    a: *const f64,
-    lda: i32,
-    b: *const f64,
-    ldb: i32,
-    beta: f64,
-    c: *mut f64,
-    ldc: i32,
-) {
-    // SAFETY: as gemm_f32.
-    unsafe {
-        column_major_gemm(
-            (ta, tb),
-            (m, n, k),
-            alpha,
-            (a, lda),
-            (b, ldb),
-            beta,
-            (c, ldc),
-        )
-    }
-}
+gemm_callback!(gemm_f32, f32);
+gemm_callback!(gemm_f64, f64);
