@@ -1,5 +1,8 @@
 //! Output files that are never left half-written, `.npy` arrays exchanged with Python, and
 //! progress bars on stderr.
+//!
+//! Hostile input: sizes and offsets read from a file go through checked arithmetic and are
+//! bounded before any allocation (the rule, for every parser, in ARCHITECTURE.md).
 
 use crate::error::{Error, IoContext, Result};
 use std::fs::File;
@@ -9,6 +12,7 @@ use std::path::{Path, PathBuf};
 /// Writes `path` through a temporary sibling renamed into place only when `fill` succeeds,
 /// so an interrupted job leaves either the old file or the new one, never a torn one. A `path`
 /// that exists and is not a regular file (or a link to one) is refused before anything is written.
+/// Temporaries that a killed run left beside `path` are removed first.
 pub fn write_atomic(
     path: &Path,
     fill: impl FnOnce(&mut BufWriter<File>) -> Result<()>,
@@ -17,6 +21,7 @@ pub fn write_atomic(
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).at(dir)?;
     }
+    remove_stale_temporaries(path);
     let tmp = temp_sibling(path);
     let result = (|| {
         let file = File::create(&tmp).at(&tmp)?;
@@ -75,10 +80,49 @@ fn special_kind(_: &std::fs::FileType) -> &'static str {
     "a special file"
 }
 
+/// `<name>.tmp-<pid>-<n>`: unique per process and per call, so that threads writing one
+/// output never share a temporary.
 fn temp_sibling(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp-{}", std::process::id()));
+    name.push(format!(".tmp-{}-{n}", std::process::id()));
     path.with_file_name(name)
+}
+
+/// The pid in a temporary's name `<name>.tmp-<pid>[-<n>]` beside `path`, if it is one.
+fn temporary_owner(path: &Path, candidate: &std::ffi::OsStr) -> Option<u32> {
+    let name = path.file_name()?.to_str()?;
+    let rest = candidate
+        .to_str()?
+        .strip_prefix(name)?
+        .strip_prefix(".tmp-")?;
+    let (pid, n) = rest.split_once('-').unwrap_or((rest, "0"));
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(pid) && digits(n)).then(|| pid.parse().ok())?
+}
+
+/// Removes the temporaries of `path` whose process is gone (a `kill -9` leaves them), so that
+/// they do not pile up run after run. Only where a process's liveness can be seen (/proc).
+fn remove_stale_temporaries(path: &Path) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = temporary_owner(path, &e.file_name()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Writes a row-major float32 array `[rows, cols]` as `.npy` (version 1.0, little-endian).
@@ -292,6 +336,63 @@ mod tests {
             };
             assert!(err.to_string().contains("huge.npy"), "{err}");
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A `kill -9` leaves `<name>.tmp-<pid>`: the next write of the same output removes it
+    /// when its process is gone, and leaves a live process's temporary and other files alone.
+    #[test]
+    fn stale_temporaries_go_on_the_next_write() {
+        let dir = std::env::temp_dir().join(format!("niclip-stale-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let out = dir.join("x.npy");
+        let stale = [format!("x.npy.tmp-{dead}"), format!("x.npy.tmp-{dead}-3")];
+        let kept = [
+            format!("x.npy.tmp-{}-999", std::process::id()),
+            "x.npy.tmp-abc".into(),
+            format!("y.npy.tmp-{dead}"),
+        ];
+        for f in stale.iter().chain(&kept) {
+            std::fs::write(dir.join(f), b"torn").unwrap();
+        }
+        write_npy_f32(&out, &[1.0, 2.0], 1, 2).unwrap();
+        for f in &stale {
+            assert!(!dir.join(f).exists(), "{f} was left");
+        }
+        for f in &kept {
+            assert!(dir.join(f).exists(), "{f} was removed");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Threads of one process writing one output used to share `<name>.tmp-<pid>`: one renamed
+    /// the other's half-written file into place, or failed to find its own.
+    #[test]
+    fn threads_writing_one_output_never_share_a_temporary() {
+        let dir = std::env::temp_dir().join(format!("niclip-threads-{}", std::process::id()));
+        let out = dir.join("x.npy");
+        let rows = 1 << 14;
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let out = &out;
+                s.spawn(move || {
+                    for _ in 0..4 {
+                        write_npy_f32(out, &vec![t as f32; rows], rows, 1).unwrap();
+                    }
+                });
+            }
+        });
+        let m = read_npy_f32(&out).unwrap();
+        assert!(m.data.iter().all(|&v| v == m.data[0]) && m.rows == rows);
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, ["x.npy"], "temporaries left");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
