@@ -531,6 +531,27 @@ fn unreadable_gzip_is_reported() {
     );
 }
 
+/// A broken metadata file used to be blamed on the coordinates ("c_coordinates.tsv: no study
+/// found"), or a metadata file of another release gave a corpus without a single peak.
+#[test]
+fn a_wrong_metadata_file_is_the_one_named() {
+    let dir = tmpdir("wrong-metadata").join("ns");
+    std::fs::create_dir_all(&dir).unwrap();
+    let coords = "id\tx\ty\tz\n1\t-38\t34\t20\n2\t1\t1\t1\n";
+    std::fs::write(dir.join("c_coordinates.tsv"), coords).unwrap();
+    for (metadata, says) in [
+        ("id\tspace\n", "no study rows"),
+        (
+            "id\tspace\n7\tMNI\n8\tMNI\n",
+            "none of the 2 coordinate rows of",
+        ),
+    ] {
+        std::fs::write(dir.join("m_metadata.tsv"), metadata).unwrap();
+        let e = import_err(Format::Neurosynth, &dir);
+        assert!(e.contains("m_metadata.tsv") && e.contains(says), "{e}");
+    }
+}
+
 #[test]
 fn coordinates_of_unknown_ids_are_counted_not_dropped() {
     let dir = tmpdir("orphans");

@@ -30,7 +30,24 @@ pub(crate) fn import<W: Write>(
         meta_path.display().to_string(),
     ];
     let mut studies = read_metadata(&meta_path, report)?;
-    read_coordinates(&coords_path, &mut studies, report)?;
+    if studies.is_empty() {
+        return Err(Error::input(
+            &meta_path,
+            "no study rows after its header; give the metadata file that lists the studies",
+        ));
+    }
+    let (rows, matched) = read_coordinates(&coords_path, &mut studies, report)?;
+    if rows > 0 && matched == 0 {
+        // Every row unmatched means the two files do not belong together: say which ones.
+        return Err(Error::input(
+            &meta_path,
+            format!(
+                "none of the {rows} coordinate rows of {} has an id listed here; give the \
+                 metadata file of the same release as the coordinates",
+                coords_path.display()
+            ),
+        ));
+    }
     for s in &mut studies {
         to_mni(s.source_space, &mut s.peaks);
     }
@@ -121,7 +138,12 @@ fn read_metadata(path: &Path, report: &mut ImportReport) -> Result<Vec<Study>> {
     Ok(studies)
 }
 
-fn read_coordinates(path: &Path, studies: &mut [Study], report: &mut ImportReport) -> Result<()> {
+/// Adds each coordinate row's peak to its study; returns (rows read, rows whose id matched).
+fn read_coordinates(
+    path: &Path,
+    studies: &mut [Study],
+    report: &mut ImportReport,
+) -> Result<(u64, u64)> {
     let index: HashMap<String, usize> = studies
         .iter()
         .enumerate()
@@ -133,7 +155,9 @@ fn read_coordinates(path: &Path, studies: &mut [Study], report: &mut ImportRepor
         "a Neurosynth/NeuroQuery coordinates file",
     )?;
     let mut last: Option<(String, usize)> = None;
+    let (mut rows, mut matched) = (0, 0);
     while let Some((line, rec)) = t.next()? {
+        rows += 1;
         let raw_id = cell(rec, Some(c[0]));
         let p = [
             coordinate(path, line, "x", cell(rec, Some(c[1])))?,
@@ -153,7 +177,10 @@ fn read_coordinates(path: &Path, studies: &mut [Study], report: &mut ImportRepor
             }
         };
         match k {
-            Some(k) => studies[k].peaks.push(p),
+            Some(k) => {
+                matched += 1;
+                studies[k].peaks.push(p)
+            }
             None => report.notice(
                 "coordinate rows whose id is not in the metadata file: skipped (add the study to \
                  the metadata to keep them)",
@@ -161,5 +188,5 @@ fn read_coordinates(path: &Path, studies: &mut [Study], report: &mut ImportRepor
             ),
         }
     }
-    Ok(())
+    Ok((rows, matched))
 }
