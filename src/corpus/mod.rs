@@ -26,6 +26,9 @@
 //! }
 //! # Ok(()) }
 //! ```
+//!
+//! Hostile input: sizes and offsets read from a file go through checked arithmetic and are
+//! bounded before any allocation (the rule, for every parser, in ARCHITECTURE.md).
 
 pub mod file;
 pub mod jsonl;

@@ -2,6 +2,9 @@
 //! (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1). Llama-architecture Q/K weights are stored
 //! permuted for llama.cpp's interleaved RoPE; they are un-permuted here, as transformers' GGUF
 //! loader does, so the model code sees PyTorch's layout.
+//!
+//! Hostile input: sizes and offsets read from a file go through checked arithmetic and are
+//! bounded before any allocation (the rule, for every parser, in ARCHITECTURE.md).
 
 use super::weights::{Tensor, TensorMap};
 use crate::error::{Error, IoContext, Result};

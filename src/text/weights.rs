@@ -1,5 +1,8 @@
 //! Model weights as f32 tensors by PyTorch name: safetensors files (one, or shards listed by
 //! `model.safetensors.index.json`), memory-mapped and converted from f32/f16/bf16.
+//!
+//! Hostile input: sizes and offsets read from a file go through checked arithmetic and are
+//! bounded before any allocation (the rule, for every parser, in ARCHITECTURE.md).
 
 use crate::error::{Error, IoContext, Result};
 use rayon::prelude::*;
