@@ -129,6 +129,31 @@ fn nan_and_inf_count_as_zero_with_a_warning() {
     assert_eq!(std::fs::read(o1).unwrap(), std::fs::read(o2).unwrap());
 }
 
+/// A 3D label atlas without --labels used to project onto one "map" weighted by label numbers
+/// (`images` printed "906 studies × 1 features" and exited 0).
+#[test]
+fn a_label_atlas_without_labels_suggests_labels() {
+    let dir = tmpdir("err-labels");
+    let (_, map) = atlas_and_map(&dir);
+    let labels = dir.join("labels.nii.gz");
+    let vol: Vec<f32> = (0..216).map(|i| (i % 4) as f32).collect();
+    Image::new(grid([6, 6, 6]), 1, vol).write(&labels).unwrap();
+    let err = fails(project(&labels, &map, &dir.join("f.npy")));
+    assert!(
+        err.contains("labels.nii.gz") && err.contains("--labels"),
+        "{err}"
+    );
+    let mut with = project(&labels, &map, &dir.join("f.npy"));
+    with.push("--labels".into());
+    niclip(&with.iter().map(String::as_str).collect::<Vec<_>>());
+    // One continuous 3D map is still a (one-map) atlas.
+    let single = dir.join("single.nii.gz");
+    let vol: Vec<f32> = (0..216).map(|i| (i % 4) as f32 * 0.25).collect();
+    Image::new(grid([6, 6, 6]), 1, vol).write(&single).unwrap();
+    let a: Vec<String> = project(&single, &map, &dir.join("g.npy"));
+    niclip(&a.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
 #[test]
 fn an_all_zero_atlas_is_refused() {
     let dir = tmpdir("err-atlas");

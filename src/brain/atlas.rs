@@ -81,6 +81,7 @@ impl Atlas {
 
     /// Continuous maps: each volume of `img` is one map.
     pub fn from_maps(img: &Image, path: &Path) -> Result<Atlas> {
+        refuse_labels_as_maps(img, path)?;
         let n = img.grid.n_voxels();
         let k = img.n_vols;
         // Count non-zeros per voxel, then fill CSR rows map by map (cols come out ascending).
@@ -379,6 +380,29 @@ pub fn cholesky_inverse(a: &[f64], k: usize) -> std::result::Result<Vec<f64>, us
         }
     });
     Ok(inv)
+}
+
+/// A 3D image of integer labels read as continuous maps is one "map" whose weights are label
+/// numbers: `images` gave "906 studies × 1 features" and exited 0. Refused, pointing to
+/// `--labels`; a single continuous map (a probability or statistical map) still reads.
+fn refuse_labels_as_maps(img: &Image, path: &Path) -> Result<()> {
+    if img.n_vols != 1 {
+        return Ok(());
+    }
+    let mut distinct = std::collections::BTreeSet::new();
+    for &x in img.volume(0) {
+        if x.fract() != 0.0 {
+            return Ok(());
+        }
+        if x != 0.0 && distinct.insert(x as i64) && distinct.len() > 2 {
+            return Err(Error::input(
+                path,
+                "is one 3D volume of integer labels (more than two distinct values); pass \
+                 --labels to read it as a label atlas, one region per label",
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
