@@ -18,6 +18,9 @@ pub enum Error {
     Usage(String),
     #[error("CUDA: {0}")]
     Cuda(String),
+    /// Some items of a batch failed (each already reported); the others were done.
+    #[error("{0}")]
+    Batch(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

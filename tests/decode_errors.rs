@@ -248,3 +248,122 @@ fn missing_model_flags_and_bad_options_say_what_to_pass() {
     let err = niclip_fails(&flags.args(&[&map], &["--plot", "out.pdf"]));
     assert!(one_line(&err).contains("must end in .png or .svg"), "{err}");
 }
+
+/// A sphere of ones of radius `r` mm around the MNI point `c`, on the MNI 2 mm grid.
+fn blob(c: [f64; 3], r: f64) -> Vec<f32> {
+    let g = mni_grid();
+    (0..g.n_voxels())
+        .map(|v| {
+            let p = g.voxel_to_mm(g.unflat(v).map(|x| x as f64));
+            let d2: f64 = (0..3).map(|i| (p[i] - c[i]).powi(2)).sum();
+            (d2 <= r * r) as u8 as f32
+        })
+        .collect()
+}
+
+/// One bad map used to stop the batch with nothing written. Now every good map is decoded
+/// and written with a summary, each bad one named with its reason, and the exit is non-zero
+/// saying how many failed. Folders and quoted patterns are maps too.
+#[test]
+fn a_batch_decodes_every_good_map_and_reports_the_bad() {
+    let dir = tmpdir("decode-batch");
+    let maps = dir.join("maps");
+    std::fs::create_dir_all(&maps).unwrap();
+    let n = mni_grid().n_voxels();
+    write_map(
+        &maps,
+        "a_motor.nii.gz",
+        mni_grid(),
+        blob([-38.0, -22.0, 56.0], 10.0),
+    );
+    write_map(&maps, "b_zeros.nii.gz", mni_grid(), vec![0.0; n]);
+    write_map(
+        &maps,
+        "c_visual.nii.gz",
+        mni_grid(),
+        blob([0.0, -90.0, 4.0], 10.0),
+    );
+    let out = dir.join("out");
+    let (m, o) = (maps.display().to_string(), out.display().to_string());
+    let err = niclip_fails(&["decode", &m, "--out", &o, "--top", "all"]);
+    assert!(err.contains("b_zeros.nii.gz: is all zeros"), "{err}");
+    assert!(
+        err.contains("1 of 3 map files could not be decoded"),
+        "{err}"
+    );
+    let summary = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    let rows: Vec<&str> = summary.lines().collect();
+    assert_eq!(rows.len(), 3, "{summary}");
+    assert!(
+        rows[0].starts_with("map,task,task_prob,concept"),
+        "{summary}"
+    );
+    assert!(
+        rows[1].contains("a_motor") && rows[2].contains("c_visual"),
+        "{summary}"
+    );
+    // --top all lists every task of the vocabulary.
+    let tasks = std::fs::read_to_string(out.join("a_motor_task_predictions.csv")).unwrap();
+    assert!(tasks.lines().count() > 50, "{tasks}");
+
+    // A quoted pattern picks the good ones: exit 0, the summary after the tables.
+    let (a, c) = (maps.join("a_*.nii.gz"), maps.join("c_?isual.nii*"));
+    let stdout = niclip_stdout(&["decode", &a.display().to_string(), &c.display().to_string()]);
+    assert!(stdout.contains("Summary: the top task"), "{stdout}");
+    assert!(stdout.matches(".nii.gz").count() >= 4, "{stdout}");
+    let none = maps.join("*.nii.bz2").display().to_string();
+    assert!(niclip_fails(&["decode", &none]).contains("matches no .nii"));
+}
+
+/// `--out` onto a file used to fail only after the tables were printed.
+#[test]
+fn out_onto_a_file_fails_before_the_work() {
+    let dir = tmpdir("decode-out-file");
+    let map = write_map(&dir, "m.nii.gz", mni_grid(), blob([0.0, -90.0, 4.0], 10.0));
+    let file = dir.join("taken.txt");
+    std::fs::write(&file, "x").unwrap();
+    let (m, f) = (map.display().to_string(), file.display().to_string());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_niclip"))
+        .args(["decode", &m, "--out", &f])
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("taken.txt") && err.contains("not a folder"),
+        "{err}"
+    );
+}
+
+/// A map whose affine does not put it in MNI space (here diag(3, 3, 3), origin at a corner)
+/// decoded silently; its blobs lie outside the brain.
+#[test]
+fn a_map_outside_the_brain_gets_a_warning() {
+    let dir = tmpdir("decode-outside");
+    let good = write_map(
+        &dir,
+        "mni.nii.gz",
+        mni_grid(),
+        blob([-38.0, -22.0, 56.0], 12.0),
+    );
+    let mut off = mni_grid();
+    off.affine = [
+        [3.0, 0.0, 0.0, 0.0],
+        [0.0, 3.0, 0.0, 0.0],
+        [0.0, 0.0, 3.0, 0.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ];
+    let wide: Vec<f32> = (0..off.n_voxels())
+        .map(|v| ((v % 7) == 0) as u8 as f32)
+        .collect();
+    let bad = write_map(&dir, "diag3.nii.gz", off, wide);
+    let err = niclip(&["decode", &good.display().to_string()]);
+    assert!(!err.contains("outside the MNI152 brain"), "{err}");
+    let err = niclip(&["decode", &bad.display().to_string()]);
+    assert!(
+        err.contains("diag3.nii.gz")
+            && err.contains("outside the MNI152 brain")
+            && err.contains("affine"),
+        "{err}"
+    );
+}

@@ -8,6 +8,7 @@ use crate::baseline::{Decoder, Kind};
 use crate::brain::mkda::Rounding;
 use crate::brain::{Image, Mask};
 use crate::corpus::Section;
+use crate::decode::maps::map_files;
 use crate::device::Device;
 use crate::error::{Error, IoContext, Result};
 use clap::{Subcommand, ValueEnum};
@@ -87,13 +88,16 @@ pub enum OutputFormat {
 pub struct DecodeArgs {
     /// The model file (`niclip baseline train … --out`).
     pub model: PathBuf,
-    /// Brain maps (NIfTI; off the MNI 2 mm grid they are resampled, trilinear; a 4D map gives one result per volume).
+    /// Brain maps (NIfTI; off the MNI 2 mm grid they are resampled, trilinear; a 4D map gives
+    /// one result per volume), folders of them, or quoted patterns like 'maps/*.nii.gz'. A bad
+    /// map is reported and skipped.
     #[arg(required = true)]
     pub maps: Vec<PathBuf>,
+    /// What is written: aligned tables, CSV or JSON.
     #[arg(long, value_enum, default_value = "table")]
     pub format: OutputFormat,
-    /// Terms shown per map, best first (0: all).
-    #[arg(long, default_value_t = 10)]
+    /// Terms shown per map, best first, or all (0 also means all).
+    #[arg(long, default_value = "10", value_parser = super::parse_top)]
     pub top: usize,
     /// Write one file per map into this folder instead of printing.
     #[arg(long)]
@@ -210,24 +214,41 @@ fn decode_cmd(a: DecodeArgs) -> Result<()> {
     a.compute.cpu_only("baseline decode");
     let decoder = Decoder::load(&a.model)?;
     let mask = Mask::mni152_2mm();
+    let (maps, mut failed) = (map_files(&a.maps)?, 0);
     let mut results = Vec::new();
-    for p in &a.maps {
-        let vols = mask.values_of(p)?;
+    for p in &maps {
+        let vols = match mask.values_of(p) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed += 1;
+                continue;
+            }
+        };
         let names = Image::volume_names(p, vols.len());
         for (v, map) in vols.into_iter().zip(names) {
             let mut terms = decoder.decode(&v);
             crate::baseline::sort_by_score(&mut terms);
-            if a.top > 0 {
-                terms.truncate(a.top);
-            }
+            terms.truncate(a.top);
             results.push(Decoded { map, terms });
         }
     }
-    let score = decoder.score_name();
+    write_results(&a, &results, decoder.score_name())?;
+    match failed {
+        0 => Ok(()),
+        n => Err(Error::Batch(format!(
+            "{n} of {} map files could not be decoded (each is reported above)",
+            maps.len()
+        ))),
+    }
+}
+
+/// The results on stdout, or one file per map under `--out`.
+fn write_results(a: &DecodeArgs, results: &[Decoded], score: &str) -> Result<()> {
     match &a.out {
         None => {
             let mut out = std::io::stdout().lock();
-            render(&mut out, &results, a.format, score).map_err(|e| Error::io("<stdout>", e))
+            render(&mut out, results, a.format, score).map_err(|e| Error::io("<stdout>", e))
         }
         Some(dir) => {
             for (k, r) in results.iter().enumerate() {

@@ -3,12 +3,14 @@
 
 use super::Compute;
 use crate::clip::model::Clip;
+use crate::decode::maps::map_files;
 use crate::decode::report::{
-    stems, write_csv, write_json, write_map_files, write_table, MapReport,
+    stems, write_csv, write_json, write_map_files, write_summary_csv, write_summary_table,
+    write_table, MapReport,
 };
 use crate::decode::{default_model, plot, Decoder, DecoderAssets, ScaleSource, Tail, Variant};
-use crate::error::{Error, Result};
-use std::path::PathBuf;
+use crate::error::{Error, IoContext, Result};
+use std::path::{Path, PathBuf};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -41,6 +43,7 @@ pub struct ModelArgs {
     /// The atlas the model's image features were made with (4D maps, or 3D labels with --labels).
     #[arg(long)]
     pub atlas: Option<PathBuf>,
+    /// Read --atlas as a 3D label image (one region per integer label) instead of 4D maps.
     #[arg(long)]
     pub labels: bool,
     /// Inverse temperature s of the similarities (default: the model's learned value).
@@ -51,18 +54,21 @@ pub struct ModelArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct DecodeArgs {
-    /// Brain maps in MNI space (3D or 4D NIfTI; a 4D image is one map per volume).
+    /// Brain maps in MNI space (3D or 4D NIfTI; a 4D image is one map per volume), folders of
+    /// them, or quoted patterns like 'maps/*.nii.gz'. A bad map is reported and skipped.
     #[arg(required = true)]
     pub maps: Vec<PathBuf>,
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Tasks and concepts listed per map (domains: all 10).
-    #[arg(long, default_value_t = 10)]
+    /// Tasks and concepts listed per map, or all (domains: all 10).
+    #[arg(long, default_value = "10", value_parser = super::parse_top)]
     pub top: usize,
+    /// What is printed: aligned tables, one CSV, or the JSON document of CLI.md.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
-    /// Also write per-map files here: <map>_task_predictions.csv, _concept_predictions.csv,
-    /// _process_predictions.csv and <map>.json.
+    /// Also write per-map files into this folder: <map>_task_predictions.csv,
+    /// _concept_predictions.csv, _process_predictions.csv (braindec's columns), <map>.json, and
+    /// summary.csv (each map's top task, concept and domain).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Picture of the top 5 tasks, concepts and domains (.png or .svg), and FILE-slices.png|svg
@@ -168,35 +174,74 @@ pub fn run(a: DecodeArgs) -> Result<()> {
     if let Some(p) = &a.plot {
         plot::check_plot_path(p)?;
     }
-    if a.top == 0 {
-        return Err(Error::Usage("--top must be at least 1".into()));
+    if let Some(dir) = &a.out {
+        check_out_dir(dir)?;
     }
+    let maps = map_files(&a.maps)?;
     let (decoder, scale_note) = a.model.decoder()?;
-    let (decodings, n_vols) = decoder.decode_files(&a.maps, &variant)?;
-    let reports: Vec<MapReport> = decodings
+    let batch = decoder.decode_files(&maps, &variant);
+    for (_, e) in &batch.failed {
+        eprintln!("error: {e}");
+    }
+    let reports: Vec<MapReport> = batch
+        .decodings
         .iter()
         .map(|d| MapReport::new(&decoder, d, a.top))
         .collect();
-
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    match a.format {
-        Format::Table => write_table(&mut out, &reports),
-        Format::Csv => write_csv(&mut out, &reports),
-        Format::Json => write_json(&mut out, &reports),
-    }
-    .map_err(|e| Error::io("stdout", e))?;
-    std::io::Write::flush(&mut out).map_err(|e| Error::io("stdout", e))?;
-
-    let counts: Vec<(PathBuf, usize)> = a.maps.iter().cloned().zip(n_vols).collect();
+    print_reports(&reports, a.format)?;
     if let Some(dir) = &a.out {
-        for (r, stem) in reports.iter().zip(stems(&counts)) {
+        for (r, stem) in reports.iter().zip(stems(&batch.decoded)) {
             write_map_files(dir, &stem, r)?;
         }
+        let summary = dir.join("summary.csv");
+        crate::io::write_atomic(&summary, |w| write_summary_csv(w, &reports).at(&summary))?;
         eprintln!("{} maps → {}", reports.len(), dir.display());
     }
-    if let Some(file) = &a.plot {
-        plot::write_pictures(&decoder, &variant, &reports, &counts, file, &scale_note)?;
+    if let (Some(file), false) = (&a.plot, reports.is_empty()) {
+        plot::write_pictures(
+            &decoder,
+            &variant,
+            &reports,
+            &batch.decoded,
+            file,
+            &scale_note,
+        )?;
     }
-    Ok(())
+    match batch.failed.len() {
+        0 => Ok(()),
+        n => Err(Error::Batch(format!(
+            "{n} of {} map files could not be decoded (each is reported above); the other \
+             {} were decoded",
+            maps.len(),
+            batch.decoded.len()
+        ))),
+    }
+}
+
+/// `--out` must be a folder (or not exist yet): found out before the work, not after it.
+fn check_out_dir(dir: &Path) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => Err(Error::input(
+            dir,
+            "exists and is not a folder; --out takes a folder for the per-map files",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The tables, CSV or JSON of every decoded map on stdout; a batch's table ends with the
+/// summary across maps.
+fn print_reports(reports: &[MapReport], format: Format) -> Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match format {
+        Format::Table if reports.len() > 1 => {
+            write_table(&mut out, reports).and_then(|_| write_summary_table(&mut out, reports))
+        }
+        Format::Table => write_table(&mut out, reports),
+        Format::Csv => write_csv(&mut out, reports),
+        Format::Json => write_json(&mut out, reports),
+    }
+    .map_err(|e| Error::io("stdout", e))?;
+    std::io::Write::flush(&mut out).map_err(|e| Error::io("stdout", e))
 }

@@ -56,6 +56,16 @@ pub enum Command {
     Baseline(baseline::BaselineCommand),
 }
 
+/// `--top N`, `--top all` or `--top 0` (all, as CLI.md says): the entries listed per map.
+pub fn parse_top(s: &str) -> std::result::Result<usize, String> {
+    match s {
+        "all" | "0" => Ok(usize::MAX),
+        n => n
+            .parse()
+            .map_err(|_| format!("{s:?} is not a count; give a number, or all")),
+    }
+}
+
 /// Options shared by every command that computes.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Compute {

@@ -278,34 +278,79 @@ impl Decoder {
 
     /// Decodes every volume of the maps at `paths` (read and projected in parallel, with a
     /// progress bar past 20 files; a 4D file gives a decoding per volume, named by
-    /// [`Image::volume_names`]). Returns the decodings and each file's volume count.
-    pub fn decode_files(
-        &self,
-        paths: &[PathBuf],
-        variant: &Variant,
-    ) -> Result<(Vec<Decoding>, Vec<usize>)> {
+    /// [`Image::volume_names`]). A bad map does not stop the others: it is returned among the
+    /// failures with its error. Maps largely outside the MNI brain get a warning.
+    pub fn decode_files(&self, paths: &[PathBuf], variant: &Variant) -> BatchDecoding {
         let bar = (paths.len() > 20).then(|| progress(paths.len() as u64, "maps"));
-        let per_file: Vec<(Vec<f32>, usize)> = paths
+        let per_file: Vec<Result<(Vec<f32>, usize)>> = paths
             .par_iter()
-            .map(|path| -> Result<(Vec<f32>, usize)> {
+            .map(|path| {
                 let img = Image::read(path)?;
+                warn_outside_brain(&img, path);
                 let f = self.image_features(&img, variant, path)?;
                 if let Some(b) = &bar {
                     b.inc(1);
                 }
                 Ok((f, img.n_vols))
             })
-            .collect::<Result<_>>()?;
+            .collect();
         if let Some(b) = bar {
             b.finish_and_clear();
         }
-        let (mut features, mut names, mut n_vols) = (Vec::new(), Vec::new(), Vec::new());
-        for (path, (f, n)) in paths.iter().zip(per_file) {
-            features.extend(f);
-            names.extend(Image::volume_names(path, n));
-            n_vols.push(n);
+        let (mut features, mut names) = (Vec::new(), Vec::new());
+        let (mut decoded, mut failed) = (Vec::new(), Vec::new());
+        for (path, r) in paths.iter().zip(per_file) {
+            match r {
+                Ok((f, n)) => {
+                    features.extend(f);
+                    names.extend(Image::volume_names(path, n));
+                    decoded.push((path.clone(), n));
+                }
+                Err(e) => failed.push((path.clone(), e)),
+            }
         }
-        Ok((self.decode_features(&features, names), n_vols))
+        BatchDecoding {
+            decodings: self.decode_features(&features, names),
+            decoded,
+            failed,
+        }
+    }
+}
+
+/// What a batch of map files gave: a decoding per volume of the good files, each good file
+/// with its volume count (in the order given), and each bad file with its error.
+pub struct BatchDecoding {
+    pub decodings: Vec<Decoding>,
+    pub decoded: Vec<(PathBuf, usize)>,
+    pub failed: Vec<(PathBuf, crate::error::Error)>,
+}
+
+/// Past this share of non-zero voxels outside the MNI brain, a map is probably not in MNI
+/// space (a thresholded or masked MNI map has almost none there).
+const OUTSIDE_BRAIN_WARNING: f64 = 0.2;
+
+/// One warning per file, for its worst volume.
+fn warn_outside_brain(img: &Image, path: &Path) {
+    let shares: Vec<f64> = (0..img.n_vols)
+        .map(|v| super::maps::share_outside_brain(img, v))
+        .collect();
+    let worst = shares.iter().cloned().fold(0.0, f64::max);
+    if worst > OUTSIDE_BRAIN_WARNING {
+        let which = match shares
+            .iter()
+            .filter(|&&s| s > OUTSIDE_BRAIN_WARNING)
+            .count()
+        {
+            _ if img.n_vols == 1 => String::new(),
+            n => format!(" ({n} of its {} volumes)", img.n_vols),
+        };
+        eprintln!(
+            "warning: {}{which}: up to {:.0}% of the non-zero voxels lie outside the MNI152 \
+             brain; is it in MNI space? Check its affine (nibabel's img.affine) or resample it \
+             to MNI first",
+            path.display(),
+            100.0 * worst
+        );
     }
 }
 

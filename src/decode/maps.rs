@@ -6,7 +6,111 @@ use crate::brain::resample::{resample_volume_into, sample, Interp};
 use crate::brain::{Atlas, Grid, Image};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// The map files named by `inputs`: a file as it is; a folder as its `.nii`/`.nii.gz` files
+/// (sorted, not recursive, hidden ones left out); a pattern with `*` or `?` (quoted, so the shell left it) as the
+/// matching files. A folder or pattern that matches no map is an error naming it.
+pub fn map_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in inputs {
+        let found = if p.is_dir() {
+            let mut maps = list_dir(p)?
+                .into_iter()
+                .filter(|f| is_nifti_name(f) && !is_hidden(f) && f.is_file())
+                .collect::<Vec<_>>();
+            maps.sort();
+            maps
+        } else if !p.exists() && p.to_string_lossy().contains(['*', '?']) {
+            glob(p)?
+        } else {
+            out.push(p.clone());
+            continue;
+        };
+        if found.is_empty() {
+            return Err(Error::input(
+                p,
+                "matches no .nii or .nii.gz map; give map files, a folder of them or a pattern like 'maps/*.nii.gz'",
+            ));
+        }
+        out.extend(found);
+    }
+    Ok(out)
+}
+
+/// macOS leaves `._name.nii` beside copied files: not maps.
+fn is_hidden(p: &Path) -> bool {
+    p.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+}
+
+fn is_nifti_name(p: &Path) -> bool {
+    let n = p
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    n.ends_with(".nii") || n.ends_with(".nii.gz")
+}
+
+fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {
+    std::fs::read_dir(dir)
+        .and_then(|rd| rd.map(|e| e.map(|e| e.path())).collect())
+        .map_err(|e| Error::io(dir, e))
+}
+
+/// Files matching `pattern` component by component, sorted (`*` any run of characters but
+/// `/`, `?` one character; hidden files only when the component starts with `.`).
+fn glob(pattern: &Path) -> Result<Vec<PathBuf>> {
+    let mut paths = vec![PathBuf::new()];
+    for comp in pattern.components() {
+        let c = comp.as_os_str().to_string_lossy();
+        if !c.contains(['*', '?']) {
+            paths.iter_mut().for_each(|p| p.push(comp));
+            continue;
+        }
+        let mut next = Vec::new();
+        for dir in paths
+            .iter()
+            .filter(|d| d.as_os_str().is_empty() || d.is_dir())
+        {
+            let list = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir.as_path()
+            };
+            for entry in list_dir(list)? {
+                let name = entry.file_name().map(|n| n.to_string_lossy().into_owned());
+                let name = name.unwrap_or_default();
+                if wildcard(&c, &name) && (c.starts_with('.') || !name.starts_with('.')) {
+                    next.push(dir.join(name));
+                }
+            }
+        }
+        paths = next;
+    }
+    paths.retain(|p| p.is_file());
+    paths.sort();
+    Ok(paths)
+}
+
+/// Whether `name` matches `pat` (`*` and `?` wildcards).
+fn wildcard(pat: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pat.chars().collect(), name.chars().collect());
+    // Classic two-pointer match with backtracking to the last `*`.
+    let (mut i, mut j, mut star, mut mark) = (0, 0, None, 0);
+    while j < n.len() {
+        if i < p.len() && (p[i] == '?' || p[i] == n[j]) {
+            (i, j) = (i + 1, j + 1);
+        } else if i < p.len() && p[i] == '*' {
+            (star, mark, i) = (Some(i), j, i + 1);
+        } else if let Some(s) = star {
+            (i, mark, j) = (s + 1, mark + 1, mark + 1);
+        } else {
+            return false;
+        }
+    }
+    p[i..].iter().all(|&c| c == '*')
+}
 
 /// Which signs of the map to keep.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -207,6 +311,38 @@ fn percentile_roi(values: &mut [f32], p: f64) {
     }
 }
 
+/// The share of volume `v`'s non-zero voxels that lie outside the MNI152 brain (its 2 mm
+/// mask, by nearest voxel): large for a map whose affine does not put it in MNI space, whose
+/// decoding is then silently wrong. 0 for an all-zero volume.
+pub fn share_outside_brain(img: &Image, v: usize) -> f64 {
+    static MASK: std::sync::OnceLock<crate::brain::mask::Mask> = std::sync::OnceLock::new();
+    let mask = MASK.get_or_init(crate::brain::mask::Mask::mni152_2mm);
+    let to_mask = matmul(&invert(&mask.grid.affine), &img.grid.affine);
+    let [nx, ny, nz] = mask.grid.shape.map(|n| n as f64);
+    let (mut nonzero, mut outside) = (0u64, 0u64);
+    for (i, &x) in img.volume(v).iter().enumerate() {
+        if x == 0.0 || !x.is_finite() {
+            continue;
+        }
+        nonzero += 1;
+        let p = img.grid.unflat(i).map(|c| c as f64);
+        let c: [f64; 3] = std::array::from_fn(|r| {
+            (to_mask[r][0] * p[0] + to_mask[r][1] * p[1] + to_mask[r][2] * p[2] + to_mask[r][3])
+                .round()
+        });
+        let inside = (0.0..nx).contains(&c[0])
+            && (0.0..ny).contains(&c[1])
+            && (0.0..nz).contains(&c[2])
+            && mask.index[mask.grid.flat(c[0] as usize, c[1] as usize, c[2] as usize)] >= 0;
+        outside += !inside as u64;
+    }
+    if nonzero == 0 {
+        0.0
+    } else {
+        outside as f64 / nonzero as f64
+    }
+}
+
 /// Atlas coefficients of every volume of `img` (n_vols × k, f32) after the variant.
 /// `path` names the map in errors.
 pub fn image_features(
@@ -237,6 +373,47 @@ pub fn image_features(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wildcards_match_as_a_shell_does() {
+        for (pat, name, want) in [
+            ("*.nii.gz", "a.nii.gz", true),
+            ("*.nii.gz", "a.nii", false),
+            ("sub-??_*.nii", "sub-01_bold.nii", true),
+            ("sub-??_*.nii", "sub-1_bold.nii", false),
+            ("*a*b*", "xxaybzz", true),
+            ("*a*b", "ab_a", false),
+            ("", "", true),
+        ] {
+            assert_eq!(wildcard(pat, name), want, "{pat} vs {name}");
+        }
+    }
+
+    /// Folders, patterns and files mix; a folder or pattern that matches nothing is an error.
+    #[test]
+    fn map_files_expand_folders_and_patterns() {
+        let dir = std::env::temp_dir().join(format!("niclip-mapfiles-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        for f in [
+            "b.nii.gz",
+            "a.nii",
+            "notes.txt",
+            "sub/c.nii.gz",
+            ".hidden.nii",
+        ] {
+            std::fs::write(dir.join(f), b"").unwrap();
+        }
+        let got =
+            map_files(&[dir.clone(), dir.join("s*/*.nii.gz"), dir.join("notes.txt")]).unwrap();
+        let want: Vec<PathBuf> = ["a.nii", "b.nii.gz", "sub/c.nii.gz", "notes.txt"]
+            .iter()
+            .map(|f| dir.join(f))
+            .collect();
+        assert_eq!(got, want);
+        let e = map_files(&[dir.join("*.npy")]).unwrap_err().to_string();
+        assert!(e.contains("*.npy") && e.contains("matches no"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn variants_flip_split_and_threshold() {
@@ -288,6 +465,6 @@ mod tests {
 
     #[test]
     fn the_fixed_grid_is_the_embedded_masks() {
-        assert!(mni152_2mm_grid().same_as(&crate::brain::Mask::mni152_2mm().grid));
+        assert!(mni152_2mm_grid().same_as(&crate::brain::mask::Mask::mni152_2mm().grid));
     }
 }

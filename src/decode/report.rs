@@ -147,7 +147,13 @@ fn num(x: f32) -> String {
     }
 }
 
-fn table(w: &mut impl Write, header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
+/// An aligned table: the `left` columns (names) left-aligned, the rest (numbers) right-aligned.
+fn table(
+    w: &mut impl Write,
+    header: &[&str],
+    left: &[usize],
+    rows: &[Vec<String>],
+) -> std::io::Result<()> {
     let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in rows {
         for (c, s) in r.iter().enumerate() {
@@ -158,8 +164,7 @@ fn table(w: &mut impl Write, header: &[&str], rows: &[Vec<String>]) -> std::io::
         let mut s = String::new();
         for (c, cell) in cells.iter().enumerate() {
             let pad = width[c] - cell.chars().count();
-            // Names (column 1) left-aligned, numbers right-aligned.
-            if c == 1 {
+            if left.contains(&c) {
                 s.push_str(cell);
                 s.push_str(&" ".repeat(pad));
             } else {
@@ -214,6 +219,7 @@ pub fn write_table(w: &mut impl Write, reports: &[MapReport]) -> std::io::Result
                 "joint_prob",
                 "bayes_factor",
             ],
+            &[1],
             &rows,
         )?;
         for (title, rows) in [
@@ -226,10 +232,61 @@ pub fn write_table(w: &mut impl Write, reports: &[MapReport]) -> std::io::Result
                 .enumerate()
                 .map(|(i, c)| vec![(i + 1).to_string(), c.name.clone(), num(c.probability)])
                 .collect();
-            table(w, &["#", "pred", "prob"], &rows)?;
+            table(w, &["#", "pred", "prob"], &[1], &rows)?;
         }
     }
     Ok(())
+}
+
+/// The best task, concept and domain of each map with their probabilities.
+fn summary_rows(reports: &[MapReport]) -> Vec<[String; 7]> {
+    let best = |rows: Option<(&String, f32)>| {
+        rows.map_or((String::new(), String::new()), |(n, p)| {
+            (n.clone(), p.to_string())
+        })
+    };
+    reports
+        .iter()
+        .map(|r| {
+            let (t, tp) = best(r.tasks.first().map(|t| (&t.name, t.probability)));
+            let (c, cp) = best(r.concepts.first().map(|c| (&c.name, c.probability)));
+            let (d, dp) = best(r.domains.first().map(|d| (&d.name, d.probability)));
+            [r.map.clone(), t, tp, c, cp, d, dp]
+        })
+        .collect()
+}
+
+const SUMMARY_HEADER: [&str; 7] = [
+    "map",
+    "task",
+    "task_prob",
+    "concept",
+    "concept_prob",
+    "domain",
+    "domain_prob",
+];
+
+/// One row per map (its top task, concept and domain), as CSV.
+pub fn write_summary_csv(w: &mut impl Write, reports: &[MapReport]) -> std::io::Result<()> {
+    writeln!(w, "{}", SUMMARY_HEADER.join(","))?;
+    for row in summary_rows(reports) {
+        let cells: Vec<String> = row.iter().map(|c| csv_field(c)).collect();
+        writeln!(w, "{}", cells.join(","))?;
+    }
+    Ok(())
+}
+
+/// The same summary as an aligned table (after the per-map tables of a batch).
+pub fn write_summary_table(w: &mut impl Write, reports: &[MapReport]) -> std::io::Result<()> {
+    writeln!(w, "\nSummary: the top task, concept and domain of each map")?;
+    let rows: Vec<Vec<String>> = summary_rows(reports)
+        .into_iter()
+        .map(|[m, t, tp, c, cp, d, dp]| {
+            let p = |s: String| s.parse::<f32>().map(num).unwrap_or(s);
+            vec![m, t, p(tp), c, p(cp), d, p(dp)]
+        })
+        .collect();
+    table(w, &SUMMARY_HEADER, &[0, 1, 3, 5], &rows)
 }
 
 /// DIR/<stem>_task_predictions.csv, _concept_predictions.csv, _process_predictions.csv (the
