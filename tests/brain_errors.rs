@@ -239,3 +239,60 @@ fn label_values_beyond_exact_integers_are_refused() {
         );
     }
 }
+
+/// A corpus of studies `1` (one peak) and `2` (none), or with `peaks = false` no peak at all.
+fn corpus_with_empty_study(dir: &std::path::Path, peaks: bool) -> std::path::PathBuf {
+    let src = dir.join(if peaks { "ns" } else { "ns-none" });
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("x_metadata.tsv"), "id\tspace\n1\tMNI\n2\tMNI\n").unwrap();
+    let rows = if peaks { "1\t-38\t-22\t56\n" } else { "" };
+    std::fs::write(
+        src.join("x_coordinates.tsv"),
+        format!("id\tx\ty\tz\n{rows}"),
+    )
+    .unwrap();
+    let corpus = src.with_extension("corpus");
+    let (s, c) = (src.display().to_string(), corpus.display().to_string());
+    niclip(&[
+        "corpus",
+        "import",
+        "--format",
+        "neurosynth",
+        &s,
+        "--out",
+        &c,
+    ]);
+    corpus
+}
+
+/// `ma-map` of a study without peaks wrote an all-zero volume and `images` of a corpus without
+/// peaks a 0-row array, both exiting 0.
+#[test]
+fn studies_without_peaks_are_said_and_nothing_is_no_result() {
+    let dir = tmpdir("err-no-peaks");
+    let corpus = corpus_with_empty_study(&dir, true).display().to_string();
+    let out = dir.join("ma.nii.gz").display().to_string();
+    let ma = |ids: &[&str]| {
+        let mut a = vec!["ma-map", "--corpus", &corpus, "--out", &out];
+        ids.iter().for_each(|id| a.extend(["--study", id]));
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let err = fails(ma(&["2"]));
+    assert!(
+        err.contains("study 2-1 has no peaks") && err.contains(".corpus"),
+        "{err}"
+    );
+    assert!(!dir.join("ma.nii.gz").exists());
+    let a = ma(&["1", "2"]);
+    let log = niclip(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(log.contains("1 of the 2 studies have no peaks"), "{log}");
+    assert_eq!(Image::read(&dir.join("ma.nii.gz")).unwrap().n_vols, 2);
+
+    let none = corpus_with_empty_study(&dir, false).display().to_string();
+    let feats = dir.join("f.npy");
+    let (atlas, _) = atlas_and_map(&dir);
+    let (a, f) = (atlas.display().to_string(), feats.display().to_string());
+    let err = niclip_fails(&["images", "--corpus", &none, "--atlas", &a, "--out", &f]);
+    assert!(err.contains("no study in this corpus has peaks"), "{err}");
+    assert!(!feats.exists());
+}

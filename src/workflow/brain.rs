@@ -8,15 +8,39 @@ use crate::brain::mkda::MkdaSpec;
 use crate::brain::{Atlas, Image};
 use crate::corpus::Corpus;
 use crate::device::Device;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::io::{progress, write_npy_f32};
 use std::path::{Path, PathBuf};
 
 /// Writes the MA maps of `studies` of the corpus as one 4D NIfTI at `out`, a volume per study
-/// in the order given, on the mask's grid.
+/// in the order given, on the mask's grid. A study without peaks gets an all-zero volume and a
+/// warning; when no study has any, nothing is written.
 pub fn ma_map(corpus: &Path, studies: &[String], mkda: &MkdaSpec, out: &Path) -> Result<()> {
     let (mask, kernel) = mkda.mask_and_kernel()?;
     let peaks = Corpus::open(corpus)?.peaks_for(studies)?;
+    let empty: Vec<&str> = (0..peaks.len())
+        .filter(|&s| peaks.start[s] == peaks.start[s + 1])
+        .map(|s| peaks.ids[s].as_str())
+        .collect();
+    if empty.len() == peaks.len() {
+        return Err(Error::input(
+            corpus,
+            format!(
+                "study {} {} no peaks, so there is no MA map to write; choose studies with \
+                 peaks (`niclip corpus info` counts them)",
+                empty.join(", "),
+                if empty.len() == 1 { "has" } else { "have" }
+            ),
+        ));
+    }
+    if !empty.is_empty() {
+        eprintln!(
+            "warning: {} of the {} studies have no peaks: their volumes are all zeros ({})",
+            empty.len(),
+            peaks.len(),
+            empty.join(", ")
+        );
+    }
     ma_maps(&kernel, &mask, &peaks)?.write(out)
 }
 
@@ -87,6 +111,13 @@ pub fn images(job: &ImagesJob, device: &Device) -> Result<ImagesReport> {
     let (peaks, skipped) = Corpus::open(&job.corpus)?.peaks_all()?;
     if skipped > 0 {
         eprintln!("{skipped} studies have no peaks and get no image row");
+    }
+    if peaks.is_empty() {
+        return Err(Error::input(
+            &job.corpus,
+            "no study in this corpus has peaks, so there are no image features to compute; \
+             import the articles' coordinates with `niclip corpus import`",
+        ));
     }
     let atlas = Atlas::read_on_grid(&job.atlas, job.labels, &mask.grid)?;
     let (n, k) = (peaks.len(), atlas.k);
