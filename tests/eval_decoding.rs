@@ -157,3 +157,20 @@ fn a_truth_file_without_task_column_says_what_to_write() {
         "{err}"
     );
 }
+
+/// The shipped truth file named maps as `../../shared/data/...`, which resolved only in one
+/// layout; its maps now sit beside it, so the README's command runs from any folder.
+#[test]
+fn the_example_truth_file_works_from_any_folder() {
+    let dir = tmpdir("eval-example");
+    let truth = repo().join("examples/truth.tsv").display().to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_niclip"))
+        .current_dir(&dir)
+        .args(["eval", "decoding", "--truth", &truth, "--reduced", "--permutations", "10"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("niclip"), "{stdout}");
+}
