@@ -125,6 +125,31 @@ fn remove_stale_temporaries(path: &Path) {
     }
 }
 
+/// Elements of `item` bytes stored in Fortran (column-major) order, put in C (row-major)
+/// order: numpy writes `np.asfortranarray(x)` and many transposed arrays that way.
+fn fortran_to_c(bytes: &[u8], shape: &[usize], item: usize) -> Vec<u8> {
+    // Fortran stride of each axis, in elements.
+    let mut stride = vec![1usize; shape.len()];
+    for k in 1..shape.len() {
+        stride[k] = stride[k - 1] * shape[k - 1];
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = vec![0usize; shape.len()];
+    for _ in 0..bytes.len() / item.max(1) {
+        let at: usize = index.iter().zip(&stride).map(|(i, s)| i * s).sum();
+        out.extend_from_slice(&bytes[at * item..(at + 1) * item]);
+        // The next C-order index: the last axis moves fastest.
+        for k in (0..shape.len()).rev() {
+            index[k] += 1;
+            if index[k] < shape[k] {
+                break;
+            }
+            index[k] = 0;
+        }
+    }
+    out
+}
+
 /// Writes a row-major float32 array `[rows, cols]` as `.npy` (version 1.0, little-endian).
 pub fn write_npy_f32(path: &Path, data: &[f32], rows: usize, cols: usize) -> Result<()> {
     assert_eq!(data.len(), rows * cols, "npy shape does not match data");
@@ -210,9 +235,7 @@ pub fn read_npy_raw(path: &Path) -> Result<NpyRaw> {
         .and_then(|s| s.split('\'').next())
         .ok_or_else(|| bad("no dtype"))?
         .to_string();
-    if field("fortran_order").is_some_and(|s| s.starts_with("True")) {
-        return Err(bad("Fortran-ordered array"));
-    }
+    let fortran = field("fortran_order").is_some_and(|s| s.starts_with("True"));
     let shape_txt = field("shape")
         .and_then(|s| s.strip_prefix('('))
         .and_then(|s| s.split(')').next())
@@ -241,8 +264,12 @@ pub fn read_npy_raw(path: &Path) -> Result<NpyRaw> {
     let body = (start + hlen)
         .checked_add(n)
         .and_then(|end| bytes.get(start + hlen..end))
-        .ok_or_else(|| bad("file is shorter than its shape says (truncated?)"))?
-        .to_vec();
+        .ok_or_else(|| bad("file is shorter than its shape says (truncated?)"))?;
+    let body = if fortran {
+        fortran_to_c(body, &shape, item)
+    } else {
+        body.to_vec()
+    };
     Ok(NpyRaw {
         descr,
         shape,
@@ -393,6 +420,37 @@ mod tests {
             .map(|e| e.file_name())
             .collect();
         assert_eq!(left, ["x.npy"], "temporaries left");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `np.save(p, np.asfortranarray(x))` writes column-major data; it was refused with a fix
+    /// (astype) that keeps the order. It reads as the same C-order matrix now.
+    #[test]
+    fn fortran_ordered_arrays_read_in_c_order() {
+        let dir = std::env::temp_dir().join(format!("niclip-npy-f-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // x = [[0, 1, 2], [3, 4, 5]] stored column by column: 0 3 1 4 2 5.
+        let header = "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }";
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(header.as_bytes());
+        for v in [0.0f32, 3.0, 1.0, 4.0, 2.0, 5.0] {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        let path = dir.join("f.npy");
+        std::fs::write(&path, &bytes).unwrap();
+        let m = read_npy_f32(&path).unwrap();
+        assert_eq!((m.rows, m.cols), (2, 3));
+        assert_eq!(m.data, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+        // Three axes: element (i, j, k) of shape (2, 3, 2) at i + 2j + 6k.
+        let c: Vec<u8> = fortran_to_c(&(0u8..12).collect::<Vec<_>>(), &[2, 3, 2], 1);
+        let want: Vec<u8> = (0..12)
+            .map(|n| {
+                let (i, j, k) = (n / 6, (n / 2) % 3, n % 2);
+                (i + 2 * j + 6 * k) as u8
+            })
+            .collect();
+        assert_eq!(c, want);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

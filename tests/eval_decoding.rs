@@ -166,7 +166,15 @@ fn the_example_truth_file_works_from_any_folder() {
     let truth = repo().join("examples/truth.tsv").display().to_string();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_niclip"))
         .current_dir(&dir)
-        .args(["eval", "decoding", "--truth", &truth, "--reduced", "--permutations", "10"])
+        .args([
+            "eval",
+            "decoding",
+            "--truth",
+            &truth,
+            "--reduced",
+            "--permutations",
+            "10",
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
