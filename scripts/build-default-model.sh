@@ -21,8 +21,10 @@ THREADS=2
 TEXT_MODEL="${TEXT_MODEL:-minilm}"
 mkdir -p "$WORK" "$OUT"
 
-cargo build --release --quiet
-N=target/release/niclip
+# The binary wherever cargo puts it (CARGO_TARGET_DIR, .cargo/config), as cargo reports it.
+N="$(cargo build --release --quiet --bin niclip --message-format=json-render-diagnostics |
+    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)"
+[ -x "$N" ] || { echo "could not find the niclip binary that cargo built" >&2; exit 1; }
 eval "$(bash scripts/fetch-models.sh)"
 case "$TEXT_MODEL" in
     minilm) MODEL="$NICLIP_MINILM_DIR" ;;
