@@ -1,15 +1,17 @@
 //! `niclip train` / `niclip eval retrieval` end to end on synthetic pairs: the same seed gives
-//! byte-identical models, a run stopped mid-epoch and resumed gives the uninterrupted
-//! run's bytes, the nested CV writes its metrics, ids pair rows, and bad input is a one-line
-//! error.
+//! byte-identical models, a run stopped mid-epoch or SIGKILLed and resumed gives the
+//! uninterrupted run's bytes, the nested CV writes its metrics, ids pair rows, and bad input is
+//! a one-line error.
 
 mod common;
 
 use common::{niclip, niclip_fails, tmpdir};
 use niclip::clip::Clip;
 use niclip::io::{write_ids, write_npy_f32};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// n correlated pairs (text width d, image width k) written as .npy into `dir`.
 fn pairs(dir: &Path, name: &str, n: usize, d: usize, k: usize, seed: u64) -> (PathBuf, PathBuf) {
@@ -122,6 +124,51 @@ impl Trainer {
         err
     }
 
+    /// Starts a run and SIGKILLs it once `when(epoch of its checkpoint, a write of it under
+    /// way)` holds (polled, with a deadline); its stderr.
+    fn kill_when(
+        &self,
+        stem: &str,
+        more: &[&str],
+        when: impl Fn(Option<usize>, bool) -> bool,
+    ) -> String {
+        let mut child = self.command(stem, more);
+        let mut child = child
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let ckpt = self.checkpoint(stem);
+        let temp = self.dir.join(format!(
+            "{}.tmp-{}",
+            ckpt.file_name().unwrap().to_string_lossy(),
+            child.id()
+        ));
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let epoch = checkpoint_epoch(&ckpt);
+            if when(epoch, temp.exists()) {
+                break;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("{more:?} ended ({status}) before its kill, checkpoint at epoch {epoch:?}: lengthen the run");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{more:?}: no kill point in 300 s, checkpoint at epoch {epoch:?}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        child.kill().unwrap();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            !out.status.success(),
+            "{more:?} ended before its kill:\n{err}"
+        );
+        err
+    }
+
     fn checkpoint(&self, stem: &str) -> PathBuf {
         self.dir
             .join(format!("{stem}.safetensors.ckpt.safetensors"))
@@ -207,6 +254,84 @@ fn stopped_and_resumed_run_equals_uninterrupted() {
 #[test]
 fn stopped_and_resumed_run_without_val_equals_uninterrupted() {
     stopped_and_resumed("clip-resume-noval", false);
+}
+
+/// The epoch of the checkpoint at `path`, if there is one: read from its safetensors header
+/// alone (the file is replaced by a rename, so it is always a whole one).
+fn checkpoint_epoch(path: &Path) -> Option<usize> {
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).unwrap();
+    let mut header = vec![0u8; u64::from_le_bytes(len) as usize];
+    f.read_exact(&mut header).unwrap();
+    let header: serde_json::Value = serde_json::from_slice(&header).unwrap();
+    let state = header["__metadata__"]["niclip_train_state"]
+        .as_str()
+        .unwrap();
+    let state: serde_json::Value = serde_json::from_str(state).unwrap();
+    Some(state["epoch"].as_u64().unwrap() as usize)
+}
+
+/// SIGKILLed before its first checkpoint, after epoch 1's and late (during a checkpoint write
+/// when one is caught), each run with --resume after the kill before it, then resumed to the
+/// end: the uninterrupted run's model and metrics, and no temporary file left.
+fn killed_and_resumed(name: &str, val: bool) {
+    const EPOCHS: usize = 400;
+    let e = EPOCHS.to_string();
+    let flags = [
+        "--epochs",
+        &e,
+        "--batch",
+        "32",
+        "--patience",
+        &e,
+        "--seed",
+        "9",
+    ];
+    // --patience as long as the run: no early stop before the last kill.
+    let job = Trainer::new(name, val, &flags);
+    let every = ["--checkpoint-every", "0"];
+    let start = Instant::now();
+    job.run("full", &every);
+    let ckpt = job.checkpoint("cut");
+    let resume = ["--checkpoint-every", "0", "--resume"];
+
+    // Before any checkpoint: at once. The resume then starts over, and says so.
+    job.kill_when("cut", &every, |_, _| true);
+    assert!(!ckpt.exists(), "killed at once, yet a checkpoint");
+    let log = job.kill_when("cut", &resume, |e, _| e >= Some(1));
+    assert!(log.contains("no checkpoint"), "{log}");
+    let first = checkpoint_epoch(&ckpt).unwrap();
+    // Late: halfway, during the write of a checkpoint if one is seen under way.
+    let log = job.kill_when("cut", &resume, |e, writing| {
+        e >= Some(EPOCHS - 3) || (writing && e >= Some(EPOCHS / 2))
+    });
+    assert!(log.contains(&format!("after epoch {first}")), "{log}");
+    let late = checkpoint_epoch(&ckpt).unwrap();
+    eprintln!(
+        "killed after epochs {first} and {late}, {:.2?} in all",
+        start.elapsed()
+    );
+    assert!(late > first && late < EPOCHS, "{first} {late}");
+    let log = job.run("cut", &resume);
+    assert!(log.contains(&format!("after epoch {late}")), "{log}");
+    job.assert_same("full", "cut");
+    assert!(
+        !ckpt.exists(),
+        "the checkpoint is removed when training ends"
+    );
+    job.assert_no_temps();
+    job.remove();
+}
+
+#[test]
+fn killed_and_resumed_run_equals_uninterrupted() {
+    killed_and_resumed("clip-kill", true);
+}
+
+#[test]
+fn killed_and_resumed_run_without_val_equals_uninterrupted() {
+    killed_and_resumed("clip-kill-noval", false);
 }
 
 #[test]
