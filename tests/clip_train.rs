@@ -1,13 +1,17 @@
 //! `niclip train` / `niclip eval retrieval` end to end on synthetic pairs: the same seed gives
-//! byte-identical models, a run killed mid-epoch and resumed gives the uninterrupted run's
-//! bytes, the nested CV writes its metrics, ids pair rows, and bad input is a one-line error.
+//! byte-identical models, a run stopped mid-epoch or SIGKILLed and resumed gives the
+//! uninterrupted run's bytes, the nested CV writes its metrics, ids pair rows, and bad input is
+//! a one-line error.
 
 mod common;
 
 use common::{niclip, niclip_fails, tmpdir};
 use niclip::clip::Clip;
 use niclip::io::{write_ids, write_npy_f32};
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// n correlated pairs (text width d, image width k) written as .npy into `dir`.
 fn pairs(dir: &Path, name: &str, n: usize, d: usize, k: usize, seed: u64) -> (PathBuf, PathBuf) {
@@ -69,146 +73,265 @@ fn same_seed_same_bytes() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-#[test]
-fn killed_and_resumed_run_equals_uninterrupted() {
-    let dir = tmpdir("clip-resume");
-    let (t, i) = pairs(&dir, "tr", 300, 40, 16, 2);
-    let (vt, vi) = pairs(&dir, "va", 100, 40, 16, 3);
-    let args = |out: &Path| -> Vec<String> {
-        [
-            "train",
-            "--text",
-            s(&t),
-            "--images",
-            s(&i),
-            "--val",
-            s(&vt),
-            s(&vi),
-            "--out",
-            s(out),
-            "--epochs",
-            "5",
-            "--batch",
-            "64",
-            "--patience",
-            "2",
-            "--seed",
-            "9",
-            "--device",
-            "cpu",
-        ]
-        .iter()
-        .map(|x| x.to_string())
-        .collect()
-    };
-    let full = dir.join("full.safetensors");
-    let a: Vec<String> = args(&full);
-    niclip(&a.iter().map(String::as_str).collect::<Vec<_>>());
+/// `niclip train` on synthetic pairs in a folder of its own, with --val or without: every run
+/// of it writes `<stem>.safetensors` and `<stem>.csv` there.
+struct Trainer {
+    dir: PathBuf,
+    base: Vec<String>,
+}
+
+impl Trainer {
+    fn new(name: &str, val: bool, flags: &[&str]) -> Trainer {
+        let dir = tmpdir(name);
+        let (t, i) = pairs(&dir, "tr", 300, 40, 16, 2);
+        let mut base = vec!["train".into(), "--text".into(), s(&t).into()];
+        base.extend(["--images".into(), s(&i).into()]);
+        if val {
+            let (vt, vi) = pairs(&dir, "va", 100, 40, 16, 3);
+            base.extend(["--val".into(), s(&vt).into(), s(&vi).into()]);
+        }
+        base.extend(
+            flags
+                .iter()
+                .chain(&["--device", "cpu"])
+                .map(|f| f.to_string()),
+        );
+        Trainer { dir, base }
+    }
+
+    fn command(&self, stem: &str, more: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_niclip"));
+        c.args(&self.base).args(more);
+        c.arg("--out")
+            .arg(self.dir.join(format!("{stem}.safetensors")));
+        c.arg("--metrics").arg(self.dir.join(format!("{stem}.csv")));
+        c
+    }
+
+    /// Runs to the end; its stderr.
+    fn run(&self, stem: &str, more: &[&str]) -> String {
+        let out = self.command(stem, more).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{more:?} failed:\n{err}");
+        err
+    }
+
+    /// Runs expecting an error; its stderr.
+    fn fails(&self, stem: &str, more: &[&str]) -> String {
+        let out = self.command(stem, more).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "{more:?} did not fail:\n{err}");
+        err
+    }
+
+    /// Starts a run and SIGKILLs it once `when(epoch of its checkpoint, a write of it under
+    /// way)` holds (polled, with a deadline); its stderr.
+    fn kill_when(
+        &self,
+        stem: &str,
+        more: &[&str],
+        when: impl Fn(Option<usize>, bool) -> bool,
+    ) -> String {
+        let mut child = self.command(stem, more);
+        let mut child = child
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let ckpt = self.checkpoint(stem);
+        let temp = self.dir.join(format!(
+            "{}.tmp-{}",
+            ckpt.file_name().unwrap().to_string_lossy(),
+            child.id()
+        ));
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let epoch = checkpoint_epoch(&ckpt);
+            if when(epoch, temp.exists()) {
+                break;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("{more:?} ended ({status}) before its kill, checkpoint at epoch {epoch:?}: lengthen the run");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{more:?}: no kill point in 300 s, checkpoint at epoch {epoch:?}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        child.kill().unwrap();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            !out.status.success(),
+            "{more:?} ended before its kill:\n{err}"
+        );
+        err
+    }
+
+    fn checkpoint(&self, stem: &str) -> PathBuf {
+        self.dir
+            .join(format!("{stem}.safetensors.ckpt.safetensors"))
+    }
+
+    /// The stem's model and metrics are byte for byte those of `full`.
+    fn assert_same(&self, full: &str, stem: &str) {
+        for ext in ["safetensors", "csv"] {
+            assert_eq!(
+                std::fs::read(self.dir.join(format!("{full}.{ext}"))).unwrap(),
+                std::fs::read(self.dir.join(format!("{stem}.{ext}"))).unwrap(),
+                "the resumed run's .{ext} differs"
+            );
+        }
+    }
+
+    /// Nothing half-written: no temporary file of an atomic write left in the folder.
+    fn assert_no_temps(&self) {
+        for e in std::fs::read_dir(&self.dir).unwrap() {
+            let name = e.unwrap().file_name();
+            assert!(!name.to_string_lossy().contains(".tmp-"), "{name:?} left");
+        }
+    }
+
+    fn remove(self) {
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+/// Stopped cleanly by --stop-after-batches, twice, then resumed to the end: the uninterrupted
+/// run's model and metrics; and a checkpoint of other settings is refused.
+fn stopped_and_resumed(name: &str, val: bool) {
+    let flags = [
+        "--epochs",
+        "5",
+        "--batch",
+        "64",
+        "--patience",
+        "2",
+        "--seed",
+        "9",
+    ];
+    let job = Trainer::new(name, val, &flags);
+    job.run("full", &[]);
 
     // 5 batches per epoch: stop 2 batches into epoch 3.
-    let cut = dir.join("cut.safetensors");
-    let mut b = args(&cut);
-    b.extend(["--stop-after-batches".into(), "12".into()]);
-    let err = niclip_fails(&b.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = job.fails("cut", &["--stop-after-batches", "12"]);
     assert!(err.contains("--resume"), "{err}");
+    let cut = job.dir.join("cut.safetensors");
     assert!(!cut.exists(), "a stopped run must not write its model");
-    let ckpt = dir.join("cut.safetensors.ckpt.safetensors");
-    assert!(ckpt.is_file(), "no checkpoint after two finished epochs");
-    // Nothing half-written: only finished files in the directory.
-    assert!(std::fs::read_dir(&dir).unwrap().all(|e| !e
-        .unwrap()
-        .file_name()
-        .to_string_lossy()
-        .contains(".tmp-")));
+    assert!(
+        job.checkpoint("cut").is_file(),
+        "no checkpoint after two finished epochs"
+    );
+    job.assert_no_temps();
     // A second interruption, then the resume to the end.
-    let mut c = args(&cut);
-    c.extend(["--resume".into(), "--stop-after-batches".into(), "4".into()]);
-    niclip_fails(&c.iter().map(String::as_str).collect::<Vec<_>>());
-    let mut d = args(&cut);
-    d.push("--resume".into());
-    let log = niclip(&d.iter().map(String::as_str).collect::<Vec<_>>());
+    job.fails("cut", &["--resume", "--stop-after-batches", "4"]);
+    let log = job.run("cut", &["--resume"]);
     assert!(
         log.contains("after epoch 2"),
         "did not resume from the checkpoint: {log}"
     );
-    assert_eq!(
-        std::fs::read(&full).unwrap(),
-        std::fs::read(&cut).unwrap(),
-        "the resumed model differs"
-    );
+    job.assert_same("full", "cut");
     assert!(
-        !ckpt.exists(),
+        !job.checkpoint("cut").exists(),
         "the checkpoint is removed when training ends"
     );
 
     // A checkpoint of another job is refused.
-    let mut e = args(&cut);
-    e.extend(["--stop-after-batches".into(), "7".into()]);
-    niclip_fails(&e.iter().map(String::as_str).collect::<Vec<_>>());
-    let mut f = args(&cut);
-    f.extend(["--resume".into(), "--lr".into(), "1e-3".into()]);
-    let err = niclip_fails(&f.iter().map(String::as_str).collect::<Vec<_>>());
+    job.fails("cut", &["--stop-after-batches", "7"]);
+    let err = job.fails("cut", &["--resume", "--lr", "1e-3"]);
     assert!(err.contains("different job"), "{err}");
-    std::fs::remove_dir_all(&dir).ok();
+    job.remove();
+}
+
+#[test]
+fn stopped_and_resumed_run_equals_uninterrupted() {
+    stopped_and_resumed("clip-resume", true);
 }
 
 /// Without --val the best validation loss stays +inf, which JSON cannot hold: the checkpoint
 /// must still read back, and the resumed run give the uninterrupted run's model and metrics.
 #[test]
-fn killed_and_resumed_run_without_val_equals_uninterrupted() {
-    let dir = tmpdir("clip-resume-noval");
-    let (t, i) = pairs(&dir, "tr", 300, 40, 16, 4);
-    let args = |stem: &str| -> Vec<String> {
-        let (out, metrics) = (
-            dir.join(format!("{stem}.safetensors")),
-            dir.join(format!("{stem}.csv")),
-        );
-        [
-            "train",
-            "--text",
-            s(&t),
-            "--images",
-            s(&i),
-            "--out",
-            s(&out),
-            "--metrics",
-            s(&metrics),
-            "--epochs",
-            "4",
-            "--batch",
-            "64",
-            "--seed",
-            "11",
-            "--device",
-            "cpu",
-        ]
-        .iter()
-        .map(|x| x.to_string())
-        .collect()
-    };
-    let run = |v: Vec<String>| niclip(&v.iter().map(String::as_str).collect::<Vec<_>>());
-    run(args("full"));
-    // 5 batches per epoch: stop 2 batches into epoch 2, then resume to the end.
-    let mut b = args("cut");
-    b.extend(["--stop-after-batches".into(), "7".into()]);
-    let err = niclip_fails(&b.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(err.contains("--resume"), "{err}");
-    assert!(dir.join("cut.safetensors.ckpt.safetensors").is_file());
-    let mut c = args("cut");
-    c.push("--resume".into());
-    let log = run(c);
-    assert!(
-        log.contains("after epoch 1"),
-        "did not resume from the checkpoint: {log}"
+fn stopped_and_resumed_run_without_val_equals_uninterrupted() {
+    stopped_and_resumed("clip-resume-noval", false);
+}
+
+/// The epoch of the checkpoint at `path`, if there is one: read from its safetensors header
+/// alone (the file is replaced by a rename, so it is always a whole one).
+fn checkpoint_epoch(path: &Path) -> Option<usize> {
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).unwrap();
+    let mut header = vec![0u8; u64::from_le_bytes(len) as usize];
+    f.read_exact(&mut header).unwrap();
+    let header: serde_json::Value = serde_json::from_slice(&header).unwrap();
+    let state = header["__metadata__"]["niclip_train_state"]
+        .as_str()
+        .unwrap();
+    let state: serde_json::Value = serde_json::from_str(state).unwrap();
+    Some(state["epoch"].as_u64().unwrap() as usize)
+}
+
+/// SIGKILLed before its first checkpoint, after epoch 1's and late (during a checkpoint write
+/// when one is caught), each run with --resume after the kill before it, then resumed to the
+/// end: the uninterrupted run's model and metrics, and no temporary file left.
+fn killed_and_resumed(name: &str, val: bool) {
+    const EPOCHS: usize = 400;
+    let e = EPOCHS.to_string();
+    let flags = [
+        "--epochs",
+        &e,
+        "--batch",
+        "32",
+        "--patience",
+        &e,
+        "--seed",
+        "9",
+    ];
+    // --patience as long as the run: no early stop before the last kill.
+    let job = Trainer::new(name, val, &flags);
+    let every = ["--checkpoint-every", "0"];
+    let start = Instant::now();
+    job.run("full", &every);
+    let ckpt = job.checkpoint("cut");
+    let resume = ["--checkpoint-every", "0", "--resume"];
+
+    // Before any checkpoint: at once. The resume then starts over, and says so.
+    job.kill_when("cut", &every, |_, _| true);
+    assert!(!ckpt.exists(), "killed at once, yet a checkpoint");
+    let log = job.kill_when("cut", &resume, |e, _| e >= Some(1));
+    assert!(log.contains("no checkpoint"), "{log}");
+    let first = checkpoint_epoch(&ckpt).unwrap();
+    // Late: halfway, during the write of a checkpoint if one is seen under way.
+    let log = job.kill_when("cut", &resume, |e, writing| {
+        e >= Some(EPOCHS - 3) || (writing && e >= Some(EPOCHS / 2))
+    });
+    assert!(log.contains(&format!("after epoch {first}")), "{log}");
+    let late = checkpoint_epoch(&ckpt).unwrap();
+    eprintln!(
+        "killed after epochs {first} and {late}, {:.2?} in all",
+        start.elapsed()
     );
-    for ext in ["safetensors", "csv"] {
-        assert_eq!(
-            std::fs::read(dir.join(format!("full.{ext}"))).unwrap(),
-            std::fs::read(dir.join(format!("cut.{ext}"))).unwrap(),
-            "the resumed run's .{ext} differs"
-        );
-    }
-    std::fs::remove_dir_all(&dir).ok();
+    assert!(late > first && late < EPOCHS, "{first} {late}");
+    let log = job.run("cut", &resume);
+    assert!(log.contains(&format!("after epoch {late}")), "{log}");
+    job.assert_same("full", "cut");
+    assert!(
+        !ckpt.exists(),
+        "the checkpoint is removed when training ends"
+    );
+    job.assert_no_temps();
+    job.remove();
+}
+
+#[test]
+fn killed_and_resumed_run_equals_uninterrupted() {
+    killed_and_resumed("clip-kill", true);
+}
+
+#[test]
+fn killed_and_resumed_run_without_val_equals_uninterrupted() {
+    killed_and_resumed("clip-kill-noval", false);
 }
 
 #[test]

@@ -10,6 +10,7 @@ use crate::clip::Clip;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Hyper-parameters shared by `train` and `eval retrieval --cv` (defaults: the paper's).
 #[derive(clap::Args, Debug, Clone)]
@@ -51,6 +52,14 @@ pub struct TrainFlags {
     /// Cut the folds from a permutation of the pairs (from --seed) instead of contiguous blocks.
     #[arg(long = "shuffle-folds")]
     pub shuffle_folds: bool,
+    /// Write the training checkpoint at the end of an epoch at most every SECONDS (0: every
+    /// epoch), and when training ends; a killed run resumes from the last one with --resume.
+    #[arg(
+        long = "checkpoint-every",
+        value_name = "SECONDS",
+        default_value_t = 60
+    )]
+    pub checkpoint_every: u64,
     /// Testing aid: fail after this many batches, as if killed (then rerun with --resume).
     #[arg(long = "stop-after-batches", hide = true)]
     pub stop_after_batches: Option<u64>,
@@ -68,6 +77,7 @@ impl TrainFlags {
             seed: self.seed,
             shuffle: !self.no_shuffle,
             stop_after_batches: self.stop_after_batches,
+            checkpoint_every: Duration::from_secs(self.checkpoint_every),
         }
     }
 
@@ -169,6 +179,13 @@ pub fn run(a: TrainArgs) -> Result<()> {
         None => None,
     };
     let ckpt = sibling(&a.out, ".ckpt.safetensors");
+    // A job script may always pass --resume: a run killed before its first checkpoint starts over.
+    if a.flags.resume && !ckpt.is_file() {
+        eprintln!(
+            "no checkpoint at {} to resume; training from the start",
+            ckpt.display()
+        );
+    }
     let fit = fit::run(pairs, val, &cfg, init, &ckpt, a.flags.resume, &device)?;
     fit.outcome.model.save(&a.out)?;
     if let Some(m) = &a.metrics {

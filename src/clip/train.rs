@@ -31,6 +31,9 @@ pub struct TrainConfig {
     pub shuffle: bool,
     /// Stop with an error after this many batches in this process (tests of `--resume`).
     pub stop_after_batches: Option<u64>,
+    /// Checkpoints are written at the end of the first epoch this long after the last ones
+    /// (zero: every epoch), and when training ends.
+    pub checkpoint_every: Duration,
 }
 
 impl Default for TrainConfig {
@@ -45,6 +48,7 @@ impl Default for TrainConfig {
             seed: 0,
             shuffle: true,
             stop_after_batches: None,
+            checkpoint_every: Duration::from_secs(60),
         }
     }
 }
@@ -326,10 +330,6 @@ pub trait Engine {
     fn download(&mut self, slot: usize, st: &mut ModelState) -> Result<()>;
 }
 
-/// Checkpoints are written at the end of an epoch once this long has passed since the last
-/// ones (and when the group is done, and every epoch under `--stop-after-batches`).
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(60);
-
 /// Trains every job (resuming from their checkpoints when `resume`), in groups of as many as
 /// an engine holds: `engine(n)` makes one for up to n models.
 pub fn train<'e>(
@@ -547,10 +547,10 @@ impl<'a, 'e> Group<'a, 'e> {
             .collect())
     }
 
-    /// Writes the checkpoints of the group's jobs when they are due: `CHECKPOINT_EVERY` after
+    /// Writes the checkpoints of the group's jobs when they are due: `checkpoint_every` after
     /// the last ones, when every model is done, and every epoch under `--stop-after-batches`.
     fn checkpoint(&mut self) -> Result<()> {
-        let due = self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY
+        let due = self.last_checkpoint.elapsed() >= self.cfg.checkpoint_every
             || self.states.iter().all(|s| s.done)
             || self.cfg.stop_after_batches.is_some();
         if !due {
