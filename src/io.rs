@@ -10,10 +10,10 @@ use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 /// Writes `path` through a temporary sibling renamed into place only when `fill` succeeds,
-/// so an interrupted job leaves either the old file or the new one, never a torn one; the
-/// temporary siblings of writers killed mid-write go once the new file is in place. A `path`
-/// that exists and is not a regular file (or a link to one) is refused before anything is written.
-/// Temporaries that a killed run left beside `path` are removed first.
+/// so an interrupted job leaves either the old file or the new one, never a torn one. A `path`
+/// that exists and is not a regular file (or a link to one) is refused before anything is
+/// written. Temporaries that killed writers left beside `path` are removed first (a rerun
+/// writes under its own pid, so nothing else ever would).
 pub fn write_atomic(
     path: &Path,
     fill: impl FnOnce(&mut BufWriter<File>) -> Result<()>,
@@ -37,39 +37,7 @@ pub fn write_atomic(
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result?;
-    remove_orphan_temps(path);
-    Ok(())
-}
-
-/// Removes the temporary siblings of `path` whose writer is gone (SIGKILL skips every cleanup,
-/// and a rerun writes under its own process id, so nothing else ever would). Only where /proc
-/// tells which processes live: a live writer's file is never taken.
-fn remove_orphan_temps(path: &Path) {
-    let proc = Path::new("/proc");
-    let (Some(name), Some(dir)) = (path.file_name(), path.parent()) else {
-        return;
-    };
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    if !proc.join("self").exists() {
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let prefix = [name.as_encoded_bytes(), b".tmp-"].concat();
-    for e in entries.flatten() {
-        let file = e.file_name();
-        let pid = file.as_encoded_bytes().strip_prefix(prefix.as_slice());
-        let pid = pid.and_then(|p| std::str::from_utf8(p).ok());
-        if pid.is_some_and(|p| p.parse::<u32>().is_ok() && !proc.join(p).exists()) {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
+    result
 }
 
 /// The rename would replace a device, FIFO or socket with a regular file (`--out /dev/null`
@@ -377,36 +345,6 @@ pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A write removes the temporary siblings of dead writers, and only those.
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn write_removes_temps_of_dead_writers() {
-        let dir = std::env::temp_dir().join(format!("niclip-temps-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("out.bin");
-        // u32::MAX is above any pid_max: no such process.
-        let dead = dir.join(format!("out.bin.tmp-{}", u32::MAX));
-        // The process that started this test lives; this process's own name is the write's.
-        let live = dir.join(format!(
-            "out.bin.tmp-{}",
-            std::os::unix::process::parent_id()
-        ));
-        let other = [
-            dir.join("out.bin.tmp-x"),
-            dir.join(format!("other.bin.tmp-{}", u32::MAX)),
-        ];
-        for p in [&dead, &live].into_iter().chain(&other) {
-            std::fs::write(p, b"torn").unwrap();
-        }
-        write_atomic(&path, |w| w.write_all(b"whole").at(&path)).unwrap();
-        assert!(!dead.exists(), "a dead writer's temporary file is left");
-        assert!(
-            live.exists() && other.iter().all(|p| p.exists()),
-            "took another's file"
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 
     /// A shape whose element count overflows (851 × 2⁶² float32 wraps to a short body) is an
     /// error naming the file, not an array of absurd rows.
