@@ -25,6 +25,7 @@ pub enum BaselineCommand {
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
+    /// Which baseline: neurosynth (correlation decoder) or gclda.
     #[arg(value_enum)]
     pub kind: Kind,
     /// The corpus file (`niclip corpus import`).
@@ -45,6 +46,7 @@ pub struct TrainArgs {
     /// MKDA sphere radius in mm (neurosynth).
     #[arg(long, default_value_t = 10.0)]
     pub radius: f64,
+    /// Peak to voxel (neurosynth): round (NiMARE 0.22.1) or trunc (NiMARE ≤ 0.5).
     #[arg(long, value_enum, default_value = "round")]
     pub rounding: Rounding,
     /// GC-LDA topics (the authors' 25).
@@ -59,18 +61,27 @@ pub struct TrainArgs {
     /// GC-LDA Gibbs iterations (the authors' 1000).
     #[arg(long, default_value_t = 1000)]
     pub iterations: usize,
+    /// GC-LDA seed of the Gibbs sampler (the same seed gives the same model).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// GC-LDA Dirichlet prior count on each document's topics (NiMARE's alpha).
     #[arg(long, default_value_t = 0.1)]
     pub alpha: f64,
+    /// GC-LDA Dirichlet prior count on each topic's words (beta).
     #[arg(long, default_value_t = 0.01)]
     pub beta: f64,
+    /// GC-LDA prior count added to a document's peak-topic counts when words pick topics (gamma).
     #[arg(long, default_value_t = 0.01)]
     pub gamma: f64,
+    /// GC-LDA Dirichlet prior count on each topic's sub-regions (delta).
     #[arg(long, default_value_t = 1.0)]
     pub delta: f64,
+    /// GC-LDA weight, in pseudo-observations, pulling each sub-region's covariance toward
+    /// --roi-size (dobs).
     #[arg(long, default_value_t = 25.0)]
     pub dobs: f64,
+    /// GC-LDA default sub-region size: the covariance diagonal (mm²) sub-regions are pulled
+    /// toward.
     #[arg(long, default_value_t = 50.0)]
     pub roi_size: f64,
     #[command(flatten)]

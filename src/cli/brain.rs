@@ -88,6 +88,8 @@ pub struct ResampleArgs {
     /// The image whose grid to resample onto (default: the embedded MNI152 2 mm mask's grid).
     #[arg(long)]
     pub like: Option<PathBuf>,
+    /// How values between voxels are read: linear (trilinear, for continuous maps) or nearest
+    /// (for labels and masks).
     #[arg(long, value_enum, default_value = "linear")]
     pub interpolation: Interpolation,
     /// Output float32 NIfTI.
@@ -124,6 +126,7 @@ pub struct ImagesArgs {
     /// Atlas (4D continuous maps, or a 3D label image with --labels); resampled to the mask grid when off it.
     #[arg(long)]
     pub atlas: PathBuf,
+    /// Read --atlas as a 3D label image (one region per integer label) instead of 4D maps.
     #[arg(long)]
     pub labels: bool,
     /// Output image features, one row per study with peaks (.npy), ids in <out>.ids.txt.

@@ -54,6 +54,7 @@ pub enum TextCompression {
 
 #[derive(clap::Args, Debug)]
 pub struct ImportArgs {
+    /// Where the articles come from (the layout of the files given).
     #[arg(long, value_enum)]
     pub format: ImportFormat,
     /// The folder holding the files, or the files themselves.
@@ -86,6 +87,7 @@ pub struct MergeArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct InfoArgs {
+    /// A corpus file made by `niclip corpus import`.
     pub corpus: PathBuf,
     /// Print the counts as JSON.
     #[arg(long)]
@@ -100,9 +102,12 @@ pub enum ExportFormat {
 
 #[derive(clap::Args, Debug)]
 pub struct ExportArgs {
+    /// The format to write.
     #[arg(long, value_enum)]
     pub format: ExportFormat,
+    /// A corpus file made by `niclip corpus import`.
     pub corpus: PathBuf,
+    /// The file to write (for nimare: a dataset .json).
     #[arg(long)]
     pub out: PathBuf,
 }

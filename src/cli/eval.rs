@@ -38,6 +38,7 @@ pub struct DecodingArgs {
     /// Shuffles of the predictions across maps for the null.
     #[arg(long, default_value_t = 1000)]
     pub permutations: usize,
+    /// Seed of the permutations (the null is the same for the same seed).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Write summary.csv and per_map.csv here.

@@ -15,14 +15,19 @@ use std::time::Duration;
 /// Hyper-parameters shared by `train` and `eval retrieval --cv` (defaults: the paper's).
 #[derive(clap::Args, Debug, Clone)]
 pub struct TrainFlags {
+    /// Passes over the training pairs (at most; --patience may stop earlier).
     #[arg(long, default_value_t = 50)]
     pub epochs: usize,
+    /// Pairs per batch: each batch's InfoNCE contrasts its pairs with one another.
     #[arg(long, default_value_t = 128)]
     pub batch: usize,
+    /// AdamW learning rate.
     #[arg(long, default_value_t = 5e-4)]
     pub lr: f32,
+    /// AdamW weight decay (decoupled, as torch.optim.AdamW).
     #[arg(long = "weight-decay", default_value_t = 0.1)]
     pub weight_decay: f32,
+    /// Dropout probability in both towers while training.
     #[arg(long, default_value_t = 0.5)]
     pub dropout: f32,
     /// Early stopping: epochs without a lower validation loss before training stops.
