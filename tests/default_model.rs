@@ -64,3 +64,21 @@ fn the_example_motor_map_decodes_as_motor_from_the_repository_alone() {
     let left: Vec<_> = std::fs::read_dir(&home).unwrap().collect();
     assert!(left.is_empty(), "decode wrote under $HOME: {left:?}");
 }
+
+/// Every default decode printed two warnings about the shipped ontology (2 unnamed tasks; with
+/// --reduced a 1,000-character line of 19 misspelt concepts) that no user can act on.
+#[test]
+fn the_default_model_prints_no_warnings() {
+    let map = repo().join("examples/neurovault_10426_motor_left-vs-right_zmap.nii.gz");
+    for extra in [&[][..], &["--reduced"][..]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_niclip"))
+            .arg("decode")
+            .arg(&map)
+            .args(extra)
+            .output()
+            .expect("run niclip");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(!stderr.contains("warning"), "{extra:?}: {stderr}");
+    }
+}
