@@ -6,7 +6,7 @@ use crate::decode::vocabulary::{combine, prior_from_documents, uniform_prior};
 use crate::decode::{Ontology, Vocabulary};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::io::read_npy_f32;
+use crate::io::{progress, read_npy_f32};
 use crate::text::{EmbedOptions, TextModel};
 use std::path::PathBuf;
 
@@ -83,8 +83,20 @@ pub fn vocab(job: &VocabJob, device: &Device) -> Result<VocabReport> {
         names.len(),
         job.model.display()
     );
-    let name_emb = model.embed(&names, &opts)?;
-    let def_emb = model.embed(&definitions, &opts)?;
+    // One bar over both passes, in tokens (the work): a full vocabulary takes tens of seconds.
+    let tokens: usize = [&names, &definitions]
+        .iter()
+        .map(|t| {
+            model
+                .tokenize(t)
+                .map(|ids| ids.iter().map(Vec::len).sum::<usize>())
+        })
+        .sum::<Result<usize>>()?;
+    let bar = progress(tokens as u64, "tokens");
+    let tick = |n: usize| bar.inc(n as u64);
+    let name_emb = model.embed_with_progress(&names, &opts, &tick)?;
+    let def_emb = model.embed_with_progress(&definitions, &opts, &tick)?;
+    bar.finish_and_clear();
     let emb = combine(&name_emb, &def_emb, job.alpha);
     let prior = match &documents {
         Some((_, m)) => prior_from_documents(&emb, &m.data, dim),
