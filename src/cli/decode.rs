@@ -72,7 +72,8 @@ pub struct DecodeArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Picture of the top 5 tasks, concepts and domains (.png or .svg), and FILE-slices.png|svg
-    /// with the map over the MNI T1 at its peak. Several maps: FILE-<map>.png each.
+    /// with the map over the MNI T1 at its peak. Several maps: FILE-<map>.png each, and
+    /// FILE-summary.png, a heat map of maps × their top tasks.
     #[arg(long)]
     pub plot: Option<PathBuf>,
     /// positive keeps values > 0; negative keeps values < 0 as their absolute values; both

@@ -42,6 +42,43 @@ fn shorten(s: &str, max: usize) -> String {
     }
 }
 
+/// A map's name for a title: its file name (and volume), not the whole path it was given by.
+fn display_name(map: &str) -> String {
+    Path::new(map)
+        .file_name()
+        .map_or(map.to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+/// A bar label on at most two lines of `width` characters, broken at spaces (cut with an
+/// ellipsis only past two lines).
+fn wrap_label(s: &str, width: usize) -> Vec<String> {
+    if s.chars().count() <= width {
+        return vec![s.to_string()];
+    }
+    let mut first = String::new();
+    let mut words = s.split(' ').peekable();
+    while let Some(w) = words.peek() {
+        let len = first.chars().count() + w.chars().count() + usize::from(!first.is_empty());
+        if len > width && !first.is_empty() {
+            break;
+        }
+        if !first.is_empty() {
+            first.push(' ');
+        }
+        first.push_str(words.next().expect("peeked"));
+    }
+    let rest: Vec<&str> = words.collect();
+    if rest.is_empty() {
+        return vec![shorten(&first, width)];
+    }
+    vec![shorten(&first, width), shorten(&rest.join(" "), width)]
+}
+
+/// Pixels a 13 px DejaVu Sans label of `chars` characters takes (its mean advance, ~0.6 em).
+fn label_px(chars: usize) -> f64 {
+    chars as f64 * 7.6
+}
+
 /// A round axis maximum and tick step covering `max` (a probability, ≤ 1).
 fn axis(max: f32) -> (f32, f32) {
     let max = max.clamp(1e-6, 1.0);
@@ -109,10 +146,22 @@ pub fn bars_svg(r: &MapReport, subtitle: &str) -> String {
                 .collect(),
         ),
     ];
-    let (label_w, bar_w, gap) = (250.0, 210.0, 36.0);
-    let panel_w = label_w + bar_w + 40.0;
-    let (top, row_h) = (96.0, 40.0);
-    let width = 2.0 * 24.0 + 3.0 * panel_w + 2.0 * gap;
+    // Each panel as wide as its longest (wrapped) label needs: no cut names, no wide gaps.
+    const WRAP: usize = 30;
+    let labels: Vec<Vec<Vec<String>>> = panels
+        .iter()
+        .map(|(_, rows)| rows.iter().map(|(n, _)| wrap_label(n, WRAP)).collect())
+        .collect();
+    let label_w: Vec<f64> = labels
+        .iter()
+        .map(|rows| {
+            let chars = rows.iter().flatten().map(|l| l.chars().count()).max();
+            label_px(chars.unwrap_or(0)).max(60.0) + 14.0
+        })
+        .collect();
+    let (bar_w, gap) = (210.0, 40.0);
+    let (top, row_h) = (96.0, 44.0);
+    let width = 2.0 * 24.0 + label_w.iter().sum::<f64>() + 3.0 * (bar_w + 50.0) + 2.0 * gap;
     let height = top + TOP as f64 * row_h + 70.0;
     let mut s = String::new();
     let _ = write!(
@@ -122,12 +171,13 @@ pub fn bars_svg(r: &MapReport, subtitle: &str) -> String {
 <text x="24" y="32" font-size="19" font-weight="bold">{}</text>
 <text x="24" y="55" font-size="13" fill="#555555">{}</text>
 "##,
-        esc(&shorten(&r.map, 120)),
+        esc(&shorten(&display_name(&r.map), 120)),
         esc(subtitle)
     );
+    let mut x0 = 24.0;
     for (p, (title, rows)) in panels.iter().enumerate() {
-        let x0 = 24.0 + p as f64 * (panel_w + gap);
-        let bx = x0 + label_w;
+        let bx = x0 + label_w[p];
+        x0 = bx + bar_w + 50.0 + gap;
         let max = rows.iter().map(|r| r.1).fold(0.0f32, f32::max);
         let (amax, step) = axis(max);
         let scale = bar_w / amax as f64;
@@ -160,23 +210,122 @@ pub fn bars_svg(r: &MapReport, subtitle: &str) -> String {
             bx + bar_w / 2.0,
             y_axis + 38.0
         );
-        for (i, (name, prob)) in rows.iter().enumerate() {
+        for (i, (_, prob)) in rows.iter().enumerate() {
             let y = top + i as f64 * row_h;
             let w = (*prob as f64 * scale).clamp(0.0, bar_w);
             let _ = writeln!(
                 s,
                 r##"<rect x="{bx}" y="{:.2}" width="{w:.2}" height="{:.2}" fill="{}"/>
-<text x="{}" y="{:.2}" font-size="13" text-anchor="end">{}</text>
 <text x="{:.2}" y="{:.2}" font-size="11.5" fill="#333333">{}</text>"##,
-                y + 7.0,
-                row_h - 14.0,
+                y + 8.0,
+                row_h - 16.0,
                 COLOURS[p],
-                bx - 8.0,
-                y + row_h / 2.0 + 4.5,
-                esc(&shorten(name, 34)),
                 bx + w + 5.0,
                 y + row_h / 2.0 + 4.0,
                 format_prob(*prob)
+            );
+            // One or two lines, centred on the bar.
+            let lines = &labels[p][i];
+            let first = y + row_h / 2.0 + 4.5 - 7.5 * (lines.len() - 1) as f64;
+            for (l, line) in lines.iter().enumerate() {
+                let _ = writeln!(
+                    s,
+                    r##"<text x="{}" y="{:.2}" font-size="13" text-anchor="end">{}</text>"##,
+                    bx - 8.0,
+                    first + 15.0 * l as f64,
+                    esc(line)
+                );
+            }
+        }
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// The batch view: maps (rows) × the tasks that rank in any map's top 3 (columns, at most
+/// 24), each cell the task's posterior for that map, shaded by it; "·" where the task is not
+/// in the map's listed tasks (below its --top).
+pub fn summary_svg(reports: &[MapReport], subtitle: &str) -> String {
+    let mut tasks: Vec<&str> = Vec::new();
+    for r in reports {
+        for t in r.tasks.iter().take(3) {
+            if !tasks.contains(&t.name.as_str()) && tasks.len() < 24 {
+                tasks.push(&t.name);
+            }
+        }
+    }
+    let prob = |r: &MapReport, task: &str| {
+        r.tasks
+            .iter()
+            .find(|t| t.name == task)
+            .map(|t| t.probability)
+    };
+    let max = reports
+        .iter()
+        .flat_map(|r| r.tasks.iter().take(3).map(|t| t.probability))
+        .fold(1e-12f32, f32::max);
+    let names: Vec<String> = reports
+        .iter()
+        .map(|r| shorten(&display_name(&r.map), 40))
+        .collect();
+    let label_w = label_px(names.iter().map(|n| n.chars().count()).max().unwrap_or(0)) + 16.0;
+    let (cell_w, cell_h, head_h) = (58.0, 30.0, 200.0);
+    let (left, top) = (24.0 + label_w, 70.0 + head_h);
+    // Room on the right for the last column's label, rotated up to the right.
+    let width = left + cell_w * tasks.len() as f64 + 220.0;
+    let height = top + cell_h * reports.len() as f64 + 30.0;
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="DejaVu Sans" fill="{INK}">
+<rect width="100%" height="100%" fill="white"/>
+<text x="24" y="32" font-size="19" font-weight="bold">Top tasks of {} maps  P(T|A)</text>
+<text x="24" y="55" font-size="13" fill="#555555">{}</text>
+"##,
+        reports.len(),
+        esc(subtitle)
+    );
+    for (c, task) in tasks.iter().enumerate() {
+        let x = left + (c as f64 + 0.5) * cell_w;
+        let _ = writeln!(
+            s,
+            r##"<text x="{x:.1}" y="{:.1}" font-size="12" transform="rotate(-40 {x:.1} {:.1})">{}</text>"##,
+            top - 8.0,
+            top - 8.0,
+            esc(&shorten(task, 34))
+        );
+    }
+    for (r, (report, name)) in reports.iter().zip(&names).enumerate() {
+        let y = top + r as f64 * cell_h;
+        let _ = writeln!(
+            s,
+            r##"<text x="{:.1}" y="{:.1}" font-size="13" text-anchor="end">{}</text>"##,
+            left - 8.0,
+            y + cell_h / 2.0 + 4.5,
+            esc(name)
+        );
+        for (c, task) in tasks.iter().enumerate() {
+            let x = left + c as f64 * cell_w;
+            let (fill, text, ink) = match prob(report, task) {
+                Some(p) => {
+                    let u = (p / max).clamp(0.0, 1.0);
+                    let shade = |a: f32, b: f32| (a + (b - a) * u).round() as u8;
+                    let rgb = [shade(247.0, 47.0), shade(251.0, 111.0), shade(255.0, 167.0)];
+                    let ink = if u > 0.55 { "white" } else { INK };
+                    (
+                        format!("#{:02x}{:02x}{:02x}", rgb[0], rgb[1], rgb[2]),
+                        format_prob(p),
+                        ink,
+                    )
+                }
+                None => ("#ffffff".to_string(), "·".to_string(), "#999999"),
+            };
+            let _ = writeln!(
+                s,
+                r##"<rect x="{x:.1}" y="{y:.1}" width="{cell_w}" height="{cell_h}" fill="{fill}" stroke="white"/>
+<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="middle" fill="{ink}">{text}</text>"##,
+                x + cell_w / 2.0,
+                y + cell_h / 2.0 + 4.0
             );
         }
     }
@@ -199,6 +348,77 @@ pub fn mni_t1() -> Result<Image> {
         Path::new("embedded tpl-MNI152NLin6Asym_res-02_T1w.nii.gz"),
     )
 }
+
+/// The template with everything but the head set to 0: the largest 6-connected component of
+/// the clearly bright voxels (faint noise bridges it to the speckles around the head, which
+/// showed), grown by two voxels to keep the head's faint edge.
+fn head_only(t1: &Image, t1_max: f32) -> Vec<f32> {
+    let g = &t1.grid;
+    let bright: Vec<bool> = t1.data.iter().map(|&a| a > 0.2 * t1_max).collect();
+    let mut label = vec![0u32; bright.len()];
+    let (mut best, mut best_size, mut next) = (0u32, 0usize, 0u32);
+    for seed in 0..bright.len() {
+        if !bright[seed] || label[seed] != 0 {
+            continue;
+        }
+        next += 1;
+        label[seed] = next;
+        let (mut stack, mut size) = (vec![seed], 0usize);
+        while let Some(v) = stack.pop() {
+            size += 1;
+            let [i, j, k] = g.unflat(v);
+            let n = g.shape;
+            let near = [
+                (i > 0).then(|| g.flat(i - 1, j, k)),
+                (i + 1 < n[0]).then(|| g.flat(i + 1, j, k)),
+                (j > 0).then(|| g.flat(i, j - 1, k)),
+                (j + 1 < n[1]).then(|| g.flat(i, j + 1, k)),
+                (k > 0).then(|| g.flat(i, j, k - 1)),
+                (k + 1 < n[2]).then(|| g.flat(i, j, k + 1)),
+            ];
+            for u in near.into_iter().flatten() {
+                if bright[u] && label[u] == 0 {
+                    label[u] = next;
+                    stack.push(u);
+                }
+            }
+        }
+        if size > best_size {
+            (best, best_size) = (next, size);
+        }
+    }
+    let mut head: Vec<bool> = label.iter().map(|&l| l == best).collect();
+    for _ in 0..2 {
+        head = grow(g, &head);
+    }
+    t1.data
+        .iter()
+        .zip(&head)
+        .map(|(&a, &h)| if h { a } else { 0.0 })
+        .collect()
+}
+
+/// `inside` grown by one voxel along each axis.
+fn grow(g: &Grid, inside: &[bool]) -> Vec<bool> {
+    let mut out = inside.to_vec();
+    for (v, _) in inside.iter().enumerate().filter(|(_, &x)| x) {
+        let [i, j, k] = g.unflat(v);
+        for (d, (x, n)) in [i, j, k].into_iter().zip(g.shape).enumerate() {
+            // x − 1 wraps to usize::MAX at 0, which the bound drops.
+            for c in [x.wrapping_sub(1), x + 1] {
+                if c < n {
+                    let mut p = [i, j, k];
+                    p[d] = c;
+                    out[g.flat(p[0], p[1], p[2])] = true;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Below this share of the template's 99th percentile the anatomy fades into the page.
+const HEAD_FADE: f32 = 0.075;
 
 /// Cold-hot colour of a value beyond the threshold: dark red → yellow above, blue → cyan below.
 fn cold_hot(t: f32, negative: bool) -> [u8; 3] {
@@ -281,7 +501,7 @@ fn slice_png(
                 // Grey anatomy fading into the white page below ~10 % of the 99th percentile
                 // (the template's background noise).
                 let u = (a / t1_max).clamp(0.0, 1.0);
-                let alpha = ((u - 0.075) / 0.025).clamp(0.0, 1.0);
+                let alpha = ((u - HEAD_FADE) / 0.025).clamp(0.0, 1.0);
                 let g = (u * 235.0 + 10.0) * alpha + 255.0 * (1.0 - alpha);
                 let g = g.round() as u8;
                 [g, g, g, 255]
@@ -348,6 +568,7 @@ pub fn slices_svg(vol: &[f32], grid: &Grid, title: &str, subtitle: &str) -> Resu
     let (ijk, peak) = cut_voxel(&map, g, &overlay);
     let mm = g.voxel_to_mm([ijk[0] as f64, ijk[1] as f64, ijk[2] as f64]);
     let t1_max = positive_p99(&t1.data);
+    let head = head_only(&t1, t1_max);
     let px = 4;
     // sagittal: y → right, z ↑ ; coronal: x → right, z ↑ ; axial: x → right, y ↑
     let views = [
@@ -358,7 +579,7 @@ pub fn slices_svg(vol: &[f32], grid: &Grid, title: &str, subtitle: &str) -> Resu
     let rendered: Vec<_> = views
         .iter()
         .map(|&(name, axes, cut, c_mm)| {
-            let (png, w, h) = slice_png(&t1.data, t1_max, &map, &overlay, g, axes, cut as f64, px);
+            let (png, w, h) = slice_png(&head, t1_max, &map, &overlay, g, axes, cut as f64, px);
             (name, axes, png, w, h, c_mm)
         })
         .collect();
@@ -375,7 +596,7 @@ pub fn slices_svg(vol: &[f32], grid: &Grid, title: &str, subtitle: &str) -> Resu
 <text x="{left}" y="32" font-size="19" font-weight="bold">{}</text>
 <text x="{left}" y="55" font-size="13" fill="#555555">{}</text>
 "##,
-        esc(&shorten(title, 120)),
+        esc(&shorten(&display_name(title), 120)),
         esc(&if overlay.binary {
             format!(
                 "{subtitle}ROI centre at MNI ({:.0}, {:.0}, {:.0}) mm",
@@ -480,7 +701,8 @@ fn colour_bar(s: &mut String, o: &Overlay, x: f64, y: f64, h: f64) {
 }
 
 /// Draws each decoded map's pictures beside `file` (.png or .svg): its top tasks, concepts and
-/// domains, and the map as decoded over the MNI T1 at its peak. `reports` are the volumes of
+/// domains, and the map as decoded over the MNI T1 at its peak; for several maps also
+/// FILE-summary, maps × their top tasks. `reports` are the volumes of
 /// the files `counts` names (path, volumes) in order; `scale_note` says which s scaled them.
 pub fn write_pictures(
     decoder: &Decoder,
@@ -515,6 +737,14 @@ pub fn write_pictures(
             }
             i += 1;
         }
+    }
+    if n > 1 {
+        let summary = suffixed(file, "-summary");
+        save(
+            &summary_svg(reports, &format!("{scale_note}{variant_note}")),
+            &summary,
+        )?;
+        eprintln!("summary of the {n} maps → {}", summary.display());
     }
     if n > 5 {
         eprintln!("{n} pairs of pictures beside {}", file.display());
@@ -601,6 +831,23 @@ mod tests {
             assert!(top >= m, "{m} -> {top}");
             assert!(top / step <= 10.0 + 1e-6);
         }
+    }
+
+    #[test]
+    fn long_names_wrap_onto_two_lines_and_titles_are_file_names() {
+        assert_eq!(
+            wrap_label("emotional localizer fMRI task paradigm", 30),
+            ["emotional localizer fMRI task", "paradigm"]
+        );
+        assert_eq!(wrap_label("pain", 30), ["pain"]);
+        let long = "a very long task name that goes on and on and on beyond two lines";
+        let lines = wrap_label(long, 30);
+        assert_eq!(lines.len(), 2);
+        assert!(lines[1].ends_with('…') && lines.iter().all(|l| l.chars().count() <= 30));
+        assert_eq!(
+            display_name("/data/study/sub-01_zmap.nii.gz"),
+            "sub-01_zmap.nii.gz"
+        );
     }
 
     #[test]
