@@ -4,8 +4,10 @@
 
 mod common;
 
-use common::{fixtures, need_data, niclip, niclip_fails, tmpdir};
-use niclip::corpus::{self, Corpus, Format, ImportOptions, Section, Space};
+use common::{fixtures, need_data, neurosynth_corpus, niclip, niclip_fails, tmpdir};
+use niclip::corpus::{
+    self, Corpus, Filter, Format, ImportOptions, Sample, SampleSize, Section, Space,
+};
 use niclip::Error;
 use std::path::{Path, PathBuf};
 
@@ -761,6 +763,312 @@ fn merge_keeps_first_peaks_and_fills_sections() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// corpus filter and corpus sample
+
+/// The pubget fixture imported into a fresh folder: (folder, corpus).
+fn pubget_corpus(name: &str) -> (PathBuf, PathBuf) {
+    let dir = tmpdir(name);
+    let p = dir.join("p.corpus");
+    import(Format::Pubget, &[pubget_dir()], &p).unwrap();
+    (dir, p)
+}
+
+/// The subset at `out` holds exactly the studies of `c` at `want`, in order, each equal to the
+/// original (peaks, texts, metadata).
+fn same_studies(c: &Corpus, want: &[usize], out: &Path) {
+    let o = Corpus::open(out).unwrap();
+    let ids: Vec<&String> = want.iter().map(|&i| &c.ids()[i]).collect();
+    assert_eq!(o.ids().iter().collect::<Vec<_>>(), ids);
+    for (j, &i) in want.iter().enumerate() {
+        assert_eq!(o.study(j).unwrap(), c.study(i).unwrap(), "{}", c.ids()[i]);
+    }
+}
+
+/// Positions of `c` for which `pass` holds: the filter's expected result, computed from the
+/// metadata and texts rather than the records.
+fn brute(c: &Corpus, pass: impl Fn(&niclip::corpus::Study) -> bool) -> Vec<usize> {
+    (0..c.len())
+        .filter(|&i| pass(&c.study(i).unwrap()))
+        .collect()
+}
+
+#[test]
+fn filter_keeps_studies_passing_each_condition() {
+    let (dir, p) = pubget_corpus("filter-conditions");
+    let c = Corpus::open(&p).unwrap();
+    let out = dir.join("f.corpus");
+    let run = |f: &Filter| corpus::filter(&p, &out, f, true).unwrap();
+
+    let r = run(&Filter {
+        with_peaks: true,
+        ..Default::default()
+    });
+    let want = brute(&c, |s| !s.peaks.is_empty());
+    assert_eq!((r.total, r.kept, r.peaks), (6, 5, 20));
+    assert!(!want.contains(&c.find("3221044-1").unwrap()));
+    same_studies(&c, &want, &out);
+
+    let r = run(&Filter {
+        spaces: vec![Space::Tal, Space::Unknown],
+        ..Default::default()
+    });
+    let want = brute(&c, |s| s.meta.space != Space::Mni);
+    assert_eq!((r.kept, r.peaks), (4, 15));
+    same_studies(&c, &want, &out);
+    assert_eq!(Corpus::open(&out).unwrap().stats().mni.studies, 0);
+
+    let years: Vec<i32> = (0..c.len())
+        .filter_map(|i| c.meta(i).unwrap().year)
+        .collect();
+    let mid = years[years.len() / 2];
+    let r = run(&Filter {
+        year_min: Some(mid),
+        year_max: Some(2011),
+        ..Default::default()
+    });
+    let want = brute(&c, |s| s.meta.year.is_some_and(|y| y >= mid && y <= 2011));
+    assert!(!want.is_empty() && want.len() < c.len(), "{years:?}");
+    assert_eq!(r.kept, want.len());
+    same_studies(&c, &want, &out);
+
+    for sec in Section::ALL {
+        let want = brute(&c, |s| !s.text.get(sec).is_empty());
+        let r = run(&Filter {
+            with: vec![sec],
+            ..Default::default()
+        });
+        assert_eq!(r.kept, want.len(), "{sec}");
+        same_studies(&c, &want, &out);
+    }
+
+    // Conditions together: each removes from what the earlier ones left, and says how many.
+    let r = run(&Filter {
+        spaces: vec![Space::Tal, Space::Unknown],
+        with_peaks: true,
+        with: vec![Section::Abstract],
+        ..Default::default()
+    });
+    let want = brute(&c, |s| s.meta.space != Space::Mni && !s.peaks.is_empty());
+    same_studies(&c, &want, &out);
+    let removed: Vec<(String, usize)> = r
+        .removed
+        .iter()
+        .map(|x| (x.condition.clone(), x.count))
+        .collect();
+    assert_eq!(
+        removed,
+        [
+            ("--space TAL,UNKNOWN".to_string(), 2),
+            ("--with-peaks".to_string(), 1),
+            ("--with abstract".to_string(), 0)
+        ]
+    );
+    assert_eq!(
+        r.to_string(),
+        "kept 3 of 6 studies (15 peaks); removed 2 by --space TAL,UNKNOWN, 1 by --with-peaks, \
+         0 by --with abstract"
+    );
+    // The subset's stored report names its input and what each condition removed.
+    let o = Corpus::open(&out).unwrap();
+    let stored = o.import_report().unwrap();
+    assert_eq!((stored.format.as_str(), stored.studies), ("filter", 3));
+    assert_eq!(stored.notice_count("--with-peaks"), 1);
+}
+
+#[test]
+fn filter_by_id_files() {
+    let (dir, p) = pubget_corpus("filter-ids");
+    let c = Corpus::open(&p).unwrap();
+    let out = dir.join("f.corpus");
+    let ids = dir.join("ids.txt");
+    // A bare study id, a full id, a comment, a blank line, a repeat.
+    std::fs::write(
+        &ids,
+        "# held-out studies\n3026801\n\n  3221044-1  \n3026801-1\n",
+    )
+    .unwrap();
+    let keep = Filter {
+        ids: Some(ids.clone()),
+        ..Default::default()
+    };
+    let r = corpus::filter(&p, &out, &keep, true).unwrap();
+    assert_eq!((r.kept, r.peaks), (2, 6));
+    let mut want = vec![c.find("3026801").unwrap(), c.find("3221044-1").unwrap()];
+    want.sort();
+    same_studies(&c, &want, &out);
+
+    let drop = Filter {
+        exclude_ids: Some(ids.clone()),
+        ..Default::default()
+    };
+    let r = corpus::filter(&p, &out, &drop, true).unwrap();
+    assert_eq!((r.kept, r.peaks), (4, 14));
+    let rest: Vec<usize> = (0..c.len()).filter(|i| !want.contains(i)).collect();
+    same_studies(&c, &rest, &out);
+
+    // An unknown id names the file and line, for --ids and --exclude-ids alike.
+    std::fs::write(&ids, "3026801\n# fine\n999999-1\n").unwrap();
+    for f in [&keep, &drop] {
+        let e = err_text(corpus::filter(&p, &out, f, true).unwrap_err());
+        assert!(
+            e.contains("ids.txt: line 3") && e.contains("\"999999-1\""),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn filter_refuses_empty_results_and_its_own_input() {
+    let (dir, p) = pubget_corpus("filter-errors");
+    let out = dir.join("f.corpus");
+    let f = Filter {
+        with_peaks: true,
+        year_min: Some(2100),
+        ..Default::default()
+    };
+    let e = err_text(corpus::filter(&p, &out, &f, true).unwrap_err());
+    assert!(
+        e.contains("--year-min 2100 removed the last 6") && e.contains("nothing written"),
+        "{e}"
+    );
+    assert!(!out.exists());
+
+    let f = Filter {
+        with_peaks: true,
+        ..Default::default()
+    };
+    // The input itself, also spelt another way.
+    for same in [p.clone(), dir.join(".").join("p.corpus")] {
+        let e = err_text(corpus::filter(&p, &same, &f, true).unwrap_err());
+        assert!(e.contains("is the input corpus"), "{e}");
+    }
+    let s = Sample {
+        size: SampleSize::Count(2),
+        seed: 0,
+        with_peaks: false,
+    };
+    let e = err_text(corpus::sample(&p, &p, &s, true).unwrap_err());
+    assert!(e.contains("is the input corpus"), "{e}");
+    assert_eq!(Corpus::open(&p).unwrap().len(), 6);
+}
+
+#[test]
+fn sample_is_seeded_exact_and_in_corpus_order() {
+    let (dir, p) = pubget_corpus("sample");
+    let c = Corpus::open(&p).unwrap();
+    let out = dir.join("s.corpus");
+    let draw = |n: usize, seed: u64| -> Vec<String> {
+        let s = Sample {
+            size: SampleSize::Count(n),
+            seed,
+            with_peaks: false,
+        };
+        let r = corpus::sample(&p, &out, &s, true).unwrap();
+        assert_eq!(r.kept, n);
+        let o = Corpus::open(&out).unwrap();
+        let want: Vec<usize> = o.ids().iter().map(|id| c.find(id).unwrap()).collect();
+        assert!(want.windows(2).all(|w| w[0] < w[1]), "corpus order");
+        same_studies(&c, &want, &out);
+        o.ids().to_vec()
+    };
+    assert_eq!(draw(3, 7), draw(3, 7));
+    let others: Vec<Vec<String>> = (0..8).map(|seed| draw(3, seed)).collect();
+    assert!(others.iter().any(|o| *o != others[0]), "{others:?}");
+    // For one seed, a smaller sample is a subset of a larger one; the whole corpus is all.
+    let (small, large) = (draw(2, 5), draw(4, 5));
+    assert!(small.iter().all(|id| large.contains(id)));
+    assert_eq!(draw(6, 5), c.ids());
+
+    let s = Sample {
+        size: SampleSize::Fraction(0.5),
+        seed: 1,
+        with_peaks: true,
+    };
+    let r = corpus::sample(&p, &out, &s, true).unwrap();
+    // Half of the 5 studies with peaks, rounded.
+    assert_eq!(r.kept, 3);
+    let o = Corpus::open(&out).unwrap();
+    assert!((0..o.len()).all(|i| o.peak_count(i) > 0));
+
+    for (size, what) in [
+        (SampleSize::Count(7), "asks for 7 studies"),
+        (SampleSize::Count(0), "asks for 0 studies"),
+        (SampleSize::Fraction(1.5), "--fraction 1.5 is not in (0, 1]"),
+    ] {
+        let s = Sample {
+            size,
+            seed: 0,
+            with_peaks: false,
+        };
+        let e = err_text(corpus::sample(&p, &dir.join("x.corpus"), &s, true).unwrap_err());
+        assert!(e.contains(what), "{e}");
+    }
+    assert!(!dir.join("x.corpus").exists());
+}
+
+#[test]
+fn cli_filter_and_sample() {
+    let (dir, p) = pubget_corpus("cli-subset");
+    let (p, f, s) = (
+        p.to_str().unwrap(),
+        dir.join("f.corpus"),
+        dir.join("s.corpus"),
+    );
+    let ids = dir.join("ids.txt");
+    std::fs::write(&ids, "3026801\n2743811\n").unwrap();
+    let report = niclip(&[
+        "corpus",
+        "filter",
+        p,
+        "--out",
+        f.to_str().unwrap(),
+        "--ids",
+        ids.to_str().unwrap(),
+        "--space",
+        "tal",
+        "--with",
+        "abstract",
+        "--with",
+        "body",
+    ]);
+    assert!(
+        report.contains("kept 1 of 6 studies (6 peaks); removed 4 by --ids")
+            && report.contains("1 by --space TAL"),
+        "{report}"
+    );
+    assert_eq!(Corpus::open(&f).unwrap().ids(), ["3026801-1"]);
+    let e = niclip_fails(&[
+        "corpus",
+        "filter",
+        p,
+        "--out",
+        f.to_str().unwrap(),
+        "--space",
+        "ICBM",
+    ]);
+    assert!(e.contains("use MNI, TAL or UNKNOWN"), "{e}");
+
+    let sample = |seed: &str| {
+        let report = niclip(&[
+            "corpus",
+            "sample",
+            p,
+            "--out",
+            s.to_str().unwrap(),
+            "--n",
+            "4",
+            "--seed",
+            seed,
+        ]);
+        assert!(report.contains("kept 4 of 6 studies"), "{report}");
+        Corpus::open(&s).unwrap().ids().to_vec()
+    };
+    assert_eq!(sample("3"), sample("3"));
+    let e = niclip_fails(&["corpus", "sample", p, "--out", s.to_str().unwrap()]);
+    assert!(e.contains("--n"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------------
 // Acceptance on ../shared/data
 
 #[test]
@@ -923,4 +1231,40 @@ fn nimare_export(c: &Corpus, out: &Path) {
     let st = corpus::nimare::export(c, out).unwrap();
     assert_eq!(st.contrasts, c.len());
     assert_eq!(st.peaks, c.n_peaks());
+}
+
+#[test]
+fn neurosynth_filter_and_sample() {
+    let Some(data) = need_data() else {
+        return;
+    };
+    let ns = neurosynth_corpus(&data);
+    let c = Corpus::open(&ns).unwrap();
+    let dir = tmpdir("ns-subset");
+    let out = dir.join("tal2000s.corpus");
+    let f = Filter {
+        year_min: Some(2000),
+        year_max: Some(2009),
+        spaces: vec![Space::Tal],
+        ..Default::default()
+    };
+    let r = corpus::filter(&ns, &out, &f, true).unwrap();
+    let want: Vec<usize> = (0..c.len())
+        .filter(|&i| {
+            let m = c.meta(i).unwrap();
+            m.space == Space::Tal && m.year.is_some_and(|y| (2000..=2009).contains(&y))
+        })
+        .collect();
+    assert!(want.len() > 100 && want.len() < 2_335, "{}", want.len());
+    assert_eq!(r.kept, want.len());
+    same_studies(&c, &want, &out);
+
+    let s = Sample {
+        size: SampleSize::Count(1000),
+        seed: 29,
+        with_peaks: true,
+    };
+    let r = corpus::sample(&ns, &dir.join("s.corpus"), &s, true).unwrap();
+    assert_eq!((r.total, r.kept), (14_371, 1000));
+    assert_eq!(Corpus::open(&dir.join("s.corpus")).unwrap().len(), 1000);
 }

@@ -1,6 +1,8 @@
-//! `niclip corpus import|info|export`
+//! `niclip corpus import|merge|filter|sample|info|export`
 
-use crate::corpus::{self, Corpus, Format, ImportOptions, Section, Space};
+use crate::corpus::{
+    self, Corpus, Filter, Format, ImportOptions, Sample, SampleSize, Section, Space, SubsetReport,
+};
 use crate::error::Result;
 use clap::{Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -12,6 +14,12 @@ pub enum CorpusCommand {
     /// The union of corpora, one study per id: the first corpus given wins on peaks and
     /// metadata, later ones fill the text sections it lacks.
     Merge(MergeArgs),
+    /// The studies that pass every condition given (ids, years, space, peaks, text sections),
+    /// copied whole in corpus order.
+    Filter(FilterArgs),
+    /// A uniform random sample of studies without replacement, in corpus order; the same
+    /// --seed draws the same studies.
+    Sample(SampleArgs),
     /// Counts of studies, peaks and texts by section.
     Info(InfoArgs),
     /// Write a corpus in another format (NiMARE dataset JSON).
@@ -86,6 +94,80 @@ pub struct MergeArgs {
 }
 
 #[derive(clap::Args, Debug)]
+pub struct FilterArgs {
+    /// A corpus file made by `niclip corpus import`.
+    pub corpus: PathBuf,
+    /// The corpus file to write (not CORPUS itself).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Keep only the ids listed in this file: one a line, `<study>-<contrast>` or a bare study
+    /// id; blank lines and `#` comments skipped; an id not in CORPUS is an error (file:line).
+    #[arg(long)]
+    pub ids: Option<PathBuf>,
+    /// Drop the ids listed in this file (same format as --ids; unknown ids are errors too, so a
+    /// typo cannot keep a study meant to be held out).
+    #[arg(long)]
+    pub exclude_ids: Option<PathBuf>,
+    /// Keep studies published in or after this year (studies without a year are dropped).
+    #[arg(long)]
+    pub year_min: Option<i32>,
+    /// Keep studies published in or before this year (studies without a year are dropped).
+    #[arg(long)]
+    pub year_max: Option<i32>,
+    /// Keep studies whose source declared this space: MNI, TAL or UNKNOWN (repeat for several;
+    /// peaks are MNI in every case).
+    #[arg(long, value_parser = parse_space)]
+    pub space: Vec<Space>,
+    /// Keep studies with at least one peak.
+    #[arg(long)]
+    pub with_peaks: bool,
+    /// Keep studies with a non-empty title | keywords | abstract | body (repeat to require
+    /// several).
+    #[arg(long)]
+    pub with: Vec<Section>,
+    /// How texts are stored in the corpus file.
+    #[arg(long, value_enum, default_value = "deflate")]
+    pub text_compression: TextCompression,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SampleArgs {
+    /// A corpus file made by `niclip corpus import`.
+    pub corpus: PathBuf,
+    /// The corpus file to write (not CORPUS itself).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Number of studies to draw.
+    #[arg(
+        long,
+        conflicts_with = "fraction",
+        required_unless_present = "fraction"
+    )]
+    pub n: Option<usize>,
+    /// Share of the studies (of those with peaks under --with-peaks) to draw, in (0, 1],
+    /// rounded to the nearest count.
+    #[arg(long)]
+    pub fraction: Option<f64>,
+    /// Seeds the draw; for one seed a smaller sample is a subset of a larger one.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Draw only among the studies with at least one peak.
+    #[arg(long)]
+    pub with_peaks: bool,
+    /// How texts are stored in the corpus file.
+    #[arg(long, value_enum, default_value = "deflate")]
+    pub text_compression: TextCompression,
+}
+
+/// MNI, TAL or UNKNOWN, any case (the names `corpus info` prints).
+fn parse_space(s: &str) -> std::result::Result<Space, String> {
+    Space::ALL
+        .into_iter()
+        .find(|sp| sp.name().eq_ignore_ascii_case(s.trim()))
+        .ok_or_else(|| format!("unknown space {s:?}; use MNI, TAL or UNKNOWN"))
+}
+
+#[derive(clap::Args, Debug)]
 pub struct InfoArgs {
     /// A corpus file made by `niclip corpus import`.
     pub corpus: PathBuf,
@@ -116,6 +198,8 @@ pub fn run(c: CorpusCommand) -> Result<()> {
     match c {
         CorpusCommand::Import(a) => import(a),
         CorpusCommand::Merge(a) => merge(a),
+        CorpusCommand::Filter(a) => filter(a),
+        CorpusCommand::Sample(a) => sample(a),
         CorpusCommand::Info(a) => info(a),
         CorpusCommand::Export(a) => export(a),
     }
@@ -163,6 +247,50 @@ fn merge(a: MergeArgs) -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+fn filter(a: FilterArgs) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    let f = Filter {
+        ids: a.ids,
+        exclude_ids: a.exclude_ids,
+        year_min: a.year_min,
+        year_max: a.year_max,
+        spaces: a.space,
+        with_peaks: a.with_peaks,
+        with: a.with,
+    };
+    let deflate = a.text_compression == TextCompression::Deflate;
+    let r = corpus::filter(&a.corpus, &a.out, &f, deflate)?;
+    report_subset(&r, &a.out, t0);
+    Ok(())
+}
+
+fn sample(a: SampleArgs) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    let size = match (a.n, a.fraction) {
+        (Some(n), _) => SampleSize::Count(n),
+        (None, Some(f)) => SampleSize::Fraction(f),
+        (None, None) => unreachable!("clap requires --n or --fraction"),
+    };
+    let s = Sample {
+        size,
+        seed: a.seed,
+        with_peaks: a.with_peaks,
+    };
+    let deflate = a.text_compression == TextCompression::Deflate;
+    let r = corpus::sample(&a.corpus, &a.out, &s, deflate)?;
+    report_subset(&r, &a.out, t0);
+    Ok(())
+}
+
+fn report_subset(r: &SubsetReport, out: &std::path::Path, t0: std::time::Instant) {
+    eprintln!("{r}");
+    eprintln!(
+        "wrote {} in {:.2} s",
+        out.display(),
+        t0.elapsed().as_secs_f64()
+    );
 }
 
 fn info(a: InfoArgs) -> Result<()> {

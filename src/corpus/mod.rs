@@ -14,7 +14,8 @@
 //! is useful) and counted; [`Corpus::peaks_all`] skips them and says how many.
 //!
 //! The file format is described in [`mod@file`]; readers are in [`neurosynth`], [`pubget`],
-//! [`nimare`] (which also exports), and [`jsonl`] (the text join).
+//! [`nimare`] (which also exports), and [`jsonl`] (the text join). [`mod@merge`] unites corpora;
+//! [`mod@filter`] writes subsets (`corpus filter`, `corpus sample`).
 //!
 //! ```no_run
 //! # fn main() -> niclip::Result<()> {
@@ -31,6 +32,7 @@
 //! bounded before any allocation (the rule, for every parser, in ARCHITECTURE.md).
 
 pub mod file;
+pub mod filter;
 pub mod jsonl;
 pub mod merge;
 pub mod neurosynth;
@@ -42,6 +44,7 @@ pub mod studyset;
 pub(crate) mod table;
 
 pub use file::{Corpus, CorpusStats, CorpusWriter};
+pub use filter::{filter, sample, Filter, Sample, SampleSize, Selection, SubsetReport};
 pub use merge::{merge, MergeReport};
 pub use report::{ImportReport, JoinReport, Notice, SectionCount, SpaceCount};
 pub use space::{tal2mni, Space};
