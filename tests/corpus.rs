@@ -247,6 +247,36 @@ fn cli_import_info_export() {
     assert_eq!(v["import"]["tal"]["peaks"], 10);
 }
 
+/// `niclip corpus info X | head` panicked in println! on the closed pipe; it now ends as
+/// other Unix tools do, by SIGPIPE, saying nothing.
+#[cfg(unix)]
+#[test]
+fn a_reader_that_stops_early_causes_no_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tmpdir("cli-pipe");
+    let out = dir.join("p.corpus");
+    let (p, o) = (
+        pubget_dir().display().to_string(),
+        out.display().to_string(),
+    );
+    niclip(&["corpus", "import", "--format", "pubget", &p, "--out", &o]);
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_niclip"))
+        .args(["corpus", "info", &o])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        run.status.signal(),
+        Some(13),
+        "ended by SIGPIPE: {:?}",
+        run.status
+    );
+}
+
 /// Outputs are written to a temporary sibling renamed over the target: over a FIFO, socket or
 /// device that replaced it (`corpus export --out /dev/null` left a regular file at /dev/null).
 /// A target that exists and is not a regular file is refused, naming it, before any write.
