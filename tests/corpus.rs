@@ -532,6 +532,17 @@ fn unreadable_gzip_is_reported() {
 }
 
 #[test]
+fn metadata_without_rows_names_the_file() {
+    // Found by tests/fuzz.rs (issue 20): a metadata file cut inside its header gave "no study
+    // found" naming only the folder.
+    let dir = tmpdir("no-rows");
+    std::fs::write(dir.join("x_metadata.tsv"), "id\tspace\tdoi\ttit").unwrap();
+    std::fs::write(dir.join("x_coordinates.tsv"), "id\tx\ty\tz\n1\t1\t2\t3\n").unwrap();
+    let e = import_err(Format::Neurosynth, &dir.join("."));
+    assert!(e.contains("x_metadata.tsv") && e.contains("no rows"), "{e}");
+}
+
+#[test]
 fn coordinates_of_unknown_ids_are_counted_not_dropped() {
     let dir = tmpdir("orphans");
     std::fs::write(
