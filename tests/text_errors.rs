@@ -192,6 +192,49 @@ fn index_shards_outside_the_folder() {
     }
 }
 
+/// An index naming a shard that is not in the folder is an error naming the index, not only
+/// the missing file (found by tests/fuzz.rs, issue 20).
+#[test]
+fn index_names_a_missing_shard() {
+    let dir = copy_model("tiny_llama", "text-err-index-missing");
+    let p = dir.join("model.safetensors.index.json");
+    let s = std::fs::read_to_string(&p).unwrap();
+    let bad = s.replacen(
+        "model-00004-of-00005.safetensors",
+        "model-00004-of-00005.sqfetensors",
+        1,
+    );
+    std::fs::write(&p, bad).unwrap();
+    let e = load_err(&dir, None);
+    assert!(
+        e.contains("model.safetensors.index.json")
+            && e.contains("model-00004-of-00005.sqfetensors")
+            && e.contains("not in this folder"),
+        "{e}"
+    );
+}
+
+/// A tensor missing from the shard the index places it in is reported against that shard, not
+/// the first one (found by tests/fuzz.rs, issue 20).
+#[test]
+fn tensor_missing_from_its_shard() {
+    let dir = copy_model("tiny_llama", "text-err-shard-tensor");
+    let p = dir.join("model-00002-of-00005.safetensors");
+    let mut b = std::fs::read(&p).unwrap();
+    // Same length, so the header stays valid: the tensor is renamed away.
+    let at = b
+        .windows(6)
+        .position(|w| w == b"o_proj")
+        .expect("o_proj in shard 2");
+    b[at..at + 6].copy_from_slice(b"o_prxj");
+    std::fs::write(&p, b).unwrap();
+    let e = load_err(&dir, None);
+    assert!(
+        e.contains("model-00002-of-00005.safetensors") && e.contains("o_proj.weight is missing"),
+        "{e}"
+    );
+}
+
 /// A truncated tokenizer.json is an error naming it, never a panic inside the tokenizers crate
 /// (cuts inside its "decoder" section made the crate panic; issue 20).
 #[test]

@@ -296,6 +296,7 @@ impl Gguf {
         let mut map = TensorMap {
             tensors: HashMap::new(),
             source: path.to_path_buf(),
+            origin: HashMap::new(),
         };
         for r in converted {
             let (name, t) = r?;

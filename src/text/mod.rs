@@ -231,8 +231,9 @@ impl TextModel {
                 ));
             }
             let tok = TextTokenizer::from_file(&model.join("tokenizer.json"))?;
-            let files = weights::safetensors_files(model)?;
-            let t = weights::read_safetensors(&files, hf_name)?;
+            let (files, placed) = weights::safetensors_files(model)?;
+            let mut t = weights::read_safetensors(&files, hf_name)?;
+            t.place(placed, hf_name);
             (cfg, config_path, t, tok)
         } else {
             return Err(Error::input(

@@ -17,21 +17,43 @@ pub struct Tensor {
 /// Tensors by name, with the file each came from (for error messages).
 pub struct TensorMap {
     pub tensors: HashMap<String, Tensor>,
+    /// The file named where `origin` has no entry.
     pub source: PathBuf,
+    /// The shard of each tensor: the one it was read from, or the one the index places it in.
+    pub origin: HashMap<String, PathBuf>,
 }
 
 impl TensorMap {
+    /// The file a message about tensor `name` names.
+    fn file_of(&self, name: &str) -> &Path {
+        self.origin.get(name).unwrap_or(&self.source)
+    }
+
+    /// Records the shard the index places each tensor in (`rename` as for the read), so that a
+    /// tensor missing from its shard is reported against that shard.
+    pub fn place(
+        &mut self,
+        placed: Vec<(String, PathBuf)>,
+        rename: impl Fn(&str) -> Option<String>,
+    ) {
+        for (stored, file) in placed {
+            if let Some(name) = rename(&stored) {
+                self.origin.entry(name).or_insert(file);
+            }
+        }
+    }
+
     /// Takes tensor `name` and checks its shape; the message names the file and the mismatch.
     pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let t = self.tensors.remove(name).ok_or_else(|| {
             Error::input(
-                &self.source,
+                self.file_of(name),
                 format!("tensor {name} is missing; the weights are not those of the architecture config.json names"),
             )
         })?;
         if t.shape != shape {
             return Err(Error::input(
-                &self.source,
+                self.file_of(name),
                 format!(
                     "tensor {name} has shape {:?} but config.json implies {shape:?}; the weights and config.json are from different models",
                     t.shape
@@ -42,9 +64,9 @@ impl TensorMap {
     }
 }
 
-/// The safetensors files of a model folder: the index's shards, or `model.safetensors`, or every
-/// `*.safetensors` except a PEFT adapter's.
-pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+/// The safetensors files of a model folder (the index's shards, or `model.safetensors`, or every
+/// `*.safetensors` except a PEFT adapter's), and the shard the index places each tensor in.
+pub fn safetensors_files(dir: &Path) -> Result<(Vec<PathBuf>, Vec<(String, PathBuf)>)> {
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
         let text = std::fs::read_to_string(&index).at(&index)?;
@@ -57,6 +79,7 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
             )
         })?;
         let mut files: Vec<&str> = Vec::new();
+        let mut placed = Vec::new();
         for (tensor, f) in map {
             let name = f.as_str().ok_or_else(|| {
                 Error::input(
@@ -64,15 +87,24 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
                     format!("weight_map entry {tensor:?} is {f}, not a shard file name; re-save the model with save_pretrained"),
                 )
             })?;
-            files.push(shard_name(&index, tensor, name)?);
+            let name = shard_name(&index, tensor, name)?;
+            placed.push((tensor.clone(), dir.join(name)));
+            files.push(name);
         }
         files.sort();
         files.dedup();
-        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+        // Checked here, where the index can be named: opening a missing shard would name only it.
+        if let Some(gone) = files.iter().find(|f| !dir.join(f).is_file()) {
+            return Err(Error::input(
+                &index,
+                format!("names shard {gone:?}, which is not in this folder; download the missing shard or re-save the model with save_pretrained"),
+            ));
+        }
+        return Ok((files.into_iter().map(|f| dir.join(f)).collect(), placed));
     }
     let single = dir.join("model.safetensors");
     if single.is_file() {
-        return Ok(vec![single]);
+        return Ok((vec![single], Vec::new()));
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .at(dir)?
@@ -90,7 +122,7 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
             "no *.safetensors weights here; save the model with save_pretrained(safe_serialization=True) or give a .gguf file",
         ));
     }
-    Ok(files)
+    Ok((files, Vec::new()))
 }
 
 /// A shard name from the index, confined to a plain file name in the model folder: a hostile
@@ -120,6 +152,7 @@ pub fn read_safetensors(
     let mut out = TensorMap {
         tensors: HashMap::new(),
         source: files.first().cloned().unwrap_or_default(),
+        origin: HashMap::new(),
     };
     for path in files {
         let file = std::fs::File::open(path).at(path)?;
@@ -154,6 +187,7 @@ pub fn read_safetensors(
             .collect();
         for r in converted {
             let (name, t) = r?;
+            out.origin.insert(name.clone(), path.clone());
             out.tensors.insert(name, t);
         }
     }
