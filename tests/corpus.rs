@@ -540,6 +540,13 @@ fn metadata_without_rows_names_the_file() {
     std::fs::write(dir.join("x_coordinates.tsv"), "id\tx\ty\tz\n1\t1\t2\t3\n").unwrap();
     let e = import_err(Format::Neurosynth, &dir.join("."));
     assert!(e.contains("x_metadata.tsv") && e.contains("no rows"), "{e}");
+    let dir = pubget_with(
+        "no-rows-pubget",
+        "metadata.csv",
+        "pmcid,pmid,doi,title,journal,publilic",
+    );
+    let e = import_err(Format::Pubget, &dir);
+    assert!(e.contains("metadata.csv") && e.contains("no rows"), "{e}");
 }
 
 #[test]
