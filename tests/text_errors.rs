@@ -269,6 +269,12 @@ fn absurd_config_shapes() {
             "\"num_attention_heads\": 4",
             "\"num_attention_heads\": 1048576",
         ),
+        // u64::MAX layers: a capacity-overflow panic before the fix (found by tests/fuzz.rs).
+        (
+            "num_hidden_layers",
+            "\"num_hidden_layers\": 2",
+            "\"num_hidden_layers\": 18446744073709551615",
+        ),
     ] {
         let dir = copy_model("tiny_llama", "text-err-shape");
         edit_config(&dir, from, to);
