@@ -108,6 +108,29 @@ fn truncated_gguf() {
     assert!(e.contains("quant.gguf") && e.contains("truncated"), "{e}");
 }
 
+/// A GGUF head count of 0 is an error naming the file, not a division by zero when the Q/K rows
+/// are unpermuted (found by tests/fuzz.rs, issue 20).
+#[test]
+fn gguf_with_zero_heads() {
+    let dir = common::tmpdir("text-err-gguf-heads");
+    let f = dir.join("tiny_llama.gguf");
+    let mut b = std::fs::read(fixture("tiny_llama.gguf")).unwrap();
+    let key = b"llama.attention.head_count\x04\x00\x00\x00";
+    // The key, its value type (UINT32), then the value.
+    let at = b
+        .windows(key.len())
+        .position(|w| w == key)
+        .expect("head_count")
+        + key.len();
+    b[at..at + 4].copy_from_slice(&0u32.to_le_bytes());
+    std::fs::write(&f, b).unwrap();
+    let e = load_err(&f, None);
+    assert!(
+        e.contains("tiny_llama.gguf") && e.contains("attention heads"),
+        "{e}"
+    );
+}
+
 #[test]
 fn adapter_for_another_base_model() {
     let e = load_err(&fixture("tiny_llama"), Some(&fixture("tiny_other_lora")));
