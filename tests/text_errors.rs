@@ -237,6 +237,30 @@ fn index_names_a_missing_shard() {
     );
 }
 
+/// An index that lists no shard, or does not place a tensor the model needs, is an error naming
+/// the index (it named no file, or the first shard; found by tests/fuzz.rs, issue 20).
+#[test]
+fn index_without_a_tensor() {
+    for (i, (from, to)) in [
+        ("\"weight_map\": {", "\"weight_map\": {}, \"x\": {"),
+        (
+            "\"model.embed_tokens.weight\": \"model-00001-of-00005.safetensors\"",
+            "\"model.embed_tokens.weight\": \"model-00002-of-00005.safetensors\"",
+        ),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let dir = copy_model("tiny_llama", &format!("text-err-index-tensor-{i}"));
+        let p = dir.join("model.safetensors.index.json");
+        let s = std::fs::read_to_string(&p).unwrap();
+        assert!(s.contains(from), "the index has no {from}");
+        std::fs::write(&p, s.replace(from, to)).unwrap();
+        let e = load_err(&dir, None);
+        assert!(e.contains("model.safetensors.index.json"), "{to}: {e}");
+    }
+}
+
 /// A tensor missing from the shard the index places it in is reported against that shard, not
 /// the first one (found by tests/fuzz.rs, issue 20).
 #[test]

@@ -236,9 +236,11 @@ impl TextModel {
                 ));
             }
             let tok = TextTokenizer::from_file(&model.join("tokenizer.json"))?;
-            let (files, placed) = weights::safetensors_files(model)?;
+            let (files, index) = weights::safetensors_files(model)?;
             let mut t = weights::read_safetensors(&files, hf_name)?;
-            t.place(placed, hf_name);
+            if let Some(index) = index {
+                t.place(index, hf_name);
+            }
             (cfg, config_path, t, tok)
         } else {
             return Err(Error::input(

@@ -17,7 +17,7 @@ pub struct Tensor {
 /// Tensors by name, with the file each came from (for error messages).
 pub struct TensorMap {
     pub tensors: HashMap<String, Tensor>,
-    /// The file named where `origin` has no entry.
+    /// The file named where `origin` has no entry: the first file read, or the index.
     pub source: PathBuf,
     /// The shard of each tensor: the one it was read from, or the one the index places it in.
     pub origin: HashMap<String, PathBuf>,
@@ -30,13 +30,11 @@ impl TensorMap {
     }
 
     /// Records the shard the index places each tensor in (`rename` as for the read), so that a
-    /// tensor missing from its shard is reported against that shard.
-    pub fn place(
-        &mut self,
-        placed: Vec<(String, PathBuf)>,
-        rename: impl Fn(&str) -> Option<String>,
-    ) {
-        for (stored, file) in placed {
+    /// tensor missing from its shard is reported against that shard, and one the index places
+    /// nowhere against the index.
+    pub fn place(&mut self, index: Index, rename: impl Fn(&str) -> Option<String>) {
+        self.source = index.path;
+        for (stored, file) in index.placed {
             if let Some(name) = rename(&stored) {
                 self.origin.entry(name).or_insert(file);
             }
@@ -45,11 +43,16 @@ impl TensorMap {
 
     /// Takes tensor `name` and checks its shape; the message names the file and the mismatch.
     pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let t = self.tensors.remove(name).ok_or_else(|| {
-            Error::input(
-                self.file_of(name),
+        let t = self.tensors.remove(name).ok_or_else(|| match self.origin.get(name) {
+            // Not read, so the index placed it: the shard or the index is wrong.
+            Some(shard) => Error::input(
+                shard,
+                format!("tensor {name} is missing, though model.safetensors.index.json places it in this shard; download the model again or re-save it with save_pretrained"),
+            ),
+            None => Error::input(
+                &self.source,
                 format!("tensor {name} is missing; the weights are not those of the architecture config.json names"),
-            )
+            ),
         })?;
         if t.shape != shape {
             return Err(Error::input(
@@ -64,9 +67,15 @@ impl TensorMap {
     }
 }
 
+/// A model's `model.safetensors.index.json` and the shard it places each tensor in.
+pub struct Index {
+    pub path: PathBuf,
+    pub placed: Vec<(String, PathBuf)>,
+}
+
 /// The safetensors files of a model folder (the index's shards, or `model.safetensors`, or every
-/// `*.safetensors` except a PEFT adapter's), and the shard the index places each tensor in.
-pub fn safetensors_files(dir: &Path) -> Result<(Vec<PathBuf>, Vec<(String, PathBuf)>)> {
+/// `*.safetensors` except a PEFT adapter's), and the index if there is one.
+pub fn safetensors_files(dir: &Path) -> Result<(Vec<PathBuf>, Option<Index>)> {
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
         let text = std::fs::read_to_string(&index).at(&index)?;
@@ -93,6 +102,12 @@ pub fn safetensors_files(dir: &Path) -> Result<(Vec<PathBuf>, Vec<(String, PathB
         }
         files.sort();
         files.dedup();
+        if files.is_empty() {
+            return Err(Error::input(
+                &index,
+                "the weight_map lists no shard; re-save the model with save_pretrained",
+            ));
+        }
         // Checked here, where the index can be named: opening a missing shard would name only it.
         if let Some(gone) = files.iter().find(|f| !dir.join(f).is_file()) {
             return Err(Error::input(
@@ -100,11 +115,18 @@ pub fn safetensors_files(dir: &Path) -> Result<(Vec<PathBuf>, Vec<(String, PathB
                 format!("names shard {gone:?}, which is not in this folder; download the missing shard or re-save the model with save_pretrained"),
             ));
         }
-        return Ok((files.into_iter().map(|f| dir.join(f)).collect(), placed));
+        let files = files.into_iter().map(|f| dir.join(f)).collect();
+        return Ok((
+            files,
+            Some(Index {
+                path: index,
+                placed,
+            }),
+        ));
     }
     let single = dir.join("model.safetensors");
     if single.is_file() {
-        return Ok((vec![single], Vec::new()));
+        return Ok((vec![single], None));
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .at(dir)?
@@ -122,7 +144,7 @@ pub fn safetensors_files(dir: &Path) -> Result<(Vec<PathBuf>, Vec<(String, PathB
             "no *.safetensors weights here; save the model with save_pretrained(safe_serialization=True) or give a .gguf file",
         ));
     }
-    Ok((files, Vec::new()))
+    Ok((files, None))
 }
 
 /// A shard name from the index, confined to a plain file name in the model folder: a hostile
