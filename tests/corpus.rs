@@ -600,6 +600,49 @@ fn not_a_corpus_and_truncated_corpus() {
     assert!(e.contains("cut.corpus: corrupt niclip corpus"), "{e}");
 }
 
+/// A study record claiming ~4 GB of text is an error naming the file, not an abort on a 4 GB
+/// allocation (found by tests/fuzz.rs with NICLIP_FUZZ_SEED=7, issue 20; aborts before the fix).
+#[test]
+fn corpus_record_with_huge_section_lengths() {
+    // Run again in a child under a 1 GiB data limit, as the fuzz suite runs: without one, a
+    // 4 GB Vec::with_capacity only reserves address space and the bug goes unseen.
+    if std::env::var_os("NICLIP_TEST_LIMITED").is_none() {
+        let name = "corpus_record_with_huge_section_lengths";
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--nocapture"])
+            .env("NICLIP_TEST_LIMITED", "1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{}: {err}", out.status);
+        return;
+    }
+    let lim = libc::rlimit {
+        rlim_cur: 1 << 30,
+        rlim_max: 1 << 30,
+    };
+    // SAFETY: setrlimit reads the struct; it only lowers this child process's own limit.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_DATA, &lim) }, 0);
+    let dir = tmpdir("huge-sections");
+    let f = dir.join("huge.corpus");
+    import(Format::Pubget, &[pubget_dir()], &f).unwrap();
+    let mut bytes = std::fs::read(&f).unwrap();
+    // The high byte of a section length in the fixture's records (the fuzz reproducer).
+    assert_eq!(
+        (bytes.len(), bytes[11989]),
+        (12692, 0),
+        "the fixture's corpus changed"
+    );
+    bytes[11989] = 0xff;
+    std::fs::write(&f, bytes).unwrap();
+    let c = Corpus::open(&f).unwrap();
+    let e = (0..c.len())
+        .find_map(|i| c.text(i).err())
+        .expect("a corrupt record");
+    let e = err_text(e);
+    assert!(e.contains("huge.corpus: corrupt niclip corpus"), "{e}");
+}
+
 #[test]
 fn jsonl_join_fills_missing_sections() {
     let dir = tmpdir("jsonl");
