@@ -862,11 +862,12 @@ fn fuzz(name: &str) {
     if let Some(work) = std::env::var_os("NICLIP_FUZZ_CHILD") {
         child(t, Path::new(&work));
     }
-    let work = scratch_dir(name);
+    let work = Scratch(scratch_dir(name));
+    let work = work.0.as_path();
     let started = Instant::now();
     let mut proc = Command::new(std::env::current_exe().unwrap())
         .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env("NICLIP_FUZZ_CHILD", &work)
+        .env("NICLIP_FUZZ_CHILD", work)
         // Few malloc arenas and threads: the data limit is for the parsers, not for reservations.
         .env("MALLOC_ARENA_MAX", "2")
         .env("RAYON_NUM_THREADS", "2")
@@ -903,8 +904,16 @@ fn fuzz(name: &str) {
     for line in rx.iter() {
         watch.line(line);
     }
-    judge(name, &work, status, &watch, started.elapsed());
-    std::fs::remove_dir_all(&work).ok();
+    judge(name, work, status, &watch, started.elapsed());
+}
+
+/// The parent's work folder, removed however the target ends (a failure panics).
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
 }
 
 /// Prints the target's summary line and panics on any panic, abort, hang or memory excess.
