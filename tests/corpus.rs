@@ -585,6 +585,24 @@ fn a_wrong_metadata_file_is_the_one_named() {
 }
 
 #[test]
+fn metadata_without_rows_names_the_file() {
+    // Found by tests/fuzz.rs (issue 20): a metadata file cut inside its header gave "no study
+    // found" naming only the folder.
+    let dir = tmpdir("no-rows");
+    std::fs::write(dir.join("x_metadata.tsv"), "id\tspace\tdoi\ttit").unwrap();
+    std::fs::write(dir.join("x_coordinates.tsv"), "id\tx\ty\tz\n1\t1\t2\t3\n").unwrap();
+    let e = import_err(Format::Neurosynth, &dir.join("."));
+    assert!(e.contains("x_metadata.tsv") && e.contains("no rows"), "{e}");
+    let dir = pubget_with(
+        "no-rows-pubget",
+        "metadata.csv",
+        "pmcid,pmid,doi,title,journal,publilic",
+    );
+    let e = import_err(Format::Pubget, &dir);
+    assert!(e.contains("metadata.csv") && e.contains("no rows"), "{e}");
+}
+
+#[test]
 fn coordinates_of_unknown_ids_are_counted_not_dropped() {
     let dir = tmpdir("orphans");
     std::fs::write(
@@ -633,6 +651,49 @@ fn not_a_corpus_and_truncated_corpus() {
     std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
     let e = err_text(Corpus::open(&cut).err().unwrap());
     assert!(e.contains("cut.corpus: corrupt niclip corpus"), "{e}");
+}
+
+/// A study record claiming ~4 GB of text is an error naming the file, not an abort on a 4 GB
+/// allocation (found by tests/fuzz.rs with NICLIP_FUZZ_SEED=7, issue 20; aborts before the fix).
+#[test]
+fn corpus_record_with_huge_section_lengths() {
+    // Run again in a child under a 1 GiB data limit, as the fuzz suite runs: without one, a
+    // 4 GB Vec::with_capacity only reserves address space and the bug goes unseen.
+    if std::env::var_os("NICLIP_TEST_LIMITED").is_none() {
+        let name = "corpus_record_with_huge_section_lengths";
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--nocapture"])
+            .env("NICLIP_TEST_LIMITED", "1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{}: {err}", out.status);
+        return;
+    }
+    let lim = libc::rlimit {
+        rlim_cur: 1 << 30,
+        rlim_max: 1 << 30,
+    };
+    // SAFETY: setrlimit reads the struct; it only lowers this child process's own limit.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_DATA, &lim) }, 0);
+    let dir = tmpdir("huge-sections");
+    let f = dir.join("huge.corpus");
+    import(Format::Pubget, &[pubget_dir()], &f).unwrap();
+    let mut bytes = std::fs::read(&f).unwrap();
+    // The high byte of a section length in the fixture's records (the fuzz reproducer).
+    assert_eq!(
+        (bytes.len(), bytes[11989]),
+        (12692, 0),
+        "the fixture's corpus changed"
+    );
+    bytes[11989] = 0xff;
+    std::fs::write(&f, bytes).unwrap();
+    let c = Corpus::open(&f).unwrap();
+    let e = (0..c.len())
+        .find_map(|i| c.text(i).err())
+        .expect("a corrupt record");
+    let e = err_text(e);
+    assert!(e.contains("huge.corpus: corrupt niclip corpus"), "{e}");
 }
 
 #[test]

@@ -108,6 +108,29 @@ fn truncated_gguf() {
     assert!(e.contains("quant.gguf") && e.contains("truncated"), "{e}");
 }
 
+/// A GGUF head count of 0 is an error naming the file, not a division by zero when the Q/K rows
+/// are unpermuted (found by tests/fuzz.rs, issue 20).
+#[test]
+fn gguf_with_zero_heads() {
+    let dir = common::tmpdir("text-err-gguf-heads");
+    let f = dir.join("tiny_llama.gguf");
+    let mut b = std::fs::read(fixture("tiny_llama.gguf")).unwrap();
+    let key = b"llama.attention.head_count\x04\x00\x00\x00";
+    // The key, its value type (UINT32), then the value.
+    let at = b
+        .windows(key.len())
+        .position(|w| w == key)
+        .expect("head_count")
+        + key.len();
+    b[at..at + 4].copy_from_slice(&0u32.to_le_bytes());
+    std::fs::write(&f, b).unwrap();
+    let e = load_err(&f, None);
+    assert!(
+        e.contains("tiny_llama.gguf") && e.contains("attention heads"),
+        "{e}"
+    );
+}
+
 #[test]
 fn adapter_for_another_base_model() {
     let e = load_err(&fixture("tiny_llama"), Some(&fixture("tiny_other_lora")));
@@ -192,6 +215,73 @@ fn index_shards_outside_the_folder() {
     }
 }
 
+/// An index naming a shard that is not in the folder is an error naming the index, not only
+/// the missing file (found by tests/fuzz.rs, issue 20).
+#[test]
+fn index_names_a_missing_shard() {
+    let dir = copy_model("tiny_llama", "text-err-index-missing");
+    let p = dir.join("model.safetensors.index.json");
+    let s = std::fs::read_to_string(&p).unwrap();
+    let bad = s.replacen(
+        "model-00004-of-00005.safetensors",
+        "model-00004-of-00005.sqfetensors",
+        1,
+    );
+    std::fs::write(&p, bad).unwrap();
+    let e = load_err(&dir, None);
+    assert!(
+        e.contains("model.safetensors.index.json")
+            && e.contains("model-00004-of-00005.sqfetensors")
+            && e.contains("not in this folder"),
+        "{e}"
+    );
+}
+
+/// An index that lists no shard, or does not place a tensor the model needs, is an error naming
+/// the index (it named no file, or the first shard; found by tests/fuzz.rs, issue 20).
+#[test]
+fn index_without_a_tensor() {
+    for (i, (from, to)) in [
+        ("\"weight_map\": {", "\"weight_map\": {}, \"x\": {"),
+        (
+            "\"model.embed_tokens.weight\": \"model-00001-of-00005.safetensors\"",
+            "\"model.embed_tokens.weight\": \"model-00002-of-00005.safetensors\"",
+        ),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let dir = copy_model("tiny_llama", &format!("text-err-index-tensor-{i}"));
+        let p = dir.join("model.safetensors.index.json");
+        let s = std::fs::read_to_string(&p).unwrap();
+        assert!(s.contains(from), "the index has no {from}");
+        std::fs::write(&p, s.replace(from, to)).unwrap();
+        let e = load_err(&dir, None);
+        assert!(e.contains("model.safetensors.index.json"), "{to}: {e}");
+    }
+}
+
+/// A tensor missing from the shard the index places it in is reported against that shard, not
+/// the first one (found by tests/fuzz.rs, issue 20).
+#[test]
+fn tensor_missing_from_its_shard() {
+    let dir = copy_model("tiny_llama", "text-err-shard-tensor");
+    let p = dir.join("model-00002-of-00005.safetensors");
+    let mut b = std::fs::read(&p).unwrap();
+    // Same length, so the header stays valid: the tensor is renamed away.
+    let at = b
+        .windows(6)
+        .position(|w| w == b"o_proj")
+        .expect("o_proj in shard 2");
+    b[at..at + 6].copy_from_slice(b"o_prxj");
+    std::fs::write(&p, b).unwrap();
+    let e = load_err(&dir, None);
+    assert!(
+        e.contains("model-00002-of-00005.safetensors") && e.contains("o_proj.weight is missing"),
+        "{e}"
+    );
+}
+
 /// A truncated tokenizer.json is an error naming it, never a panic inside the tokenizers crate
 /// (cuts inside its "decoder" section made the crate panic; issue 20).
 #[test]
@@ -225,6 +315,12 @@ fn absurd_config_shapes() {
             "num_attention_heads",
             "\"num_attention_heads\": 4",
             "\"num_attention_heads\": 1048576",
+        ),
+        // u64::MAX layers: a capacity-overflow panic before the fix (found by tests/fuzz.rs).
+        (
+            "num_hidden_layers",
+            "\"num_hidden_layers\": 2",
+            "\"num_hidden_layers\": 18446744073709551615",
         ),
     ] {
         let dir = copy_model("tiny_llama", "text-err-shape");

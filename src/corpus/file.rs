@@ -728,18 +728,21 @@ impl Corpus {
             String::new()
         };
         let stored = self.read_data(i, r.meta_len as u64, r.text_stored as usize)?;
-        let n = (r.sections[1] + r.sections[2] + r.sections[3]) as usize;
+        // Section lengths read from the file: summed in u64 and never used to size an
+        // allocation (the stream is read up to one byte past what they claim).
+        let n: u64 = r.sections[1..].iter().map(|&s| u64::from(s)).sum();
         let raw = match r.codec {
             CODEC_RAW => stored,
             _ => {
-                let mut out = Vec::with_capacity(n);
+                let mut out = Vec::new();
                 flate2::read::DeflateDecoder::new(&stored[..])
+                    .take(n + 1)
                     .read_to_end(&mut out)
                     .map_err(|e| corrupt(&self.path, format!("text of {}: {e}", self.ids[i])))?;
                 out
             }
         };
-        if raw.len() != n {
+        if raw.len() as u64 != n {
             return Err(corrupt(
                 &self.path,
                 format!("text length of {}", self.ids[i]),

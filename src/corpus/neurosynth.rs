@@ -135,6 +135,13 @@ fn read_metadata(path: &Path, report: &mut ImportReport) -> Result<Vec<Study>> {
             peaks: Vec::new(),
         });
     }
+    // Named here: the import's own "no study found" could only name the folder given.
+    if studies.is_empty() {
+        return Err(Error::input(
+            path,
+            "no study: no rows below the header; each metadata row is a study (id, space, …)",
+        ));
+    }
     Ok(studies)
 }
 

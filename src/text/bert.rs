@@ -46,11 +46,19 @@ impl BertConfig {
                 format!("hidden_size {hidden} is not a multiple of num_attention_heads {heads}"),
             ));
         }
+        // Bounded before the layers are counted out (the largest released models have < 200).
+        let layers = c.usize("num_hidden_layers")?;
+        if layers > 1 << 10 {
+            return Err(Error::input(
+                c.path,
+                format!("num_hidden_layers is {layers}, more than any model has (at most 1024); the config.json is corrupt"),
+            ));
+        }
         Ok(BertConfig {
             vocab: c.usize("vocab_size")?,
             hidden,
             ff: c.usize("intermediate_size")?,
-            layers: c.usize("num_hidden_layers")?,
+            layers,
             heads,
             eps: c.f64_or("layer_norm_eps", 1e-12)? as f32,
             max_positions: c.usize_opt("max_position_embeddings")?.unwrap_or(512),
@@ -178,5 +186,28 @@ impl<B: TextOps> Bert<B> {
             b.add_linear_norm(bt, &mut x, &inter, &l.out, &l.out_norm, eps)?;
         }
         Ok(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absurd_layer_count_is_an_error_naming_config_json() {
+        // u64::MAX layers overflowed Vec::with_capacity when the encoder was built (issue 20).
+        let map = serde_json::json!({
+            "hidden_size": 32, "num_attention_heads": 4, "vocab_size": 100,
+            "intermediate_size": 64, "num_hidden_layers": u64::MAX,
+        });
+        let c = Config {
+            map: map.as_object().unwrap(),
+            path: std::path::Path::new("m/config.json"),
+        };
+        let e = BertConfig::from_json(&c).unwrap_err().to_string();
+        assert!(
+            e.contains("config.json") && e.contains("num_hidden_layers"),
+            "{e}"
+        );
     }
 }

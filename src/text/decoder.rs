@@ -33,6 +33,7 @@ impl DecoderConfig {
         let nh = c.usize("num_attention_heads")?;
         let nkv = c.usize_opt("num_key_value_heads")?.unwrap_or(nh);
         let hd = c.usize_opt("head_dim")?.unwrap_or(hidden / nh.max(1));
+        let layers = c.usize("num_hidden_layers")?;
         if nh == 0 || nkv == 0 || nh % nkv != 0 || hd % 2 != 0 {
             return Err(Error::input(
                 c.path,
@@ -45,6 +46,7 @@ impl DecoderConfig {
             ("hidden_size", hidden, 1 << 17),
             ("num_attention_heads", nh, 1 << 10),
             ("head_dim", hd, 1 << 10),
+            ("num_hidden_layers", layers, 1 << 10),
         ] {
             if value > max {
                 return Err(Error::input(c.path, format!("{key} is {value}, more than any model has (at most {max}); the config.json is corrupt")));
@@ -77,7 +79,7 @@ impl DecoderConfig {
             vocab: c.usize("vocab_size")?,
             hidden,
             ff: c.usize("intermediate_size")?,
-            layers: c.usize("num_hidden_layers")?,
+            layers,
             heads: Heads { nh, nkv, hd },
             eps: c.f64_or("rms_norm_eps", 1e-6)? as f32,
             inv_freq,

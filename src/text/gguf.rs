@@ -299,6 +299,7 @@ impl Gguf {
         let mut map = TensorMap {
             tensors: HashMap::new(),
             source: path.to_path_buf(),
+            origin: HashMap::new(),
         };
         for r in converted {
             let (name, t) = r?;
@@ -379,9 +380,13 @@ pub fn dequantize(kind: u32, b: &[u8], n: usize) -> Vec<f32> {
 
 /// Undoes llama.cpp's Q/K permutation (`convert_hf_to_gguf.py` `permute`): rows of each head
 /// were reordered from rotate-half pairs (i, i + hd/2) to interleaved pairs (2i, 2i + 1).
-pub fn unpermute_rows(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
-    let rows = w.len() / cols;
-    let hd = rows / heads;
+/// None when the rows do not split into `heads` heads of an even, non-zero size (a head count
+/// read from a corrupt file).
+pub fn unpermute_rows(w: &[f32], heads: usize, cols: usize) -> Option<Vec<f32>> {
+    let rows = w.len().checked_div(cols).filter(|r| r * cols == w.len())?;
+    let hd = rows
+        .checked_div(heads)
+        .filter(|hd| hd * heads == rows && hd % 2 == 0 && *hd > 0)?;
     let half = hd / 2;
     let mut out = vec![0.0f32; w.len()];
     for h in 0..heads {
@@ -394,7 +399,7 @@ pub fn unpermute_rows(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
             }
         }
     }
-    out
+    Some(out)
 }
 
 #[cfg(test)]

@@ -210,7 +210,12 @@ impl TextModel {
                     continue;
                 };
                 let cols = t.shape.get(1).copied().unwrap_or(1);
-                t.data = gguf::unpermute_rows(&t.data, heads, cols);
+                t.data = gguf::unpermute_rows(&t.data, heads, cols).ok_or_else(|| {
+                    Error::input(
+                        model,
+                        format!("{name} has shape {:?}, which does not split into {heads} attention heads (the GGUF metadata's head count); the file is corrupt: download it again", t.shape),
+                    )
+                })?;
             }
             let tok = TextTokenizer::from_gguf(&g, model)?;
             (cfg, model.to_path_buf(), t, tok)
@@ -231,8 +236,11 @@ impl TextModel {
                 ));
             }
             let tok = TextTokenizer::from_file(&model.join("tokenizer.json"))?;
-            let files = weights::safetensors_files(model)?;
-            let t = weights::read_safetensors(&files, hf_name)?;
+            let (files, index) = weights::safetensors_files(model)?;
+            let mut t = weights::read_safetensors(&files, hf_name)?;
+            if let Some(index) = index {
+                t.place(index, hf_name);
+            }
             (cfg, config_path, t, tok)
         } else {
             return Err(Error::input(

@@ -20,21 +20,46 @@ pub struct Tensor {
 /// Tensors by name, with the file each came from (for error messages).
 pub struct TensorMap {
     pub tensors: HashMap<String, Tensor>,
+    /// The file named where `origin` has no entry: the first file read, or the index.
     pub source: PathBuf,
+    /// The shard of each tensor: the one it was read from, or the one the index places it in.
+    pub origin: HashMap<String, PathBuf>,
 }
 
 impl TensorMap {
+    /// The file a message about tensor `name` names.
+    fn file_of(&self, name: &str) -> &Path {
+        self.origin.get(name).unwrap_or(&self.source)
+    }
+
+    /// Records the shard the index places each tensor in (`rename` as for the read), so that a
+    /// tensor missing from its shard is reported against that shard, and one the index places
+    /// nowhere against the index.
+    pub fn place(&mut self, index: Index, rename: impl Fn(&str) -> Option<String>) {
+        self.source = index.path;
+        for (stored, file) in index.placed {
+            if let Some(name) = rename(&stored) {
+                self.origin.entry(name).or_insert(file);
+            }
+        }
+    }
+
     /// Takes tensor `name` and checks its shape; the message names the file and the mismatch.
     pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let t = self.tensors.remove(name).ok_or_else(|| {
-            Error::input(
+        let t = self.tensors.remove(name).ok_or_else(|| match self.origin.get(name) {
+            // Not read, so the index placed it: the shard or the index is wrong.
+            Some(shard) => Error::input(
+                shard,
+                format!("tensor {name} is missing, though model.safetensors.index.json places it in this shard; download the model again or re-save it with save_pretrained"),
+            ),
+            None => Error::input(
                 &self.source,
                 format!("tensor {name} is missing; the weights are not those of the architecture config.json names"),
-            )
+            ),
         })?;
         if t.shape != shape {
             return Err(Error::input(
-                &self.source,
+                self.file_of(name),
                 format!(
                     "tensor {name} has shape {:?} but config.json implies {shape:?}; the weights and config.json are from different models",
                     t.shape
@@ -45,9 +70,15 @@ impl TensorMap {
     }
 }
 
-/// The safetensors files of a model folder: the index's shards, or `model.safetensors`, or every
-/// `*.safetensors` except a PEFT adapter's.
-pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+/// A model's `model.safetensors.index.json` and the shard it places each tensor in.
+pub struct Index {
+    pub path: PathBuf,
+    pub placed: Vec<(String, PathBuf)>,
+}
+
+/// The safetensors files of a model folder (the index's shards, or `model.safetensors`, or every
+/// `*.safetensors` except a PEFT adapter's), and the index if there is one.
+pub fn safetensors_files(dir: &Path) -> Result<(Vec<PathBuf>, Option<Index>)> {
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
         let text = std::fs::read_to_string(&index).at(&index)?;
@@ -60,6 +91,7 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
             )
         })?;
         let mut files: Vec<&str> = Vec::new();
+        let mut placed = Vec::new();
         for (tensor, f) in map {
             let name = f.as_str().ok_or_else(|| {
                 Error::input(
@@ -67,15 +99,37 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
                     format!("weight_map entry {tensor:?} is {f}, not a shard file name; re-save the model with save_pretrained"),
                 )
             })?;
-            files.push(shard_name(&index, tensor, name)?);
+            let name = shard_name(&index, tensor, name)?;
+            placed.push((tensor.clone(), dir.join(name)));
+            files.push(name);
         }
         files.sort();
         files.dedup();
-        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+        if files.is_empty() {
+            return Err(Error::input(
+                &index,
+                "the weight_map lists no shard; re-save the model with save_pretrained",
+            ));
+        }
+        // Checked here, where the index can be named: opening a missing shard would name only it.
+        if let Some(gone) = files.iter().find(|f| !dir.join(f).is_file()) {
+            return Err(Error::input(
+                &index,
+                format!("names shard {gone:?}, which is not in this folder; download the missing shard or re-save the model with save_pretrained"),
+            ));
+        }
+        let files = files.into_iter().map(|f| dir.join(f)).collect();
+        return Ok((
+            files,
+            Some(Index {
+                path: index,
+                placed,
+            }),
+        ));
     }
     let single = dir.join("model.safetensors");
     if single.is_file() {
-        return Ok(vec![single]);
+        return Ok((vec![single], None));
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .at(dir)?
@@ -93,7 +147,7 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
             "no *.safetensors weights here; save the model with save_pretrained(safe_serialization=True) or give a .gguf file",
         ));
     }
-    Ok(files)
+    Ok((files, None))
 }
 
 /// A shard name from the index, confined to a plain file name in the model folder: a hostile
@@ -123,6 +177,7 @@ pub fn read_safetensors(
     let mut out = TensorMap {
         tensors: HashMap::new(),
         source: files.first().cloned().unwrap_or_default(),
+        origin: HashMap::new(),
     };
     for path in files {
         let file = std::fs::File::open(path).at(path)?;
@@ -157,6 +212,7 @@ pub fn read_safetensors(
             .collect();
         for r in converted {
             let (name, t) = r?;
+            out.origin.insert(name.clone(), path.clone());
             out.tensors.insert(name, t);
         }
     }
