@@ -572,7 +572,7 @@ fn a_wrong_metadata_file_is_the_one_named() {
     let coords = "id\tx\ty\tz\n1\t-38\t34\t20\n2\t1\t1\t1\n";
     std::fs::write(dir.join("c_coordinates.tsv"), coords).unwrap();
     for (metadata, says) in [
-        ("id\tspace\n", "no study rows"),
+        ("id\tspace\n", "no rows below the header"),
         (
             "id\tspace\n7\tMNI\n8\tMNI\n",
             "none of the 2 coordinate rows of",

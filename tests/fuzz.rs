@@ -82,7 +82,7 @@ targets! {
     corpus_nimare: nimare_seeds => import_nimare,
     corpus_neurosynth: neurosynth_seeds => import_neurosynth,
     corpus_jsonl: jsonl_seeds => import_pubget_jsonl,
-    // The atlas cache (src/brain/atlas_cache.rs) goes here, added by its author.
+    atlas_cache: atlas_cache_seeds => load_atlas_cache,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -218,6 +218,30 @@ fn derived(name: &str, make: impl FnOnce(&Corpus, &Path)) -> Seed {
     }
 }
 
+/// A prepared-atlas cache entry, as `Atlas::read` stores it for a continuous atlas.
+fn atlas_cache_seeds() -> Vec<Seed> {
+    let dir = scratch_dir("seed-atlas-cache");
+    let atlas = common::fixtures().join("brain/atlas_thalamus_2mm.nii.gz");
+    let cache = dir.join("cache");
+    niclip::brain::atlas_cache::load_or_build(Some(&cache), &atlas, false, None, || {
+        Atlas::from_image(&Image::read(&atlas)?, false, &atlas)
+    })
+    .unwrap();
+    let entry = std::fs::read_dir(&cache)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let bytes = std::fs::read(entry).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    vec![Seed {
+        name: "atlas-entry.bin".into(),
+        bytes,
+        mutate: true,
+    }]
+}
+
 fn corpus_file_seeds() -> Vec<Seed> {
     vec![derived("fixture.corpus", |c, p| {
         std::fs::copy(c.path(), p).unwrap();
@@ -314,6 +338,29 @@ fn load_gguf(_: &Path, file: &Path) -> niclip::Result<()> {
     let g = Gguf::open(file)?;
     g.read_all(file, |n| Some(n.to_string()))?;
     TextModel::load(file, None, &Device::Cpu).map(drop)
+}
+
+/// The entry as damaged, then re-sealed with a valid CRC32 (a crafted entry, past the
+/// checksum); an atlas that reads back projects a map, as a decode would.
+fn load_atlas_cache(_: &Path, file: &Path) -> niclip::Result<()> {
+    let mut bytes = std::fs::read(file).map_err(|e| niclip::Error::io(file, e))?;
+    let decode = |b: &[u8]| {
+        niclip::brain::atlas_cache::decode_entry(b, None)
+            .map_err(|why| niclip::Error::input(file, why))
+    };
+    decode(&bytes)?;
+    if let Some(body) = bytes.len().checked_sub(4) {
+        let mut crc = flate2::Crc::new();
+        crc.update(&bytes[..body]);
+        bytes[body..].copy_from_slice(&crc.sum().to_le_bytes());
+    }
+    if let Some(atlas) = decode(&bytes)? {
+        let n = atlas.grid.n_voxels();
+        if n <= 1 << 22 {
+            atlas.project_image(&Image::new(atlas.grid.clone(), 1, vec![1.0; n]));
+        }
+    }
+    Ok(())
 }
 
 fn load_corpus_file(_: &Path, file: &Path) -> niclip::Result<()> {

@@ -69,7 +69,7 @@ pub fn load_or_build(
     let key = key(path, labels, grid)?;
     let entry = dir.join(file_name(&key));
     if let Ok(bytes) = std::fs::read(&entry) {
-        match decode(&bytes, &key) {
+        match decode_entry(&bytes, Some(&key)) {
             Ok(Some(atlas)) => return Ok(atlas),
             Ok(None) => {}
             Err(why) => eprintln!(
@@ -150,9 +150,10 @@ impl Cursor<'_> {
     }
 }
 
-/// The atlas in an entry; `Ok(None)` for an entry of another version or key (the file name is
-/// a hash, so it may collide), `Err` with the reason for a damaged one.
-fn decode(bytes: &[u8], key: &str) -> std::result::Result<Option<Atlas>, String> {
+/// The atlas in an entry; `Ok(None)` for an entry of another version or of another key than
+/// `key` (the file name is a hash, so it may collide; `None` accepts any key), `Err` with the
+/// reason for a damaged one. Public for the fuzz suite.
+pub fn decode_entry(bytes: &[u8], key: Option<&str>) -> std::result::Result<Option<Atlas>, String> {
     let mut c = Cursor(bytes);
     if c.take(8).ok() != Some(&MAGIC[..]) {
         return Err("not a niclip atlas cache entry".into());
@@ -168,7 +169,8 @@ fn decode(bytes: &[u8], key: &str) -> std::result::Result<Option<Atlas>, String>
     }
     let mut c = Cursor(&bytes[12..body]);
     let klen = c.u64()?;
-    if c.take(klen)? != key.as_bytes() {
+    let stored = c.take(klen)?;
+    if key.is_some_and(|k| k.as_bytes() != stored) {
         return Ok(None);
     }
     let mut n = [0usize; 7];

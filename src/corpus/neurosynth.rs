@@ -30,12 +30,6 @@ pub(crate) fn import<W: Write>(
         meta_path.display().to_string(),
     ];
     let mut studies = read_metadata(&meta_path, report)?;
-    if studies.is_empty() {
-        return Err(Error::input(
-            &meta_path,
-            "no study rows after its header; give the metadata file that lists the studies",
-        ));
-    }
     let (rows, matched) = read_coordinates(&coords_path, &mut studies, report)?;
     if rows > 0 && matched == 0 {
         // Every row unmatched means the two files do not belong together: say which ones.
