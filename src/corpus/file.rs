@@ -491,7 +491,8 @@ impl Corpus {
                 return Err(corrupt(path, format!("block {name} out of range")));
             }
         }
-        if b.records[1] != (n * RECORD_LEN) as u64 || b.xyz[1] != toc.peaks * 24 {
+        let records_len = n.checked_mul(RECORD_LEN).map(|l| l as u64);
+        if records_len != Some(b.records[1]) || toc.peaks.checked_mul(24) != Some(b.xyz[1]) {
             return Err(corrupt(path, "block sizes do not match the counts"));
         }
         let mut rec_bytes = vec![0u8; b.records[1] as usize];
@@ -507,12 +508,22 @@ impl Corpus {
         if ids.len() != n {
             return Err(corrupt(path, "id count"));
         }
+        // Checked sums: offsets read from the file must not wrap into range.
         let data_end = b.data[0] + b.data[1];
+        let within = |start: u64, lens: &[u64], end: u64| {
+            lens.iter()
+                .try_fold(start, |a, &l| a.checked_add(l))
+                .is_some_and(|e| e <= end)
+        };
         for (i, r) in recs.iter().enumerate() {
-            let ok = r.peak_start + r.peak_count as u64 <= toc.peaks
+            let ok = within(r.peak_start, &[r.peak_count as u64], toc.peaks)
                 && (r.study_len as usize) <= ids[i].len()
                 && r.data_offset >= b.data[0]
-                && r.data_offset + r.meta_len as u64 + r.text_stored as u64 <= data_end
+                && within(
+                    r.data_offset,
+                    &[r.meta_len as u64, r.text_stored as u64],
+                    data_end,
+                )
                 && Space::from_code(r.space).is_some()
                 && r.codec <= CODEC_DEFLATE;
             if !ok {
