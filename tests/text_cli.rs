@@ -172,8 +172,13 @@ fn embed_corpus_section_with_ids_and_resume() {
     niclip_fails(&v(&args(&out)));
     let first = dir.join("resumed.npy.partial/chunk-000000.npy");
     assert!(first.exists(), "checkpoints are kept");
-    // Mark the first checkpoint: a resumed run must reuse it rather than recompute it.
-    niclip::io::write_npy_f32(&first, &[0.5f32; 64], 1, 64).unwrap();
+    // Mark the first checkpoint, with the checksum beside it that a chunk saved whole has: a
+    // resumed run must reuse it rather than recompute it.
+    let mark = [0.5f32; 64];
+    niclip::io::write_npy_f32(&first, &mark, 1, 64).unwrap();
+    let mut crc = flate2::Crc::new();
+    crc.update(bytemuck::cast_slice(&mark));
+    std::fs::write(first.with_extension("npy.crc32"), format!("{:08x}", crc.sum())).unwrap();
     std::fs::remove_dir(&out).unwrap();
     let log = niclip(&v(&args(&out)));
     assert!(log.contains("resuming"), "{log}");
