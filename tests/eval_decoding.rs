@@ -182,3 +182,24 @@ fn the_example_truth_file_works_from_any_folder() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("niclip"), "{stdout}");
 }
+
+/// `eval decoding` decoded every map as it is, so a preparation (tail, flip, top-P % ROI)
+/// could not be chosen by evaluation; it takes decode's flags now, for niclip's input.
+#[test]
+fn eval_decoding_prepares_maps_as_decode_does() {
+    let dir = tmpdir("eval-variant");
+    let truth = repo().join("examples/truth.tsv").display().to_string();
+    let per_map = |name: &str, extra: &[&str]| {
+        let out = dir.join(name).display().to_string();
+        let mut args = vec!["eval", "decoding", "--truth", &truth, "--permutations", "10"];
+        args.extend(["--out", &out]);
+        args.extend(extra);
+        niclip(&args);
+        std::fs::read_to_string(dir.join(name).join("per_map.csv")).unwrap()
+    };
+    let plain = per_map("plain", &[]);
+    let roi = per_map("roi", &["--percentile", "5"]);
+    assert_ne!(plain, roi, "--percentile 5 changed no ranking");
+    let err = niclip_fails(&["eval", "decoding", "--truth", &truth, "--percentile", "0"]);
+    assert!(err.contains("--percentile"), "{err}");
+}

@@ -178,7 +178,11 @@ fn embed_corpus_section_with_ids_and_resume() {
     niclip::io::write_npy_f32(&first, &mark, 1, 64).unwrap();
     let mut crc = flate2::Crc::new();
     crc.update(bytemuck::cast_slice(&mark));
-    std::fs::write(first.with_extension("npy.crc32"), format!("{:08x}", crc.sum())).unwrap();
+    std::fs::write(
+        first.with_extension("npy.crc32"),
+        format!("{:08x}", crc.sum()),
+    )
+    .unwrap();
     std::fs::remove_dir(&out).unwrap();
     let log = niclip(&v(&args(&out)));
     assert!(log.contains("resuming"), "{log}");

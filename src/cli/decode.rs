@@ -76,6 +76,15 @@ pub struct DecodeArgs {
     /// FILE-summary.png, a heat map of maps × their top tasks.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    #[command(flatten)]
+    pub variant: VariantArgs,
+    #[command(flatten)]
+    pub compute: Compute,
+}
+
+/// How each map is prepared before it is decoded (the paper's Fig. S7).
+#[derive(clap::Args, Debug, Clone)]
+pub struct VariantArgs {
     /// positive keeps values > 0; negative keeps values < 0 as their absolute values; both
     /// decodes the map as it is.
     #[arg(long, value_enum, default_value_t = Tail::Both)]
@@ -86,8 +95,18 @@ pub struct DecodeArgs {
     /// Keep the top P % of the atlas's voxels (positive values only) as a binary ROI.
     #[arg(long)]
     pub percentile: Option<f64>,
-    #[command(flatten)]
-    pub compute: Compute,
+}
+
+impl VariantArgs {
+    pub fn variant(&self) -> Result<Variant> {
+        let v = Variant {
+            tail: self.tail,
+            flip: self.flip,
+            percentile: self.percentile,
+        };
+        v.check()?;
+        Ok(v)
+    }
 }
 
 impl ModelArgs {
@@ -175,22 +194,10 @@ impl ModelArgs {
     }
 }
 
-impl DecodeArgs {
-    fn variant(&self) -> Result<Variant> {
-        let v = Variant {
-            tail: self.tail,
-            flip: self.flip,
-            percentile: self.percentile,
-        };
-        v.check()?;
-        Ok(v)
-    }
-}
-
 pub fn run(a: DecodeArgs) -> Result<()> {
     a.compute.init_threads();
     a.compute.cpu_only("decode");
-    let variant = a.variant()?;
+    let variant = a.variant.variant()?;
     if let Some(p) = &a.plot {
         plot::check_plot_path(p)?;
     }

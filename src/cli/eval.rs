@@ -1,7 +1,7 @@
 //! `niclip eval …`: `retrieval` scores the CLIP model on article ↔ map retrieval (Recall@k,
 //! Mix&Match); `decoding` scores niclip and the baselines on maps with a known answer.
 
-use super::decode::ModelArgs;
+use super::decode::{ModelArgs, VariantArgs};
 use super::train::{sibling, TrainFlags};
 use super::Compute;
 use crate::clip::data::load_pairs;
@@ -30,6 +30,9 @@ pub struct DecodingArgs {
     pub truth: PathBuf,
     #[command(flatten)]
     pub model: ModelArgs,
+    /// niclip's preparation of each map (the baselines read the maps as they are).
+    #[command(flatten)]
+    pub variant: VariantArgs,
     /// Baseline models (`niclip baseline train`) scored beside niclip; repeat for several.
     /// Their task scores rank concepts and domains through the same ontology (a concept scores
     /// its best task, a domain its best concept).
@@ -123,7 +126,15 @@ fn decoding(a: DecodingArgs) -> Result<()> {
     a.compute.cpu_only("eval decoding");
     let truth = read_truth(&a.truth)?;
     let (decoder, scale_note) = a.model.decoder()?;
-    let e = evaluate(truth, &decoder, &a.baselines, a.permutations, a.seed)?;
+    let variant = a.variant.variant()?;
+    let e = evaluate(
+        truth,
+        &decoder,
+        &variant,
+        &a.baselines,
+        a.permutations,
+        a.seed,
+    )?;
     println!(
         "{} maps from {}; niclip {scale_note}",
         e.truth.len(),

@@ -8,6 +8,7 @@ use crate::decode::ontology::name_key;
 use crate::decode::posterior::ranking;
 use crate::decode::{Decoder, Variant};
 use crate::error::{Error, Result};
+use rayon::prelude::*;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -28,28 +29,33 @@ fn domain_names(decoder: &Decoder) -> Vec<String> {
 }
 
 /// niclip's ranking of every truth map (each must be one 3D map), decoded as it is.
-pub fn niclip_predictions(decoder: &Decoder, truth: &[Truth]) -> Result<Vec<Prediction>> {
-    let variant = Variant::default();
-    let mut preds = Vec::with_capacity(truth.len());
-    for t in truth {
-        let img = Image::read(&t.map)?;
-        if img.n_vols != 1 {
-            return Err(Error::input(
-                &t.map,
-                format!("{} volumes; each truth row names one 3D map", img.n_vols),
-            ));
-        }
-        let f = decoder.image_features(&img, &variant, &t.map)?;
-        let d = decoder
-            .decode_features(&f, vec![t.map.display().to_string()])
-            .remove(0);
-        preds.push(Prediction {
-            tasks: ranked(decoder.task_names(), &d.tasks.posterior),
-            concepts: ranked(decoder.concept_names(), &d.concepts),
-            domains: ranked(&domain_names(decoder), &d.domains),
-        });
-    }
-    Ok(preds)
+pub fn niclip_predictions(
+    decoder: &Decoder,
+    variant: &Variant,
+    truth: &[Truth],
+) -> Result<Vec<Prediction>> {
+    // Maps are independent: read and projected in parallel (an evaluation set has hundreds).
+    truth
+        .par_iter()
+        .map(|t| {
+            let img = Image::read(&t.map)?;
+            if img.n_vols != 1 {
+                return Err(Error::input(
+                    &t.map,
+                    format!("{} volumes; each truth row names one 3D map", img.n_vols),
+                ));
+            }
+            let f = decoder.image_features(&img, variant, &t.map)?;
+            let d = decoder
+                .decode_features(&f, vec![t.map.display().to_string()])
+                .remove(0);
+            Ok(Prediction {
+                tasks: ranked(decoder.task_names(), &d.tasks.posterior),
+                concepts: ranked(decoder.concept_names(), &d.concepts),
+                domains: ranked(&domain_names(decoder), &d.domains),
+            })
+        })
+        .collect()
 }
 
 /// The baseline model at `path`: its name (`baseline:<file stem>`) and its ranking of every

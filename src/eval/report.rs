@@ -5,7 +5,7 @@
 use super::decoding::recall_at;
 use super::predict::{baseline_predictions, niclip_predictions};
 use super::{score_level, Level, LevelScore, Prediction, Truth};
-use crate::decode::Decoder;
+use crate::decode::{Decoder, Variant};
 use crate::error::{IoContext, Result};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -19,17 +19,20 @@ pub struct DecodingEval {
     pub scores: Vec<(String, LevelScore)>,
 }
 
-/// Scores `decoder` (niclip) and the baseline models at `baselines` on the maps of `truth`
+/// Scores `decoder` (niclip, each map prepared as `variant` says) and the baseline models at
+/// `baselines` on the maps of `truth`
 /// ([`read_truth`](super::read_truth)), each against `permutations` shuffles of its predictions
 /// (seeded by `seed`).
 pub fn evaluate(
     truth: Vec<Truth>,
     decoder: &Decoder,
+    variant: &Variant,
     baselines: &[PathBuf],
     permutations: usize,
     seed: u64,
 ) -> Result<DecodingEval> {
-    let mut decoders = vec![("niclip".to_string(), niclip_predictions(decoder, &truth)?)];
+    let niclip = niclip_predictions(decoder, variant, &truth)?;
+    let mut decoders = vec![("niclip".to_string(), niclip)];
     for b in baselines {
         decoders.push(baseline_predictions(decoder, b, &truth)?);
     }
