@@ -16,13 +16,15 @@
 #   examples/             the real maps of examples/truth.tsv, copied.
 #   truth.tsv             each map with the Cognitive Atlas task, concept and domain of its
 #                         class (the studyset's `comparison_task`: every analysis of a study
-#                         has the same one), spelled as the shipped ontology spells them.
+#                         has the same one), spelled as the decoder spells them (step 4).
 #   train-matches.tsv     the articles of the default model's training corpus (Neurosynth v7
 #                         ∪ NeuroQuery, as scripts/build-default-model.sh imports them) whose
 #                         title matches a studyset title (case-insensitive, whitespace
 #                         normalised): the model has seen these maps and texts.
 #   train-exclude-ids.txt their ids, for `niclip corpus filter --exclude-ids` when training a
 #                         model to evaluate on this set.
+#   truth-unseen.tsv      truth.tsv's studyset maps whose study matches no training title (for
+#                         models trained on the whole corpus, as the default is).
 #   work/                 the corpora the above came from.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -79,16 +81,18 @@ while IFS=$'\t' read -r sid _ _; do
         --device cpu --threads 2
 done < "$W/studies.tsv"
 
-# 4. truth.tsv. Names as in assets/default/ontology: the flanker task is only in the full
-#    vocabulary (the reduced one has no flanker task, so its flanker maps cannot be right at
-#    the task level); working memory and response conflict (the flanker task's conflict
-#    concept) are both classed under Executive/Cognitive Control.
+# 4. truth.tsv. Names as the decoder spells them (a name it never outputs is a silent miss):
+#    tasks and concepts as in assets/default/ontology, domains as braindec names the concept
+#    classes. The flanker task is only in the full vocabulary (the reduced one has none, so its
+#    flanker maps cannot be right at the task level); working memory and response conflict
+#    (the flanker task's conflict concept) are both in class ctp_C4, Executive cognitive
+#    control.
 {
     printf 'path\ttask\tconcepts\tdomains\n'
     while IFS=$'\t' read -r sid class _; do
         case "$class" in
-            n-back) printf 'maps/%s.nii.gz\tn-back task\tworking memory\tExecutive/Cognitive Control\n' "$sid" ;;
-            flanker) printf 'maps/%s.nii.gz\tEriksen flanker task\tresponse conflict\tExecutive/Cognitive Control\n' "$sid" ;;
+            n-back) printf 'maps/%s.nii.gz\tn-back task\tworking memory\tExecutive cognitive control\n' "$sid" ;;
+            flanker) printf 'maps/%s.nii.gz\tEriksen flanker task\tresponse conflict\tExecutive cognitive control\n' "$sid" ;;
             *) echo "$W/studies.tsv: study $sid has class $class; expected n-back or flanker" >&2; exit 1 ;;
         esac
     done < "$W/studies.tsv"
@@ -104,9 +108,10 @@ $N corpus import --format neurosynth "$DATA/corpus/neurosynth" --text-jsonl "$JO
 $N corpus import --format neuroquery "$DATA/corpus/neuroquery" --text-jsonl "$JOIN" --out "$W/neuroquery.corpus"
 $N corpus merge "$W/neurosynth.corpus" "$W/neuroquery.corpus" --out "$W/train.corpus"
 $N corpus export --format nimare "$W/train.corpus" --out "$W/train.json"
-python3 - "$W/train.json" "$W/studies.tsv" "$OUT/train-matches.tsv" "$OUT/train-exclude-ids.txt" <<'EOF'
+python3 - "$W/train.json" "$W/studies.tsv" "$OUT/train-matches.tsv" "$OUT/train-exclude-ids.txt" \
+    "$OUT/truth.tsv" "$OUT/truth-unseen.tsv" <<'EOF'
 import json, sys
-train_json, studies_tsv, out_tsv, out_ids = sys.argv[1:]
+train_json, studies_tsv, out_tsv, out_ids, truth, unseen = sys.argv[1:]
 key = lambda t: " ".join(t.split()).casefold()
 wanted = {}
 for line in open(studies_tsv):
@@ -126,6 +131,11 @@ with open(out_tsv, "w") as f:
 with open(out_ids, "w") as f:
     f.writelines(h[0] + "\n" for h in hits)
 matched = {s for h in hits for s in h[1].split(";")}
+with open(unseen, "w") as f:
+    lines = open(truth).readlines()
+    f.write(lines[0])
+    f.writelines(l for l in lines[1:] if l.startswith("maps/")
+                 and l.split("\t")[0][len("maps/"):-len(".nii.gz")] not in matched)
 print(f"{len(hits)} of {len(train)} training articles match a studyset title "
       f"({len(matched)} of {sum(len(v) for v in wanted.values())} studyset studies); "
       f"listed in {out_tsv}")
