@@ -49,18 +49,17 @@ fn open_table(path: &Path) -> Result<SerializedFileReader<std::fs::File>> {
 /// The names of a parquet table's top-level scalar columns (lists and structs left out).
 fn scalar_columns(path: &Path) -> Result<Vec<String>> {
     let reader = open_table(path)?;
-    let root = reader
+    let names = reader
         .metadata()
         .file_metadata()
         .schema_descr()
         .root_schema()
         .get_fields()
-        .to_vec();
-    Ok(root
         .iter()
         .filter(|f| f.is_primitive())
         .map(|f| f.name().to_string())
-        .collect())
+        .collect();
+    Ok(names)
 }
 
 /// The requested columns of a parquet table, row by row (`None` where a column is absent or
