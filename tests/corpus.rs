@@ -1361,3 +1361,40 @@ fn neurosynth_filter_and_sample() {
     assert_eq!((r.total, r.kept), (14_371, 1000));
     assert_eq!(Corpus::open(&dir.join("s.corpus")).unwrap().len(), 1000);
 }
+
+#[test]
+fn studyset_keeps_metadata_labels() {
+    let Some(data) = need_data() else {
+        return;
+    };
+    let dir = tmpdir("nvf-meta");
+    let out = dir.join("nvf.corpus");
+    let ss = data.join("corpus/nimare/nback_vs_flanker_studyset_2026-07");
+    import(Format::Studyset, &[ss], &out).unwrap();
+    let c = Corpus::open(&out).unwrap();
+    // selection_summary.json: 500 n-back and 406 flanker analyses, every one labelled.
+    let mut classes = std::collections::BTreeMap::new();
+    for i in 0..c.len() {
+        let m = c.meta(i).unwrap();
+        let class = m.extra["comparison_task"].as_str().unwrap().to_string();
+        assert!(m.extra["matched_task_names"].as_str().is_some(), "{m:?}");
+        // Ids and the study's own fields are not repeated in `extra`.
+        assert!(!m.extra.contains_key("study_id") && !m.extra.contains_key("authors"));
+        *classes.entry(class).or_insert(0) += 1;
+    }
+    assert_eq!(classes.len(), 2);
+    assert_eq!((classes["n-back"], classes["flanker"]), (500, 406));
+    // The labels travel through the NiMARE export.
+    let json = dir.join("nvf.json");
+    nimare_export(&c, &json);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let labelled = v
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|s| s["contrasts"].as_object().unwrap().values())
+        .filter(|a| a["metadata"]["matched_task_names"].is_string())
+        .count();
+    assert_eq!(labelled, 906);
+}

@@ -1,6 +1,6 @@
 //! NiMARE studyset releases in parquet (`"format": "nimare-studyset-parquet"`): a folder with
 //! `studyset.json` and the tables `studies`, `analyses`, `coordinates` (and `metadata`,
-//! `texts`, `annotations`, `images`, of which the texts and the keywords are used).
+//! `texts`, `annotations`, `images`, of which the texts and the metadata are used).
 //!
 //! As NiMARE 0.22.1's `Studyset.from_parquet` + `harmonize_space("mni152_2mm")`: one corpus
 //! study per analysis, id `"<study_id>-<contrast_id>"`; the study's `name` is the title and its
@@ -8,8 +8,9 @@
 //! `keywords`, `abstract`, `body` columns fill what the study lacks); coordinates are per
 //! peak in `space` MNI (kept), TAL/Talairach (converted with `tal2mni`) or anything else
 //! (kept untransformed, as NiMARE relabels unrecognised spaces; counted in the report).
-//! Analyses without coordinates are kept without peaks. Annotations are not kept (a corpus
-//! stores texts, not labels).
+//! Analyses without coordinates are kept without peaks. The metadata table's string columns
+//! other than ids and texts are kept in each analysis's `extra` (the release's labels, such as
+//! `matched_task_names`, live there); the annotations table is not read.
 
 use super::jsonl;
 use super::report::ImportReport;
@@ -31,17 +32,41 @@ pub fn is_studyset_dir(dir: &Path) -> bool {
             || (dir.join("studies.parquet").is_file() && dir.join("analyses.parquet").is_file()))
 }
 
-/// The requested columns of a parquet table, row by row (`None` where a column is absent or
-/// the cell is null).
-fn read_table(path: &Path, columns: &[&str], required: &[&str]) -> Result<Vec<Vec<Option<Field>>>> {
-    let bad = |e: parquet::errors::ParquetError| {
+fn parquet_error(path: &Path) -> impl Fn(parquet::errors::ParquetError) -> Error + '_ {
+    move |e| {
         Error::input(
             path,
             format!("not a readable parquet table ({e}); re-export the studyset release"),
         )
-    };
+    }
+}
+
+fn open_table(path: &Path) -> Result<SerializedFileReader<std::fs::File>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let reader = SerializedFileReader::new(file).map_err(bad)?;
+    SerializedFileReader::new(file).map_err(parquet_error(path))
+}
+
+/// The names of a parquet table's top-level scalar columns (lists and structs left out).
+fn scalar_columns(path: &Path) -> Result<Vec<String>> {
+    let reader = open_table(path)?;
+    let names = reader
+        .metadata()
+        .file_metadata()
+        .schema_descr()
+        .root_schema()
+        .get_fields()
+        .iter()
+        .filter(|f| f.is_primitive())
+        .map(|f| f.name().to_string())
+        .collect();
+    Ok(names)
+}
+
+/// The requested columns of a parquet table, row by row (`None` where a column is absent or
+/// the cell is null).
+fn read_table(path: &Path, columns: &[&str], required: &[&str]) -> Result<Vec<Vec<Option<Field>>>> {
+    let bad = parquet_error(path);
+    let reader = open_table(path)?;
     let root = reader
         .metadata()
         .file_metadata()
@@ -72,10 +97,10 @@ fn read_table(path: &Path, columns: &[&str], required: &[&str]) -> Result<Vec<Ve
     let projection = Type::group_type_builder("schema")
         .with_fields(present)
         .build()
-        .map_err(bad)?;
+        .map_err(&bad)?;
     let mut rows = Vec::with_capacity(reader.metadata().file_metadata().num_rows() as usize);
-    for row in reader.get_row_iter(Some(projection)).map_err(bad)? {
-        let row = row.map_err(bad)?;
+    for row in reader.get_row_iter(Some(projection)).map_err(&bad)? {
+        let row = row.map_err(&bad)?;
         let mut out = vec![None; columns.len()];
         for (name, f) in row.get_column_iter() {
             if let Some(&i) = slot.get(name.as_str()) {
@@ -267,8 +292,21 @@ fn read_analyses(
     Ok((out, index))
 }
 
-/// The optional texts table's sections and the metadata table's keywords, where the analysis
-/// has none yet.
+/// Metadata columns kept elsewhere: ids, keywords (a text section) and the study's title,
+/// authors and journal (from studies.parquet).
+const METADATA_NOT_EXTRA: [&str; 8] = [
+    "id",
+    "study_id",
+    "contrast_id",
+    "keywords",
+    "name",
+    "study_name",
+    "authors",
+    "journal",
+];
+
+/// The optional texts table's sections, the metadata table's keywords (where the analysis has
+/// none yet) and its other string columns (in `extra`).
 fn fill_texts(
     texts_path: &Path,
     meta_path: &Path,
@@ -292,13 +330,30 @@ fn fill_texts(
         }
     }
     if meta_path.is_file() {
-        for r in read_table(meta_path, &["id", "keywords"], &["id"])? {
+        // Every other string column goes to `extra`: the release's labels (such as
+        // `matched_task_names`, the task each analysis was selected for) are only there.
+        let others: Vec<String> = scalar_columns(meta_path)?
+            .into_iter()
+            .filter(|c| !METADATA_NOT_EXTRA.contains(&c.as_str()))
+            .collect();
+        let mut names = vec!["id", "keywords"];
+        names.extend(others.iter().map(String::as_str));
+        for r in read_table(meta_path, &names, &["id"])? {
             let Some(i) = text(&r[0]).and_then(|id| index.get(&id).copied()) else {
                 continue;
             };
             if let Some(k) = text(&r[1]) {
                 if out[i].text.keywords.is_empty() {
                     out[i].text.keywords = k;
+                }
+            }
+            for (name, cell) in others.iter().zip(&r[2..]) {
+                if let (Some(Field::Str(_)), Some(v)) = (cell, text(cell)) {
+                    out[i]
+                        .meta
+                        .extra
+                        .entry(name.clone())
+                        .or_insert(serde_json::Value::String(v));
                 }
             }
         }
