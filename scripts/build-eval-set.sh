@@ -23,6 +23,8 @@
 #                         normalised): the model has seen these maps and texts.
 #   train-exclude-ids.txt their ids, for `niclip corpus filter --exclude-ids` when training a
 #                         model to evaluate on this set.
+#   tune.tsv, test.tsv    truth.tsv split in two, stratified by task (the example maps in
+#                         test.tsv): settings are chosen on tune.tsv and reported on test.tsv.
 #   truth-unseen.tsv      truth.tsv's studyset maps whose study matches no training title (for
 #                         models trained on the whole corpus, as the default is).
 #   work/                 the corpora the above came from.
@@ -140,4 +142,12 @@ print(f"{len(hits)} of {len(train)} training articles match a studyset title "
       f"({len(matched)} of {sum(len(v) for v in wanted.values())} studyset studies); "
       f"listed in {out_tsv}")
 EOF
-echo "evaluation set in $OUT: $(($(wc -l < "$OUT/truth.tsv") - 1)) maps in truth.tsv"
+# 6. A split for choosing settings (tune.tsv) and reporting them (test.tsv): within each task,
+# alternate studyset rows in truth.tsv's order; the example maps only in test.tsv.
+awk -F'\t' -v tune="$OUT/tune.tsv" -v test="$OUT/test.tsv" '
+    NR == 1 { print > tune; print > test; next }
+    $1 ~ /^maps\// { n[$2]++; print > ((n[$2] % 2) ? tune : test); next }
+    { print > test }
+' "$OUT/truth.tsv"
+echo "evaluation set in $OUT: $(($(wc -l < "$OUT/truth.tsv") - 1)) maps in truth.tsv" \
+    "(tune.tsv $(($(wc -l < "$OUT/tune.tsv") - 1)), test.tsv $(($(wc -l < "$OUT/test.tsv") - 1)))"
