@@ -191,7 +191,14 @@ fn eval_decoding_prepares_maps_as_decode_does() {
     let truth = repo().join("examples/truth.tsv").display().to_string();
     let per_map = |name: &str, extra: &[&str]| {
         let out = dir.join(name).display().to_string();
-        let mut args = vec!["eval", "decoding", "--truth", &truth, "--permutations", "10"];
+        let mut args = vec![
+            "eval",
+            "decoding",
+            "--truth",
+            &truth,
+            "--permutations",
+            "10",
+        ];
         args.extend(["--out", &out]);
         args.extend(extra);
         niclip(&args);
@@ -202,4 +209,32 @@ fn eval_decoding_prepares_maps_as_decode_does() {
     assert_ne!(plain, roi, "--percentile 5 changed no ranking");
     let err = niclip_fails(&["eval", "decoding", "--truth", &truth, "--percentile", "0"]);
     assert!(err.contains("--percentile"), "{err}");
+}
+
+/// A truth name the decoder never outputs ("Executive/Cognitive Control" for "Executive
+/// cognitive control") scored a silent 0 at every map.
+#[test]
+fn truth_names_the_decoder_never_outputs_are_warned() {
+    let dir = tmpdir("eval-unknown");
+    let map = repo().join("examples/nimare_amygdala_roi.nii.gz");
+    let truth = dir.join("truth.tsv");
+    std::fs::write(
+        &truth,
+        format!(
+            "path\ttask\tconcepts\tdomains\n{}\temotion processing fMRI task paradigm\temotion\tExecutive/Cognitive Control;Emotion\n",
+            map.display()
+        ),
+    )
+    .unwrap();
+    let t = truth.display().to_string();
+    let err = niclip(&["eval", "decoding", "--truth", &t, "--permutations", "10"]);
+    assert!(
+        err.contains("1 domain name(s) that niclip never outputs")
+            && err.contains("Executive/Cognitive Control"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("task name(s)") && !err.contains("concept name(s)"),
+        "{err}"
+    );
 }

@@ -9,6 +9,7 @@ use crate::clip::metrics::write_metrics;
 use crate::clip::Clip;
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::eval::predict::names_never_predicted;
 use crate::eval::{evaluate, read_truth};
 use std::path::PathBuf;
 
@@ -126,6 +127,17 @@ fn decoding(a: DecodingArgs) -> Result<()> {
     a.compute.cpu_only("eval decoding");
     let truth = read_truth(&a.truth)?;
     let (decoder, scale_note) = a.model.decoder()?;
+    for (level, names) in names_never_predicted(&decoder, &truth) {
+        eprintln!(
+            "warning: {}: {} {} name(s) that niclip never outputs, so they can never be hit \
+             (misspelt, or not in this vocabulary/ontology; `niclip decode MAP --top all` lists \
+             its names): {}",
+            a.truth.display(),
+            names.len(),
+            level.name(),
+            names.join("; ")
+        );
+    }
     let variant = a.variant.variant()?;
     let e = evaluate(
         truth,

@@ -66,7 +66,7 @@ impl Level {
 }
 
 /// Names compare case-insensitively, whitespace trimmed (ontology spellings vary in case).
-fn same(a: &str, b: &str) -> bool {
+pub(crate) fn same(a: &str, b: &str) -> bool {
     a.trim().eq_ignore_ascii_case(b.trim())
 }
 

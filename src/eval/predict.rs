@@ -1,7 +1,8 @@
 //! Each decoder's rankings of the maps of a truth file: niclip's tasks, concepts and domains by
 //! probability, and a baseline's by its scores carried up the same ontology.
 
-use super::{Prediction, Truth};
+use super::decoding::same;
+use super::{Level, Prediction, Truth};
 use crate::baseline;
 use crate::brain::{Image, Mask};
 use crate::decode::ontology::name_key;
@@ -25,6 +26,31 @@ fn domain_names(decoder: &Decoder) -> Vec<String> {
         .domain_names()
         .iter()
         .map(|s| s.to_string())
+        .collect()
+}
+
+/// Per level, the truth names that `decoder` can never output (misspelt, or not in its
+/// vocabulary or ontology): each is a miss at every map, which no score would reveal.
+pub fn names_never_predicted(decoder: &Decoder, truth: &[Truth]) -> Vec<(Level, Vec<String>)> {
+    let known: [Vec<String>; 3] = [
+        decoder.task_names().to_vec(),
+        decoder.concept_names().to_vec(),
+        domain_names(decoder),
+    ];
+    Level::ALL
+        .iter()
+        .zip(known)
+        .filter_map(|(&level, names)| {
+            let mut unknown: Vec<String> = truth
+                .iter()
+                .flat_map(|t| level.truth(t))
+                .filter(|n| !names.iter().any(|k| same(k, n)))
+                .cloned()
+                .collect();
+            unknown.sort();
+            unknown.dedup();
+            (!unknown.is_empty()).then_some((level, unknown))
+        })
         .collect()
 }
 

@@ -132,9 +132,10 @@ fn cells(name: &str, s: &LevelScore) -> [(String, String); 9] {
     ]
 }
 
-/// Observed / null mean recall ("inf" when the null never finds anything).
+/// Observed / null mean recall ("inf" when only the null never finds anything; empty when
+/// neither finds anything, as 0/0 says nothing).
 fn ratio(s: &LevelScore) -> String {
-    if s.maps == 0 {
+    if s.maps == 0 || (s.recall == 0.0 && s.null_recall == 0.0) {
         String::new()
     } else if s.null_recall > 0.0 {
         format!("{:.2}", s.recall / s.null_recall)
