@@ -110,7 +110,7 @@ fn recalls_follow_from_the_rankings_decode_prints() {
             .map(String::from)
             .collect()
     };
-    // decoder,level,k,maps,recall,hit,null_recall,p,ratio
+    // decoder,level,k,maps,recall,hit,null_recall,p,ratio,mrr
     let task = row("niclip", "task");
     assert_eq!((&task[2][..], &task[3][..]), ("4", "2"), "{task:?}");
     assert_eq!(task[4].parse::<f64>().unwrap(), 0.5);
@@ -121,6 +121,9 @@ fn recalls_follow_from_the_rankings_decode_prints() {
     assert_eq!(&concept[3], "0", "no concept truth: {concept:?}");
     let p: f64 = task[7].parse().unwrap();
     assert!(p > 0.0 && p <= 1.0);
+    // A task found in the top 4 of half the maps: its reciprocal rank is at least 1/4 there.
+    let mrr: f64 = task[9].parse().unwrap();
+    assert!((0.125..=1.0).contains(&mrr), "{task:?}");
 
     // The baseline's task ranking is what `baseline decode` prints for the same map.
     let printed = niclip_stdout(&[

@@ -83,6 +83,16 @@ pub fn recall_at(truth: &[String], ranked: &[String], k: usize) -> Option<f64> {
     Some(found as f64 / truth.len() as f64)
 }
 
+/// 1 / the rank (1-based) of the best-ranked true name, 0 when none is ranked; None when
+/// nothing is true at this level. Unlike recall@k it sees a true name at rank 5 or 300.
+pub fn reciprocal_rank(truth: &[String], ranked: &[String]) -> Option<f64> {
+    if truth.is_empty() {
+        return None;
+    }
+    let first = ranked.iter().position(|p| truth.iter().any(|t| same(p, t)));
+    Some(first.map_or(0.0, |r| 1.0 / (r + 1) as f64))
+}
+
 /// 1 when any true name is in the top k.
 pub fn hit_at(truth: &[String], ranked: &[String], k: usize) -> Option<f64> {
     recall_at(truth, ranked, k).map(|r| if r > 0.0 { 1.0 } else { 0.0 })
@@ -103,6 +113,8 @@ pub struct LevelScore {
     /// Mean recall@k of the permutation null, and p = (#null ≥ observed + 1) / (n + 1).
     pub null_recall: f64,
     pub p: f64,
+    /// Mean reciprocal rank of the best-ranked true name over those maps.
+    pub mrr: f64,
 }
 
 /// Recall@k of `preds` against `truth` (same order), with a null made by shuffling the
@@ -140,6 +152,11 @@ pub fn score_level(
         .filter_map(|(t, p)| hit_at(level.truth(t), level.ranked(p), k))
         .collect();
     let observed = mean_recall(&identity);
+    let rr: Vec<f64> = truth
+        .iter()
+        .zip(preds)
+        .filter_map(|(t, p)| reciprocal_rank(level.truth(t), level.ranked(p)))
+        .collect();
     let mut rng = SplitMix64(seed);
     let mut order = identity.clone();
     let (mut null_sum, mut at_least) = (0.0, 0usize);
@@ -171,6 +188,11 @@ pub fn score_level(
             f64::NAN
         },
         p: (at_least + 1) as f64 / (n_perm + 1) as f64,
+        mrr: if rr.is_empty() {
+            0.0
+        } else {
+            rr.iter().sum::<f64>() / rr.len() as f64
+        },
     }
 }
 
@@ -260,6 +282,15 @@ mod tests {
         assert_eq!(recall_at(&s(&["b", "e"]), &ranked, 5), Some(1.0));
         assert_eq!(hit_at(&s(&["x", "e"]), &ranked, 4), Some(0.0));
         assert_eq!(recall_at(&[], &ranked, 4), None);
+    }
+
+    #[test]
+    fn reciprocal_rank_sees_past_the_top_k() {
+        let ranked = s(&["a", "B", "c", "d", "e"]);
+        assert_eq!(reciprocal_rank(&s(&["e", "b"]), &ranked), Some(0.5));
+        assert_eq!(reciprocal_rank(&s(&["e"]), &ranked), Some(0.2));
+        assert_eq!(reciprocal_rank(&s(&["x"]), &ranked), Some(0.0));
+        assert_eq!(reciprocal_rank(&[], &ranked), None);
     }
 
     #[test]

@@ -54,8 +54,8 @@ impl DecodingEval {
     /// The scores as an aligned table, a header line and a line per decoder and level.
     pub fn table(&self) -> String {
         let mut t = format!(
-            "{:<28} {:<8} {:>2} {:>4} {:>8} {:>6} {:>9} {:>7} {:>9}\n",
-            "decoder", "level", "k", "maps", "recall", "hit", "null", "p", "obs/null"
+            "{:<28} {:<8} {:>2} {:>4} {:>8} {:>6} {:>9} {:>7} {:>9} {:>6}\n",
+            "decoder", "level", "k", "maps", "recall", "hit", "null", "p", "obs/null", "mrr"
         );
         for (name, s) in &self.scores {
             let row: Vec<String> = cells(name, s).into_iter().map(|c| c.0).collect();
@@ -77,7 +77,7 @@ impl DecodingEval {
     }
 
     fn summary_csv(&self) -> String {
-        let mut text = String::from("decoder,level,k,maps,recall,hit,null_recall,p,ratio\n");
+        let mut text = String::from("decoder,level,k,maps,recall,hit,null_recall,p,ratio,mrr\n");
         for (name, s) in &self.scores {
             let row: Vec<String> = cells(name, s).into_iter().map(|c| c.1).collect();
             text += &row.join(",");
@@ -117,7 +117,7 @@ fn write_text(path: &Path, text: &str) -> Result<()> {
 }
 
 /// A score's columns, each as the table shows it (padded, rounded) and as the CSV holds it.
-fn cells(name: &str, s: &LevelScore) -> [(String, String); 9] {
+fn cells(name: &str, s: &LevelScore) -> [(String, String); 10] {
     let r = ratio(s);
     [
         (format!("{name:<28}"), name.to_string()),
@@ -129,6 +129,7 @@ fn cells(name: &str, s: &LevelScore) -> [(String, String); 9] {
         (format!("{:>9.3}", s.null_recall), s.null_recall.to_string()),
         (format!("{:>7.4}", s.p), s.p.to_string()),
         (format!("{r:>9}"), r),
+        (format!("{:>6.3}", s.mrr), s.mrr.to_string()),
     ]
 }
 
