@@ -125,6 +125,22 @@ fn recalls_follow_from_the_rankings_decode_prints() {
     let mrr: f64 = task[9].parse().unwrap();
     assert!((0.125..=1.0).contains(&mrr), "{task:?}");
 
+    // Per term: each map's top 4 counted once per name, correct ones among them; the sums
+    // agree with the maps (3 maps × 4 tasks predicted; task recall 0.5 of 2 maps = 1 hit).
+    let per_term = std::fs::read_to_string(out.join("per_term.csv")).unwrap();
+    let niclip_tasks: Vec<Vec<&str>> = per_term
+        .lines()
+        .filter(|l| l.starts_with("niclip,task,"))
+        .map(|l| l.rsplitn(4, ',').collect())
+        .collect();
+    let sum = |i: usize| -> usize {
+        niclip_tasks
+            .iter()
+            .map(|r| r[i].parse::<usize>().unwrap())
+            .sum()
+    };
+    assert_eq!((sum(2), sum(1), sum(0)), (12, 2, 1), "{per_term}");
+
     // The baseline's task ranking is what `baseline decode` prints for the same map.
     let printed = niclip_stdout(&[
         "baseline",

@@ -154,8 +154,13 @@ fn decoding(a: DecodingArgs) -> Result<()> {
     );
     print!("{}", e.table());
     if let Some(dir) = &a.out {
-        let [summary, per_map] = e.write_csvs(dir)?;
-        eprintln!("wrote {} and {}", summary.display(), per_map.display());
+        let [summary, per_map, per_term] = e.write_csvs(dir)?;
+        eprintln!(
+            "wrote {}, {} and {}",
+            summary.display(),
+            per_map.display(),
+            per_term.display()
+        );
     }
     Ok(())
 }

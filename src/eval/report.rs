@@ -2,11 +2,12 @@
 //! at each level against their permutation nulls, as a table and as `summary.csv` and
 //! `per_map.csv`.
 
-use super::decoding::recall_at;
+use super::decoding::{recall_at, same};
 use super::predict::{baseline_predictions, niclip_predictions};
 use super::{score_level, Level, LevelScore, Prediction, Truth};
 use crate::decode::{Decoder, Variant};
 use crate::error::{IoContext, Result};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -65,15 +66,63 @@ impl DecodingEval {
         t
     }
 
-    /// Writes `summary.csv` (the table) and `per_map.csv` (each decoder's top k beside the
-    /// truth, per map and level) into `dir`; returns their paths.
-    pub fn write_csvs(&self, dir: &Path) -> Result<[PathBuf; 2]> {
+    /// Writes `summary.csv` (the table), `per_map.csv` (each decoder's top k beside the
+    /// truth, per map and level) and `per_term.csv` (per name: how often predicted, true and
+    /// both) into `dir`; returns their paths.
+    pub fn write_csvs(&self, dir: &Path) -> Result<[PathBuf; 3]> {
         std::fs::create_dir_all(dir).at(dir)?;
         let summary = dir.join("summary.csv");
         write_text(&summary, &self.summary_csv())?;
         let per_map = dir.join("per_map.csv");
         write_text(&per_map, &self.per_map_csv())?;
-        Ok([summary, per_map])
+        let per_term = dir.join("per_term.csv");
+        write_text(&per_term, &self.per_term_csv())?;
+        Ok([summary, per_map, per_term])
+    }
+
+    /// Per decoder, level and name: the maps whose top k holds it (predicted), whose truth
+    /// holds it (true), and both (correct): which terms a decoder ever predicts, and how often
+    /// rightly. Most predicted first.
+    fn per_term_csv(&self) -> String {
+        let mut text = String::from("decoder,level,name,predicted,true,correct\n");
+        for (name, preds) in &self.decoders {
+            for level in Level::ALL {
+                let k = level.default_k();
+                // name key (trimmed, lower case) → (as first seen, predicted, true, correct)
+                let mut terms: HashMap<String, (String, usize, usize, usize)> = HashMap::new();
+                for (t, p) in self.truth.iter().zip(preds) {
+                    let ranked = level.ranked(p);
+                    let truth = level.truth(t);
+                    let mut count = |n: &String, predicted: bool, true_: bool| {
+                        let e = terms
+                            .entry(n.trim().to_lowercase())
+                            .or_insert_with(|| (n.clone(), 0, 0, 0));
+                        e.1 += predicted as usize;
+                        e.2 += true_ as usize;
+                        e.3 += (predicted && true_) as usize;
+                    };
+                    let top = &ranked[..k.min(ranked.len())];
+                    for n in top {
+                        count(n, true, truth.iter().any(|x| same(x, n)));
+                    }
+                    // True names outside the top k: counted as true only.
+                    for n in truth.iter().filter(|x| !top.iter().any(|p| same(p, x))) {
+                        count(n, false, true);
+                    }
+                }
+                let mut rows: Vec<_> = terms.into_values().collect();
+                rows.sort_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)).then(a.0.cmp(&b.0)));
+                for (term, predicted, truths, correct) in rows {
+                    let _ = writeln!(
+                        text,
+                        "{name},{},{},{predicted},{truths},{correct}",
+                        level.name(),
+                        csv_cell(&term)
+                    );
+                }
+            }
+        }
+        text
     }
 
     fn summary_csv(&self) -> String {
