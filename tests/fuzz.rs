@@ -349,11 +349,7 @@ fn load_atlas_cache(_: &Path, file: &Path) -> niclip::Result<()> {
             .map_err(|why| niclip::Error::input(file, why))
     };
     decode(&bytes)?;
-    if let Some(body) = bytes.len().checked_sub(4) {
-        let mut crc = flate2::Crc::new();
-        crc.update(&bytes[..body]);
-        bytes[body..].copy_from_slice(&crc.sum().to_le_bytes());
-    }
+    niclip::brain::atlas_cache::reseal(&mut bytes);
     if let Some(atlas) = decode(&bytes)? {
         let n = atlas.grid.n_voxels();
         if n <= 1 << 22 {

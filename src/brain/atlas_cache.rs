@@ -126,6 +126,16 @@ fn store(entry: &Path, key: &str, a: &Atlas) -> Result<()> {
     })
 }
 
+/// Rewrites an entry's trailing CRC32 over the rest: what a crafted entry looks like, for the
+/// tests that check that the structure checks hold past the checksum.
+pub fn reseal(entry: &mut [u8]) {
+    if let Some(body) = entry.len().checked_sub(4) {
+        let mut crc = flate2::Crc::new();
+        crc.update(&entry[..body]);
+        entry[body..].copy_from_slice(&crc.sum().to_le_bytes());
+    }
+}
+
 /// Little reader over an entry: every read is bounded by what is left of it.
 struct Cursor<'a>(&'a [u8]);
 
@@ -327,10 +337,7 @@ mod tests {
             None => b[fields + 100] ^= 0x40,
         }
         if reseal {
-            let body = b.len() - 4;
-            let mut crc = flate2::Crc::new();
-            crc.update(&b[..body]);
-            b[body..].copy_from_slice(&crc.sum().to_le_bytes());
+            super::reseal(&mut b);
         }
         std::fs::write(entry, b).unwrap();
     }

@@ -349,6 +349,19 @@ pub fn mni_t1() -> Result<Image> {
     )
 }
 
+/// The T1 template, its 99th percentile and its head-only values, made once per process (a
+/// batch draws hundreds of maps over the same background).
+fn template() -> Result<&'static (Image, f32, Vec<f32>)> {
+    static T1: std::sync::OnceLock<(Image, f32, Vec<f32>)> = std::sync::OnceLock::new();
+    if let Some(t) = T1.get() {
+        return Ok(t);
+    }
+    let t1 = mni_t1()?;
+    let t1_max = positive_p99(&t1.data);
+    let head = head_only(&t1, t1_max);
+    Ok(T1.get_or_init(|| (t1, t1_max, head)))
+}
+
 /// The template with everything but the head set to 0: the largest 6-connected component of
 /// the clearly bright voxels (faint noise bridges it to the speckles around the head, which
 /// showed), grown by two voxels to keep the head's faint edge.
@@ -555,7 +568,7 @@ fn positive_p99(values: &[f32]) -> f32 {
 
 /// Orthogonal slices of `vol` (on `grid`) over the MNI T1 at the peak |value|.
 pub fn slices_svg(vol: &[f32], grid: &Grid, title: &str, subtitle: &str) -> Result<String> {
-    let t1 = mni_t1()?;
+    let (t1, t1_max, head) = template()?;
     let g = &t1.grid;
     let mut map = vec![0.0f32; g.n_voxels()];
     resample_volume_into(vol, grid, g, Interp::Linear, &mut map);
@@ -567,8 +580,6 @@ pub fn slices_svg(vol: &[f32], grid: &Grid, title: &str, subtitle: &str) -> Resu
     }
     let (ijk, peak) = cut_voxel(&map, g, &overlay);
     let mm = g.voxel_to_mm([ijk[0] as f64, ijk[1] as f64, ijk[2] as f64]);
-    let t1_max = positive_p99(&t1.data);
-    let head = head_only(&t1, t1_max);
     let px = 4;
     // sagittal: y → right, z ↑ ; coronal: x → right, z ↑ ; axial: x → right, y ↑
     let views = [
@@ -579,7 +590,7 @@ pub fn slices_svg(vol: &[f32], grid: &Grid, title: &str, subtitle: &str) -> Resu
     let rendered: Vec<_> = views
         .iter()
         .map(|&(name, axes, cut, c_mm)| {
-            let (png, w, h) = slice_png(&head, t1_max, &map, &overlay, g, axes, cut as f64, px);
+            let (png, w, h) = slice_png(head, *t1_max, &map, &overlay, g, axes, cut as f64, px);
             (name, axes, png, w, h, c_mm)
         })
         .collect();
