@@ -3,6 +3,7 @@
 
 pub mod atlas;
 pub mod atlas_cache;
+pub mod augment;
 pub mod features;
 pub mod features_cuda;
 pub mod grid;

@@ -3,6 +3,7 @@
 
 use super::Device;
 use crate::baseline;
+use crate::brain::augment::{self, AugmentSpec, Augmented};
 use crate::brain::mkda::MkdaKernel;
 use crate::brain::{self, Atlas, Mask, Peaks};
 use crate::clip::cpu::CpuEngine;
@@ -27,6 +28,44 @@ impl Device {
             Device::Cpu => brain::features::image_features_cpu(kernel, mask, atlas, peaks),
             Device::Cuda(g) => {
                 brain::features_cuda::image_features_cuda(g, kernel, mask, atlas, peaks)
+            }
+        }
+    }
+
+    /// The spec's peak-level augmentations of a batch of studies (`keys[s]` is study s's
+    /// `augment::study_key`), epoch `epoch` of a run seeded `seed` (`kernels/augment.cu` on CUDA).
+    pub fn augment_peaks(
+        &self,
+        spec: &AugmentSpec,
+        peaks: &Peaks,
+        keys: &[u64],
+        mask: &Mask,
+        seed: u64,
+        epoch: u64,
+    ) -> Result<Augmented> {
+        match self {
+            Device::Cpu => augment::augment_peaks_cpu(spec, peaks, keys, mask, seed, epoch),
+            Device::Cuda(g) => {
+                augment::cuda::augment_peaks_cuda(g, spec, peaks, keys, mask, seed, epoch)
+            }
+        }
+    }
+
+    /// The spec's map-level augmentations of `keys.len()` dense volumes on `mask.grid`, one
+    /// after the other in `vols` (`kernels/augment.cu` on CUDA).
+    pub fn augment_maps(
+        &self,
+        spec: &AugmentSpec,
+        vols: &mut [f32],
+        mask: &Mask,
+        keys: &[u64],
+        seed: u64,
+        epoch: u64,
+    ) -> Result<()> {
+        match self {
+            Device::Cpu => augment::augment_maps_cpu(spec, vols, mask, keys, seed, epoch),
+            Device::Cuda(g) => {
+                augment::cuda::augment_maps_cuda(g, spec, vols, mask, keys, seed, epoch)
             }
         }
     }
