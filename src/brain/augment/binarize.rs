@@ -8,6 +8,7 @@ pub const ENTRY: Entry = Entry {
     name: "binarize",
     params: "pct=Q  (0 ≤ Q ≤ 100): 1 where ≥ the Q-th in-mask percentile, else 0",
     sample: "binarize:pct=75",
+    random: false,
     parse,
 };
 

@@ -9,6 +9,7 @@ pub const ENTRY: Entry = Entry {
     name: "dropout",
     params: "p=P  (0 ≤ P < 1): each peak dropped with probability P",
     sample: "dropout:p=0.3",
+    random: true,
     parse,
 };
 

@@ -15,6 +15,7 @@ pub const ENTRY: Entry = Entry {
     name: "foci",
     params: "k=K  (integer, 0 ≤ K ≤ 1000): K false foci per study, uniform over the mask's voxels",
     sample: "foci:k=3",
+    random: true,
     parse,
 };
 

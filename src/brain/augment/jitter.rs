@@ -8,6 +8,7 @@ pub const ENTRY: Entry = Entry {
     name: "jitter",
     params: "sigma=S  (mm, finite, 0 ≤ S ≤ 100): each peak moved by N(0, S²) per axis",
     sample: "jitter:sigma=4",
+    random: true,
     parse,
 };
 

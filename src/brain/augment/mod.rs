@@ -165,6 +165,8 @@ pub struct Entry {
     pub name: &'static str,
     pub params: &'static str,
     pub sample: &'static str,
+    /// Whether it draws (its output changes with the seed and epoch).
+    pub random: bool,
     pub parse: ParseFn,
 }
 

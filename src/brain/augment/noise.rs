@@ -7,6 +7,7 @@ pub const ENTRY: Entry = Entry {
     name: "noise",
     params: "sd=S  (finite, 0 ≤ S ≤ 1e6): additive N(0, S²) in the mask",
     sample: "noise:sd=0.1",
+    random: true,
     parse,
 };
 

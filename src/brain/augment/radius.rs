@@ -8,6 +8,7 @@ pub const ENTRY: Entry = Entry {
     name: "radius",
     params: "LO..HI  (mm, 0 < LO ≤ HI ≤ 100): MKDA radius per study, uniform on [LO, HI]",
     sample: "radius:8..12",
+    random: true,
     parse,
 };
 

@@ -14,6 +14,7 @@ pub const ENTRY: Entry = Entry {
     name: "smooth",
     params: "fwhm=F  (mm, 0 ≤ F ≤ 100): Gaussian smoothing, as nilearn's smooth_img",
     sample: "smooth:fwhm=6",
+    random: false,
     parse,
 };
 

@@ -8,6 +8,7 @@ pub const ENTRY: Entry = Entry {
     name: "threshold",
     params: "pct=Q  (0 ≤ Q ≤ 100): keep values ≥ the Q-th in-mask percentile, zero the rest",
     sample: "threshold:pct=90",
+    random: false,
     parse,
 };
 
