@@ -168,9 +168,9 @@ __device__ __forceinline__ long long aug_reflect(long long i, long long n) {
 // One axis of a separable convolution: out[v] = Σ_t w[t] · in[reflect(i − r + t)], f64, t
 // ascending (the CPU's order); work items are (map, voxel).
 extern "C" __global__ void aug_smooth(AugParams p) {
-    const long long shape[3] = {p.nx, p.ny, p.nz};
-    const long long stride[3] = {1, p.nx, (long long)p.nx * p.ny};
-    const long long n = shape[p.axis], st = stride[p.axis];
+    // Selected, not indexed: a per-thread array indexed at run time would live in local memory.
+    const long long n = p.axis == 0 ? p.nx : (p.axis == 1 ? p.ny : p.nz);
+    const long long st = p.axis == 0 ? 1 : (p.axis == 1 ? p.nx : (long long)p.nx * p.ny);
     NICLIP_GRID_STRIDE(t, p.n) {
         const long long m = t / p.n_vox;
         const long long v = t - m * p.n_vox;

@@ -387,3 +387,48 @@ fn bad_specs_and_inputs_are_errors_not_panics() {
     let e = augment::augment_map_cpu(&smooth, &mut vol, &tiny, 0, 0, 0).unwrap_err();
     assert!(e.to_string().contains("smooth:fwhm=6"), "{e}");
 }
+
+/// Dropout keeps no minimum: a study whose every peak drops stays, with no peaks, and its image
+/// features are all zero (an empty MKDA map), as for a NiMARE study without coordinates.
+#[test]
+fn a_study_that_drops_every_peak_has_zero_features() {
+    use niclip::brain::features::image_features_cpu;
+    use niclip::brain::mkda::{MkdaKernel, Rounding};
+    use niclip::brain::{Atlas, Image};
+    let mask = small_mask();
+    let n = mask.grid.n_voxels();
+    // Two smooth maps over the mask (a ramp in x and one in y).
+    let mut data = vec![0.0f32; 2 * n];
+    for &v in &mask.voxels {
+        let [i, j, _] = mask.grid.unflat(v as usize);
+        data[v as usize] = 1.0 + i as f32;
+        data[n + v as usize] = 1.0 + j as f32;
+    }
+    let atlas = Atlas::from_maps(
+        &Image::new(mask.grid.clone(), 2, data),
+        std::path::Path::new("<ramps>"),
+    )
+    .unwrap();
+    let mut peaks = Peaks::new();
+    peaks.push("one", [[0.0, 0.0, 0.0]]);
+    peaks.push("many", vec![[2.0, -4.0, 0.0]; 50]);
+    let keys: Vec<u64> = peaks.ids.iter().map(|id| study_key(id)).collect();
+    // The seed is one at which study "one"'s peak drops at p = 0.5 (checked below).
+    let spec = AugmentSpec::parse("dropout:p=0.5").unwrap();
+    let seed = (0..64)
+        .find(|&s| {
+            augment::augment_peaks_cpu(&spec, &peaks, &keys, &mask, s, 0)
+                .unwrap()
+                .peaks
+                .study(0)
+                .is_empty()
+        })
+        .expect("a seed that drops study one's peak");
+    let out = augment::augment_peaks_cpu(&spec, &peaks, &keys, &mask, seed, 0).unwrap();
+    assert_eq!(out.peaks.ids, peaks.ids);
+    assert!(out.peaks.study(0).is_empty() && !out.peaks.study(1).is_empty());
+    let kernel = MkdaKernel::for_grid(&mask.grid, 6.0, Rounding::Round);
+    let f = image_features_cpu(&kernel, &mask, &atlas, &out.peaks).unwrap();
+    assert_eq!(&f[..2], &[0.0, 0.0], "no peaks, no features");
+    assert!(f[2..].iter().any(|&x| x != 0.0));
+}
