@@ -106,8 +106,8 @@ fn brain(c: &mut Criterion) {
 /// Peak-level augmentation of every Neurosynth study (jitter + dropout + false foci), one epoch,
 /// CPU and CUDA (`brain::augment`, `kernels/augment.cu`).
 fn augment(c: &mut Criterion) {
-    use niclip::brain::augment::{augment_peaks_cpu, cuda::augment_peaks_cuda, study_key};
     use niclip::brain::augment::AugmentSpec;
+    use niclip::brain::augment::{augment_peaks_cpu, cuda::augment_peaks_cuda, study_key};
     let Some((peaks, _, _)) = inputs() else {
         return;
     };
@@ -117,14 +117,16 @@ fn augment(c: &mut Criterion) {
     let n = peaks.len();
     let mut g = c.benchmark_group("brain");
     g.sample_size(10).measurement_time(Duration::from_secs(10));
-    g.bench_function(format!("augment/jitter_dropout_foci/neurosynth_{n}/cpu"), |b| {
-        b.iter(|| augment_peaks_cpu(&spec, &peaks, &keys, &mask, 1, 0).unwrap())
-    });
+    g.bench_function(
+        format!("augment/jitter_dropout_foci/neurosynth_{n}/cpu"),
+        |b| b.iter(|| augment_peaks_cpu(&spec, &peaks, &keys, &mask, 1, 0).unwrap()),
+    );
     if niclip::device::cuda::device_count() > 0 {
         let gpu = niclip::device::cuda::Gpu::open(0).unwrap();
-        g.bench_function(format!("augment/jitter_dropout_foci/neurosynth_{n}/cuda"), |b| {
-            b.iter(|| augment_peaks_cuda(&gpu, &spec, &peaks, &keys, &mask, 1, 0).unwrap())
-        });
+        g.bench_function(
+            format!("augment/jitter_dropout_foci/neurosynth_{n}/cuda"),
+            |b| b.iter(|| augment_peaks_cuda(&gpu, &spec, &peaks, &keys, &mask, 1, 0).unwrap()),
+        );
     }
     g.finish();
 }

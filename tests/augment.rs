@@ -7,9 +7,7 @@
 mod common;
 
 use common::{need_gpu, test_device};
-use niclip::brain::augment::{
-    self, study_key, AugmentSpec, Augmented, Kind, MAX_PEAKS, REGISTRY,
-};
+use niclip::brain::augment::{self, study_key, AugmentSpec, Augmented, Kind, MAX_PEAKS, REGISTRY};
 use niclip::brain::{Grid, Mask, Peaks};
 use niclip::device::Device;
 use niclip::rng::SplitMix64;
@@ -25,7 +23,11 @@ fn sample_peaks() -> (Peaks, Vec<u64>) {
         let xyz: Vec<[f64; 3]> = (0..n)
             .map(|_| {
                 let u = |lo: f64, hi: f64, r: &mut SplitMix64| lo + (hi - lo) * r.uniform();
-                [u(-70.0, 70.0, &mut rng), u(-100.0, 70.0, &mut rng), u(-50.0, 80.0, &mut rng)]
+                [
+                    u(-70.0, 70.0, &mut rng),
+                    u(-100.0, 70.0, &mut rng),
+                    u(-50.0, 80.0, &mut rng),
+                ]
             })
             .collect();
         peaks.push(format!("study-{s}"), xyz);
@@ -84,7 +86,13 @@ fn maps_of(dev: &Device, spec: &AugmentSpec, epoch: u64) -> Vec<f32> {
 }
 
 fn bytes(a: &Augmented) -> Vec<u8> {
-    let mut out: Vec<u8> = a.peaks.xyz.iter().flatten().flat_map(|x| x.to_le_bytes()).collect();
+    let mut out: Vec<u8> = a
+        .peaks
+        .xyz
+        .iter()
+        .flatten()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
     out.extend(a.peaks.start.iter().flat_map(|s| s.to_le_bytes()));
     out.extend(a.radius.iter().flatten().flat_map(|x| x.to_le_bytes()));
     out
@@ -113,7 +121,10 @@ fn deterministic_by_seed(dev: &Device) {
             (bits(&a) == bits(&b), bits(&a) != bits(&c))
         } else {
             let a = bytes(&peaks_of(dev, spec, 3));
-            (a == bytes(&peaks_of(dev, spec, 3)), a != bytes(&peaks_of(dev, spec, 4)))
+            (
+                a == bytes(&peaks_of(dev, spec, 3)),
+                a != bytes(&peaks_of(dev, spec, 4)),
+            )
         };
         assert!(same, "{spec} on {dev:?}: two runs differ");
         assert_eq!(other, entry.random, "{spec} on {dev:?}: epochs 3 and 4");
@@ -135,7 +146,10 @@ fn output_bounds(dev: &Device) {
         let out = peaks_of(dev, &spec, 0);
         let aug = &spec.items[0];
         assert_eq!(out.peaks.ids, input.ids);
-        assert!(out.peaks.xyz.iter().flatten().all(|x| x.is_finite()), "{spec}");
+        assert!(
+            out.peaks.xyz.iter().flatten().all(|x| x.is_finite()),
+            "{spec}"
+        );
         for s in 0..input.len() {
             let (n_in, n_out) = (input.study(s).len(), out.peaks.study(s).len());
             match aug.kind() {
@@ -164,22 +178,41 @@ fn every_augmentation_cuda_matches_cpu() {
     };
     let cuda = Device::Cuda(gpu);
     let mut specs = samples();
-    specs.push((AugmentSpec::parse("jitter:sigma=4,dropout:p=0.1,radius:8..12,foci:k=2").unwrap(), false));
-    specs.push((AugmentSpec::parse("smooth:fwhm=6,noise:sd=0.1").unwrap(), true));
+    specs.push((
+        AugmentSpec::parse("jitter:sigma=4,dropout:p=0.1,radius:8..12,foci:k=2").unwrap(),
+        false,
+    ));
+    specs.push((
+        AugmentSpec::parse("smooth:fwhm=6,noise:sd=0.1").unwrap(),
+        true,
+    ));
     for (spec, map) in specs {
         if map {
             let (c, g) = (maps_of(&Device::Cpu, &spec, 1), maps_of(&cuda, &spec, 1));
-            let worst = c.iter().zip(&g).map(|(a, b)| (a - b).abs() / (1.0 + a.abs())).fold(0.0, f32::max);
+            let worst = c
+                .iter()
+                .zip(&g)
+                .map(|(a, b)| (a - b).abs() / (1.0 + a.abs()))
+                .fold(0.0, f32::max);
             assert!(worst <= 1e-6, "{spec}: maps differ by {worst}");
             continue;
         }
         let (c, g) = (peaks_of(&Device::Cpu, &spec, 1), peaks_of(&cuda, &spec, 1));
         assert_eq!(c.peaks.start, g.peaks.start, "{spec}: counts");
-        let worst = c.peaks.xyz.iter().flatten().zip(g.peaks.xyz.iter().flatten())
-            .map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        let worst = c
+            .peaks
+            .xyz
+            .iter()
+            .flatten()
+            .zip(g.peaks.xyz.iter().flatten())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
         assert!(worst <= 1e-9, "{spec}: peaks differ by {worst} mm");
         match (&c.radius, &g.radius) {
-            (Some(a), Some(b)) => assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-12), "{spec}"),
+            (Some(a), Some(b)) => assert!(
+                a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-12),
+                "{spec}"
+            ),
             (None, None) => {}
             _ => panic!("{spec}: radius on one device only"),
         }
@@ -193,10 +226,15 @@ fn draws_do_not_depend_on_the_batch() {
     let (peaks, keys) = sample_peaks();
     let mask = Mask::mni152_2mm();
     let all = augment::augment_peaks_cpu(&spec, &peaks, &keys, &mask, SEED, 0).unwrap();
-    let part = augment::augment_peaks_cpu(&spec, &peaks.slice(20..40), &keys[20..40], &mask, SEED, 0).unwrap();
+    let part =
+        augment::augment_peaks_cpu(&spec, &peaks.slice(20..40), &keys[20..40], &mask, SEED, 0)
+            .unwrap();
     for s in 0..20 {
         assert_eq!(part.peaks.study(s), all.peaks.study(20 + s));
-        assert_eq!(part.radius.as_ref().unwrap()[s], all.radius.as_ref().unwrap()[20 + s]);
+        assert_eq!(
+            part.radius.as_ref().unwrap()[s],
+            all.radius.as_ref().unwrap()[20 + s]
+        );
     }
 }
 
@@ -222,8 +260,16 @@ fn normal_cdf(x: f64) -> f64 {
     let z = x.abs() / std::f64::consts::SQRT_2;
     let t = 1.0 / (1.0 + 0.5 * z);
     let p = [
-        -1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807, -1.13520398,
-        1.48851587, -0.82215223, 0.17087277,
+        -1.26551223,
+        1.00002368,
+        0.37409196,
+        0.09678418,
+        -0.18628806,
+        0.27886807,
+        -1.13520398,
+        1.48851587,
+        -0.82215223,
+        0.17087277,
     ];
     let poly = p.iter().rev().fold(0.0, |acc, c| acc * t + c);
     let erfc = t * (-z * z + poly).exp();
@@ -255,7 +301,10 @@ fn jitter_is_normal_per_axis() {
     let out = augment("jitter:sigma=4", &peaks, &keys);
     let crit = ks_critical(out.peaks.xyz.len());
     for a in 0..3 {
-        let d = ks(out.peaks.xyz.iter().map(|p| p[a] / 4.0).collect(), normal_cdf);
+        let d = ks(
+            out.peaks.xyz.iter().map(|p| p[a] / 4.0).collect(),
+            normal_cdf,
+        );
         println!("jitter axis {a}: KS D = {d:.5}, critical {crit:.5} (α = 0.001, n = 100000)");
         assert!(d < crit, "axis {a}: D = {d}");
     }
@@ -286,10 +335,16 @@ fn false_foci_are_uniform_over_mask_voxels() {
     let mut count = vec![0usize; bins];
     for p in &out.peaks.xyz {
         let ijk = niclip::brain::grid::apply(&inv, *p).map(|x| x.round());
-        let v = mask.grid.flat(ijk[0] as usize, ijk[1] as usize, ijk[2] as usize);
+        let v = mask
+            .grid
+            .flat(ijk[0] as usize, ijk[1] as usize, ijk[2] as usize);
         let m = mask.index[v];
         assert!(m >= 0, "focus {p:?} is off the mask");
-        assert_eq!(augment::mask_voxel_mm(&mask, m as usize), *p, "focus off a voxel centre");
+        assert_eq!(
+            augment::mask_voxel_mm(&mask, m as usize),
+            *p,
+            "focus off a voxel centre"
+        );
         count[m as usize * bins / mask.len()] += 1;
     }
     let n = out.peaks.xyz.len() as f64;
@@ -334,7 +389,10 @@ fn noise_has_the_given_sd() {
         .flat_map(|v| mask.voxels.iter().map(move |&i| v[i as usize] as f64 / 2.0))
         .collect();
     let (d, crit) = (ks(x.clone(), normal_cdf), ks_critical(x.len()));
-    println!("noise sd=2: KS D = {d:.5}, critical {crit:.5} (n = {})", x.len());
+    println!(
+        "noise sd=2: KS D = {d:.5}, critical {crit:.5} (n = {})",
+        x.len()
+    );
     assert!(d < crit, "D = {d}");
 }
 
@@ -348,16 +406,31 @@ fn smoothing_keeps_a_constant_and_matches_scipy_weights() {
     let mut vol = vec![3.0f32; mask.grid.n_voxels()];
     let spec = AugmentSpec::parse("smooth:fwhm=8").unwrap();
     augment::augment_map_cpu(&spec, &mut vol, &mask, 1, SEED, 0).unwrap();
-    assert!(vol.iter().all(|&x| (x - 3.0).abs() < 1e-5), "reflect borders keep a constant");
+    assert!(
+        vol.iter().all(|&x| (x - 3.0).abs() < 1e-5),
+        "reflect borders keep a constant"
+    );
 }
 
 // ---- hostile input -----------------------------------------------------------------------------
 
 #[test]
 fn bad_specs_and_inputs_are_errors_not_panics() {
-    for bad in ["jitter", "jitter:sigma=", "jitter:sigma=inf", "dropout:p=-0.1", "foci:k=-1",
-        "foci:k=1e9", "radius:..", "radius:nan..3", "smooth:fwhm=1e300", "noise:sd=-1",
-        "binarize:pct=x", ":", "jitter:sigma=1,,nope"] {
+    for bad in [
+        "jitter",
+        "jitter:sigma=",
+        "jitter:sigma=inf",
+        "dropout:p=-0.1",
+        "foci:k=-1",
+        "foci:k=1e9",
+        "radius:..",
+        "radius:nan..3",
+        "smooth:fwhm=1e300",
+        "noise:sd=-1",
+        "binarize:pct=x",
+        ":",
+        "jitter:sigma=1,,nope",
+    ] {
         let e = AugmentSpec::parse(bad).expect_err(bad).to_string();
         assert!(e.contains("augmentation"), "{bad}: {e}");
     }
@@ -368,7 +441,9 @@ fn bad_specs_and_inputs_are_errors_not_panics() {
     // Not Device::available(): the test process must choose the (emulated) driver first.
     let devices = std::iter::once(Device::Cpu).chain(need_gpu().map(Device::Cuda));
     for dev in devices {
-        assert!(dev.augment_peaks(&spec, &peaks, &keys[1..], &mask, 0, 0).is_err());
+        assert!(dev
+            .augment_peaks(&spec, &peaks, &keys[1..], &mask, 0, 0)
+            .is_err());
     }
     peaks.xyz[3][1] = f64::NAN;
     let e = augment::augment_peaks_cpu(&spec, &peaks, &keys, &mask, 0, 0).unwrap_err();

@@ -18,7 +18,9 @@ pub struct Binarize {
 }
 
 fn parse(args: &str) -> Result<Box<dyn Augmentation>, String> {
-    Ok(Box::new(Binarize { pct: parse_pct(args)? }))
+    Ok(Box::new(Binarize {
+        pct: parse_pct(args)?,
+    }))
 }
 
 impl Augmentation for Binarize {

@@ -233,7 +233,12 @@ impl AugmentSpec {
                 ))
             })?);
         }
-        if items.iter().filter(|a| a.kind() == Kind::StudyValue).count() > 1 {
+        if items
+            .iter()
+            .filter(|a| a.kind() == Kind::StudyValue)
+            .count()
+            > 1
+        {
             return Err(Error::Usage(format!(
                 "augmentation spec '{s}' draws the radius twice; give one radius item"
             )));
@@ -269,11 +274,9 @@ impl AugmentSpec {
     /// Peaks in the output of a batch of `n_studies` holding `n_peaks`: at most that many after
     /// dropout, plus every added focus; an error beyond [`MAX_PEAKS`].
     pub fn max_output_peaks(&self, n_peaks: usize, n_studies: usize) -> Result<usize> {
-        let added = self
-            .peak_items()
-            .try_fold(0usize, |acc, (_, a)| {
-                acc.checked_add(a.added_per_study().checked_mul(n_studies)?)
-            });
+        let added = self.peak_items().try_fold(0usize, |acc, (_, a)| {
+            acc.checked_add(a.added_per_study().checked_mul(n_studies)?)
+        });
         match added.and_then(|a| a.checked_add(n_peaks)) {
             Some(total) if total <= MAX_PEAKS => Ok(total),
             _ => Err(Error::Usage(format!(
@@ -363,7 +366,10 @@ pub fn augment_peaks_cpu(
                 out = with_added(&out, k, |s, j| aug.added_peak(draws(keys[s], j), mask));
             }
             Kind::StudyValue => {
-                let r = keys.iter().map(|&key| aug.study_value(draws(key, 0))).collect();
+                let r = keys
+                    .iter()
+                    .map(|&key| aug.study_value(draws(key, 0)))
+                    .collect();
                 radius = Some(r);
             }
             Kind::MapValue | Kind::Separable => {}
@@ -412,7 +418,10 @@ pub fn with_added(peaks: &Peaks, k: usize, new: impl Fn(usize, usize) -> [f64; 3
     out.start.push(0);
     for s in 0..peaks.len() {
         let added = (0..k).map(|j| new(s, j));
-        out.push(peaks.ids[s].clone(), peaks.study(s).iter().copied().chain(added));
+        out.push(
+            peaks.ids[s].clone(),
+            peaks.study(s).iter().copied().chain(added),
+        );
     }
     out
 }
@@ -454,7 +463,9 @@ pub fn augment_map_cpu(
                     vol[v as usize] = aug.map_value(d, vol[v as usize], scalar);
                 }
             }
-            Kind::Separable => smooth::convolve_cpu(vol, &mask.grid.shape, &filters(aug, &mask.grid)?),
+            Kind::Separable => {
+                smooth::convolve_cpu(vol, &mask.grid.shape, &filters(aug, &mask.grid)?)
+            }
             _ => {}
         }
     }
@@ -490,7 +501,8 @@ pub const MAX_TAPS: usize = 1025;
 /// An item's per-axis filters, checked: odd lengths of at most [`MAX_TAPS`], finite weights.
 pub fn filters(aug: &dyn Augmentation, grid: &Grid) -> Result<[Vec<f64>; 3]> {
     let w = aug.weights(grid);
-    let bad = |f: &Vec<f64>| f.len() % 2 == 0 || f.len() > MAX_TAPS || f.iter().any(|x| !x.is_finite());
+    let bad =
+        |f: &Vec<f64>| f.len() % 2 == 0 || f.len() > MAX_TAPS || f.iter().any(|x| !x.is_finite());
     if w.iter().any(bad) {
         return Err(Error::Usage(format!(
             "augmentation item '{}' needs a filter longer than {MAX_TAPS} voxels on a grid of voxel sizes {:?} mm; use a smaller width",

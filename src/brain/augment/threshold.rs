@@ -27,7 +27,9 @@ pub struct Threshold {
 }
 
 fn parse(args: &str) -> Result<Box<dyn Augmentation>, String> {
-    Ok(Box::new(Threshold { pct: parse_pct(args)? }))
+    Ok(Box::new(Threshold {
+        pct: parse_pct(args)?,
+    }))
 }
 
 impl Augmentation for Threshold {
