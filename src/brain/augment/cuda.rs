@@ -205,53 +205,93 @@ pub fn augment_peaks_cuda(
     let mut radius = None;
     for (item, aug) in spec.peak_items() {
         c.item = item;
-        let mut b = Bufs::new(gpu)?;
         match aug.kind() {
-            Kind::MovePeak => {
-                peak_inputs(gpu, &out, keys, &mut b)?;
-                b.xyz_in = gpu.htod(out.xyz.as_flattened())?;
-                b.xyz_out = gpu.zeros(3 * out.xyz.len())?;
-                c.n = out.xyz.len();
-                launch_aug(gpu, aug, &mut b, &c)?;
-                let xyz = gpu.dtoh(&b.xyz_out, 3 * c.n)?;
-                for (p, q) in out.xyz.iter_mut().zip(xyz.chunks_exact(3)) {
-                    *p = [q[0], q[1], q[2]];
-                }
-            }
-            Kind::KeepPeak => {
-                peak_inputs(gpu, &out, keys, &mut b)?;
-                b.keep = gpu.zeros(out.xyz.len())?;
-                c.n = out.xyz.len();
-                launch_aug(gpu, aug, &mut b, &c)?;
-                let keep: Vec<bool> = gpu.dtoh(&b.keep, c.n)?.iter().map(|&k| k != 0).collect();
-                out = compact(&out, &keep);
-            }
-            Kind::AddPeaks => {
-                let k = aug.added_per_study();
-                b.keys = gpu.htod(keys)?;
-                b.mask_vox = gpu.htod(&mask.voxels)?;
-                b.xyz_out = gpu.zeros(3 * k * out.len())?;
-                c.n = k * out.len();
-                c.per_study = k as i32;
-                launch_aug(gpu, aug, &mut b, &c)?;
-                let new = gpu.dtoh(&b.xyz_out, 3 * c.n)?;
-                let at = |s: usize, j: usize| {
-                    let i = 3 * (s * k + j);
-                    [new[i], new[i + 1], new[i + 2]]
-                };
-                out = with_added(&out, k, at);
-            }
-            Kind::StudyValue => {
-                b.keys = gpu.htod(keys)?;
-                b.value = gpu.zeros(out.len())?;
-                c.n = out.len();
-                launch_aug(gpu, aug, &mut b, &c)?;
-                radius = Some(gpu.dtoh(&b.value, c.n)?);
-            }
+            Kind::MovePeak => move_peaks(gpu, aug, &mut out, keys, &mut c)?,
+            Kind::KeepPeak => out = keep_peaks(gpu, aug, &out, keys, &mut c)?,
+            Kind::AddPeaks => out = add_peaks(gpu, aug, &out, keys, mask, &mut c)?,
+            Kind::StudyValue => radius = Some(study_values(gpu, aug, keys, &mut c)?),
             Kind::MapValue | Kind::Separable => {}
         }
     }
     Ok(Augmented { peaks: out, radius })
+}
+
+/// MovePeak: one thread per peak, the moved peaks read back in place.
+fn move_peaks(
+    gpu: &Gpu,
+    aug: &dyn Augmentation,
+    out: &mut Peaks,
+    keys: &[u64],
+    c: &mut Counts,
+) -> Result<()> {
+    let mut b = Bufs::new(gpu)?;
+    peak_inputs(gpu, out, keys, &mut b)?;
+    b.xyz_in = gpu.htod(out.xyz.as_flattened())?;
+    b.xyz_out = gpu.zeros(3 * out.xyz.len())?;
+    c.n = out.xyz.len();
+    launch_aug(gpu, aug, &mut b, c)?;
+    let xyz = gpu.dtoh(&b.xyz_out, 3 * c.n)?;
+    for (p, q) in out.xyz.iter_mut().zip(xyz.chunks_exact(3)) {
+        *p = [q[0], q[1], q[2]];
+    }
+    Ok(())
+}
+
+/// KeepPeak: one flag per peak on the device, the kept peaks compacted on the host.
+fn keep_peaks(
+    gpu: &Gpu,
+    aug: &dyn Augmentation,
+    peaks: &Peaks,
+    keys: &[u64],
+    c: &mut Counts,
+) -> Result<Peaks> {
+    let mut b = Bufs::new(gpu)?;
+    peak_inputs(gpu, peaks, keys, &mut b)?;
+    b.keep = gpu.zeros(peaks.xyz.len())?;
+    c.n = peaks.xyz.len();
+    launch_aug(gpu, aug, &mut b, c)?;
+    let keep: Vec<bool> = gpu.dtoh(&b.keep, c.n)?.iter().map(|&k| k != 0).collect();
+    Ok(compact(peaks, &keep))
+}
+
+/// AddPeaks: one thread per new peak (study-major), appended after each study's own on the host.
+fn add_peaks(
+    gpu: &Gpu,
+    aug: &dyn Augmentation,
+    peaks: &Peaks,
+    keys: &[u64],
+    mask: &Mask,
+    c: &mut Counts,
+) -> Result<Peaks> {
+    let k = aug.added_per_study();
+    let mut b = Bufs::new(gpu)?;
+    b.keys = gpu.htod(keys)?;
+    b.mask_vox = gpu.htod(&mask.voxels)?;
+    b.xyz_out = gpu.zeros(3 * k * peaks.len())?;
+    c.n = k * peaks.len();
+    c.per_study = k as i32;
+    launch_aug(gpu, aug, &mut b, c)?;
+    let new = gpu.dtoh(&b.xyz_out, 3 * c.n)?;
+    let at = |s: usize, j: usize| {
+        let i = 3 * (s * k + j);
+        [new[i], new[i + 1], new[i + 2]]
+    };
+    Ok(with_added(peaks, k, at))
+}
+
+/// StudyValue: one thread per study.
+fn study_values(
+    gpu: &Gpu,
+    aug: &dyn Augmentation,
+    keys: &[u64],
+    c: &mut Counts,
+) -> Result<Vec<f64>> {
+    let mut b = Bufs::new(gpu)?;
+    b.keys = gpu.htod(keys)?;
+    b.value = gpu.zeros(keys.len())?;
+    c.n = keys.len();
+    launch_aug(gpu, aug, &mut b, c)?;
+    gpu.dtoh(&b.value, c.n)
 }
 
 /// Each peak's study key and index in its study, uploaded.

@@ -350,10 +350,10 @@ pub fn augment_peaks_cpu(
         let draws = |key: u64, e: usize| Draws::new(seed, epoch, item, key, e as u64);
         match aug.kind() {
             Kind::MovePeak => {
-                for s in 0..out.len() {
+                for (s, &key) in keys.iter().enumerate() {
                     let (a, b) = (out.start[s], out.start[s + 1]);
                     for (j, p) in out.xyz[a..b].iter_mut().enumerate() {
-                        *p = aug.move_peak(draws(keys[s], j), *p);
+                        *p = aug.move_peak(draws(key, j), *p);
                     }
                 }
             }
@@ -501,8 +501,9 @@ pub const MAX_TAPS: usize = 1025;
 /// An item's per-axis filters, checked: odd lengths of at most [`MAX_TAPS`], finite weights.
 pub fn filters(aug: &dyn Augmentation, grid: &Grid) -> Result<[Vec<f64>; 3]> {
     let w = aug.weights(grid);
-    let bad =
-        |f: &Vec<f64>| f.len() % 2 == 0 || f.len() > MAX_TAPS || f.iter().any(|x| !x.is_finite());
+    let bad = |f: &Vec<f64>| {
+        f.len().is_multiple_of(2) || f.len() > MAX_TAPS || f.iter().any(|x| !x.is_finite())
+    };
     if w.iter().any(bad) {
         return Err(Error::Usage(format!(
             "augmentation item '{}' needs a filter longer than {MAX_TAPS} voxels on a grid of voxel sizes {:?} mm; use a smaller width",
