@@ -507,3 +507,42 @@ fn a_study_that_drops_every_peak_has_zero_features() {
     assert_eq!(&f[..2], &[0.0, 0.0], "no peaks, no features");
     assert!(f[2..].iter().any(|&x| x != 0.0));
 }
+
+/// Random strings over the spec alphabet, and tables with broken offsets: errors, never panics.
+#[test]
+fn random_specs_and_broken_tables_never_panic() {
+    let alphabet: Vec<char> = "jitersmodpkfcbnuhwlaz:=,.-+eE0123456789 \u{e9}"
+        .chars()
+        .collect();
+    let names: Vec<&str> = REGISTRY.iter().map(|e| e.sample).collect();
+    let mut rng = SplitMix64(99);
+    for _ in 0..20_000 {
+        let mut s = String::new();
+        if rng.below(2) == 0 {
+            s.push_str(names[rng.below(names.len())]);
+        }
+        for _ in 0..rng.below(24) {
+            s.push(alphabet[rng.below(alphabet.len())]);
+        }
+        if let Ok(spec) = AugmentSpec::parse(&s) {
+            // A spec that parses prints back to one that parses to the same string.
+            let again = AugmentSpec::parse(&spec.to_string()).unwrap();
+            assert_eq!(again.to_string(), spec.to_string(), "{s}");
+        }
+    }
+    let spec = AugmentSpec::parse("jitter:sigma=1,dropout:p=0.5,foci:k=2").unwrap();
+    let mask = Mask::mni152_2mm();
+    let (peaks, keys) = sample_peaks();
+    for broken in 0..4 {
+        let mut p = peaks.clone();
+        match broken {
+            0 => p.start[5] = usize::MAX,
+            1 => p.start.pop().map(|_| ()).unwrap_or(()),
+            2 => p.start[0] = 1,
+            _ => {
+                p.xyz.pop();
+            }
+        }
+        assert!(augment::augment_peaks_cpu(&spec, &p, &keys, &mask, 0, 0).is_err());
+    }
+}
