@@ -47,6 +47,7 @@ fn clip(c: &mut Criterion) {
                         &cfg,
                         std::slice::from_ref(&job),
                         false,
+                        None,
                         &mut Progress::new(0, None, false),
                     )
                     .unwrap()[0]
@@ -80,9 +81,16 @@ fn cuda_benches(
             .collect();
         g.bench_function(format!("epoch_{N}/d{d}_k{K}/cuda_{models}models"), |b| {
             b.iter(|| {
-                gpu.train_clip(pairs, cfg, &jobs, false, &mut Progress::new(0, None, false))
-                    .unwrap()
-                    .len()
+                gpu.train_clip(
+                    pairs,
+                    cfg,
+                    &jobs,
+                    false,
+                    None,
+                    &mut Progress::new(0, None, false),
+                )
+                .unwrap()
+                .len()
             })
         });
     }

@@ -73,6 +73,7 @@ fn three_adamw_steps_match_pytorch() {
             &cfg,
             std::slice::from_ref(&job),
             false,
+            None,
             &mut Progress::new(3, None, false),
         )
         .unwrap()

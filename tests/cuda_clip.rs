@@ -12,7 +12,7 @@ use niclip::io::read_npy_f32;
 fn train(device: &Device, pairs: &Pairs, cfg: &TrainConfig, jobs: &[Job]) -> Vec<Outcome> {
     let mut progress = Progress::new(0, None, false);
     device
-        .train_clip(pairs, cfg, jobs, false, &mut progress)
+        .train_clip(pairs, cfg, jobs, false, None, &mut progress)
         .unwrap()
 }
 

@@ -40,7 +40,7 @@ pub struct MkdaArgs {
 }
 
 impl MkdaArgs {
-    fn spec(&self) -> MkdaSpec {
+    pub fn spec(&self) -> MkdaSpec {
         MkdaSpec {
             radius: self.radius,
             rounding: self.rounding,

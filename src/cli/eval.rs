@@ -113,7 +113,7 @@ fn retrieval(a: RetrievalArgs) -> Result<()> {
     };
     let report = a
         .flags
-        .run_cv(&pairs, &cfg, init.as_ref(), &ckpt, &device)?;
+        .run_cv(&pairs, &cfg, init.as_ref(), &ckpt, None, &device)?;
     print!("{}", report.table());
     if let Some(m) = &a.metrics {
         report.write_metrics(m)?;

@@ -1,14 +1,18 @@
 //! `niclip train`: one CLIP model on all pairs (early-stopped on `--val` when given), or the
 //! paper's nested cross-validation with `--cv`.
 
+use super::brain::MkdaArgs;
 use super::Compute;
+use crate::brain::augment::AugmentSpec;
 use crate::clip::cv::{self, CvOptions};
-use crate::clip::data::{load_pairs, Pairs};
+use crate::clip::data::{load_pairs, pair_with_images, Pairs};
 use crate::clip::fit;
+use crate::clip::train::EpochImages;
 use crate::clip::train::TrainConfig;
 use crate::clip::Clip;
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::workflow::augment::{AugmentedImages, CorpusImages};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -107,10 +111,20 @@ impl TrainFlags {
         cfg: &TrainConfig,
         init: Option<&Clip>,
         ckpt_dir: &Path,
+        augment: Option<&dyn EpochImages>,
         device: &Device,
     ) -> Result<cv::CvReport> {
         let opts = self.cv_options();
-        cv::run(pairs, cfg, &opts, init, ckpt_dir, self.resume, device)
+        cv::run(
+            pairs,
+            cfg,
+            &opts,
+            init,
+            ckpt_dir,
+            self.resume,
+            augment,
+            device,
+        )
     }
 }
 
@@ -119,9 +133,27 @@ pub struct TrainArgs {
     /// Text features, one row per study (.npy; ids in <path>.ids.txt pair the rows by id).
     #[arg(long)]
     pub text: PathBuf,
-    /// Image features, one row per study (.npy; ids in <path>.ids.txt).
-    #[arg(long)]
-    pub images: PathBuf,
+    /// Image features, one row per study (.npy; ids in <path>.ids.txt). Or compute them here
+    /// with --corpus and --atlas.
+    #[arg(long, required_unless_present = "corpus", conflicts_with = "corpus")]
+    pub images: Option<PathBuf>,
+    /// Compute the image features from this corpus's peaks (the MKDA flags below) instead of
+    /// reading --images; needed by --augment.
+    #[arg(long, requires = "atlas")]
+    pub corpus: Option<PathBuf>,
+    /// The atlas the features are projected on, with --corpus (a 3D label image needs --labels).
+    #[arg(long, requires = "corpus")]
+    pub atlas: Option<PathBuf>,
+    /// Read --atlas as a 3D label image.
+    #[arg(long, requires = "atlas")]
+    pub labels: bool,
+    /// Training-time augmentation, drawn anew each epoch from (seed, epoch, study), e.g.
+    /// `jitter:sigma=4,dropout:p=0.1,radius:8..12`; validation and test stay un-augmented.
+    /// Items: see `docs/augmentation.md`.
+    #[arg(long, requires = "corpus", value_name = "SPEC")]
+    pub augment: Option<String>,
+    #[command(flatten)]
+    pub mkda: MkdaArgs,
     /// The trained model (.safetensors, the authors' key names).
     #[arg(long)]
     pub out: PathBuf,
@@ -147,6 +179,36 @@ pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// The training pairs (image features read, or computed from --corpus), and with --augment
+/// the features drawn for each epoch.
+fn training_data<'d>(
+    a: &TrainArgs,
+    device: &'d Device,
+) -> Result<(Pairs, Option<AugmentedImages<'d>>)> {
+    let spec = a.augment.as_deref().map(AugmentSpec::parse).transpose()?;
+    let (Some(corpus), Some(atlas)) = (&a.corpus, &a.atlas) else {
+        let images = a
+            .images
+            .as_deref()
+            .expect("clap requires --images or --corpus");
+        return Ok((load_pairs(&a.text, images)?, None));
+    };
+    let base = CorpusImages::open(corpus, atlas, a.labels, &a.mkda.spec())?;
+    let ids = base.peaks.ids.clone();
+    let pairs = pair_with_images(&a.text, base.features(device)?, Some(ids), corpus)?;
+    let Some(spec) = spec.filter(|s| !s.is_empty()) else {
+        return Ok((pairs, None));
+    };
+    let base = match &pairs.ids {
+        Some(ids) => base.for_rows(ids)?,
+        None => base,
+    };
+    Ok((
+        pairs,
+        Some(AugmentedImages::new(base, spec, a.flags.seed, device)),
+    ))
+}
+
 pub fn run(a: TrainArgs) -> Result<()> {
     a.compute.init_threads();
     if a.out.extension().is_none_or(|e| e != "safetensors") {
@@ -163,13 +225,14 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let cfg = a.flags.config();
     cfg.check()?;
     let device = Device::select(&a.compute.device)?;
-    let pairs = load_pairs(&a.text, &a.images)?;
+    let (pairs, augmented) = training_data(&a, &device)?;
+    let augment = augmented.as_ref().map(|x| x as &dyn EpochImages);
     let init = a.flags.init_model(&pairs)?;
     if a.cv {
         let ckpt = sibling(&a.out, ".ckpt");
         let report = a
             .flags
-            .run_cv(&pairs, &cfg, init.as_ref(), &ckpt, &device)?;
+            .run_cv(&pairs, &cfg, init.as_ref(), &ckpt, augment, &device)?;
         report.best.save(&a.out)?;
         print!("{}", report.table());
         if let Some(m) = &a.metrics {
@@ -191,7 +254,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
             ckpt.display()
         );
     }
-    let fit = fit::run(pairs, val, &cfg, init, &ckpt, a.flags.resume, &device)?;
+    let resume = a.flags.resume;
+    let fit = fit::run(pairs, val, &cfg, init, &ckpt, resume, augment, &device)?;
     fit.outcome.model.save(&a.out)?;
     if let Some(m) = &a.metrics {
         fit.write_metrics(m)?;

@@ -8,7 +8,7 @@ use super::engine::Workspace;
 use super::layout::Layout;
 use super::ops::NO_DROPOUT;
 use super::state::ModelState;
-use super::train::{Batch, Engine, TrainConfig};
+use super::train::{check_train_images, Batch, Engine, TrainConfig};
 use crate::error::Result;
 
 pub struct CpuEngine<'a> {
@@ -23,8 +23,12 @@ pub struct CpuEngine<'a> {
     best: Vec<f32>,
     /// Gradients of the tensors whose AdamW is not fused with their product.
     grads: Vec<f32>,
-    /// The batch that `step` trains: its rows, when they are already gathered into xt / xi.
+    /// Image features `step` trains on instead of the pairs' own (augmentation), n × k.
+    train_images: Option<Vec<f32>>,
+    /// The batch that `step` trains: its rows, when they are already gathered into xt / xi
+    /// (from `train_images` when `gathered_for_step`).
     gathered: Vec<usize>,
+    gathered_for_step: bool,
     xt: Vec<f32>,
     xi: Vec<f32>,
     /// Where the next batch is gathered while this one trains.
@@ -48,7 +52,9 @@ impl<'a> CpuEngine<'a> {
             v: Vec::new(),
             best: Vec::new(),
             grads: vec![0.0f32; layout.len],
+            train_images: None,
             gathered: Vec::new(),
+            gathered_for_step: false,
             next_xt: xt.clone(),
             next_xi: xi.clone(),
             xt,
@@ -56,12 +62,19 @@ impl<'a> CpuEngine<'a> {
         }
     }
 
-    /// xt / xi ← the rows `rows`, unless they hold them already.
-    fn gather(&mut self, rows: &[usize]) {
-        if self.gathered != rows {
-            self.pairs.gather(rows, &mut self.xt, &mut self.xi);
+    /// xt / xi ← the rows `rows` (their training images when `for_step`), unless they hold
+    /// them already.
+    fn gather(&mut self, rows: &[usize], for_step: bool) {
+        if self.gathered != rows || self.gathered_for_step != for_step {
+            let images = match (&self.train_images, for_step) {
+                (Some(t), true) => t.as_slice(),
+                _ => &self.pairs.images,
+            };
+            self.pairs
+                .gather_with(images, rows, &mut self.xt, &mut self.xi);
             self.gathered.clear();
             self.gathered.extend_from_slice(rows);
+            self.gathered_for_step = for_step;
         }
     }
 }
@@ -89,10 +102,11 @@ impl Engine for CpuEngine<'_> {
         if rows.is_empty() {
             return Ok(vec![0.0]);
         }
-        self.gather(rows);
+        self.gather(rows, true);
         let (n, d, k) = (rows.len(), self.pairs.d, self.pairs.k);
         let CpuEngine {
             pairs,
+            train_images,
             layout,
             ws,
             params,
@@ -117,7 +131,8 @@ impl Engine for CpuEngine<'_> {
             || ws.train_step(layout, params, grads, adam, xt_n, xi_n, n, &drops),
             || {
                 if !next.is_empty() {
-                    pairs.gather(next, next_xt, next_xi);
+                    let images = train_images.as_deref().unwrap_or(&pairs.images);
+                    pairs.gather_with(images, next, next_xt, next_xi);
                 }
             },
         );
@@ -125,6 +140,7 @@ impl Engine for CpuEngine<'_> {
         std::mem::swap(xi, next_xi);
         self.gathered.clear();
         self.gathered.extend_from_slice(next);
+        self.gathered_for_step = true;
         Ok(vec![loss])
     }
 
@@ -133,7 +149,7 @@ impl Engine for CpuEngine<'_> {
         if rows.is_empty() {
             return Ok(vec![0.0]);
         }
-        self.gather(rows);
+        self.gather(rows, false);
         let (n, d, k) = (rows.len(), self.pairs.d, self.pairs.k);
         let (xt, xi) = (&self.xt[..n * d], &self.xi[..n * k]);
         let loss = (self.ws).loss(&self.layout, &self.params, xt, xi, n, &NO_DROPOUT);
@@ -142,6 +158,13 @@ impl Engine for CpuEngine<'_> {
 
     fn keep_best(&mut self, _slot: usize) -> Result<()> {
         self.best.copy_from_slice(&self.params);
+        Ok(())
+    }
+
+    fn set_train_images(&mut self, images: &[f32]) -> Result<()> {
+        check_train_images(self.pairs, images)?;
+        self.train_images = Some(images.to_vec());
+        self.gathered.clear();
         Ok(())
     }
 

@@ -53,6 +53,8 @@ struct GradDev {
 struct BatchDev {
     text: CudaSlice<f32>,
     images: CudaSlice<f32>,
+    /// Image features the training steps gather instead of `images` (augmentation).
+    train_images: Option<CudaSlice<f32>>,
     xt: CudaSlice<f32>,
     xi: CudaSlice<f32>,
     /// Row of the pairs of each batch row (−1: padding), and each model's row count.
@@ -369,6 +371,7 @@ impl<'g> CudaEngine<'g> {
             batch: BatchDev {
                 text: gpu.htod(&pairs.text)?,
                 images: gpu.htod(&pairs.images)?,
+                train_images: None,
                 xt: z(m * b * d)?,
                 xi: z(m * b * k)?,
                 idx: gpu.zeros(m * b)?,
@@ -395,8 +398,9 @@ impl<'g> CudaEngine<'g> {
         })
     }
 
-    /// Gathers each slot's batch `rows[slot]` (none for the slots past `rows`).
-    fn set_batch(&mut self, rows: &[&[usize]]) -> Result<()> {
+    /// Gathers each slot's batch `rows[slot]` (none for the slots past `rows`), with the
+    /// training images when `for_step`.
+    fn set_batch(&mut self, rows: &[&[usize]], for_step: bool) -> Result<()> {
         let (gpu, Shape { m, b, .. }) = (self.cx.gpu, self.cx.s);
         let mut idx = vec![-1i32; m * b];
         let mut n = vec![0i32; m];
@@ -410,7 +414,11 @@ impl<'g> CudaEngine<'g> {
         gpu.htod_into(&idx, &mut t.idx)?;
         gpu.htod_into(&n, &mut t.n)?;
         kernel::gather_rows(gpu, &t.text, self.cx.layout.d, &t.idx, &mut t.xt, m * b)?;
-        kernel::gather_rows(gpu, &t.images, self.cx.layout.k, &t.idx, &mut t.xi, m * b)
+        let images = match (&t.train_images, for_step) {
+            (Some(drawn), true) => drawn,
+            _ => &t.images,
+        };
+        kernel::gather_rows(gpu, images, self.cx.layout.k, &t.idx, &mut t.xi, m * b)
     }
 
     /// Both towers, the similarities, the loss (added to `nce.loss_acc`) and dL/dsim.
@@ -527,17 +535,33 @@ impl Engine for CudaEngine<'_> {
         gpu.htod_into(&step_size, &mut self.adam.step_size)?;
         gpu.htod_into(&bc2, &mut self.adam.bc2_sqrt)?;
         let rows: Vec<&[usize]> = batches.iter().map(|b| b.rows).collect();
-        self.set_batch(&rows)?;
+        self.set_batch(&rows, true)?;
         self.zero_losses()?;
         self.train_step()?;
         self.losses()
     }
 
     fn eval(&mut self, rows: &[&[usize]]) -> Result<Vec<f32>> {
-        self.set_batch(rows)?;
+        self.set_batch(rows, false)?;
         self.zero_losses()?;
         self.forward_loss(0.0)?;
         self.losses()
+    }
+
+    fn set_train_images(&mut self, images: &[f32]) -> Result<()> {
+        let t = &mut self.batch;
+        if images.len() != t.images.len() {
+            return Err(Error::Usage(format!(
+                "augmented image features hold {} values, the pairs' hold {}",
+                images.len(),
+                t.images.len()
+            )));
+        }
+        match &mut t.train_images {
+            Some(drawn) => self.cx.gpu.htod_into(images, drawn)?,
+            None => t.train_images = Some(self.cx.gpu.htod(images)?),
+        }
+        Ok(())
     }
 
     fn keep_best(&mut self, slot: usize) -> Result<()> {

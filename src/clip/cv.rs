@@ -7,7 +7,7 @@
 use super::data::Pairs;
 use super::fit::train_jobs;
 use super::metrics::{mean_sd, write_metrics, Retrieval, Row};
-use super::train::{epoch_order, Job, Outcome, TrainConfig};
+use super::train::{epoch_order, EpochImages, Job, Outcome, TrainConfig};
 use super::Clip;
 use crate::device::Device;
 use crate::error::{Error, IoContext, Result};
@@ -132,7 +132,10 @@ pub struct CvReport {
 }
 
 /// The nested CV on `device`: one model per (outer, inner) fold, from `init` or each from its
-/// own seed, checkpoints in `ckpt_dir` (one file per model; resumed when `resume`).
+/// own seed, checkpoints in `ckpt_dir` (one file per model; resumed when `resume`); trained on
+/// the image features `augment` draws per epoch when given (validation and test rows are
+/// scored on the pairs' own).
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     pairs: &Pairs,
     cfg: &TrainConfig,
@@ -140,6 +143,7 @@ pub fn run(
     init: Option<&Clip>,
     ckpt_dir: &Path,
     resume: bool,
+    augment: Option<&dyn EpochImages>,
     device: &Device,
 ) -> Result<CvReport> {
     let (models, jobs) = cv_jobs(pairs, cfg, opts, init, Some(ckpt_dir))?;
@@ -151,7 +155,7 @@ pub fn run(
         pairs.n,
         device.name()
     );
-    let outcomes = train_jobs(pairs, cfg, &jobs, resume, device)?;
+    let outcomes = train_jobs(pairs, cfg, &jobs, resume, augment, device)?;
     Ok(select_and_score(pairs, &models, &outcomes))
 }
 

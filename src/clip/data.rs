@@ -3,7 +3,7 @@
 //! normalise both before training).
 
 use crate::error::{Error, Result};
-use crate::io::{ids_sidecar, read_npy_f32};
+use crate::io::{ids_sidecar, read_npy_f32, NpyMatrix};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -38,10 +38,16 @@ impl Pairs {
 
     /// The rows `rows` of both arrays, gathered into `xt` (|rows| × d) and `xi` (|rows| × k).
     pub fn gather(&self, rows: &[usize], xt: &mut [f32], xi: &mut [f32]) {
+        self.gather_with(&self.images, rows, xt, xi)
+    }
+
+    /// As `gather`, the image rows taken from `images` (n × k: drawn for training in place of
+    /// the pairs' own).
+    pub fn gather_with(&self, images: &[f32], rows: &[usize], xt: &mut [f32], xi: &mut [f32]) {
         let (d, k) = (self.d, self.k);
         for (r, &i) in rows.iter().enumerate() {
             xt[r * d..(r + 1) * d].copy_from_slice(&self.text[i * d..(i + 1) * d]);
-            xi[r * k..(r + 1) * k].copy_from_slice(&self.images[i * k..(i + 1) * k]);
+            xi[r * k..(r + 1) * k].copy_from_slice(&images[i * k..(i + 1) * k]);
         }
     }
 }
@@ -73,102 +79,137 @@ pub fn read_ids(path: &Path) -> Result<Vec<String>> {
 /// (their intersection, in text order; how many were dropped is said on stderr), else row by
 /// row (the counts must agree).
 pub fn load_pairs(text: &Path, images: &Path) -> Result<Pairs> {
-    let t = read_npy_f32(text)?;
     let im = read_npy_f32(images)?;
-    for (m, p) in [(&t, text), (&im, images)] {
-        if m.rows == 0 || m.cols == 0 {
-            return Err(Error::input(
-                p,
-                format!(
-                    "the array is empty ({} × {}); it needs one row per study",
-                    m.rows, m.cols
-                ),
-            ));
+    let is = ids_sidecar(images);
+    let ids = if is.is_file() {
+        let ids = read_ids(&is)?;
+        if ids.len() != im.rows {
+            let msg = format!(
+                "{} ids for {} rows of {}; rewrite the sidecar",
+                ids.len(),
+                im.rows,
+                images.display()
+            );
+            return Err(Error::input(&is, msg));
         }
-        if let Some(i) = m.data.iter().position(|v| !v.is_finite()) {
-            return Err(Error::input(
-                p,
-                format!(
-                    "row {} holds NaN or Inf; recompute or drop that row",
-                    i / m.cols
-                ),
-            ));
-        }
+        Some(ids)
+    } else {
+        None
+    };
+    pair_with_images(text, im, ids, images)
+}
+
+/// `text`'s rows paired with image features already read or computed (`ids`: their studies;
+/// `source` names them in messages), as `load_pairs` pairs them.
+pub fn pair_with_images(
+    text: &Path,
+    im: NpyMatrix,
+    image_ids: Option<Vec<String>>,
+    source: &Path,
+) -> Result<Pairs> {
+    let t = read_npy_f32(text)?;
+    for (m, p) in [(&t, text), (&im, source)] {
+        check_matrix(m, p)?;
     }
-    let (ts, is) = (ids_sidecar(text), ids_sidecar(images));
-    let (rows_t, rows_i, ids) = if ts.is_file() && is.is_file() {
-        let tid = read_ids(&ts)?;
-        let iid = read_ids(&is)?;
-        if tid.len() != t.rows {
-            return Err(Error::input(
-                &ts,
-                format!(
+    let ts = ids_sidecar(text);
+    let (rows_t, rows_i, ids) = match image_ids {
+        Some(iid) if ts.is_file() => {
+            let tid = read_ids(&ts)?;
+            if tid.len() != t.rows {
+                let msg = format!(
                     "{} ids for {} rows of {}; rewrite the sidecar",
                     tid.len(),
                     t.rows,
                     text.display()
-                ),
-            ));
-        }
-        if iid.len() != im.rows {
-            return Err(Error::input(
-                &is,
-                format!(
-                    "{} ids for {} rows of {}; rewrite the sidecar",
-                    iid.len(),
-                    im.rows,
-                    images.display()
-                ),
-            ));
-        }
-        let at: HashMap<&str, usize> = iid
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.as_str(), i))
-            .collect();
-        let mut rt = Vec::new();
-        let mut ri = Vec::new();
-        let mut ids = Vec::new();
-        for (i, id) in tid.iter().enumerate() {
-            if let Some(&j) = at.get(id.as_str()) {
-                rt.push(i);
-                ri.push(j);
-                ids.push(id.clone());
+                );
+                return Err(Error::input(&ts, msg));
             }
+            let (rt, ri, ids) = join_ids(&tid, &iid, &ts, source)?;
+            (rt, ri, Some(ids))
         }
-        if rt.is_empty() {
-            return Err(Error::input(
-                &ts,
-                format!(
-                    "no id is shared with {}; are the two arrays from the same corpus?",
-                    is.display()
-                ),
-            ));
+        _ => {
+            if t.rows != im.rows {
+                return Err(Error::input(
+                    source,
+                    format!("{} rows, but {} has {}; give both .ids.txt sidecars to pair by id, or the same rows in the same order", im.rows, text.display(), t.rows),
+                ));
+            }
+            ((0..t.rows).collect(), (0..im.rows).collect(), None)
         }
-        let (dt, di) = (t.rows - rt.len(), im.rows - ri.len());
-        if dt > 0 || di > 0 {
-            eprintln!("paired {} studies by id; dropped {dt} text rows and {di} image rows without a partner", rt.len());
-        }
-        (rt, ri, Some(ids))
-    } else {
-        if t.rows != im.rows {
-            return Err(Error::input(
-                images,
-                format!("{} rows, but {} has {}; give both .ids.txt sidecars to pair by id, or the same rows in the same order", im.rows, text.display(), t.rows),
-            ));
-        }
-        ((0..t.rows).collect(), (0..im.rows).collect(), None)
     };
     let (d, k) = (t.cols, im.cols);
-    let mut tx = Vec::with_capacity(rows_t.len() * d);
-    for &r in &rows_t {
-        tx.extend_from_slice(&t.data[r * d..(r + 1) * d]);
-    }
-    let mut ix = Vec::with_capacity(rows_i.len() * k);
-    for &r in &rows_i {
-        ix.extend_from_slice(&im.data[r * k..(r + 1) * k]);
-    }
+    let gather = |m: &NpyMatrix, rows: &[usize], w: usize| -> Vec<f32> {
+        let mut out = Vec::with_capacity(rows.len() * w);
+        for &r in rows {
+            out.extend_from_slice(&m.data[r * w..(r + 1) * w]);
+        }
+        out
+    };
+    let (tx, ix) = (gather(&t, &rows_t, d), gather(&im, &rows_i, k));
     let mut p = Pairs::new(tx, ix, rows_t.len(), d, k);
     p.ids = ids;
     Ok(p)
+}
+
+/// A matrix of features must have rows and finite values.
+fn check_matrix(m: &NpyMatrix, p: &Path) -> Result<()> {
+    if m.rows == 0 || m.cols == 0 {
+        return Err(Error::input(
+            p,
+            format!(
+                "the array is empty ({} × {}); it needs one row per study",
+                m.rows, m.cols
+            ),
+        ));
+    }
+    if let Some(i) = m.data.iter().position(|v| !v.is_finite()) {
+        return Err(Error::input(
+            p,
+            format!(
+                "row {} holds NaN or Inf; recompute or drop that row",
+                i / m.cols
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The rows of the text ids `tid` and image ids `iid` that share an id, in text order, and
+/// the shared ids; what was dropped is said on stderr.
+fn join_ids(
+    tid: &[String],
+    iid: &[String],
+    ts: &Path,
+    source: &Path,
+) -> Result<(Vec<usize>, Vec<usize>, Vec<String>)> {
+    let at: HashMap<&str, usize> = iid
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.as_str(), i))
+        .collect();
+    let (mut rt, mut ri, mut ids) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, id) in tid.iter().enumerate() {
+        if let Some(&j) = at.get(id.as_str()) {
+            rt.push(i);
+            ri.push(j);
+            ids.push(id.clone());
+        }
+    }
+    if rt.is_empty() {
+        return Err(Error::input(
+            ts,
+            format!(
+                "no id is shared with {}; are the two arrays from the same corpus?",
+                source.display()
+            ),
+        ));
+    }
+    let (dt, di) = (tid.len() - rt.len(), iid.len() - ri.len());
+    if dt > 0 || di > 0 {
+        eprintln!(
+            "paired {} studies by id; dropped {dt} text rows and {di} image rows without a partner",
+            rt.len()
+        );
+    }
+    Ok((rt, ri, ids))
 }

@@ -4,23 +4,24 @@
 
 use super::data::Pairs;
 use super::metrics::{write_metrics, Retrieval, Row};
-use super::train::{Job, Outcome, Progress, TrainConfig};
+use super::train::{EpochImages, Job, Outcome, Progress, TrainConfig};
 use super::Clip;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use std::path::Path;
 
-/// Trains `jobs` on `device` (resuming from their checkpoints when `resume`), with a progress
-/// bar over all their batches.
+/// Trains `jobs` on `device` (resuming from their checkpoints when `resume`; on the image
+/// features `augment` draws per epoch when given), with a progress bar over all their batches.
 pub fn train_jobs(
     pairs: &Pairs,
     cfg: &TrainConfig,
     jobs: &[Job],
     resume: bool,
+    augment: Option<&dyn EpochImages>,
     device: &Device,
 ) -> Result<Vec<Outcome>> {
     let mut progress = Progress::of_jobs(cfg, jobs);
-    let out = device.train_clip(pairs, cfg, jobs, resume, &mut progress)?;
+    let out = device.train_clip(pairs, cfg, jobs, resume, augment, &mut progress)?;
     progress.bar.finish_and_clear();
     Ok(out)
 }
@@ -60,7 +61,9 @@ pub struct Fit {
 
 /// Trains one model (model id 0) on `pairs`, from `init` or a fresh one of seed `cfg.seed`,
 /// early-stopped on `val` (the pairs and the file they came from) when given; its checkpoint
-/// at `checkpoint` (resumed when `resume`).
+/// at `checkpoint` (resumed when `resume`). With `augment` (whose rows are `pairs`'), every
+/// epoch trains on the image features it draws.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     pairs: Pairs,
     val: Option<(Pairs, &Path)>,
@@ -68,6 +71,7 @@ pub fn run(
     init: Option<Clip>,
     checkpoint: &Path,
     resume: bool,
+    augment: Option<&dyn EpochImages>,
     device: &Device,
 ) -> Result<Fit> {
     let n = pairs.n;
@@ -85,7 +89,12 @@ pub fn run(
         init: init.unwrap_or_else(|| Clip::init(data.d, data.k, cfg.seed)),
         checkpoint: Some(checkpoint.to_path_buf()),
     };
-    let outcome = train_jobs(&data, cfg, std::slice::from_ref(&job), resume, device)?.remove(0);
+    // The validation rows follow the training rows and are never augmented.
+    let tail = &data.images[n * data.k..];
+    let padded = augment.map(|inner| WithTail { inner, tail });
+    let augment = padded.as_ref().map(|p| p as &dyn EpochImages);
+    let jobs = std::slice::from_ref(&job);
+    let outcome = train_jobs(&data, cfg, jobs, resume, augment, device)?.remove(0);
     let val = job
         .val
         .as_ref()
@@ -95,6 +104,24 @@ pub fn run(
         trained_on: n,
         val,
     })
+}
+
+/// Drawn image features followed by fixed rows (the validation pairs').
+struct WithTail<'a> {
+    inner: &'a dyn EpochImages,
+    tail: &'a [f32],
+}
+
+impl EpochImages for WithTail<'_> {
+    fn key(&self) -> String {
+        self.inner.key()
+    }
+
+    fn images(&self, epoch: usize) -> Result<Vec<f32>> {
+        let mut images = self.inner.images(epoch)?;
+        images.extend_from_slice(self.tail);
+        Ok(images)
+    }
 }
 
 impl Fit {

@@ -119,7 +119,12 @@ pub struct Job {
 
 impl Job {
     /// What must agree for a checkpoint to be resumed: data shape, settings, the rows.
-    pub fn key(&self, pairs: &Pairs, cfg: &TrainConfig) -> String {
+    pub fn key(
+        &self,
+        pairs: &Pairs,
+        cfg: &TrainConfig,
+        augment: Option<&dyn EpochImages>,
+    ) -> String {
         let rows = |r: &[usize]| {
             r.iter()
                 .fold(0xcbf2_9ce4_8422_2325u64, |h, &i| mix64(h ^ i as u64))
@@ -137,7 +142,7 @@ impl Job {
             .step_by(31)
             .fold(0u64, |h, v| mix64(h ^ v.to_bits() as u64));
         format!(
-            "n={} d={} k={} data={data:016x} init={init:016x} model={} train={:016x} val={:016x} batch={} lr={} wd={} dropout={} patience={} seed={} shuffle={}",
+            "n={} d={} k={} data={data:016x} init={init:016x} model={} train={:016x} val={:016x} batch={} lr={} wd={} dropout={} patience={} seed={} shuffle={}{}",
             pairs.n,
             pairs.d,
             pairs.k,
@@ -150,7 +155,8 @@ impl Job {
             cfg.dropout,
             cfg.patience,
             cfg.seed,
-            cfg.shuffle
+            cfg.shuffle,
+            augment.map_or(String::new(), |a| format!(" augment={}", a.key()))
         )
     }
 
@@ -328,15 +334,43 @@ pub trait Engine {
     /// Copies slot `slot`'s best weights into `st`, and unless `st.done` its parameters and
     /// moments too.
     fn download(&mut self, slot: usize, st: &mut ModelState) -> Result<()>;
+    /// The image features `step` trains on from now on (n × k, rows as the pairs'); `eval`
+    /// keeps the pairs' own, so validation and test stay un-augmented.
+    fn set_train_images(&mut self, images: &[f32]) -> Result<()>;
+}
+
+/// Checks that drawn training images have the pairs' shape (an engine's `set_train_images`).
+pub fn check_train_images(pairs: &Pairs, images: &[f32]) -> Result<()> {
+    if images.len() == pairs.n * pairs.k {
+        return Ok(());
+    }
+    Err(Error::Usage(format!(
+        "augmented image features hold {} values, the {} pairs × {} features need {}",
+        images.len(),
+        pairs.n,
+        pairs.k,
+        pairs.n * pairs.k
+    )))
+}
+
+/// Image features drawn anew for every epoch (training-time augmentation): a pure function of
+/// the epoch, so a resumed run draws the same ones.
+pub trait EpochImages: Sync {
+    /// Names the draw: part of the checkpoint key, so a run resumes only with the same one.
+    fn key(&self) -> String;
+    /// The training image features of `epoch` (0-based), n × k, rows L2-normalised.
+    fn images(&self, epoch: usize) -> Result<Vec<f32>>;
 }
 
 /// Trains every job (resuming from their checkpoints when `resume`), in groups of as many as
-/// an engine holds: `engine(n)` makes one for up to n models.
+/// an engine holds: `engine(n)` makes one for up to n models. With `augment`, each epoch
+/// trains on the image features it draws for that epoch.
 pub fn train<'e>(
     pairs: &Pairs,
     cfg: &TrainConfig,
     jobs: &[Job],
     resume: bool,
+    augment: Option<&dyn EpochImages>,
     progress: &mut Progress,
     engine: &mut dyn FnMut(usize) -> Result<Box<dyn Engine + 'e>>,
 ) -> Result<Vec<Outcome>> {
@@ -355,7 +389,8 @@ pub fn train<'e>(
     while !rest.is_empty() {
         let mut e = engine(rest.len())?;
         let (group, tail) = rest.split_at(e.capacity().clamp(1, rest.len()));
-        out.extend(Group::start(e.as_mut(), pairs, cfg, group, resume, progress)?.run()?);
+        let g = Group::start(e.as_mut(), pairs, cfg, group, resume, augment, progress)?;
+        out.extend(g.run()?);
         rest = tail;
     }
     Ok(out)
@@ -366,6 +401,7 @@ struct Group<'a, 'e> {
     engine: &'a mut (dyn Engine + 'e),
     cfg: &'a TrainConfig,
     jobs: &'a [Job],
+    augment: Option<&'a dyn EpochImages>,
     progress: &'a mut Progress,
     /// The checkpoint key of each job that has a checkpoint.
     keys: Vec<Option<String>>,
@@ -382,12 +418,13 @@ impl<'a, 'e> Group<'a, 'e> {
         cfg: &'a TrainConfig,
         jobs: &'a [Job],
         resume: bool,
+        augment: Option<&'a dyn EpochImages>,
         progress: &'a mut Progress,
     ) -> Result<Self> {
         // Hashing the data takes a pass over it: only for the jobs with a checkpoint.
         let keys: Vec<Option<String>> = jobs
             .iter()
-            .map(|j| j.checkpoint.as_ref().map(|_| j.key(pairs, cfg)))
+            .map(|j| j.checkpoint.as_ref().map(|_| j.key(pairs, cfg, augment)))
             .collect();
         let mut states = Vec::with_capacity(jobs.len());
         for (slot, j) in jobs.iter().enumerate() {
@@ -408,6 +445,7 @@ impl<'a, 'e> Group<'a, 'e> {
             engine,
             cfg,
             jobs,
+            augment,
             progress,
             keys,
             states,
@@ -452,6 +490,7 @@ impl<'a, 'e> Group<'a, 'e> {
     /// batch losses.
     fn train_epoch(&mut self) -> Result<Vec<f32>> {
         let (cfg, b) = (self.cfg, self.cfg.batch);
+        self.draw_images()?;
         let orders: Vec<Vec<usize>> = self
             .jobs
             .iter()
@@ -510,6 +549,19 @@ impl<'a, 'e> Group<'a, 'e> {
             .zip(&orders)
             .map(|(s, o)| (s / n_batches(o.len(), b).max(1) as f64) as f32)
             .collect())
+    }
+
+    /// With augmentation, hands the engine this epoch's image features. The models of a group
+    /// that are not done share their epoch (they started and checkpoint together).
+    fn draw_images(&mut self) -> Result<()> {
+        let Some(aug) = self.augment else {
+            return Ok(());
+        };
+        let Some(st) = self.states.iter().find(|s| !s.done) else {
+            return Ok(());
+        };
+        let images = aug.images(st.epoch)?;
+        self.engine.set_train_images(&images)
     }
 
     /// The validation loss of every model not done that has validation rows: the mean of its

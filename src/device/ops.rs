@@ -11,7 +11,7 @@ use crate::clip::cuda::{models_that_fit, CudaEngine};
 use crate::clip::data::Pairs;
 use crate::clip::kernels::{CpuKernels, CudaKernels, Kernels};
 use crate::clip::layout::Layout;
-use crate::clip::train::{self, Engine, Job, Outcome, Progress, TrainConfig};
+use crate::clip::train::{self, Engine, EpochImages, Job, Outcome, Progress, TrainConfig};
 use crate::error::Result;
 
 impl Device {
@@ -98,13 +98,15 @@ impl Device {
     }
 
     /// Trains CLIP models (`clip::train::train`) on this device's engine: one model after the
-    /// other on the CPU, as many at once as fit on CUDA (`kernels/clip.cu` and cuBLAS).
+    /// other on the CPU, as many at once as fit on CUDA (`kernels/clip.cu` and cuBLAS); with
+    /// `augment`, on the image features it draws for each epoch.
     pub fn train_clip<'a>(
         &'a self,
         pairs: &'a Pairs,
         cfg: &'a TrainConfig,
         jobs: &[Job],
         resume: bool,
+        augment: Option<&dyn EpochImages>,
         progress: &mut Progress,
     ) -> Result<Vec<Outcome>> {
         type Engines<'a> = Box<dyn FnMut(usize) -> Result<Box<dyn Engine + 'a>> + 'a>;
@@ -118,7 +120,7 @@ impl Device {
                 Box::new(move |n| Ok(Box::new(CudaEngine::new(g, pairs, cfg, n.min(fit))?)))
             }
         };
-        train::train(pairs, cfg, jobs, resume, progress, &mut engine)
+        train::train(pairs, cfg, jobs, resume, augment, progress, &mut engine)
     }
 
     /// The CLIP ops one by one on this device (`clip::kernels`), for the parity tests: the

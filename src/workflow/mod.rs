@@ -6,6 +6,7 @@
 //! Jobs here join several parts of the library (a corpus and an atlas, a corpus and a text
 //! model), so no part depends on another through them.
 
+pub mod augment;
 pub mod brain;
 pub mod embed;
 pub mod resume;
