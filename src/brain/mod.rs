@@ -6,6 +6,7 @@ pub mod atlas_cache;
 pub mod features;
 pub mod features_cuda;
 pub mod grid;
+pub mod kernels;
 pub mod mask;
 pub mod mkda;
 pub mod nifti;

@@ -3,7 +3,7 @@
 
 use super::Device;
 use crate::baseline;
-use crate::brain::mkda::MkdaKernel;
+use crate::brain::kernels::MaKernel;
 use crate::brain::{self, Atlas, Mask, Peaks};
 use crate::clip::cpu::CpuEngine;
 use crate::clip::cuda::{models_that_fit, CudaEngine};
@@ -14,11 +14,11 @@ use crate::clip::train::{self, Engine, Job, Outcome, Progress, TrainConfig};
 use crate::error::Result;
 
 impl Device {
-    /// Image features of studies: MKDA maps of their peaks projected on the atlas, n × k
-    /// (`kernels/mkda.cu` on CUDA).
+    /// Image features of studies: MA maps (MKDA, KDA or ALE) of their peaks projected on the
+    /// atlas, n × k (`kernels/mkda.cu` on CUDA).
     pub fn image_features(
         &self,
-        kernel: &MkdaKernel,
+        kernel: &MaKernel,
         mask: &Mask,
         atlas: &Atlas,
         peaks: &Peaks,

@@ -4,6 +4,7 @@
 use super::check_npy_out;
 use super::resume::{key_path, Chunks};
 use crate::brain::features::ma_maps;
+use crate::brain::kernels::KernelName;
 use crate::brain::mkda::MkdaSpec;
 use crate::brain::{Atlas, Image};
 use crate::corpus::Corpus;
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 /// in the order given, on the mask's grid. A study without peaks gets an all-zero volume and a
 /// warning; when no study has any, nothing is written.
 pub fn ma_map(corpus: &Path, studies: &[String], mkda: &MkdaSpec, out: &Path) -> Result<()> {
-    let (mask, kernel) = mkda.mask_and_kernel()?;
+    let (mask, kernel) = mkda.mask_and_ma_kernel()?;
     let peaks = Corpus::open(corpus)?.peaks_for(studies)?;
     let empty: Vec<&str> = (0..peaks.len())
         .filter(|&s| peaks.start[s] == peaks.start[s + 1])
@@ -60,7 +61,8 @@ pub fn project(atlas: &Path, labels: bool, maps: &[PathBuf], out: &Path) -> Resu
     Ok((n, atlas.k))
 }
 
-/// The `images` job: every study with peaks of a corpus, MKDA maps projected on an atlas.
+/// The `images` job: every study with peaks of a corpus, MA maps (MKDA, KDA or ALE) projected
+/// on an atlas.
 #[derive(Clone, Debug)]
 pub struct ImagesJob {
     pub corpus: PathBuf,
@@ -90,8 +92,16 @@ impl ImagesJob {
         first: Option<&String>,
         last: Option<&String>,
     ) -> String {
+        // MKDA keeps the key it always had, so its earlier partial runs still resume.
+        let kernel = match self.mkda.kernel {
+            KernelName::Mkda => String::new(),
+            k => format!(
+                " kernel={k:?} fwhm={:?} sample_size={:?}",
+                self.mkda.fwhm, self.mkda.sample_size
+            ),
+        };
         format!(
-            "corpus={} atlas={} labels={} radius={} rounding={:?} mask={:?} chunk={} studies={studies} peaks={peaks} first={first:?} last={last:?}\n",
+            "corpus={} atlas={} labels={} radius={} rounding={:?} mask={:?}{kernel} chunk={} studies={studies} peaks={peaks} first={first:?} last={last:?}\n",
             key_path(&self.corpus),
             key_path(&self.atlas),
             self.labels,
@@ -107,7 +117,7 @@ impl ImagesJob {
 /// `device` a chunk at a time; an interrupted run of the same job resumes.
 pub fn images(job: &ImagesJob, device: &Device) -> Result<ImagesReport> {
     check_npy_out(&job.out)?;
-    let (mask, kernel) = job.mkda.mask_and_kernel()?;
+    let (mask, kernel) = job.mkda.mask_and_ma_kernel()?;
     let (peaks, skipped) = Corpus::open(&job.corpus)?.peaks_all()?;
     if skipped > 0 {
         eprintln!("{skipped} studies have no peaks and get no image row");
