@@ -1,5 +1,6 @@
 // MKDA modeled-activation maps projected straight onto an atlas: Xᵀy per study without ever
-// writing a dense map. The CPU reference is `ma_xty_cpu` in src/brain/features.rs; the host side
+// writing a dense map. KDA (kda_xty_*: summed spheres) and ALE (ale_xty_*: the maximum of
+// Gaussians) are below, in the same pattern. The CPU reference is `ma_xty_cpu` in src/brain/features.rs; the host side
 // is src/brain/features_cuda.rs; the parity test is tests/cuda_brain.rs.
 //
 // One block per study (grid-stride over studies). The study's MA map is the union of binary

@@ -4,7 +4,9 @@
 //!
 //! The host snaps peaks to voxels with the CPU's own `peak_voxels` (bit-identical rounding) and
 //! uploads them with the study offsets; `kernels/mkda.cu` draws all studies in one launch, one
-//! block per study, each voxel counted once by the first peak whose sphere holds it. Xᵀy sums are
+//! block per study, each voxel counted once by the first peak whose sphere holds it (MKDA), by
+//! every sphere that holds it (KDA), or once, with its value, by the peak whose Gaussian is
+//! largest there (ALE; per-study Gaussians are uploaded once each, with a study → table index). Xᵀy sums are
 //! f64 on both sides and differ only in summation order (relative ~1e-15); features are f32.
 
 use super::features::{check_grids, Peaks};

@@ -148,3 +148,38 @@ pub fn images(job: &ImagesJob, device: &Device) -> Result<ImagesReport> {
     chunks.finish(&job.out, &feats, n, k, Some(&peaks.ids))?;
     Ok(ImagesReport { studies: n, k })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_key_names_the_kernel_and_keeps_mkdas() {
+        let job = |kernel, fwhm, sample_size| ImagesJob {
+            corpus: "c".into(),
+            atlas: "a".into(),
+            labels: false,
+            mkda: MkdaSpec {
+                kernel,
+                fwhm,
+                sample_size,
+                ..MkdaSpec::mkda(10.0)
+            },
+            out: "o.npy".into(),
+            chunk: 8,
+        };
+        let key = |j: ImagesJob| j.key(3, 9, None, None);
+        let mkda = key(job(KernelName::Mkda, None, None));
+        assert!(!mkda.contains("kernel="), "{mkda}");
+        let keys = [
+            mkda,
+            key(job(KernelName::Kda, None, None)),
+            key(job(KernelName::Ale, Some(10.0), None)),
+            key(job(KernelName::Ale, Some(12.0), None)),
+            key(job(KernelName::Ale, None, Some(20.0))),
+        ];
+        for (i, a) in keys.iter().enumerate() {
+            assert!(keys[i + 1..].iter().all(|b| a != b), "{a}");
+        }
+    }
+}
