@@ -699,7 +699,7 @@ pub fn ma_xty_emulated(
                 } else {
                     1.0
                 };
-                if !(x > 0.0) {
+                if x <= 0.0 || x.is_nan() {
                     continue;
                 }
                 let vi = p_[3 * p] + t.offsets[3 * o];

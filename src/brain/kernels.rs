@@ -160,7 +160,9 @@ impl AleTable {
             (Some(&a), Some(&b)) => (a, b),
             _ => return Err(Error::Usage(format!("the ALE kernel ({width:?}) is empty"))),
         };
-        let centre = ((mx - mn + 1) / 2) as i32;
+        // np.floor(shape / 2) of the cropped cube.
+        let len = mx - mn + 1;
+        let centre = (len / 2) as i32;
         let (mut offsets, mut values) = (Vec::new(), Vec::new());
         for i in mn..=mx {
             for j in mn..=mx {
