@@ -253,48 +253,72 @@ impl MaKernel {
     }
 }
 
-/// Scratch for drawing many KDA / ALE maps on one thread: a volume of values (all zero between
-/// calls) and the voxels a study touched.
+/// Scratch for drawing many KDA / ALE maps on one thread: a volume of values and a bitmap of
+/// the voxels a study touched (both all zero between calls), and the kernel's offsets as flat
+/// grid steps.
 pub struct ValueScratch {
     vals: Vec<f32>,
-    touched: Vec<u32>,
+    seen: Vec<u64>,
+    flat: Vec<i64>,
 }
 
 impl ValueScratch {
     pub fn new(grid: &Grid) -> Self {
         ValueScratch {
             vals: vec![0.0; grid.n_voxels()],
-            touched: Vec::new(),
+            seen: vec![0; grid.n_voxels().div_ceil(64)],
+            flat: Vec::new(),
         }
     }
 }
 
 /// Calls `add(flat voxel, offset index)` for every in-volume voxel of every peak's kernel
-/// (peaks in order, offsets in order). Peaks too far off to reach the volume are skipped before
-/// any arithmetic on them (a peak of 1e20 mm snaps to i64::MAX).
+/// (peaks in order, offsets in order), marking each in `seen` and returning the lowest and
+/// highest voxel marked. Peaks too far off to reach the volume are skipped before any
+/// arithmetic on them (a peak of 1e20 mm snaps to i64::MAX); peaks whose whole cube is inside
+/// step by `flat` offsets without bounds checks.
 fn for_each_hit(
     grid: &Grid,
     peaks: &[[i64; 3]],
-    offsets: &[[i32; 3]],
-    reach: [i32; 3],
+    (offsets, reach): (&[[i32; 3]], [i32; 3]),
+    (seen, flat): (&mut [u64], &mut Vec<i64>),
     mut add: impl FnMut(usize, usize),
-) {
+) -> (usize, usize) {
     let [nx, ny, nz] = grid.shape.map(|n| n as i64);
+    flat.clear();
+    flat.extend(
+        offsets
+            .iter()
+            .map(|d| d[0] as i64 + nx * (d[1] as i64 + ny * d[2] as i64)),
+    );
+    let (mut lo, mut hi) = (usize::MAX, 0usize);
+    let mut hit = |v: usize, o: usize| {
+        seen[v >> 6] |= 1u64 << (v & 63);
+        lo = lo.min(v);
+        hi = hi.max(v);
+        add(v, o);
+    };
     for p in peaks {
-        let near = (0..3).all(|a| {
-            let r = reach[a] as i64;
-            p[a] >= -r && p[a] < grid.shape[a] as i64 + r
-        });
-        if !near {
+        let r = reach.map(|r| r as i64);
+        if !(0..3).all(|a| p[a] >= -r[a] && p[a] < grid.shape[a] as i64 + r[a]) {
+            continue;
+        }
+        let inside = (0..3).all(|a| p[a] - r[a] >= 0 && p[a] + r[a] < grid.shape[a] as i64);
+        if inside {
+            let centre = p[0] + nx * (p[1] + ny * p[2]);
+            for (o, &f) in flat.iter().enumerate() {
+                hit((centre + f) as usize, o);
+            }
             continue;
         }
         for (o, d) in offsets.iter().enumerate() {
             let (i, j, k) = (p[0] + d[0] as i64, p[1] + d[1] as i64, p[2] + d[2] as i64);
             if i >= 0 && j >= 0 && k >= 0 && i < nx && j < ny && k < nz {
-                add((i + nx * (j + ny * k)) as usize, o);
+                hit((i + nx * (j + ny * k)) as usize, o);
             }
         }
     }
+    (lo, hi)
 }
 
 /// Calls `visit(flat grid voxel, value)` for every in-mask voxel of study s's KDA or ALE map
@@ -309,43 +333,35 @@ pub fn for_each_value(
     mut visit: impl FnMut(usize, f32),
 ) -> Result<()> {
     let peaks = peak_voxels_rounded(kernel.rounding(), &mask.grid, peaks_mm, study)?;
-    let ValueScratch { vals, touched } = scratch;
-    touched.clear();
-    match kernel {
-        MaKernel::Kda(k) => for_each_hit(&mask.grid, &peaks, &k.offsets, k.reach, |v, _| {
-            if vals[v] == 0.0 {
-                touched.push(v as u32);
-            }
-            vals[v] += 1.0;
-        }),
+    let ValueScratch { vals, seen, flat } = scratch;
+    let grid = &mask.grid;
+    let (lo, hi) = match kernel {
+        MaKernel::Kda(k) | MaKernel::Mkda(k) => {
+            let union = matches!(kernel, MaKernel::Mkda(_));
+            for_each_hit(grid, &peaks, (&k.offsets, k.reach), (seen, flat), |v, _| {
+                vals[v] = if union { 1.0 } else { vals[v] + 1.0 };
+            })
+        }
         MaKernel::Ale(a) => {
             let t = a.table(s);
-            for_each_hit(&mask.grid, &peaks, &t.offsets, t.reach, |v, o| {
-                let x = t.values[o];
-                if x > vals[v] {
-                    if vals[v] == 0.0 {
-                        touched.push(v as u32);
-                    }
-                    vals[v] = x;
-                }
+            for_each_hit(grid, &peaks, (&t.offsets, t.reach), (seen, flat), |v, o| {
+                vals[v] = vals[v].max(t.values[o]);
             })
         }
-        MaKernel::Mkda(k) => {
-            let mut bits = super::mkda::Scratch::new(&mask.grid);
-            k.for_each_voxel(&mask.grid, &peaks, &mut bits, |v| {
-                if vals[v] == 0.0 {
-                    touched.push(v as u32);
-                }
-                vals[v] = 1.0;
-            })
-        }
+    };
+    if lo > hi {
+        return Ok(());
     }
-    touched.sort_unstable();
-    for &v in touched.iter() {
-        let v = v as usize;
-        let x = std::mem::take(&mut vals[v]);
-        if mask.index[v] >= 0 {
-            visit(v, x);
+    for (i, word) in seen[lo >> 6..=hi >> 6].iter_mut().enumerate() {
+        let w = (lo >> 6) + i;
+        let mut bits = std::mem::take(word);
+        while bits != 0 {
+            let v = (w << 6) + bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let x = std::mem::take(&mut vals[v]);
+            if x != 0.0 && mask.index[v] >= 0 {
+                visit(v, x);
+            }
         }
     }
     Ok(())
