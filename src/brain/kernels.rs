@@ -93,6 +93,13 @@ impl AleWidth {
     }
 }
 
+/// The widest Gaussian drawn, σ in voxels (its 31³ box is then all but flat).
+const MAX_SIGMA_VOX: f64 = 1000.0;
+
+/// The most distinct per-study sample sizes: each is a table of up to 31³ offsets (and a cube
+/// on the GPU); round the sizes to whole subjects to stay below it.
+pub const MAX_SAMPLE_SIZES: usize = 4096;
+
 /// numpy's pairwise sum (`pairwise_sum_DOUBLE`) for up to 128 values: sequential below 8,
 /// else 8 accumulators combined as ((r0+r1)+(r2+r3))+((r4+r5)+(r6+r7)), then the tail.
 fn numpy_sum(a: &[f64]) -> f64 {
@@ -144,7 +151,7 @@ impl AleTable {
         width.check()?;
         let fwhm_vox = width.fwhm() / voxel_size.iter().product::<f64>().sqrt();
         let sigma = fwhm_vox * 2.0f64.sqrt() / ((2.0 * 2.0f64.ln()).sqrt() * 2.0);
-        if !(sigma > 0.0 && sigma.is_finite()) || sigma > 1e6 {
+        if !(sigma > 0.0 && sigma <= MAX_SIGMA_VOX) {
             return Err(Error::Usage(format!(
                 "the ALE kernel's width ({width:?}) gives a Gaussian of σ = {sigma} voxels; give a FWHM of a few mm or a sample size ≥ 1"
             )));
@@ -201,6 +208,12 @@ impl AleKernel {
         let mut sizes: Vec<u64> = sample_sizes.iter().map(|n| n.to_bits()).collect();
         sizes.sort_unstable();
         sizes.dedup();
+        if sizes.len() > MAX_SAMPLE_SIZES {
+            return Err(Error::Usage(format!(
+                "{} distinct sample sizes, at most {MAX_SAMPLE_SIZES}: round them to whole subjects",
+                sizes.len()
+            )));
+        }
         let tables = sizes
             .iter()
             .map(|&b| AleTable::new(AleWidth::SampleSize(f64::from_bits(b)), grid.voxel_size()))
@@ -466,6 +479,37 @@ mod tests {
         }
         // Sphere of 2 voxels centred at x = −1: dx = 1 holds 9 voxels, dx = 2 one.
         assert_eq!(values(&kda, &mask, &[[-1.0, 5.0, 5.0]]).len(), 10);
+    }
+
+    #[test]
+    fn spec_needs_exactly_one_ale_width() {
+        use crate::brain::mkda::MkdaSpec;
+        let spec = |kernel, fwhm, sample_size| MkdaSpec {
+            kernel,
+            fwhm,
+            sample_size,
+            ..MkdaSpec::mkda(10.0)
+        };
+        let err = |s: MkdaSpec| s.mask_and_ma_kernel().unwrap_err().to_string();
+        assert!(err(spec(KernelName::Ale, None, None)).contains("--fwhm MM or --sample-size N"));
+        assert!(err(spec(KernelName::Ale, Some(10.0), Some(20.0))).contains("not both"));
+        assert!(err(spec(KernelName::Ale, Some(-10.0), None)).contains("--fwhm"));
+        assert!(err(spec(KernelName::Ale, None, Some(-3.0))).contains("--sample-size"));
+        assert!(err(spec(KernelName::Ale, Some(1e9), None)).contains("σ"));
+        assert!(err(spec(KernelName::Kda, Some(10.0), None)).contains("--kernel ale"));
+        assert!(err(MkdaSpec {
+            radius: -1.0,
+            ..spec(KernelName::Kda, None, None)
+        })
+        .contains("--radius"));
+        let (_, k) = spec(KernelName::Ale, None, Some(20.0))
+            .mask_and_ma_kernel()
+            .unwrap();
+        assert!(matches!(k, MaKernel::Ale(_)));
+        let (_, k) = spec(KernelName::Kda, None, None)
+            .mask_and_ma_kernel()
+            .unwrap();
+        assert!(matches!(k, MaKernel::Kda(_)));
     }
 
     #[test]
