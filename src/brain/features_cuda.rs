@@ -241,6 +241,13 @@ impl HostTables {
         let (mut offsets, mut values, mut table_off) = (Vec::new(), Vec::new(), vec![0i32]);
         let mut max_off = 0;
         for (t, (offs, vals)) in tables.iter().enumerate() {
+            if is_ale && vals.len() != offs.len() {
+                return Err(Error::Usage(format!(
+                    "ALE table {t} holds {} offsets and {} values; build it with AleTable::new",
+                    offs.len(),
+                    vals.len()
+                )));
+            }
             max_off = max_off.max(offs.len());
             for (o, d) in offs.iter().enumerate() {
                 let c = |a: usize| (d[a] + reach[a]) as usize;
@@ -344,6 +351,10 @@ fn peak_table(
 impl<'g> CudaMkda<'g> {
     /// Uploads the sphere, the in-mask support rows and the atlas (CSR and (XᵀX)⁻¹).
     pub fn new(gpu: &'g Gpu, kernel: &MaKernel, mask: &Mask, atlas: &Atlas) -> Result<Self> {
+        if let MaKernel::Ale(a) = kernel {
+            // Every study's table index is in range (the count is checked per batch).
+            a.check_studies(a.study_table.as_ref().map_or(0, |t| t.len()))?;
+        }
         let t = HostTables::new(kernel, mask, atlas)?;
         let study_table = match kernel {
             MaKernel::Ale(a) => a

@@ -237,8 +237,19 @@ impl AleKernel {
         }
     }
 
-    /// Checks that a per-study kernel covers `n` studies.
+    /// Checks that a per-study kernel covers `n` studies, and that every study's table exists
+    /// (the fields are public: the CUDA kernel must not index past the tables).
     pub fn check_studies(&self, n: usize) -> Result<()> {
+        let n_tables = self.tables.len();
+        let bad = self
+            .study_table
+            .as_ref()
+            .is_some_and(|t| t.iter().any(|&i| i as usize >= n_tables));
+        if n_tables == 0 || bad {
+            return Err(Error::Usage(format!(
+                "the ALE kernel names a table it does not hold ({n_tables} tables); build it with AleKernel::new or AleKernel::per_study"
+            )));
+        }
         match &self.study_table {
             Some(t) if t.len() != n => Err(Error::Usage(format!(
                 "the ALE kernel has sample sizes for {} studies, the peaks hold {n}",
@@ -519,6 +530,12 @@ mod tests {
         assert_eq!(k.tables.len(), 2);
         assert_eq!(k.study_table, Some(vec![0, 1, 0]));
         assert!(k.check_studies(2).is_err());
+        assert!(k.check_studies(3).is_ok());
+        let bad = AleKernel {
+            study_table: Some(vec![0, 2, 0]),
+            ..k.clone()
+        };
+        assert!(bad.check_studies(3).is_err());
         assert!(AleKernel::per_study(&[20.0, -1.0], &grid, Rounding::Round).is_err());
     }
 }
