@@ -46,7 +46,12 @@ fn check_ma_maps(ids: &[String], mask_path: Option<&Path>, reference: &[Vec<bool
         Some(p) => Mask::read(p).unwrap(),
         None => Mask::mni152_2mm(),
     };
-    let dir = tmpdir("ma-map");
+    // One folder per caller: the two MKDA tests run at once and write the same file names.
+    let dir = tmpdir(if mask_path.is_some() {
+        "ma-map-mask"
+    } else {
+        "ma-map"
+    });
     let mut differing = 0;
     for (b, batch) in ids.chunks(100).enumerate() {
         let out = dir.join(format!("ma-{b}.nii"));

@@ -245,9 +245,15 @@ impl AleKernel {
             .study_table
             .as_ref()
             .is_some_and(|t| t.iter().any(|&i| i as usize >= n_tables));
-        if n_tables == 0 || bad {
+        let torn = self.tables.iter().any(|t| {
+            t.values.len() != t.offsets.len()
+                || t.offsets
+                    .iter()
+                    .any(|d| (0..3).any(|a| d[a].unsigned_abs() > t.reach[a].unsigned_abs()))
+        });
+        if n_tables == 0 || bad || torn {
             return Err(Error::Usage(format!(
-                "the ALE kernel names a table it does not hold ({n_tables} tables); build it with AleKernel::new or AleKernel::per_study"
+                "the ALE kernel is inconsistent (a study's table missing among {n_tables}, or a table's offsets, values and reach disagree); build it with AleKernel::new or AleKernel::per_study"
             )));
         }
         match &self.study_table {
@@ -536,6 +542,9 @@ mod tests {
             ..k.clone()
         };
         assert!(bad.check_studies(3).is_err());
+        let mut torn = k.clone();
+        torn.tables[0].reach = [0; 3];
+        assert!(torn.check_studies(3).is_err());
         assert!(AleKernel::per_study(&[20.0, -1.0], &grid, Rounding::Round).is_err());
     }
 }
