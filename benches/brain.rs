@@ -1,10 +1,12 @@
 //! Brain-space benches, CPU and CUDA side by side: MKDA maps, atlas set-up, fused image
-//! features of all Neurosynth v7 studies on a 512-map atlas, and dense projection.
+//! features (MKDA, KDA, ALE fwhm 10) of all Neurosynth v7 studies on a 512-map atlas, and
+//! dense projection.
 //! Needs ../shared/data and tests/fixtures/brain; prints why and measures nothing without them.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use niclip::brain::atlas_cache::load_or_build;
 use niclip::brain::features::{image_features_cpu, Peaks};
+use niclip::brain::kernels::{AleKernel, AleWidth, MaKernel};
 use niclip::brain::mkda::{ma_map, MkdaKernel, Rounding, Scratch};
 use niclip::brain::{Atlas, Image, Mask};
 use niclip::corpus::{import, Corpus, Format, ImportOptions};
@@ -41,6 +43,17 @@ fn brain(c: &mut Criterion) {
     let mask = Mask::mni152_2mm();
     let kernel = MkdaKernel::for_grid(&mask.grid, 10.0, Rounding::Round);
     let n = peaks.len();
+    // The image-features rows, one per kernel: the MKDA row keeps its old name.
+    let ma_kernels = [
+        ("", MaKernel::Mkda(kernel.clone())),
+        ("kda_", MaKernel::Kda(kernel.clone())),
+        (
+            "ale_fwhm10_",
+            MaKernel::Ale(
+                AleKernel::new(AleWidth::Fwhm(10.0), &mask.grid, Rounding::Round).unwrap(),
+            ),
+        ),
+    ];
 
     let mut g = c.benchmark_group("brain");
     g.sample_size(10).measurement_time(Duration::from_secs(20));
@@ -75,9 +88,12 @@ fn brain(c: &mut Criterion) {
     g.bench_function("atlas_setup/gauss512/cached", |b| b.iter(cached));
     std::fs::remove_dir_all(&cache).ok();
     let atlas = Atlas::read(&atlas_path, false).unwrap();
-    g.bench_function(format!("image_features/neurosynth_{n}_gauss512/cpu"), |b| {
-        b.iter(|| image_features_cpu(&kernel, &mask, &atlas, &peaks).unwrap())
-    });
+    for (tag, ma) in &ma_kernels {
+        g.bench_function(
+            format!("image_features/{tag}neurosynth_{n}_gauss512/cpu"),
+            |b| b.iter(|| image_features_cpu(ma, &mask, &atlas, &peaks).unwrap()),
+        );
+    }
     let maps = Image::read(&maps_path).unwrap();
     g.bench_function(
         format!("project_dense/{}maps_gauss512/cpu", maps.n_vols),
@@ -88,17 +104,19 @@ fn brain(c: &mut Criterion) {
         eprintln!("skipped CUDA benches: no CUDA device");
     } else {
         let gpu = niclip::device::cuda::Gpu::open(0).unwrap();
-        g.bench_function(
-            format!("image_features/neurosynth_{n}_gauss512/cuda"),
-            |b| {
-                b.iter(|| {
-                    niclip::brain::features_cuda::image_features_cuda(
-                        &gpu, &kernel, &mask, &atlas, &peaks,
-                    )
-                    .unwrap()
-                })
-            },
-        );
+        for (tag, ma) in &ma_kernels {
+            g.bench_function(
+                format!("image_features/{tag}neurosynth_{n}_gauss512/cuda"),
+                |b| {
+                    b.iter(|| {
+                        niclip::brain::features_cuda::image_features_cuda(
+                            &gpu, ma, &mask, &atlas, &peaks,
+                        )
+                        .unwrap()
+                    })
+                },
+            );
+        }
     }
     g.finish();
 }

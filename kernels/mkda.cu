@@ -1,5 +1,6 @@
 // MKDA modeled-activation maps projected straight onto an atlas: Xᵀy per study without ever
-// writing a dense map. The CPU reference is `ma_xty_cpu` in src/brain/features.rs; the host side
+// writing a dense map. KDA (kda_xty_*: summed spheres) and ALE (ale_xty_*: the maximum of
+// Gaussians) are below, in the same pattern. The CPU reference is `ma_xty_cpu` in src/brain/features.rs; the host side
 // is src/brain/features_cuda.rs; the parity test is tests/cuda_brain.rs.
 //
 // One block per study (grid-stride over studies). The study's MA map is the union of binary
@@ -41,7 +42,7 @@ struct MkdaParams {
 };
 static_assert(sizeof(MkdaParams) == 112, "MkdaParams must match its Rust mirror");
 
-template <bool SMEM>
+template <bool SMEM, bool UNION>
 __device__ __forceinline__ void mkda_xty_impl(
     const int* __restrict__ peaks,        // 3 per peak: i, j, k voxel indices (clamped)
     const int* __restrict__ start,        // n_studies + 1: study s owns peaks [start[s], start[s+1])
@@ -87,9 +88,10 @@ __device__ __forceinline__ void mkda_xty_impl(
             if (!niclip_in_range(vi, nx) || !niclip_in_range(vj, ny) || !niclip_in_range(vk, nz)) continue;
             const int r = row[vi + nx * (vj + ny * vk)];
             if (r < 0) continue;
-            // First owner: skip v if an earlier peak's sphere already holds it.
+            // First owner (MKDA's union): skip v if an earlier peak's sphere already holds it.
+            // KDA sums the spheres: every (peak, offset) adds its row.
             bool owner = true;
-            for (int q = 0; q < p; ++q) {
+            for (int q = 0; UNION && q < p; ++q) {
                 const int di = vi - P[3 * q];
                 const int dj = vj - P[3 * q + 1];
                 const int dk = vk - P[3 * q + 2];
@@ -112,9 +114,9 @@ __device__ __forceinline__ void mkda_xty_impl(
     }
 }
 
-template <bool SMEM>
+template <bool SMEM, bool UNION>
 __device__ __forceinline__ void mkda_xty(const MkdaParams& p, double* smem_acc) {
-    mkda_xty_impl<SMEM>(p.peaks, p.start, p.n_studies, p.offsets, p.n_off, p.in_sphere, p.rx, p.ry, p.rz,
+    mkda_xty_impl<SMEM, UNION>(p.peaks, p.start, p.n_studies, p.offsets, p.n_off, p.in_sphere, p.rx, p.ry, p.rz,
                         p.nx, p.ny, p.nz, p.row, p.row_ptr, p.cols, p.vals, p.k, p.xty, smem_acc);
 }
 
@@ -122,13 +124,128 @@ __device__ __forceinline__ void mkda_xty(const MkdaParams& p, double* smem_acc) 
 extern "C" __global__ void __launch_bounds__(NICLIP_BLOCK) mkda_xty_smem(const MkdaParams p)
 {
     NICLIP_DYNAMIC_SHARED(double, mkda_acc);
-    mkda_xty<true>(p, mkda_acc);
+    mkda_xty<true, true>(p, mkda_acc);
 }
 
 // Accumulates with f64 atomics straight into the study's row of xty (no dynamic shared memory).
 extern "C" __global__ void __launch_bounds__(NICLIP_BLOCK) mkda_xty_global(const MkdaParams p)
 {
-    mkda_xty<false>(p, nullptr);
+    mkda_xty<false, true>(p, nullptr);
+}
+
+// KDA (NiMARE's KDAKernel): the same spheres summed, so a voxel in three spheres adds its row three
+// times. Same parameters and accumulation choices as mkda_xty_*.
+extern "C" __global__ void __launch_bounds__(NICLIP_BLOCK) kda_xty_smem(const MkdaParams p)
+{
+    NICLIP_DYNAMIC_SHARED(double, kda_acc);
+    mkda_xty<true, false>(p, kda_acc);
+}
+
+extern "C" __global__ void __launch_bounds__(NICLIP_BLOCK) kda_xty_global(const MkdaParams p)
+{
+    mkda_xty<false, false>(p, nullptr);
+}
+
+// ALE (NiMARE's ALEKernel): a study's map is, per voxel, the largest value of its peaks'
+// Gaussians. Candidate v = peak p + offset o has value x = values[o]; it is counted once, by the
+// peak attaining the maximum (ties: the lowest peak index), so peak p owns v unless some other
+// peak q has cube[v - peak_q] > x, or == x with q < p. Candidates of value 0 add nothing and are
+// skipped. Studies may use different Gaussians (per-study sample sizes): the host uploads every
+// distinct table once, concatenated (offsets and values in table_off[t]..table_off[t+1]), with a
+// dense cube of values per table, all cubes (2rx+1)(2ry+1)(2rz+1) of the largest reach, 0 outside
+// the table; study_table[s] names study s's table. The voxel adds its CSR row times x.
+struct AleParams {
+    const int* peaks;                // 3 per peak (clamped to the largest reach, as MKDA's)
+    const int* start;                // n_studies + 1
+    const int* offsets;              // 3 per offset, all tables
+    const float* values;             // one per offset, all tables
+    const int* table_off;            // n_tables + 1
+    const float* cube;               // n_tables cubes, x fastest
+    const int* study_table;          // n_studies
+    const int* row;
+    const unsigned int* row_ptr;
+    const unsigned int* cols;
+    const float* vals;
+    double* xty;
+    int n_studies, n_tables;
+    int rx, ry, rz;
+    int nx, ny, nz;
+    int k;
+    int pad;
+};
+static_assert(sizeof(AleParams) == 136, "AleParams must match its Rust mirror");
+
+template <bool SMEM>
+__device__ __forceinline__ void ale_xty(const AleParams& p, double* smem_acc)
+{
+    __shared__ int speaks[3 * MKDA_PEAK_CACHE];
+    const int wx = 2 * p.rx + 1, wy = 2 * p.ry + 1, wz = 2 * p.rz + 1;
+    const long long cube_len = (long long)wx * wy * wz;
+    for (long long s = blockIdx.x; s < p.n_studies; s += gridDim.x) {
+        const int a = p.start[s];
+        const int np = p.start[s + 1] - a;
+        const int t = p.study_table[s];
+        const int o0 = p.table_off[t];
+        const int n_off = p.table_off[t + 1] - o0;
+        const float* cube = p.cube + (size_t)t * (size_t)cube_len;
+        double* acc = SMEM ? smem_acc : p.xty + (size_t)s * (size_t)p.k;
+        __syncthreads();
+        for (int j = threadIdx.x; j < p.k; j += blockDim.x) acc[j] = 0.0;
+        const int* P;
+        if (np <= MKDA_PEAK_CACHE) {
+            for (int i = threadIdx.x; i < 3 * np; i += blockDim.x) speaks[i] = p.peaks[3 * (size_t)a + i];
+            P = speaks;
+        } else {
+            P = p.peaks + 3 * (size_t)a;
+        }
+        __syncthreads();
+        const int total = np * n_off;
+        for (int c = threadIdx.x; c < total; c += blockDim.x) {
+            const int pk = c / n_off;
+            const int o = o0 + (c - pk * n_off);
+            const float x = p.values[o];
+            if (!(x > 0.0f)) continue;
+            const int vi = P[3 * pk] + p.offsets[3 * o];
+            const int vj = P[3 * pk + 1] + p.offsets[3 * o + 1];
+            const int vk = P[3 * pk + 2] + p.offsets[3 * o + 2];
+            if (!niclip_in_range(vi, p.nx) || !niclip_in_range(vj, p.ny) || !niclip_in_range(vk, p.nz)) continue;
+            const int r = p.row[vi + p.nx * (vj + p.ny * vk)];
+            if (r < 0) continue;
+            bool owner = true;
+            for (int q = 0; q < np; ++q) {
+                if (q == pk) continue;
+                const int di = vi - P[3 * q];
+                const int dj = vj - P[3 * q + 1];
+                const int dk = vk - P[3 * q + 2];
+                if (di < -p.rx || di > p.rx || dj < -p.ry || dj > p.ry || dk < -p.rz || dk > p.rz) continue;
+                const float y = cube[(di + p.rx) + wx * ((dj + p.ry) + wy * (dk + p.rz))];
+                if (y > x || (y == x && q < pk)) {
+                    owner = false;
+                    break;
+                }
+            }
+            if (!owner) continue;
+            const unsigned int e1 = p.row_ptr[r + 1];
+            for (unsigned int e = p.row_ptr[r]; e < e1; ++e)
+                atomicAdd(&acc[p.cols[e]], (double)p.vals[e] * (double)x);
+        }
+        if (SMEM) {
+            __syncthreads();
+            double* out = p.xty + (size_t)s * (size_t)p.k;
+            for (int j = threadIdx.x; j < p.k; j += blockDim.x) out[j] = acc[j];
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(NICLIP_BLOCK) ale_xty_smem(const AleParams p)
+{
+    NICLIP_DYNAMIC_SHARED(double, ale_acc);
+    ale_xty<true>(p, ale_acc);
+}
+
+extern "C" __global__ void __launch_bounds__(NICLIP_BLOCK) ale_xty_global(const AleParams p)
+{
+    ale_xty<false>(p, nullptr);
 }
 
 // β (n×k, float32) = xty (n×k) · gram_inv (k×k), all row-major, f64 sums: the solve when cuBLAS

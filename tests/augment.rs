@@ -468,6 +468,7 @@ fn bad_specs_and_inputs_are_errors_not_panics() {
 #[test]
 fn a_study_that_drops_every_peak_has_zero_features() {
     use niclip::brain::features::image_features_cpu;
+    use niclip::brain::kernels::MaKernel;
     use niclip::brain::mkda::{MkdaKernel, Rounding};
     use niclip::brain::{Atlas, Image};
     let mask = small_mask();
@@ -502,7 +503,7 @@ fn a_study_that_drops_every_peak_has_zero_features() {
     let out = augment::augment_peaks_cpu(&spec, &peaks, &keys, &mask, seed, 0).unwrap();
     assert_eq!(out.peaks.ids, peaks.ids);
     assert!(out.peaks.study(0).is_empty() && !out.peaks.study(1).is_empty());
-    let kernel = MkdaKernel::for_grid(&mask.grid, 6.0, Rounding::Round);
+    let kernel = MaKernel::Mkda(MkdaKernel::for_grid(&mask.grid, 6.0, Rounding::Round));
     let f = image_features_cpu(&kernel, &mask, &atlas, &out.peaks).unwrap();
     assert_eq!(&f[..2], &[0.0, 0.0], "no peaks, no features");
     assert!(f[2..].iter().any(|&x| x != 0.0));

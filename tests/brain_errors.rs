@@ -183,6 +183,7 @@ fn output_must_be_npy() {
 #[test]
 fn a_peak_far_outside_the_grid_draws_nothing() {
     use niclip::brain::features::{ma_maps, ma_xty_cpu, Peaks};
+    use niclip::brain::kernels::{AleKernel, AleWidth, MaKernel};
     use niclip::brain::mkda::{MkdaKernel, Rounding};
     use niclip::brain::{Atlas, Mask};
     let dir = tmpdir("err-far-peak");
@@ -205,18 +206,25 @@ fn a_peak_far_outside_the_grid_draws_nothing() {
         clean.push(format!("{far:?}"), [near]);
     }
     for rounding in [Rounding::Round, Rounding::Trunc] {
-        let kernel = MkdaKernel {
+        let sphere = MkdaKernel {
             rounding,
             ..kernel.clone()
         };
-        assert_eq!(
-            ma_maps(&kernel, &mask, &hostile).unwrap().data,
-            ma_maps(&kernel, &mask, &clean).unwrap().data
-        );
-        assert_eq!(
-            ma_xty_cpu(&kernel, &mask, &atlas, &hostile).unwrap(),
-            ma_xty_cpu(&kernel, &mask, &atlas, &clean).unwrap()
-        );
+        let ale = AleKernel::new(AleWidth::Fwhm(6.0), &g, rounding).unwrap();
+        for kernel in [
+            MaKernel::Mkda(sphere.clone()),
+            MaKernel::Kda(sphere),
+            MaKernel::Ale(ale),
+        ] {
+            assert_eq!(
+                ma_maps(&kernel, &mask, &hostile).unwrap().data,
+                ma_maps(&kernel, &mask, &clean).unwrap().data
+            );
+            assert_eq!(
+                ma_xty_cpu(&kernel, &mask, &atlas, &hostile).unwrap(),
+                ma_xty_cpu(&kernel, &mask, &atlas, &clean).unwrap()
+            );
+        }
     }
 }
 

@@ -46,7 +46,12 @@ fn check_ma_maps(ids: &[String], mask_path: Option<&Path>, reference: &[Vec<bool
         Some(p) => Mask::read(p).unwrap(),
         None => Mask::mni152_2mm(),
     };
-    let dir = tmpdir("ma-map");
+    // One folder per caller: the two MKDA tests run at once and write the same file names.
+    let dir = tmpdir(if mask_path.is_some() {
+        "ma-map-mask"
+    } else {
+        "ma-map"
+    });
     let mut differing = 0;
     for (b, batch) in ids.chunks(100).enumerate() {
         let out = dir.join(format!("ma-{b}.nii"));
@@ -394,4 +399,236 @@ fn nearest_resampling_of_labels_equals_nilearn() {
         want.data.len()
     );
     assert_eq!(differing, 0);
+}
+
+/// NiMARE's KDA or ALE maps (tests/fixtures/make_kernel_fixtures.py): per study, float32 values
+/// over the mask's voxels in Fortran order, stored as uint8 codes and a per-study value table
+/// (KDA: the counts themselves).
+struct KernelRef {
+    codes: Vec<u8>,
+    table: Option<Vec<f32>>,
+    cols: usize,
+}
+
+impl KernelRef {
+    fn read(codes: &str, table: Option<&str>) -> KernelRef {
+        let raw = read_npy_raw(&brain_fixtures().join(codes)).unwrap();
+        assert_eq!(raw.descr, "|u1");
+        assert_eq!(raw.shape[0], 300);
+        let table = table.map(|t| {
+            let raw = read_npy_raw(&brain_fixtures().join(t)).unwrap();
+            assert_eq!((raw.descr.as_str(), raw.shape[1]), ("<f4", 255));
+            raw.bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        });
+        KernelRef {
+            cols: raw.shape[1],
+            codes: raw.bytes,
+            table,
+        }
+    }
+
+    fn value(&self, s: usize, m: usize) -> f32 {
+        let c = self.codes[s * self.cols + m];
+        match (&self.table, c) {
+            (_, 0) => 0.0,
+            (Some(t), c) => t[s * 255 + c as usize - 1],
+            (None, c) => c as f32,
+        }
+    }
+}
+
+fn mkda_ids() -> Vec<String> {
+    std::fs::read_to_string(brain_fixtures().join("mkda_ids.txt"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// The largest |niclip − NiMARE| over study volumes `first..` of `img` (and 0 off the mask).
+fn max_abs_diff(img: &Image, mask: &Mask, reference: &KernelRef, first: usize) -> f64 {
+    let mut worst = 0.0f64;
+    for (s, vol) in img.volumes().enumerate() {
+        for (m, &v) in mask.voxels.iter().enumerate() {
+            let d = (vol[v as usize] as f64 - reference.value(first + s, m) as f64).abs();
+            worst = worst.max(d);
+        }
+        let outside = (0..vol.len()).filter(|&v| mask.index[v] < 0 && vol[v] != 0.0);
+        assert_eq!(
+            outside.count(),
+            0,
+            "study {}: values off the mask",
+            first + s
+        );
+    }
+    worst
+}
+
+/// `niclip ma-map --kernel kda` and `--kernel ale --fwhm 10` on the 300 studies equal NiMARE's
+/// `KDAKernel(r=10)` and `ALEKernel(fwhm=10)` images to 1e-6 (float32).
+#[test]
+fn kda_and_ale_ma_maps_equal_nimare_on_300_neurosynth_studies() {
+    let Some(data) = need_data() else {
+        return;
+    };
+    let corpus = neurosynth_corpus(&data);
+    let ids = mkda_ids();
+    let mask = Mask::mni152_2mm();
+    let dir = tmpdir("kernels-ma-map");
+    for (flags, reference) in [
+        (
+            vec!["--kernel", "kda"],
+            KernelRef::read("kda_ref_counts.npy.gz", None),
+        ),
+        (
+            vec!["--kernel", "ale", "--fwhm", "10"],
+            KernelRef::read("ale_fwhm10_codes.npy.gz", Some("ale_fwhm10_table.npy.gz")),
+        ),
+    ] {
+        let mut worst = 0.0f64;
+        for (b, batch) in ids.chunks(100).enumerate() {
+            let out = dir.join(format!("ma-{b}.nii"));
+            let mut args = vec!["ma-map", "--corpus", corpus.to_str().unwrap()];
+            args.extend(["--out", out.to_str().unwrap()]);
+            args.extend(flags.iter().copied());
+            batch
+                .iter()
+                .for_each(|id| args.extend(["--study", id.as_str()]));
+            niclip(&args);
+            let img = Image::read(&out).unwrap();
+            assert_eq!(img.n_vols, batch.len());
+            worst = worst.max(max_abs_diff(&img, &mask, &reference, b * 100));
+            std::fs::remove_file(&out).ok();
+        }
+        eprintln!("{flags:?} parity with NiMARE, 300 studies: max abs diff {worst:.3e}");
+        assert!(worst <= 1e-6, "{flags:?}: {worst}");
+    }
+}
+
+/// ALE with per-study sample sizes (NiMARE's `ALEKernel()` on a Dataset with `sample_sizes`),
+/// through the library (the CLI takes one --sample-size), and the image features of KDA and
+/// ALE against `Atlas::project_image` of NiMARE's own maps.
+#[test]
+fn ale_per_study_sample_sizes_and_features_equal_nimare() {
+    use niclip::brain::features::ma_maps;
+    use niclip::brain::kernels::{AleKernel, AleWidth, MaKernel};
+    use niclip::brain::mkda::{MkdaKernel, Rounding};
+    use niclip::device::Device;
+    let Some(data) = need_data() else {
+        return;
+    };
+    let corpus = neurosynth_corpus(&data);
+    let ids = mkda_ids();
+    let sizes: Vec<f64> = std::fs::read_to_string(brain_fixtures().join("ale_sample_sizes.txt"))
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(sizes.len(), 300);
+    let mask = Mask::mni152_2mm();
+    let peaks = niclip::corpus::Corpus::open(&corpus)
+        .unwrap()
+        .peaks_for(&ids)
+        .unwrap();
+    let reference = KernelRef::read("ale_nsub_codes.npy.gz", Some("ale_nsub_table.npy.gz"));
+    let mut worst = 0.0f64;
+    for b in 0..3 {
+        let part = peaks.slice(b * 100..(b + 1) * 100);
+        let sub = &sizes[b * 100..(b + 1) * 100];
+        let k = MaKernel::Ale(AleKernel::per_study(sub, &mask.grid, Rounding::Round).unwrap());
+        worst = worst.max(max_abs_diff(
+            &ma_maps(&k, &mask, &part).unwrap(),
+            &mask,
+            &reference,
+            b * 100,
+        ));
+    }
+    eprintln!(
+        "ALE per-study sample sizes parity with NiMARE, 300 studies: max abs diff {worst:.3e}"
+    );
+    assert!(worst <= 1e-6, "{worst}");
+
+    // Features: the fused Xᵀy of 40 studies against the projection of NiMARE's maps.
+    let atlas = Atlas::read(&brain_fixtures().join("atlas_gauss512_2mm.nii.gz"), false).unwrap();
+    let n = 40;
+    let part = peaks.slice(0..n);
+    let sphere = MkdaKernel::for_grid(&mask.grid, 10.0, Rounding::Round);
+    for (name, kernel, reference) in [
+        (
+            "kda",
+            MaKernel::Kda(sphere),
+            KernelRef::read("kda_ref_counts.npy.gz", None),
+        ),
+        (
+            "ale fwhm 10",
+            MaKernel::Ale(
+                AleKernel::new(AleWidth::Fwhm(10.0), &mask.grid, Rounding::Round).unwrap(),
+            ),
+            KernelRef::read("ale_fwhm10_codes.npy.gz", Some("ale_fwhm10_table.npy.gz")),
+        ),
+        (
+            "ale per-study n",
+            MaKernel::Ale(AleKernel::per_study(&sizes[..n], &mask.grid, Rounding::Round).unwrap()),
+            reference,
+        ),
+    ] {
+        let feats = Device::Cpu
+            .image_features(&kernel, &mask, &atlas, &part)
+            .unwrap();
+        let mut vols = vec![0.0f32; n * mask.grid.n_voxels()];
+        for (s, vol) in vols.chunks_mut(mask.grid.n_voxels()).enumerate() {
+            for (m, &v) in mask.voxels.iter().enumerate() {
+                vol[v as usize] = reference.value(s, m);
+            }
+        }
+        let want: Vec<f64> = atlas
+            .project_image(&Image::new(mask.grid.clone(), n, vols))
+            .iter()
+            .map(|&x| x as f64)
+            .collect();
+        let err = max_row_relative_error(&feats, &want, atlas.k);
+        eprintln!("{name}: image_features vs project(NiMARE maps), {n} studies: max relative error {err:.2e}");
+        assert!(err < 1e-5, "{name}: {err}");
+    }
+}
+
+/// `--kernel ale` needs exactly one of --fwhm and --sample-size, and a positive one.
+#[test]
+fn ale_flags_are_checked() {
+    let Some(data) = need_data() else {
+        return;
+    };
+    let corpus = neurosynth_corpus(&data);
+    let out = tmpdir("ale-flags").join("x.nii");
+    let base = [
+        "ma-map",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    for (flags, want) in [
+        (vec!["--kernel", "ale"], "--fwhm"),
+        (
+            vec!["--kernel", "ale", "--fwhm", "10", "--sample-size", "20"],
+            "not both",
+        ),
+        (vec!["--kernel", "ale", "--fwhm", "-3"], "--fwhm"),
+        (
+            vec!["--kernel", "ale", "--sample-size", "0"],
+            "--sample-size",
+        ),
+        (vec!["--kernel", "kda", "--fwhm", "10"], "--kernel ale"),
+        (vec!["--kernel", "kda", "--radius", "-2"], "--radius"),
+    ] {
+        let mut args = base.to_vec();
+        args.extend(flags.iter().copied());
+        args.extend(["--study", "10545400"]);
+        let err = niclip_fails(&args);
+        assert!(err.contains(want), "{flags:?}: {err}");
+    }
+    assert!(!out.exists());
 }

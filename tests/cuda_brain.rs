@@ -10,6 +10,7 @@ use niclip::brain::features::{image_features_cpu, ma_xty_cpu};
 use niclip::brain::features_cuda::{
     image_features_cuda, ma_xty_cuda, ma_xty_emulated, Accumulate, CudaMkda, Solver,
 };
+use niclip::brain::kernels::{AleKernel, AleWidth, MaKernel};
 use niclip::brain::mkda::{MkdaKernel, Rounding};
 use niclip::brain::{Atlas, Grid, Image, Mask, Peaks};
 use niclip::device::cuda::{self, Gpu};
@@ -206,7 +207,7 @@ fn assert_close<T: Copy + Into<f64>>(
 /// Every accumulation and solver against the CPU, on output buffers poisoned with NaN.
 fn check_all_paths(
     gpu: &Gpu,
-    kernel: &MkdaKernel,
+    kernel: &MaKernel,
     mask: &Mask,
     atlas: &Atlas,
     peaks: &Peaks,
@@ -296,14 +297,41 @@ fn full_box() -> Mask {
     Mask::from_values(grid.clone(), &vec![1.0; grid.n_voxels()])
 }
 
-fn kernels(grid: &Grid) -> Vec<(MkdaKernel, &'static str)> {
+/// The first `few - 2` studies and the last two (the 700-peak study read from global memory).
+fn subset(peaks: &Peaks, few: usize) -> Peaks {
+    let n = peaks.len();
+    if few >= n {
+        return peaks.clone();
+    }
+    let mut out = Peaks::new();
+    for s in (0..few - 2).chain(n - 2..n) {
+        out.push(peaks.ids[s].clone(), peaks.study(s).iter().copied());
+    }
+    out
+}
+
+/// MKDA spheres, then KDA and ALE (one Gaussian, and one per study from sample sizes), each
+/// with the number of studies to run it on (KDA and ALE on `subset(peaks, few)`: the ALE owner
+/// test reads every other peak, slow on the emulated GPU).
+fn kernels(grid: &Grid, n: usize) -> Vec<(MaKernel, &'static str, usize)> {
+    let few = n.min(60);
+    let sizes: Vec<f64> = (0..few).map(|s| (10 + (s * 7) % 50) as f64).collect();
+    let mkda = |r, rounding| MkdaKernel::for_grid(grid, r, rounding);
     vec![
-        (
-            MkdaKernel::for_grid(grid, 10.0, Rounding::Round),
-            "r10/round",
-        ),
+        (MaKernel::Mkda(mkda(10.0, Rounding::Round)), "r10/round", n),
         // 7 mm on 2 mm voxels: an asymmetric cube (−4…3), NiMARE's slicing.
-        (MkdaKernel::for_grid(grid, 7.0, Rounding::Trunc), "r7/trunc"),
+        (MaKernel::Mkda(mkda(7.0, Rounding::Trunc)), "r7/trunc", n),
+        (MaKernel::Kda(mkda(10.0, Rounding::Round)), "kda r10", few),
+        (
+            MaKernel::Ale(AleKernel::new(AleWidth::Fwhm(10.0), grid, Rounding::Round).unwrap()),
+            "ale fwhm10",
+            few,
+        ),
+        (
+            MaKernel::Ale(AleKernel::per_study(&sizes, grid, Rounding::Round).unwrap()),
+            "ale per-study n",
+            few,
+        ),
     ]
 }
 
@@ -313,26 +341,26 @@ fn synthetic_studies_match_cpu() {
     let mask = Mask::mni152_2mm();
     let atlas = blob_atlas(&mask, 40, 7);
     let peaks = synthetic_peaks(&mask.grid, 300, 11);
-    for (kernel, name) in kernels(&mask.grid) {
+    for (kernel, name, n) in kernels(&mask.grid, peaks.len()) {
         check_all_paths(
             &gpu,
             &kernel,
             &mask,
             &atlas,
-            &peaks,
+            &subset(&peaks, n),
             &format!("synthetic {name}"),
         );
     }
     let boxed = full_box();
     let atlas = blob_atlas(&boxed, 6, 17);
     let peaks = synthetic_peaks(&boxed.grid, 200, 19);
-    for (kernel, name) in kernels(&boxed.grid) {
+    for (kernel, name, n) in kernels(&boxed.grid, peaks.len()) {
         check_all_paths(
             &gpu,
             &kernel,
             &boxed,
             &atlas,
-            &peaks,
+            &subset(&peaks, n),
             &format!("full box {name}"),
         );
     }
@@ -356,7 +384,7 @@ fn label_atlas_matches_cpu() {
         .collect();
     let atlas = Atlas::from_labels(&Image::new(grid, 1, labels), Path::new("<slabs>")).unwrap();
     let peaks = synthetic_peaks(&mask.grid, 120, 5);
-    let kernel = MkdaKernel::for_grid(&mask.grid, 10.0, Rounding::Round);
+    let kernel = MaKernel::Mkda(MkdaKernel::for_grid(&mask.grid, 10.0, Rounding::Round));
     check_all_paths(&gpu, &kernel, &mask, &atlas, &peaks, "labels");
 }
 
@@ -374,7 +402,7 @@ fn neurosynth_peaks_match_cpu() {
     let mask = Mask::mni152_2mm();
     let peaks = neurosynth_peaks(&path, 500);
     assert!(peaks.len() > 100, "read {} studies", peaks.len());
-    let kernel = MkdaKernel::for_grid(&mask.grid, 10.0, Rounding::Round);
+    let kernel = MaKernel::Mkda(MkdaKernel::for_grid(&mask.grid, 10.0, Rounding::Round));
     check_all_paths(
         &gpu,
         &kernel,
@@ -394,7 +422,7 @@ fn errors_match_cpu() {
     let Some(gpu) = need_gpu() else { return };
     let mask = Mask::mni152_2mm();
     let atlas = blob_atlas(&mask, 8, 1);
-    let kernel = MkdaKernel::for_grid(&mask.grid, 10.0, Rounding::Round);
+    let kernel = MaKernel::Mkda(MkdaKernel::for_grid(&mask.grid, 10.0, Rounding::Round));
     let mut peaks = Peaks::new();
     peaks.push("ok", [[0.0, 0.0, 0.0]]);
     peaks.push("study-with-nan", [[f64::NAN, 0.0, 0.0]]);
@@ -420,7 +448,8 @@ fn emulated_kernel_matches_cpu_without_gpu() {
     let mask = Mask::mni152_2mm();
     let atlas = blob_atlas(&mask, 12, 9);
     let peaks = synthetic_peaks(&mask.grid, 150, 13);
-    for (kernel, name) in kernels(&mask.grid) {
+    for (kernel, name, n) in kernels(&mask.grid, peaks.len()) {
+        let peaks = subset(&peaks, n);
         let cpu = ma_xty_cpu(&kernel, &mask, &atlas, &peaks).unwrap();
         let emu = ma_xty_emulated(&kernel, &mask, &atlas, &peaks).unwrap();
         assert_close(
@@ -435,7 +464,8 @@ fn emulated_kernel_matches_cpu_without_gpu() {
     let boxed = full_box();
     let box_atlas = blob_atlas(&boxed, 6, 17);
     let box_peaks = synthetic_peaks(&boxed.grid, 200, 19);
-    for (kernel, name) in kernels(&boxed.grid) {
+    for (kernel, name, n) in kernels(&boxed.grid, box_peaks.len()) {
+        let box_peaks = subset(&box_peaks, n);
         let cpu = ma_xty_cpu(&kernel, &boxed, &box_atlas, &box_peaks).unwrap();
         let emu = ma_xty_emulated(&kernel, &boxed, &box_atlas, &box_peaks).unwrap();
         let what = format!("emulated full box {name}");
@@ -444,7 +474,7 @@ fn emulated_kernel_matches_cpu_without_gpu() {
     let err = {
         let mut bad = Peaks::new();
         bad.push("inf-study", [[0.0, f64::INFINITY, 0.0]]);
-        let kernel = MkdaKernel::for_grid(&mask.grid, 10.0, Rounding::Round);
+        let kernel = MaKernel::Mkda(MkdaKernel::for_grid(&mask.grid, 10.0, Rounding::Round));
         ma_xty_emulated(&kernel, &mask, &atlas, &bad).unwrap_err()
     };
     assert!(err.to_string().contains("inf-study"), "{err}");
@@ -469,6 +499,10 @@ fn nvrtc_compiles_embedded_kernels() {
             for f in [
                 "mkda_xty_smem",
                 "mkda_xty_global",
+                "kda_xty_smem",
+                "kda_xty_global",
+                "ale_xty_smem",
+                "ale_xty_global",
                 "solve_rows_f64",
                 "f64_to_f32",
             ] {

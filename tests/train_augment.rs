@@ -125,6 +125,13 @@ fn corpus_features_equal_images_and_augmentation_is_seeded() {
     let mut radius = corpus.clone();
     radius.extend(["--augment".into(), "radius:6..14".into()]);
     assert_ne!(d.train("radius", &strs(&radius)), plain);
+    // Radii are drawn for spheres: not for ALE's Gaussians.
+    let out = d.dir.join("ale.safetensors");
+    let mut ale = vec!["train", "--text", s(&d.text), "--out", s(&out)];
+    ale.extend(strs(&radius));
+    ale.extend(["--kernel", "ale", "--fwhm", "10"]);
+    let err = niclip_fails(&ale);
+    assert!(err.contains("--kernel mkda or kda"), "{err}");
     let _ = std::fs::remove_dir_all(&d.dir);
 }
 

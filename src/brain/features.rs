@@ -1,9 +1,10 @@
 //! Studies' peaks as the image pipeline takes them ([`Peaks`]), their MA maps as volumes
-//! ([`ma_maps`], for looking at), and their image features: MKDA maps projected onto an atlas,
-//! fused so that no map is ever written out: peaks → sphere voxels (union, in the mask) → Xᵀy
-//! rows → one batched solve.
+//! ([`ma_maps`], for looking at), and their image features: MKDA, KDA or ALE maps projected onto
+//! an atlas, fused so that no map is ever written out: peaks → kernel voxels and values (in the
+//! mask) → Xᵀy rows → one batched solve.
 
-use super::mkda::{ma_map, peak_voxels, MkdaKernel, Scratch};
+use super::kernels::{for_each_value, MaKernel, ValueScratch};
+use super::mkda::{ma_map, peak_voxels, Scratch};
 use super::{Atlas, Image, Mask};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
@@ -60,22 +61,38 @@ impl Peaks {
 }
 
 /// The MA maps of studies as one 4D image on the mask's grid, a volume per study in `peaks`'
-/// order: 1 inside the union of its spheres and the mask, 0 elsewhere.
-pub fn ma_maps(kernel: &MkdaKernel, mask: &Mask, peaks: &Peaks) -> Result<Image> {
+/// order, 0 off the mask: MKDA 1 inside the union of its spheres, KDA the number of spheres,
+/// ALE the largest Gaussian value (float32, as NiMARE's images).
+pub fn ma_maps(kernel: &MaKernel, mask: &Mask, peaks: &Peaks) -> Result<Image> {
+    kernel.check_studies(peaks.len())?;
     let n = mask.grid.n_voxels();
     let mut data = vec![0.0f32; n * peaks.len()];
-    data.par_chunks_mut(n)
-        .enumerate()
-        .map_init(
-            || Scratch::new(&mask.grid),
-            |scratch, (s, vol)| -> Result<()> {
-                for m in ma_map(kernel, mask, peaks.study(s), &peaks.ids[s], scratch)? {
-                    vol[mask.voxels[m as usize] as usize] = 1.0;
-                }
-                Ok(())
-            },
-        )
-        .collect::<Result<()>>()?;
+    let (id, xyz) = (&peaks.ids, |s| peaks.study(s));
+    match kernel {
+        MaKernel::Mkda(sphere) => data
+            .par_chunks_mut(n)
+            .enumerate()
+            .map_init(
+                || Scratch::new(&mask.grid),
+                |scratch, (s, vol)| -> Result<()> {
+                    for m in ma_map(sphere, mask, xyz(s), &id[s], scratch)? {
+                        vol[mask.voxels[m as usize] as usize] = 1.0;
+                    }
+                    Ok(())
+                },
+            )
+            .collect::<Result<()>>()?,
+        _ => data
+            .par_chunks_mut(n)
+            .enumerate()
+            .map_init(
+                || ValueScratch::new(&mask.grid),
+                |scratch, (s, vol)| {
+                    for_each_value(kernel, mask, xyz(s), s, &id[s], scratch, |v, x| vol[v] = x)
+                },
+            )
+            .collect::<Result<()>>()?,
+    }
     Ok(Image::new(mask.grid.clone(), peaks.len(), data))
 }
 
@@ -125,35 +142,53 @@ impl VoxelRows {
 /// Independent accumulators in the Xᵀy sum.
 const LANES: usize = 4;
 
-/// Xᵀy of every study's MA map, n×k f64 (the CPU reference of the CUDA kernel).
+/// Xᵀy of every study's MA map, n×k f64 (the CPU reference of the CUDA kernels): each in-mask
+/// voxel of the map adds its atlas row times its value (1 for MKDA).
 pub fn ma_xty_cpu(
-    kernel: &MkdaKernel,
+    kernel: &MaKernel,
     mask: &Mask,
     atlas: &Atlas,
     peaks: &Peaks,
 ) -> Result<Vec<f64>> {
     check_grids(mask, atlas)?;
+    kernel.check_studies(peaks.len())?;
     let k = atlas.k;
     let rows = VoxelRows::new(mask, atlas);
     let mut xty = vec![0.0f64; peaks.len() * k];
     xty.par_chunks_mut(k)
         .enumerate()
         .map_init(
-            || (Scratch::new(&mask.grid), vec![0.0f64; LANES * k]),
+            || {
+                let scratch = match kernel {
+                    MaKernel::Mkda(_) => Err(Scratch::new(&mask.grid)),
+                    _ => Ok(ValueScratch::new(&mask.grid)),
+                };
+                (scratch, vec![0.0f64; LANES * k])
+            },
             |(scratch, acc), (s, out)| -> Result<()> {
-                let vox = peak_voxels(kernel, &mask.grid, peaks.study(s), &peaks.ids[s])?;
                 // Neighbouring voxels mostly share their maps: summing them into one array would
                 // chain every add on the previous store. LANES slots per map, one per voxel in
                 // turn, keep that many chains independent.
                 acc.fill(0.0);
                 let mut lane = 0;
-                kernel.for_each_voxel(&mask.grid, &vox, scratch, |v| {
+                let mut add = |v: usize, y: f64| {
                     let (a, b) = (rows.start[v] as usize, rows.start[v + 1] as usize);
                     for (&c, &w) in rows.cols[a..b].iter().zip(&rows.vals[a..b]) {
-                        acc[c as usize * LANES + lane] += w as f64;
+                        acc[c as usize * LANES + lane] += w as f64 * y;
                     }
                     lane = (lane + 1) % LANES;
-                });
+                };
+                let (xyz, id) = (peaks.study(s), &peaks.ids[s]);
+                match (kernel, scratch) {
+                    (MaKernel::Mkda(sphere), Err(bits)) => {
+                        let vox = peak_voxels(sphere, &mask.grid, xyz, id)?;
+                        sphere.for_each_voxel(&mask.grid, &vox, bits, |v| add(v, 1.0));
+                    }
+                    (_, Ok(vals)) => {
+                        for_each_value(kernel, mask, xyz, s, id, vals, |v, x| add(v, x as f64))?
+                    }
+                    _ => unreachable!("the scratch is made for the kernel"),
+                }
                 for (o, lanes) in out.iter_mut().zip(acc.chunks_exact(LANES)) {
                     *o = lanes.iter().sum();
                 }
@@ -166,7 +201,7 @@ pub fn ma_xty_cpu(
 
 /// Atlas coefficients of every study's MA map on the CPU, n×k float32.
 pub fn image_features_cpu(
-    kernel: &MkdaKernel,
+    kernel: &MaKernel,
     mask: &Mask,
     atlas: &Atlas,
     peaks: &Peaks,

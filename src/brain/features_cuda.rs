@@ -4,11 +4,14 @@
 //!
 //! The host snaps peaks to voxels with the CPU's own `peak_voxels` (bit-identical rounding) and
 //! uploads them with the study offsets; `kernels/mkda.cu` draws all studies in one launch, one
-//! block per study, each voxel counted once by the first peak whose sphere holds it. Xᵀy sums are
+//! block per study, each voxel counted once by the first peak whose sphere holds it (MKDA), by
+//! every sphere that holds it (KDA), or once, with its value, by the peak whose Gaussian is
+//! largest there (ALE; per-study Gaussians are uploaded once each, with a study → table index). Xᵀy sums are
 //! f64 on both sides and differ only in summation order (relative ~1e-15); features are f32.
 
 use super::features::{check_grids, Peaks};
-use super::mkda::{peak_voxels, MkdaKernel};
+use super::kernels::MaKernel;
+use super::mkda::{peak_voxels_rounded, Rounding};
 use super::{Atlas, Grid, Mask};
 use crate::device::cuda::{consts, launch, launch_err, launch_kernel, Gpu, RowMajorGemm};
 use crate::error::{Error, Result};
@@ -48,10 +51,14 @@ pub enum Solver {
     Kernel,
 }
 
-/// The atlas, mask and sphere on a device, ready for many batches of studies.
+/// The atlas, mask and kernel (MKDA or KDA sphere, ALE Gaussians) on a device, ready for many
+/// batches of studies.
 pub struct CudaMkda<'g> {
     gpu: &'g Gpu,
-    kernel: MkdaKernel,
+    family: Family,
+    rounding: Rounding,
+    /// ALE with per-study sample sizes: each study's table.
+    study_table: Option<Vec<i32>>,
     grid: Grid,
     k: usize,
     shape: [i32; 3],
@@ -64,7 +71,68 @@ pub struct CudaMkda<'g> {
     cols: CudaSlice<u32>,
     vals: CudaSlice<f32>,
     gram_inv: CudaSlice<f64>,
+    /// ALE only: values per offset, table bounds, value cubes (empty for MKDA and KDA).
+    values: CudaSlice<f32>,
+    table_off: CudaSlice<i32>,
+    cube: CudaSlice<f32>,
+    n_tables: usize,
 }
+
+/// Which kernels of `kernels/mkda.cu` a `CudaMkda` launches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    Mkda,
+    Kda,
+    Ale,
+}
+
+impl Family {
+    fn of(kernel: &MaKernel) -> Family {
+        match kernel {
+            MaKernel::Mkda(_) => Family::Mkda,
+            MaKernel::Kda(_) => Family::Kda,
+            MaKernel::Ale(_) => Family::Ale,
+        }
+    }
+
+    /// The (shared-memory, global) kernel names.
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            Family::Mkda => ("mkda_xty_smem", "mkda_xty_global"),
+            Family::Kda => ("kda_xty_smem", "kda_xty_global"),
+            Family::Ale => ("ale_xty_smem", "ale_xty_global"),
+        }
+    }
+}
+
+/// The arguments of `ale_xty_smem` / `ale_xty_global`: `AleParams` in kernels/mkda.cu, field for
+/// field (136 bytes on both sides).
+#[repr(C)]
+struct AleParams {
+    peaks: CUdeviceptr,
+    start: CUdeviceptr,
+    offsets: CUdeviceptr,
+    values: CUdeviceptr,
+    table_off: CUdeviceptr,
+    cube: CUdeviceptr,
+    study_table: CUdeviceptr,
+    row: CUdeviceptr,
+    row_ptr: CUdeviceptr,
+    cols: CUdeviceptr,
+    vals: CUdeviceptr,
+    xty: CUdeviceptr,
+    n_studies: i32,
+    n_tables: i32,
+    reach: [i32; 3],
+    shape: [i32; 3],
+    k: i32,
+    pad: i32,
+}
+
+const _: () = assert!(std::mem::size_of::<AleParams>() == 136);
+
+// SAFETY: plain old data of the layout the kernels read (repr(C), no references).
+unsafe impl DeviceRepr for AleParams {}
 
 /// The arguments of `mkda_xty_smem` / `mkda_xty_global`: `MkdaParams` in kernels/mkda.cu, field
 /// for field (device pointers, then ints; 112 bytes on both sides).
@@ -116,10 +184,17 @@ struct HostTables {
     in_sphere: Vec<u8>,
     /// Per grid voxel: atlas support row when in the mask and on the support, else −1.
     row: Vec<i32>,
+    /// ALE: a value per offset, table bounds (n_tables + 1), one value cube per table (the
+    /// largest reach, x fastest, 0 off the table); empty otherwise.
+    values: Vec<f32>,
+    table_off: Vec<i32>,
+    cube: Vec<f32>,
+    /// The largest offset count of one table (the sphere's count for MKDA and KDA).
+    max_off: usize,
 }
 
 impl HostTables {
-    fn new(kernel: &MkdaKernel, mask: &Mask, atlas: &Atlas) -> Result<Self> {
+    fn new(kernel: &MaKernel, mask: &Mask, atlas: &Atlas) -> Result<Self> {
         check_grids(mask, atlas)?;
         let n_vox = mask.grid.n_voxels();
         if n_vox >= INDEX_LIMIT {
@@ -139,25 +214,56 @@ impl HostTables {
             )));
         }
         let shape = mask.grid.shape.map(|n| n as i32);
-        let reach = kernel.reach;
+        let tables: Vec<(&[[i32; 3]], &[f32])> = match kernel {
+            MaKernel::Mkda(k) | MaKernel::Kda(k) => vec![(&k.offsets, &[])],
+            MaKernel::Ale(a) => a
+                .tables
+                .iter()
+                .map(|t| (&t.offsets[..], &t.values[..]))
+                .collect(),
+        };
+        let reach: [i32; 3] = std::array::from_fn(|a| {
+            let r = tables.iter().flat_map(|t| t.0.iter().map(|d| d[a].abs()));
+            r.max().unwrap_or(0)
+        });
         if reach.iter().any(|&r| !(0..=1024).contains(&r)) {
             return Err(Error::Usage(format!(
                 "MKDA sphere reach {reach:?} voxels is out of range; use a radius of at most 1024 voxels"
             )));
         }
-        // The membership cube, built from the offsets list itself: the exact same sphere.
+        // The membership cube (and ALE's value cubes), built from the offsets lists themselves:
+        // the exact same sphere or Gaussian.
         let w = reach.map(|r| (2 * r + 1) as usize);
-        let mut in_sphere = vec![0u8; w[0] * w[1] * w[2]];
-        let mut offsets = Vec::with_capacity(3 * kernel.offsets.len());
-        for d in &kernel.offsets {
-            if (0..3).any(|a| d[a].abs() > reach[a]) {
+        let cube_len = w[0] * w[1] * w[2];
+        let is_ale = matches!(kernel, MaKernel::Ale(_));
+        let mut in_sphere = vec![0u8; if is_ale { 0 } else { cube_len }];
+        let mut cube = vec![0.0f32; if is_ale { cube_len * tables.len() } else { 0 }];
+        let (mut offsets, mut values, mut table_off) = (Vec::new(), Vec::new(), vec![0i32]);
+        let mut max_off = 0;
+        for (t, (offs, vals)) in tables.iter().enumerate() {
+            if is_ale && vals.len() != offs.len() {
                 return Err(Error::Usage(format!(
-                    "MKDA offset {d:?} lies beyond the kernel's reach {reach:?}"
+                    "ALE table {t} holds {} offsets and {} values; build it with AleTable::new",
+                    offs.len(),
+                    vals.len()
                 )));
             }
-            let c = |a: usize| (d[a] + reach[a]) as usize;
-            in_sphere[c(0) + w[0] * (c(1) + w[1] * c(2))] = 1;
-            offsets.extend_from_slice(d);
+            max_off = max_off.max(offs.len());
+            for (o, d) in offs.iter().enumerate() {
+                let c = |a: usize| (d[a] + reach[a]) as usize;
+                let at = c(0) + w[0] * (c(1) + w[1] * c(2));
+                if is_ale {
+                    cube[t * cube_len + at] = vals[o];
+                    values.push(vals[o]);
+                } else {
+                    in_sphere[at] = 1;
+                }
+                offsets.extend_from_slice(d);
+            }
+            if offsets.len() / 3 >= INDEX_LIMIT {
+                return Err(too_big("the kernel tables"));
+            }
+            table_off.push((offsets.len() / 3) as i32);
         }
         // A voxel counts when it is in the mask and on the atlas support, as on the CPU.
         let row: Vec<i32> = mask
@@ -172,19 +278,25 @@ impl HostTables {
             offsets,
             in_sphere,
             row,
+            values,
+            table_off,
+            cube,
+            max_off,
         })
-    }
-
-    fn n_off(&self) -> usize {
-        self.offsets.len() / 3
     }
 }
 
 /// Peaks → voxel indices clamped near the volume, and study offsets; a non-finite peak is an
 /// error naming its study. Checks the sizes the kernel's 32-bit indexing relies on.
-fn peak_table(kernel: &MkdaKernel, grid: &Grid, n_off: usize, peaks: &Peaks) -> Result<PeakTable> {
+fn peak_table(
+    rounding: Rounding,
+    reach: [i32; 3],
+    grid: &Grid,
+    n_off: usize,
+    peaks: &Peaks,
+) -> Result<PeakTable> {
     let shape = grid.shape.map(|n| n as i64);
-    let reach = kernel.reach.map(|r| r as i64);
+    let reach = reach.map(|r| r as i64);
     let n = peaks.len();
     if n == 0 {
         return Ok(PeakTable {
@@ -223,7 +335,7 @@ fn peak_table(kernel: &MkdaKernel, grid: &Grid, n_off: usize, peaks: &Peaks) -> 
     let per_study: Vec<Vec<i32>> = (0..n)
         .into_par_iter()
         .map(|s| -> Result<Vec<i32>> {
-            let vox = peak_voxels(kernel, grid, peaks.study(s), &peaks.ids[s])?;
+            let vox = peak_voxels_rounded(rounding, grid, peaks.study(s), &peaks.ids[s])?;
             Ok(vox
                 .iter()
                 .flat_map(|p| (0..3).map(move |a| p[a].clamp(lo[a], hi[a]) as i32))
@@ -238,16 +350,33 @@ fn peak_table(kernel: &MkdaKernel, grid: &Grid, n_off: usize, peaks: &Peaks) -> 
 
 impl<'g> CudaMkda<'g> {
     /// Uploads the sphere, the in-mask support rows and the atlas (CSR and (XᵀX)⁻¹).
-    pub fn new(gpu: &'g Gpu, kernel: &MkdaKernel, mask: &Mask, atlas: &Atlas) -> Result<Self> {
+    pub fn new(gpu: &'g Gpu, kernel: &MaKernel, mask: &Mask, atlas: &Atlas) -> Result<Self> {
+        if let MaKernel::Ale(a) = kernel {
+            // Every study's table index is in range (the count is checked per batch).
+            a.check_studies(a.study_table.as_ref().map_or(0, |t| t.len()))?;
+        }
         let t = HostTables::new(kernel, mask, atlas)?;
+        let study_table = match kernel {
+            MaKernel::Ale(a) => a
+                .study_table
+                .as_ref()
+                .map(|st| st.iter().map(|&x| x as i32).collect()),
+            _ => None,
+        };
         Ok(CudaMkda {
             gpu,
-            kernel: kernel.clone(),
+            family: Family::of(kernel),
+            rounding: kernel.rounding(),
+            study_table,
             grid: mask.grid.clone(),
             k: atlas.k,
             shape: t.shape,
             reach: t.reach,
-            n_off: t.n_off(),
+            n_off: t.max_off,
+            values: gpu.htod(&t.values)?,
+            table_off: gpu.htod(&t.table_off)?,
+            cube: gpu.htod(&t.cube)?,
+            n_tables: t.table_off.len() - 1,
             offsets: gpu.htod(&t.offsets)?,
             in_sphere: gpu.htod(&t.in_sphere)?,
             row: gpu.htod(&t.row)?,
@@ -267,7 +396,17 @@ impl<'g> CudaMkda<'g> {
         out: &mut CudaSlice<f64>,
     ) -> Result<Accumulate> {
         let n = peaks.len();
-        let table = peak_table(&self.kernel, &self.grid, self.n_off, peaks)?;
+        let table = peak_table(self.rounding, self.reach, &self.grid, self.n_off, peaks)?;
+        let study_table = match &self.study_table {
+            Some(st) if st.len() != n => {
+                return Err(Error::Usage(format!(
+                    "the ALE kernel has sample sizes for {} studies, the peaks hold {n}",
+                    st.len()
+                )))
+            }
+            Some(st) => st.clone(),
+            None => vec![0; n],
+        };
         if out.len() < n * self.k {
             return Err(Error::Cuda(format!(
                 "Xᵀy buffer holds {} values, {n}×{} needed",
@@ -276,10 +415,11 @@ impl<'g> CudaMkda<'g> {
             )));
         }
         let smem_bytes = self.k * std::mem::size_of::<f64>();
-        let func_smem = self.gpu.function(MODULE, "mkda_xty_smem")?;
+        let (smem_name, global_name) = self.family.names();
+        let func_smem = self.gpu.function(MODULE, smem_name)?;
         let static_smem = func_smem
             .shared_size_bytes()
-            .map_err(|e| Error::Cuda(format!("cannot query mkda_xty_smem: {e:?}")))?
+            .map_err(|e| Error::Cuda(format!("cannot query {smem_name}: {e:?}")))?
             .max(0) as usize;
         let fits = smem_bytes + static_smem <= self.gpu.max_shared_optin()?;
         let chosen = match accumulate {
@@ -308,17 +448,14 @@ impl<'g> CudaMkda<'g> {
                 .set_attribute(MAX_DYN, smem_bytes as i32)
                 .map_err(|e| {
                     Error::Cuda(format!(
-                        "cannot give mkda_xty_smem {smem_bytes} bytes of shared memory: {e:?}"
+                        "cannot give {smem_name} {smem_bytes} bytes of shared memory: {e:?}"
                     ))
                 })?;
-            (func_smem, "mkda_xty_smem", smem_bytes as u32)
+            (func_smem, smem_name, smem_bytes as u32)
         } else {
-            (
-                self.gpu.function(MODULE, "mkda_xty_global")?,
-                "mkda_xty_global",
-                0,
-            )
+            (self.gpu.function(MODULE, global_name)?, global_name, 0)
         };
+        let d_study_table = self.gpu.htod(&study_table)?;
         // The device pointers' guards order the stream's later work after this launch: they
         // live until it is queued.
         let s = &self.gpu.stream;
@@ -331,6 +468,39 @@ impl<'g> CudaMkda<'g> {
         let (cols, _g7) = self.cols.device_ptr(s);
         let (vals, _g8) = self.vals.device_ptr(s);
         let (xty, _g9) = out.device_ptr_mut(s);
+        let cfg = launch::grid((n as u32, 1, 1), BLOCK, shared);
+        let mut b = s.launch_builder(&func);
+        if self.family == Family::Ale {
+            let (values, _g10) = self.values.device_ptr(s);
+            let (table_off, _g11) = self.table_off.device_ptr(s);
+            let (cube, _g12) = self.cube.device_ptr(s);
+            let (study_table, _g13) = d_study_table.device_ptr(s);
+            let params = AleParams {
+                peaks,
+                start,
+                offsets,
+                values,
+                table_off,
+                cube,
+                study_table,
+                row,
+                row_ptr,
+                cols,
+                vals,
+                xty,
+                n_studies: n as i32,
+                n_tables: self.n_tables as i32,
+                reach: self.reach,
+                shape: self.shape,
+                k: self.k as i32,
+                pad: 0,
+            };
+            b.arg(&params);
+            // SAFETY: AleParams mirrors the kernels' struct field for field; indices checked as
+            // for MKDA below, every study's table index < n_tables (built with the tables).
+            unsafe { b.launch(cfg) }.map_err(launch_err(name))?;
+            return Ok(chosen);
+        }
         let params = MkdaParams {
             peaks,
             start,
@@ -347,8 +517,6 @@ impl<'g> CudaMkda<'g> {
             shape: self.shape,
             k: self.k as i32,
         };
-        let cfg = launch::grid((n as u32, 1, 1), BLOCK, shared);
-        let mut b = s.launch_builder(&func);
         b.arg(&params);
         // SAFETY: MkdaParams mirrors the kernels' struct field for field; every index the kernel
         // forms was bounds-checked above (grid < 2^31, peaks clamped, study size × offsets
@@ -505,18 +673,24 @@ fn check_atlas(atlas: &Atlas, n_vox: usize) -> Result<()> {
 /// machines without a GPU; not a fast path.
 #[doc(hidden)]
 pub fn ma_xty_emulated(
-    kernel: &MkdaKernel,
+    kernel: &MaKernel,
     mask: &Mask,
     atlas: &Atlas,
     peaks: &Peaks,
 ) -> Result<Vec<f64>> {
+    kernel.check_studies(peaks.len())?;
     let t = HostTables::new(kernel, mask, atlas)?;
-    let n_off = t.n_off();
-    let table = peak_table(kernel, &mask.grid, n_off, peaks)?;
+    let table = peak_table(kernel.rounding(), t.reach, &mask.grid, t.max_off, peaks)?;
+    let family = Family::of(kernel);
+    let study_table = |s: usize| match kernel {
+        MaKernel::Ale(a) => a.study_table.as_ref().map_or(0, |st| st[s] as usize),
+        _ => 0,
+    };
     let k = atlas.k;
     let [rx, ry, rz] = t.reach;
     let [nx, ny, nz] = t.shape;
     let (wx, wy) = (2 * rx + 1, 2 * ry + 1);
+    let cube_len = (wx * wy * (2 * rz + 1)) as usize;
     let in_range = |x: i32, n: i32| (x as u32) < (n as u32);
     let mut xty = vec![f64::NAN; peaks.len() * k];
     xty.par_chunks_mut(k.max(1))
@@ -526,8 +700,19 @@ pub fn ma_xty_emulated(
             let a = table.start[s] as usize;
             let np = (table.start[s + 1] - table.start[s]) as usize;
             let p_ = &table.ijk[3 * a..3 * (a + np)];
+            let tab = study_table(s);
+            let o0 = t.table_off[tab] as usize;
+            let n_off = t.table_off[tab + 1] as usize - o0;
             for c in 0..np * n_off {
-                let (p, o) = (c / n_off, c % n_off);
+                let (p, o) = (c / n_off, o0 + c % n_off);
+                let x = if family == Family::Ale {
+                    t.values[o]
+                } else {
+                    1.0
+                };
+                if x <= 0.0 || x.is_nan() {
+                    continue;
+                }
                 let vi = p_[3 * p] + t.offsets[3 * o];
                 let vj = p_[3 * p + 1] + t.offsets[3 * o + 1];
                 let vk = p_[3 * p + 2] + t.offsets[3 * o + 2];
@@ -538,16 +723,23 @@ pub fn ma_xty_emulated(
                 if r < 0 {
                     continue;
                 }
-                let owned_earlier = (0..p).any(|q| {
+                let cell = |q: usize| {
                     let (di, dj, dk) = (vi - p_[3 * q], vj - p_[3 * q + 1], vk - p_[3 * q + 2]);
-                    di.abs() <= rx
-                        && dj.abs() <= ry
-                        && dk.abs() <= rz
-                        && t.in_sphere[((di + rx) + wx * ((dj + ry) + wy * (dk + rz))) as usize]
-                            != 0
-                });
-                if !owned_earlier {
-                    atlas.add_row(r as usize, 1.0, acc);
+                    let near = di.abs() <= rx && dj.abs() <= ry && dk.abs() <= rz;
+                    near.then(|| ((di + rx) + wx * ((dj + ry) + wy * (dk + rz))) as usize)
+                };
+                let owned_elsewhere = match family {
+                    Family::Kda => false,
+                    Family::Mkda => (0..p).any(|q| cell(q).is_some_and(|c| t.in_sphere[c] != 0)),
+                    Family::Ale => (0..np).filter(|&q| q != p).any(|q| {
+                        cell(q).is_some_and(|c| {
+                            let y = t.cube[tab * cube_len + c];
+                            y > x || (y == x && q < p)
+                        })
+                    }),
+                };
+                if !owned_elsewhere {
+                    atlas.add_row(r as usize, x as f64, acc);
                 }
             }
         });
@@ -557,7 +749,7 @@ pub fn ma_xty_emulated(
 /// Xᵀy of every study's MA map on a CUDA device, n×k f64 (`features::ma_xty_cpu` on the GPU).
 pub fn ma_xty_cuda(
     gpu: &Gpu,
-    kernel: &MkdaKernel,
+    kernel: &MaKernel,
     mask: &Mask,
     atlas: &Atlas,
     peaks: &Peaks,
@@ -569,7 +761,7 @@ pub fn ma_xty_cuda(
 /// (`features::image_features_cpu` on the GPU).
 pub fn image_features_cuda(
     gpu: &Gpu,
-    kernel: &MkdaKernel,
+    kernel: &MaKernel,
     mask: &Mask,
     atlas: &Atlas,
     peaks: &Peaks,

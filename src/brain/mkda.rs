@@ -2,6 +2,7 @@
 //! a binary sphere of radius r mm is drawn around it, and a study's map is the union of its
 //! spheres inside the mask. Maps stay sparse: sorted lists of mask positions.
 
+use super::kernels::{AleKernel, AleWidth, KernelName, MaKernel};
 use super::{Grid, Mask};
 use crate::error::{Error, Result};
 use std::path::PathBuf;
@@ -16,18 +17,71 @@ pub enum Rounding {
     Trunc,
 }
 
-/// What the MKDA commands take (`--radius`, `--rounding`, `--mask`): the grid's mask, by
-/// default the embedded MNI152 2 mm one, and the sphere drawn on it.
+/// What the MA-map commands take (`--kernel`, `--radius`, `--fwhm`, `--sample-size`,
+/// `--rounding`, `--mask`): the grid's mask, by default the embedded MNI152 2 mm one, and the
+/// kernel drawn on it (MKDA or KDA spheres of `radius`, or an ALE Gaussian of `fwhm` mm or of
+/// `sample_size` subjects: exactly one of the two, and only for ALE).
 #[derive(Clone, Debug)]
 pub struct MkdaSpec {
-    /// Sphere radius in mm.
+    pub kernel: KernelName,
+    /// Sphere radius in mm (MKDA, KDA).
     pub radius: f64,
+    /// ALE: full width at half maximum in mm.
+    pub fwhm: Option<f64>,
+    /// ALE: subjects per study (Eickhoff et al. 2012's FWHM).
+    pub sample_size: Option<f64>,
     pub rounding: Rounding,
     /// A brain mask NIfTI (None: the embedded MNI152 2 mm mask NiMARE uses).
     pub mask: Option<PathBuf>,
 }
 
 impl MkdaSpec {
+    /// The MKDA spec of `radius` mm (round, the default mask).
+    pub fn mkda(radius: f64) -> Self {
+        MkdaSpec {
+            kernel: KernelName::Mkda,
+            radius,
+            fwhm: None,
+            sample_size: None,
+            rounding: Rounding::Round,
+            mask: None,
+        }
+    }
+
+    /// The mask and the chosen kernel on its grid; a missing, doubled or bad width is a usage
+    /// error naming the flag.
+    pub fn mask_and_ma_kernel(&self) -> Result<(Mask, MaKernel)> {
+        let width = match (self.kernel, self.fwhm, self.sample_size) {
+            (KernelName::Ale, Some(f), None) => Some(AleWidth::Fwhm(f)),
+            (KernelName::Ale, None, Some(n)) => Some(AleWidth::SampleSize(n)),
+            (KernelName::Ale, None, None) => {
+                return Err(Error::Usage(
+                    "--kernel ale needs its width: give --fwhm MM or --sample-size N".into(),
+                ))
+            }
+            (KernelName::Ale, Some(_), Some(_)) => {
+                return Err(Error::Usage(
+                    "--kernel ale takes one of --fwhm and --sample-size, not both".into(),
+                ))
+            }
+            (k, f, n) if f.is_some() || n.is_some() => {
+                return Err(Error::Usage(format!(
+                    "--fwhm and --sample-size are for --kernel ale, not {k:?}; use --radius"
+                )))
+            }
+            _ => None,
+        };
+        let (mask, sphere) = self.mask_and_kernel()?;
+        let kernel = match (self.kernel, width) {
+            (KernelName::Ale, Some(w)) => {
+                MaKernel::Ale(AleKernel::new(w, &mask.grid, self.rounding)?)
+            }
+            (KernelName::Kda, _) => MaKernel::Kda(sphere),
+            _ => MaKernel::Mkda(sphere),
+        };
+        Ok((mask, kernel))
+    }
+
     /// The mask and the kernel on its grid.
     pub fn mask_and_kernel(&self) -> Result<(Mask, MkdaKernel)> {
         if !(self.radius > 0.0 && self.radius.is_finite()) {
@@ -180,6 +234,21 @@ pub fn peak_voxels(
     peaks_mm: &[[f64; 3]],
     study: &str,
 ) -> Result<Vec<[i64; 3]>> {
+    peak_voxels_rounded(kernel.rounding, grid, peaks_mm, study)
+}
+
+/// [`peak_voxels`] for any kernel: only the rounding rule matters.
+pub fn peak_voxels_rounded(
+    rounding: Rounding,
+    grid: &Grid,
+    peaks_mm: &[[f64; 3]],
+    study: &str,
+) -> Result<Vec<[i64; 3]>> {
+    let kernel = MkdaKernel {
+        offsets: Vec::new(),
+        reach: [0; 3],
+        rounding,
+    };
     let inv = super::grid::invert(&grid.affine);
     peaks_mm
         .iter()

@@ -7,6 +7,7 @@ pub mod augment;
 pub mod features;
 pub mod features_cuda;
 pub mod grid;
+pub mod kernels;
 pub mod mask;
 pub mod mkda;
 pub mod nifti;

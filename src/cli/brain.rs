@@ -1,6 +1,7 @@
 //! `niclip ma-map`, `niclip project`, `niclip images`
 
 use super::Compute;
+use crate::brain::kernels::KernelName;
 use crate::brain::mkda::{MkdaSpec, Rounding};
 use crate::brain::resample::Interp;
 use crate::brain::{Image, Mask};
@@ -28,9 +29,19 @@ pub struct MaMapArgs {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct MkdaArgs {
-    /// Sphere radius in mm.
-    #[arg(long, default_value_t = 10.0)]
+    /// Modeled-activation kernel (NiMARE's): mkda (binary spheres, union), kda (spheres,
+    /// summed) or ale (a Gaussian per peak, maximum; needs --fwhm or --sample-size).
+    #[arg(long, value_enum, default_value_t = KernelName::Mkda)]
+    pub kernel: KernelName,
+    /// Sphere radius in mm (mkda, kda).
+    #[arg(long, default_value_t = 10.0, allow_hyphen_values = true)]
     pub radius: f64,
+    /// ALE Gaussian's full width at half maximum, mm.
+    #[arg(long, value_name = "MM", allow_hyphen_values = true)]
+    pub fwhm: Option<f64>,
+    /// ALE Gaussian's width from a sample size (Eickhoff et al. 2012), the same for every study.
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub sample_size: Option<f64>,
     /// Peak to voxel: round (halves to even, NiMARE 0.22.1) or trunc (NiMARE ≤ 0.5).
     #[arg(long, value_enum, default_value_t = Rounding::Round)]
     pub rounding: Rounding,
@@ -42,7 +53,10 @@ pub struct MkdaArgs {
 impl MkdaArgs {
     pub fn spec(&self) -> MkdaSpec {
         MkdaSpec {
+            kernel: self.kernel,
             radius: self.radius,
+            fwhm: self.fwhm,
+            sample_size: self.sample_size,
             rounding: self.rounding,
             mask: self.mask.clone(),
         }

@@ -203,10 +203,8 @@ fn training_data<'d>(
         Some(ids) => base.for_rows(ids)?,
         None => base,
     };
-    Ok((
-        pairs,
-        Some(AugmentedImages::new(base, spec, a.flags.seed, device)),
-    ))
+    let augmented = AugmentedImages::new(base, spec, a.flags.seed, device)?;
+    Ok((pairs, Some(augmented)))
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {

@@ -4,7 +4,7 @@
 use super::Device;
 use crate::baseline;
 use crate::brain::augment::{self, AugmentSpec, Augmented};
-use crate::brain::mkda::MkdaKernel;
+use crate::brain::kernels::MaKernel;
 use crate::brain::{self, Atlas, Mask, Peaks};
 use crate::clip::cpu::CpuEngine;
 use crate::clip::cuda::{models_that_fit, CudaEngine};
@@ -15,11 +15,11 @@ use crate::clip::train::{self, Engine, EpochImages, Job, Outcome, Progress, Trai
 use crate::error::Result;
 
 impl Device {
-    /// Image features of studies: MKDA maps of their peaks projected on the atlas, n × k
-    /// (`kernels/mkda.cu` on CUDA).
+    /// Image features of studies: MA maps (MKDA, KDA or ALE) of their peaks projected on the
+    /// atlas, n × k (`kernels/mkda.cu` on CUDA).
     pub fn image_features(
         &self,
-        kernel: &MkdaKernel,
+        kernel: &MaKernel,
         mask: &Mask,
         atlas: &Atlas,
         peaks: &Peaks,

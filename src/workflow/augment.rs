@@ -3,8 +3,9 @@
 //! anew (`brain::augment`) and their features recomputed on the device, in chunks, so no
 //! epoch's features are kept past it.
 
-use crate::brain::augment::{study_key, AugmentSpec};
+use crate::brain::augment::{study_key, AugmentSpec, Kind};
 use crate::brain::features::ma_maps;
+use crate::brain::kernels::MaKernel;
 use crate::brain::mkda::{MkdaKernel, MkdaSpec};
 use crate::brain::{Atlas, Mask, Peaks};
 use crate::clip::data::normalize_rows;
@@ -25,14 +26,14 @@ pub struct CorpusImages {
     pub peaks: Peaks,
     mask: Mask,
     mkda: MkdaSpec,
-    kernel: MkdaKernel,
+    kernel: MaKernel,
     atlas: Atlas,
 }
 
 impl CorpusImages {
     /// Every study with peaks of `corpus`, in corpus order.
     pub fn open(corpus: &Path, atlas: &Path, labels: bool, mkda: &MkdaSpec) -> Result<Self> {
-        let (mask, kernel) = mkda.mask_and_kernel()?;
+        let (mask, kernel) = mkda.mask_and_ma_kernel()?;
         let (peaks, _) = Corpus::open(corpus)?.peaks_all()?;
         if peaks.is_empty() {
             return Err(Error::input(
@@ -90,16 +91,28 @@ pub struct AugmentedImages<'a> {
 }
 
 impl<'a> AugmentedImages<'a> {
-    /// `base`'s studies (in the pairs' row order) augmented by `spec`, drawn from `seed`.
-    pub fn new(base: CorpusImages, spec: AugmentSpec, seed: u64, device: &'a Device) -> Self {
+    /// `base`'s studies (in the pairs' row order) augmented by `spec`, drawn from `seed`. A
+    /// drawn sphere radius needs a sphere kernel (MKDA or KDA).
+    pub fn new(
+        base: CorpusImages,
+        spec: AugmentSpec,
+        seed: u64,
+        device: &'a Device,
+    ) -> Result<Self> {
+        let radius = spec.peak_items().any(|(_, a)| a.kind() == Kind::StudyValue);
+        if radius && matches!(base.kernel, MaKernel::Ale(_)) {
+            return Err(Error::Usage(
+                "--augment radius:… draws sphere radii; use it with --kernel mkda or kda".into(),
+            ));
+        }
         let keys = base.peaks.ids.iter().map(|id| study_key(id)).collect();
-        AugmentedImages {
+        Ok(AugmentedImages {
             base,
             spec,
             keys,
             seed,
             device,
-        }
+        })
     }
 
     /// Features of `peaks`, study s drawn with sphere radius `radius[s]` when given: the
@@ -112,13 +125,15 @@ impl<'a> AugmentedImages<'a> {
                 .image_features(&b.kernel, &b.mask, &b.atlas, peaks);
         };
         let k = b.atlas.k;
-        let mut groups: BTreeMap<usize, (MkdaKernel, Vec<usize>)> = BTreeMap::new();
+        let mut groups: BTreeMap<usize, (MaKernel, Vec<usize>)> = BTreeMap::new();
         for (s, &r) in radius.iter().enumerate() {
-            let kernel = MkdaKernel::for_grid(&b.mask.grid, r, b.mkda.rounding);
-            let g = groups
-                .entry(kernel.offsets.len())
-                .or_insert((kernel, Vec::new()));
-            g.1.push(s);
+            let sphere = MkdaKernel::for_grid(&b.mask.grid, r, b.mkda.rounding);
+            let n = sphere.offsets.len();
+            let kernel = match b.kernel {
+                MaKernel::Kda(_) => MaKernel::Kda(sphere),
+                _ => MaKernel::Mkda(sphere),
+            };
+            groups.entry(n).or_insert((kernel, Vec::new())).1.push(s);
         }
         let mut out = vec![0.0f32; peaks.len() * k];
         for (kernel, studies) in groups.values() {

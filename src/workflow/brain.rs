@@ -4,6 +4,7 @@
 use super::check_npy_out;
 use super::resume::{key_path, Chunks};
 use crate::brain::features::ma_maps;
+use crate::brain::kernels::KernelName;
 use crate::brain::mkda::MkdaSpec;
 use crate::brain::{Atlas, Image};
 use crate::corpus::Corpus;
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 /// in the order given, on the mask's grid. A study without peaks gets an all-zero volume and a
 /// warning; when no study has any, nothing is written.
 pub fn ma_map(corpus: &Path, studies: &[String], mkda: &MkdaSpec, out: &Path) -> Result<()> {
-    let (mask, kernel) = mkda.mask_and_kernel()?;
+    let (mask, kernel) = mkda.mask_and_ma_kernel()?;
     let peaks = Corpus::open(corpus)?.peaks_for(studies)?;
     let empty: Vec<&str> = (0..peaks.len())
         .filter(|&s| peaks.start[s] == peaks.start[s + 1])
@@ -60,7 +61,8 @@ pub fn project(atlas: &Path, labels: bool, maps: &[PathBuf], out: &Path) -> Resu
     Ok((n, atlas.k))
 }
 
-/// The `images` job: every study with peaks of a corpus, MKDA maps projected on an atlas.
+/// The `images` job: every study with peaks of a corpus, MA maps (MKDA, KDA or ALE) projected
+/// on an atlas.
 #[derive(Clone, Debug)]
 pub struct ImagesJob {
     pub corpus: PathBuf,
@@ -90,8 +92,16 @@ impl ImagesJob {
         first: Option<&String>,
         last: Option<&String>,
     ) -> String {
+        // MKDA keeps the key it always had, so its earlier partial runs still resume.
+        let kernel = match self.mkda.kernel {
+            KernelName::Mkda => String::new(),
+            k => format!(
+                " kernel={k:?} fwhm={:?} sample_size={:?}",
+                self.mkda.fwhm, self.mkda.sample_size
+            ),
+        };
         format!(
-            "corpus={} atlas={} labels={} radius={} rounding={:?} mask={:?} chunk={} studies={studies} peaks={peaks} first={first:?} last={last:?}\n",
+            "corpus={} atlas={} labels={} radius={} rounding={:?} mask={:?}{kernel} chunk={} studies={studies} peaks={peaks} first={first:?} last={last:?}\n",
             key_path(&self.corpus),
             key_path(&self.atlas),
             self.labels,
@@ -107,7 +117,7 @@ impl ImagesJob {
 /// `device` a chunk at a time; an interrupted run of the same job resumes.
 pub fn images(job: &ImagesJob, device: &Device) -> Result<ImagesReport> {
     check_npy_out(&job.out)?;
-    let (mask, kernel) = job.mkda.mask_and_kernel()?;
+    let (mask, kernel) = job.mkda.mask_and_ma_kernel()?;
     let (peaks, skipped) = Corpus::open(&job.corpus)?.peaks_all()?;
     if skipped > 0 {
         eprintln!("{skipped} studies have no peaks and get no image row");
@@ -137,4 +147,39 @@ pub fn images(job: &ImagesJob, device: &Device) -> Result<ImagesReport> {
     bar.finish_and_clear();
     chunks.finish(&job.out, &feats, n, k, Some(&peaks.ids))?;
     Ok(ImagesReport { studies: n, k })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_key_names_the_kernel_and_keeps_mkdas() {
+        let job = |kernel, fwhm, sample_size| ImagesJob {
+            corpus: "c".into(),
+            atlas: "a".into(),
+            labels: false,
+            mkda: MkdaSpec {
+                kernel,
+                fwhm,
+                sample_size,
+                ..MkdaSpec::mkda(10.0)
+            },
+            out: "o.npy".into(),
+            chunk: 8,
+        };
+        let key = |j: ImagesJob| j.key(3, 9, None, None);
+        let mkda = key(job(KernelName::Mkda, None, None));
+        assert!(!mkda.contains("kernel="), "{mkda}");
+        let keys = [
+            mkda,
+            key(job(KernelName::Kda, None, None)),
+            key(job(KernelName::Ale, Some(10.0), None)),
+            key(job(KernelName::Ale, Some(12.0), None)),
+            key(job(KernelName::Ale, None, Some(20.0))),
+        ];
+        for (i, a) in keys.iter().enumerate() {
+            assert!(keys[i + 1..].iter().all(|b| a != b), "{a}");
+        }
+    }
 }
