@@ -125,6 +125,12 @@ fn corpus_features_equal_images_and_augmentation_is_seeded() {
     let mut radius = corpus.clone();
     radius.extend(["--augment".into(), "radius:6..14".into()]);
     assert_ne!(d.train("radius", &strs(&radius)), plain);
+    // Map-level items go through dense maps, then the projection.
+    let mut maps = corpus.clone();
+    maps.extend(["--augment".into(), "noise:sd=0.2,threshold:pct=50".into()]);
+    let m1 = d.train("maps1", &strs(&maps));
+    assert_ne!(m1, plain);
+    assert_eq!(m1, d.train("maps2", &strs(&maps)));
     // Radii are drawn for spheres: not for ALE's Gaussians.
     let out = d.dir.join("ale.safetensors");
     let mut ale = vec!["train", "--text", s(&d.text), "--out", s(&out)];
