@@ -10,7 +10,7 @@
 # scripts/build-default-model.sh makes them; target/eval-set from scripts/build-eval-set.sh.
 # Writes WORK/ablation/<name>/ (model, metrics, decoding) and WORK/ablation/ablation.csv:
 # name, recall@10, recall@100, mix_match (mean and sd over the folds), the task/concept/domain
-# recall on the test half (reduced vocabulary, uniform prior, logit scale 20: the settings
+# recall, p and MRR on the test half (reduced vocabulary, uniform prior, logit scale 20: the settings
 # docs/eval-set.md chose on the tune half) and the seconds the training took.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +25,7 @@ mkdir -p "$OUT"
 declare -A FLAGS=(
     [none]=""
     [jitter4]="--augment jitter:sigma=4"
+    [jitter8]="--augment jitter:sigma=8"
     [dropout20]="--augment dropout:p=0.2"
     [foci2]="--augment foci:k=2"
     [radius6-14]="--augment radius:6..14"
@@ -33,7 +34,7 @@ declare -A FLAGS=(
     [combo]="--augment jitter:sigma=4,dropout:p=0.2,radius:6..14"
 )
 NAMES=("$@")
-[ ${#NAMES[@]} -gt 0 ] || NAMES=(none jitter4 dropout20 foci2 radius6-14 kda ale10 combo)
+[ ${#NAMES[@]} -gt 0 ] || NAMES=(none jitter4 jitter8 dropout20 foci2 radius6-14 kda ale10 combo)
 
 A=assets/default
 V="$A/vocabulary-reduced"
@@ -77,7 +78,7 @@ for name in names:
     d = out / name
     m = {}
     for r in csv.DictReader(open(d / "cv.csv")):
-        if r["split"] == "test":
+        if r["split"] == "test" and r["fold"].isdigit():
             m.setdefault(r["metric"], []).append(float(r["value"]))
     dec = {r["level"]: r for r in csv.DictReader(open(d / "decoding" / "summary.csv"))
            if r["decoder"] == "niclip"}
@@ -87,8 +88,9 @@ for name in names:
         row[k] = statistics.mean(v)
         row[k + "_sd"] = statistics.pstdev(v)
     for lvl in ("task", "concept", "domain"):
-        row[lvl + "_recall"] = dec[lvl]["recall"]
-        row[lvl + "_p"] = dec[lvl]["p"]
+        row[lvl + "_recall"] = float(dec[lvl]["recall"])
+        row[lvl + "_p"] = float(dec[lvl]["p"])
+        row[lvl + "_mrr"] = float(dec[lvl]["mrr"])
     row["seconds"] = (d / "seconds").read_text().strip() if (d / "seconds").exists() else ""
     rows.append(row)
 with open(out / "ablation.csv", "w", newline="") as f:
@@ -98,6 +100,7 @@ with open(out / "ablation.csv", "w", newline="") as f:
 for r in rows:
     print(f"| {r['name']} | {r['recall@10']*100:.1f} ± {r['recall@10_sd']*100:.1f} | "
           f"{r['recall@100']*100:.1f} ± {r['recall@100_sd']*100:.1f} | "
-          f"{r['mix_match']:.1f} ± {r['mix_match_sd']:.1f} | {r['task_recall']} (p {r['task_p']}) | "
-          f"{r['concept_recall']} (p {r['concept_p']}) | {r['domain_recall']} | {r['seconds']} |")
+          f"{r['mix_match']:.1f} ± {r['mix_match_sd']:.1f} | {r['task_recall']:.3f} (p {r['task_p']:.3f}) | "
+          f"{r['task_mrr']:.3f} | {r['concept_recall']:.3f} (p {r['concept_p']:.3f}) | "
+          f"{r['domain_recall']:.3f} (p {r['domain_p']:.3f}) | {r['seconds']} |")
 EOF

@@ -83,6 +83,7 @@ def main():
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--sigma", type=float, default=4.0)
     ap.add_argument("--p", type=float, default=0.1)
+    ap.add_argument("--n", type=int, default=0, help="only the first N studies (a smoke test)")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     logging.getLogger("nimare").setLevel(logging.ERROR)
@@ -97,6 +98,8 @@ def main():
         str(ns / "data-neurosynth_version-7_metadata.tsv.gz"),
     )
     dset = Dataset(d, target="mni152_2mm")
+    if args.n:
+        dset = dset.slice(dset.ids[: args.n])
     coords = dset.coordinates.copy()
     mask = np.asanyarray(dset.masker.mask_img.dataobj).astype(bool)
     support, X, cf = projection(args.atlas, mask)
