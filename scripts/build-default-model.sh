@@ -7,8 +7,10 @@
 #
 # Steps: Neurosynth v7 ∪ NeuroQuery (titles; abstracts joined from labelbuddy) → MKDA maps
 # projected on HCPex (426 regions, resampled to the 2 mm grid) → texts embedded with
-# all-MiniLM-L6-v2 → CLIP trained with the paper's hyper-parameters, cross-validated on outer
-# folds of 1,000 articles, the kept model chosen by validation loss → the Cognitive Atlas
+# all-MiniLM-L6-v2 → CLIP trained with the paper's hyper-parameters and peak jitter (each
+# training study's peaks moved by N(0, 4²) mm per axis, drawn anew every epoch: the best of
+# scripts/ablate-augment.sh), cross-validated on outer folds of 1,000 articles, the kept model
+# chosen by validation loss → the Cognitive Atlas
 # vocabularies (full and reduced) embedded with the same text model, priors from the
 # training texts.
 set -euo pipefail
@@ -19,6 +21,8 @@ OUT="${OUT:-assets/default}"
 # One thread count everywhere: the floating-point sums (and so the bytes) depend on it.
 THREADS=2
 TEXT_MODEL="${TEXT_MODEL:-minilm}"
+# Training-time augmentation (`niclip train --augment`; empty: none).
+AUGMENT="${AUGMENT-jitter:sigma=4}"
 mkdir -p "$WORK" "$OUT"
 
 # The binary wherever cargo puts it (CARGO_TARGET_DIR, .cargo/config), as cargo reports it.
@@ -48,9 +52,12 @@ $N embed --model "$MODEL" --corpus "$WORK/train.corpus" --section title,abstract
     --out "$WORK/text-$TEXT_MODEL.npy" --device cpu --threads $THREADS
 
 # 4. CLIP, cross-validated on the first 5 outer folds of 1,000 articles (one validation fold
-#    each); the model kept is the one of lowest validation loss. The README's retrieval figures
+#    each), the image features computed from the corpus and (with AUGMENT) drawn anew each
+#    epoch; the model kept is the one of lowest validation loss. The README's retrieval figures
 #    come from all 19 outer folds (the command is there).
-$N train --text "$WORK/text-$TEXT_MODEL.npy" --images "$WORK/images.npy" \
+AUG=(); [ -n "$AUGMENT" ] && AUG=(--augment "$AUGMENT")
+$N train --text "$WORK/text-$TEXT_MODEL.npy" --corpus "$WORK/train.corpus" \
+    --atlas "$WORK/atlas.nii.gz" --labels "${AUG[@]}" \
     --cv --fold-size 1000 --outer-folds 5 --inner-folds 1 --seed 0 \
     --metrics "$WORK/cv-$TEXT_MODEL.csv" --out "$WORK/model-$TEXT_MODEL.safetensors" \
     --device cpu --threads $THREADS
