@@ -4,6 +4,7 @@
 #
 #   bash scripts/build-default-model.sh            # writes assets/default/, keeps work files
 #   WORK=/tmp/x bash scripts/build-default-model.sh
+#   AUGMENT= EXCLUDE_IDS=target/eval-set/train-exclude-ids.txt OUT=/tmp/m bash scripts/build-default-model.sh
 #
 # Steps: Neurosynth v7 ∪ NeuroQuery (titles; abstracts joined from labelbuddy) → MKDA maps
 # projected on HCPex (426 regions, resampled to the 2 mm grid) → texts embedded with
@@ -23,6 +24,9 @@ THREADS=2
 TEXT_MODEL="${TEXT_MODEL:-minilm}"
 # Training-time augmentation (`niclip train --augment`; empty: none).
 AUGMENT="${AUGMENT-jitter:sigma=4}"
+# Articles to leave out of training, a file of ids (e.g. the evaluation set's
+# train-exclude-ids.txt from scripts/build-eval-set.sh; empty: none).
+EXCLUDE_IDS="${EXCLUDE_IDS-}"
 mkdir -p "$WORK" "$OUT"
 
 # The binary wherever cargo puts it (CARGO_TARGET_DIR, .cargo/config), as cargo reports it.
@@ -41,6 +45,10 @@ JOIN="$DATA/corpus/labelbuddy/labelbuddy_documents_fulltext.jsonl.gz"
 $N corpus import --format neurosynth "$DATA/corpus/neurosynth" --text-jsonl "$JOIN" --out "$WORK/neurosynth.corpus"
 $N corpus import --format neuroquery "$DATA/corpus/neuroquery" --text-jsonl "$JOIN" --out "$WORK/neuroquery.corpus"
 $N corpus merge "$WORK/neurosynth.corpus" "$WORK/neuroquery.corpus" --out "$WORK/train.corpus"
+if [ -n "$EXCLUDE_IDS" ]; then
+    $N corpus filter "$WORK/train.corpus" --exclude-ids "$EXCLUDE_IDS" --out "$WORK/kept.corpus"
+    mv "$WORK/kept.corpus" "$WORK/train.corpus"
+fi
 
 # 2. Image features on the atlas, on the 2 mm grid the MKDA maps live on.
 $N resample "$DATA/atlases/hcpex/HCPEx.nii.gz" --interpolation nearest --out "$WORK/atlas.nii.gz"
