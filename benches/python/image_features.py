@@ -54,6 +54,10 @@ def main():
         "--atlas", default=str(REPO / "tests" / "fixtures" / "brain" / "atlas_gauss512_2mm.nii.gz")
     )
     ap.add_argument("--batch", type=int, default=BATCH)
+    ap.add_argument(
+        "--kernel", choices=["mkda", "kda", "ale"], default="mkda",
+        help="MKDAKernel(r=10) (default), KDAKernel(r=10) or ALEKernel(fwhm=10)",
+    )
     args = ap.parse_args()
     shared = Path(args.shared)
     ns = shared / "corpus" / "neurosynth"
@@ -70,7 +74,10 @@ def main():
     import scipy.linalg as sla
     from nimare.dataset import Dataset
     from nimare.io import convert_neurosynth_to_dict
-    from nimare.meta.kernel import MKDAKernel
+    from nimare.meta.kernel import ALEKernel, KDAKernel, MKDAKernel
+
+    kernel = {"mkda": lambda: MKDAKernel(r=10), "kda": lambda: KDAKernel(r=10),
+              "ale": lambda: ALEKernel(fwhm=10)}[args.kernel]
 
     # warm-up: compile NiMARE's numba helpers outside the timings
     tiny = {
@@ -78,7 +85,7 @@ def main():
                                                  "y": [0.0, -20.0] * 30, "z": [10.0, 20.0] * 30}}}}
         for i in range(5)
     }
-    MKDAKernel(r=10).transform(Dataset(tiny, target="mni152_2mm"), return_type="sparse")
+    kernel().transform(Dataset(tiny, target="mni152_2mm"), return_type="sparse")
 
     t = {}
     # (i) Dataset
@@ -95,7 +102,7 @@ def main():
 
     # (ii) MKDA
     t0 = time.perf_counter()
-    ma = MKDAKernel(r=10).transform(dset, return_type="sparse")
+    ma = kernel().transform(dset, return_type="sparse")
     t["mkda"] = time.perf_counter() - t0
     ma = ma.tocsr()
     assert ma.shape[0] == n_studies
@@ -148,7 +155,7 @@ def main():
         ("(i)   Dataset: read TSVs + convert_neurosynth_to_dict", t["dict"]),
         ("(i)   Dataset: Dataset(d, target='mni152_2mm')", t["dataset"]),
         ("(i)   Dataset total", t_i),
-        ("(ii)  MKDAKernel(r=10).transform(return_type='sparse')", t["mkda"]),
+        (f"(ii)  {args.kernel.upper()} kernel .transform(return_type='sparse')", t["mkda"]),
         ("(iii) atlas set-up: X, G = XtX + 1e-6 I, cho_factor", t["setup"]),
         ("(iii) restrict MA columns to atlas support", t["restrict"]),
         (f"(iii) XtY + cho_solve, batches of {args.batch}", t["solve"]),
