@@ -38,15 +38,7 @@ NAMES=("$@")
 
 A=assets/default
 V="$A/vocabulary-reduced"
-python3 - "$V/vocabulary.txt" "$OUT/uniform-reduced.npy" <<'EOF'
-import struct, sys
-names = [l for l in open(sys.argv[1], encoding="utf-8").read().splitlines() if l.strip()]
-header = "{'descr': '<f4', 'fortran_order': False, 'shape': (%d,), }" % len(names)
-header += " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
-with open(sys.argv[2], "wb") as f:
-    f.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode())
-    f.write(struct.pack("<%df" % len(names), *([1.0 / len(names)] * len(names))))
-EOF
+python3 scripts/uniform-prior.py "$V/vocabulary.txt" "$OUT/uniform-reduced.npy"
 
 for name in "${NAMES[@]}"; do
     D="$OUT/$name"

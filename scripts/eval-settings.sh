@@ -21,24 +21,12 @@ N="$(cargo build --release --quiet --bin niclip --message-format=json-render-dia
 [ -x "$N" ] || { echo "could not find the niclip binary that cargo built" >&2; exit 1; }
 A=assets/default
 
-# A uniform prior for a vocabulary: a float32 .npy of 1/T, written with the stdlib only.
-uniform_prior() {
-    python3 - "$1" "$2" <<'EOF'
-import struct, sys
-names = [l for l in open(sys.argv[1], encoding="utf-8").read().splitlines() if l.strip()]
-header = "{'descr': '<f4', 'fortran_order': False, 'shape': (%d,), }" % len(names)
-header += " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
-with open(sys.argv[2], "wb") as f:
-    f.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode())
-    f.write(struct.pack("<%df" % len(names), *([1.0 / len(names)] * len(names))))
-EOF
-}
 
 echo "vocabulary,preparation,logit_scale,prior,task_recall4,task_p,concept_recall4,concept_p,domain_recall2,domain_p" \
     > "$OUT/settings.csv.tmp"
 for vocab in full reduced; do
     V="$A/vocabulary-$vocab"
-    uniform_prior "$V/vocabulary.txt" "$OUT/uniform-$vocab.npy"
+    python3 scripts/uniform-prior.py "$V/vocabulary.txt" "$OUT/uniform-$vocab.npy"
     reduced=(); [ "$vocab" = reduced ] && reduced=(--reduced)
     for prep in asis positive top5 top10 top20; do
         case "$prep" in
